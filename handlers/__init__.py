@@ -1,0 +1,1 @@
+"""Built-in handlers, installed as ``ralph.handlers``."""

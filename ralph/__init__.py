@@ -1,0 +1,3 @@
+"""ralph: executable RALPH task files."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""ComfyUI workflow templates (API format), installed as ``ralph.workflows``."""
