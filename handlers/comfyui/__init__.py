@@ -1,0 +1,1 @@
+"""ComfyUI: workflows from task files, validated offline, run over HTTP/WebSocket."""

@@ -1,0 +1,1 @@
+"""Images: measuring grain, comparing before/after."""

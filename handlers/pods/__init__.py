@@ -1,0 +1,1 @@
+"""Pods: where a task's commands run (RunPod, an SSH host, this machine)."""
