@@ -1,0 +1,53 @@
+"""Test-only nodes for the far side of ralph's ComfyUI client tests."""
+
+
+class RalphReportOutput:
+    """Reports an output file under a name the test chooses, as a hostile or broken
+    server might, without writing anything: the client must refuse names that would
+    escape its download folder before it asks /view for them."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "filename": ("STRING", {"default": "../escape.png"}),
+                "subfolder": ("STRING", {"default": ""}),
+            }
+        }
+
+    RETURN_TYPES = ()
+    FUNCTION = "report"
+    OUTPUT_NODE = True
+    CATEGORY = "ralph/test"
+
+    def report(self, images, filename, subfolder):
+        return {"ui": {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}}
+
+
+class RalphSleep:
+    """Holds the queue for a given time, passing its image through, so a test can act
+    (drop the socket, kill the server, interrupt) while a prompt is surely running."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "seconds": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 600.0})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "sleep"
+    CATEGORY = "ralph/test"
+
+    def sleep(self, images, seconds):
+        import time
+
+        import comfy.model_management
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            # Lets /interrupt stop it, as it stops real sampling between steps.
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            time.sleep(0.05)
+        return (images,)
+
+
+NODE_CLASS_MAPPINGS = {"RalphReportOutput": RalphReportOutput, "RalphSleep": RalphSleep}

@@ -1,0 +1,200 @@
+"""A real ComfyUI server (v0.3.75, CPU) on 127.0.0.1 for tests.
+
+ComfyUI itself is installed outside the repository by ``install_comfyui.sh``; the models
+are the tiny random ones of ``tiny_models.py``; the InstantID nodes are the stand-ins of
+``comfy_nodes/``. Each server gets its own ``--base-directory`` (models linked, custom
+nodes copied, fresh input/output), so tests can read the server's output folder directly.
+
+Use the session fixture ``comfyui_server`` (one shared server), or :func:`start_server` for
+a private one a test may kill. Without an install the fixture skips, except under
+``CI=true``, where a missing install is a failure.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from . import tiny_models
+
+NODES_DIR = Path(__file__).resolve().parent / "comfy_nodes"
+INSTALL_SCRIPT = Path(__file__).resolve().parent / "install_comfyui.sh"
+START_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def installed(home: Path) -> bool:
+    return (home / ".ralph-installed").is_file() and (home / "ComfyUI" / "main.py").is_file()
+
+
+@dataclass
+class ComfyServer:
+    """A running ComfyUI process and the folders it reads and writes."""
+
+    url: str
+    port: int
+    base: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    _log: object = field(repr=False, default=None)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.base / "input"
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """Die at once, as a pod that vanishes would."""
+        if self.alive():
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+
+
+def _prepare_base(base: Path, models: Path) -> None:
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "models").symlink_to(models / "models", target_is_directory=True)
+    # Copied, not linked: ComfyUI writes __pycache__ beside them, and uploads into input/.
+    shutil.copytree(NODES_DIR, base / "custom_nodes", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(models / "input", base / "input")
+    for name in ("output", "temp", "user"):
+        (base / name).mkdir()
+
+
+def start_server(base: Path, home: Path | None = None, port: int | None = None,
+                 timeout: float = START_TIMEOUT_S) -> ComfyServer:
+    """Start ComfyUI with its own base directory ``base`` (created; must not exist) and
+    return once ``/system_stats`` answers. Raises RuntimeError with the log's tail if the
+    process dies or does not answer within ``timeout`` seconds."""
+    home = home or tiny_models.comfyui_home()
+    models = tiny_models.ensure_models(home)
+    _prepare_base(base, models)
+    port = port or free_port()
+    log_path = base / "server.log"
+    log = open(log_path, "wb")
+    cmd = [
+        str(home / "venv" / "bin" / "python"), "main.py", "--cpu", "--listen", "127.0.0.1",
+        "--port", str(port), "--base-directory", str(base), "--disable-auto-launch",
+        "--disable-api-nodes", "--dont-print-server",
+        # The default database path is inside the shared install; each server keeps its own.
+        "--database-url", f"sqlite:///{base / 'user' / 'comfyui.db'}",
+    ]
+    # Offline: nothing may try a hub; tqdm bars would only bloat the log.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1",
+           "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(cmd, cwd=home / "ComfyUI", stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    server = ComfyServer(f"http://127.0.0.1:{port}", port, base, proc, log_path, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            server.stop()
+            raise RuntimeError(f"ComfyUI exited with {proc.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(f"{server.url}/system_stats", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    server.stop()
+    raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{server.log_tail()}")
+
+
+def require_install(home: Path | None = None) -> Path:
+    """The ComfyUI home, or skip the test (fail under CI=true) when it is not installed."""
+    home = home or tiny_models.comfyui_home()
+    if not installed(home):
+        msg = f"no test ComfyUI in {home}: run {INSTALL_SCRIPT} (or set RALPH_COMFYUI_HOME)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return home
+
+
+_shared: ComfyServer | None = None
+
+
+@pytest.fixture(scope="session")
+def comfyui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    """One ComfyUI server for the whole session. Modules importing this fixture each get a
+    fixture copy from pytest; the module-level cache keeps it to one process."""
+    global _shared
+    home = require_install()
+    if _shared is None or not _shared.alive():
+        _shared = start_server(tmp_path_factory.mktemp("comfyui") / "base", home)
+    yield _shared
+    if _shared is not None:
+        _shared.stop()
+        _shared = None
+
+
+# The 14-node graph of RALPH-001 task 3, in API format, at a test size. workflows/refiner.json
+# (when present) is the project's own copy; this one is the hand-written reference.
+POSITIVE = ("elena, 24 year old Italian woman, white linen summer dress, sitting by a sunlit window, "
+            "natural lighting, raw photo, sharp focus")
+NEGATIVE = "grainy, noisy, film grain, artifacts, worst quality, low quality, blurry"
+
+
+def refiner_graph(width: int = 64, height: int = 64, steps: tuple[int, int] = (3, 2), seed: int = 42,
+                  prefix: str = "quality_tests/elena_refiner") -> dict[str, dict]:
+    """RALPH-001's refiner workflow with the example's files and settings, except the size,
+    the step counts and the face-analysis provider (CPU here)."""
+    sampler = {"cfg": 7.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+               "model": ["9", 0], "positive": ["9", 1], "negative": ["9", 2]}
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_models.CHECKPOINT}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": tiny_models.LORA,
+                                                     "strength_model": 1.0, "strength_clip": 1.0}},
+        "3": {"class_type": "InstantIDModelLoader", "inputs": {"instantid_file": tiny_models.INSTANTID}},
+        "4": {"class_type": "InstantIDFaceAnalysis", "inputs": {"provider": "CPU"}},
+        "5": {"class_type": "LoadImage", "inputs": {"image": tiny_models.FACE_REF}},
+        "6": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": tiny_models.CONTROLNET}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": POSITIVE, "clip": ["2", 1]}},
+        "8": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["2", 1]}},
+        "9": {"class_type": "ApplyInstantID", "inputs": {
+            "instantid": ["3", 0], "insightface": ["4", 0], "control_net": ["6", 0], "image": ["5", 0],
+            "model": ["2", 0], "positive": ["7", 0], "negative": ["8", 0],
+            "weight": 0.85, "start_at": 0.0, "end_at": 1.0}},
+        "10": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "11": {"class_type": "KSampler", "inputs": {**sampler, "seed": seed, "steps": steps[0], "denoise": 0.8,
+                                                    "latent_image": ["10", 0]}},
+        "12": {"class_type": "KSampler", "inputs": {**sampler, "seed": seed, "steps": steps[1], "denoise": 0.25,
+                                                    "latent_image": ["11", 0]}},
+        "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["1", 2]}},
+        "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": prefix}},
+    }
