@@ -1,0 +1,366 @@
+"""Grain measured without a reference image: a band-pass luma noise index in flat blocks.
+
+Why band-pass and not the usual σ estimators: skimage's Donoho wavelet estimate and
+Immerkær's Laplacian mask look at the finest pixel scale, so film-like grain (noise
+clumped over 1-2 px) reads 3-10x too low and "grain got coarser" would pass as "less
+grain" (see shared/notes/grain.md). Subtracting a σ=2 px Gaussian low-pass keeps
+structure up to a few pixels wide, which is where visible grain lives (the spirit of
+ISO 15739 "visual noise"). Measuring in the flattest 32 px blocks keeps texture out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+BLOCK = 32
+LOWPASS_SIGMA = 2.0
+# Blocks this dark or bright are clipped or crushed: their noise is not representative.
+DARK, BRIGHT = 16.0, 239.0
+INDEX_PERCENTILE = 10.0
+# A block counts as flat when its coarse structure (the low-pass image minus a fitted
+# plane) stays below FLAT_ABS grey levels or FLAT_REL times its own band-pass σ: the
+# relative term keeps strong clumped grain (which leaks into the low-pass) measurable.
+FLAT_ABS = 4.0
+FLAT_REL = 1.5
+MIN_FLAT_BLOCKS = 8
+# Sub-quantisation floor (uint8 rounding of R, G and B leaves ~0.2 grey levels of luma
+# noise): ratios between two cleaner-than-this images are meaningless.
+NOISE_FLOOR = 0.25
+
+# Pair verdict thresholds (shared/notes/grain.md, measured on synthetic pairs: -20 %
+# grain reads 0.81, -10 % reads 0.89, a blur reads 0.47 with detail 0.26).
+SAME_CONTENT_RATIO = 0.85
+DIFFERENT_CONTENT_RATIO = 0.80
+MIN_DETAIL_RATIO = 0.85
+# Block-mean luma correlation above which two images are taken as the same scene
+# (same prompt and seed, e.g. before/after a refiner pass).
+SAME_CONTENT_CORRELATION = 0.90
+COMPARE_FRACTION = 0.20
+DETAIL_PERCENTILE = 90.0
+
+# Grain whose fine part fell but whose coarse part (the low-pass structure of the same
+# flat blocks) rose by more than this got coarser, not weaker: band-pass alone reads
+# 1 px → 2 px grain of equal strength as a 40 % reduction.
+MAX_COARSE_RATIO = 1.15
+COARSE_FLOOR = 0.5
+
+Verdict = Literal["less grain", "not less grain", "grain coarser", "detail lost", "not measurable"]
+ImageLike = Image.Image | np.ndarray
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    radius = int(np.ceil(3 * sigma))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-(x**2) / (2 * sigma**2))
+    return (k / k.sum()).astype(np.float32)
+
+
+_KERNEL = _gaussian_kernel(LOWPASS_SIGMA)
+_RADIUS = len(_KERNEL) // 2
+
+
+def _white_noise_gain(k: np.ndarray) -> float:
+    """Std of (δ − g⊗g) applied to unit white noise, exact for the discrete kernel.
+
+    Σ(δ − G)² = 1 − 2·G(0) + ΣG², with G = k⊗k separable; it is √(1 − 3/(4πs²))
+    in the continuous limit (0.970 for s = 2).
+    """
+    centre = float(k[len(k) // 2]) ** 2
+    energy = float(np.sum(k.astype(np.float64) ** 2)) ** 2
+    return float(np.sqrt(1.0 - 2.0 * centre + energy))
+
+
+_GAIN = _white_noise_gain(_KERNEL)
+# The low percentile of per-block estimates sits below the true σ by z_p times the
+# spread of one block's MAD estimate (asymptotic sd of MAD/0.6745 is 1.166σ/√n); this
+# constant calibrates the index so that white noise reads its true σ.
+_PERCENTILE_BIAS = 1.0 + NormalDist().inv_cdf(INDEX_PERCENTILE / 100) * 1.1664 / BLOCK
+_MAD_TO_SIGMA = 1.4826
+_IMMERKAER = float(np.sqrt(np.pi / 2) / 6)  # Immerkær 1996 mean-abs to σ factor
+
+
+def luma(image: ImageLike) -> np.ndarray:
+    """BT.601 luma as float32 in 0-255 (the weights of PIL's "L" conversion, unrounded).
+
+    Accepts a PIL image, an H×W array or an H×W×3(4) array in 0-255 (uint8 or float).
+    """
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        return arr.astype(np.float32, copy=False)
+    if arr.ndim == 3 and arr.shape[2] >= 3:
+        return arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    raise ValueError(f"expected an H×W or H×W×3 image, got shape {arr.shape}")
+
+
+def _lowpass_valid(lum: np.ndarray) -> np.ndarray:
+    """Separable Gaussian, 'valid' region only (no padding artefacts at the borders).
+
+    numpy slices rather than PIL: PIL's GaussianBlur refuses float images and rounds
+    its 8-bit output, an error (σ ≈ 0.37) larger than the noise of a clean image.
+    """
+    k, r = _KERNEL, _RADIUS
+    h, w = lum.shape
+    rows = k[r] * lum[:, r : w - r]
+    for i in range(r):  # symmetric kernel: pair the taps
+        rows += k[i] * (lum[:, i : i + w - 2 * r] + lum[:, 2 * r - i : 2 * r - i + w - 2 * r])
+    out = k[r] * rows[r : h - r]
+    for i in range(r):
+        out += k[i] * (rows[i : i + h - 2 * r] + rows[2 * r - i : 2 * r - i + h - 2 * r])
+    return out
+
+
+def _to_blocks(a: np.ndarray, ny: int, nx: int) -> np.ndarray:
+    """(ny·B, nx·B) → (ny·nx, B·B), row-major block order."""
+    return a[: ny * BLOCK, : nx * BLOCK].reshape(ny, BLOCK, nx, BLOCK).swapaxes(1, 2).reshape(ny * nx, -1)
+
+
+def _plane_basis() -> np.ndarray:
+    """Orthonormal (x, y) slopes over a block: centred coordinates are orthogonal to
+    each other and to the constant, so a plane fit is two dot products."""
+    y, x = np.mgrid[0:BLOCK, 0:BLOCK].astype(np.float64) - (BLOCK - 1) / 2
+    basis = np.stack([x.ravel(), y.ravel()], axis=1)
+    return (basis / np.linalg.norm(basis, axis=0)).astype(np.float32)
+
+
+_SLOPES = _plane_basis()
+
+
+def _plane_residual_rms(blocks: np.ndarray) -> np.ndarray:
+    """RMS of each row after removing its best-fitting plane."""
+    centred_energy = np.var(blocks, axis=1) * blocks.shape[1]
+    slope_energy = np.sum((blocks @ _SLOPES) ** 2, axis=1)
+    return np.sqrt(np.maximum(centred_energy - slope_energy, 0.0) / blocks.shape[1])
+
+
+@dataclass(frozen=True, eq=False)
+class BlockStats:
+    """Per-block measurements on a grid of BLOCK px blocks.
+
+    Block (i, j) covers image rows origin + i·BLOCK … and columns origin + j·BLOCK …;
+    arrays are flat in row-major block order, shape (rows·cols,).
+    """
+
+    shape: tuple[int, int]
+    origin: int
+    mean: np.ndarray  # block mean luma
+    sigma: np.ndarray  # robust band-pass σ / white-noise gain (grey levels)
+    energy: np.ndarray  # RMS of the band-pass (texture + noise), for detail
+    coarse: np.ndarray  # low-pass structure after removing a plane
+    fine: np.ndarray  # Immerkær fine-scale σ
+    valid: np.ndarray  # brightness in range
+    flat: np.ndarray  # valid and without coarse structure
+
+    def box(self, block: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of a block in image pixels."""
+        i, j = divmod(int(block), self.shape[1])
+        top, left = self.origin + i * BLOCK, self.origin + j * BLOCK
+        return left, top, left + BLOCK, top + BLOCK
+
+
+def block_stats(image: ImageLike) -> BlockStats:
+    """Measure every full 32 px block inside the low-pass filter's valid region."""
+    lum = luma(image)
+    r = _RADIUS
+    inner = lum[r:-r, r:-r]
+    ny, nx = inner.shape[0] // BLOCK, inner.shape[1] // BLOCK
+    if ny == 0 or nx == 0:
+        empty = np.zeros(0, np.float32)
+        return BlockStats((ny, nx), r, empty, empty, empty, empty, empty, empty.astype(bool), empty.astype(bool))
+    low = _lowpass_valid(lum)
+    band = _to_blocks(inner - low, ny, nx)
+    low_b = _to_blocks(low, ny, nx)
+
+    centred = band - np.median(band, axis=1, keepdims=True)
+    sigma = _MAD_TO_SIGMA * np.median(np.abs(centred), axis=1) / _GAIN
+    energy = np.sqrt(np.mean(band * band, axis=1))
+    coarse = _plane_residual_rms(low_b)
+    mean = _to_blocks(inner, ny, nx).mean(axis=1)
+
+    # Immerkær's mask [[1,-2,1],[-2,4,-2],[1,-2,1]] = outer([1,-2,1],[1,-2,1]), on the same pixels.
+    pad = lum[r - 1 : lum.shape[0] - r + 1, r - 1 : lum.shape[1] - r + 1]
+    d = pad[:, :-2] - 2 * pad[:, 1:-1] + pad[:, 2:]
+    lap = d[:-2] - 2 * d[1:-1] + d[2:]
+    fine = _IMMERKAER * _to_blocks(np.abs(lap), ny, nx).mean(axis=1)
+
+    valid = (mean >= DARK) & (mean <= BRIGHT)
+    flat = valid & (coarse <= np.maximum(FLAT_ABS, FLAT_REL * sigma))
+    return BlockStats((ny, nx), r, mean, sigma, energy, coarse, fine, valid, flat)
+
+
+@dataclass(frozen=True, eq=False)
+class GrainMeasure:
+    """Grain of one image; index is None when the image has too few flat blocks."""
+
+    index: float | None  # band-pass luma σ in grey levels (0-255) in the flattest blocks
+    fine_sigma: float | None  # Immerkær fine-pixel σ in the same flat blocks, for reference
+    flat_blocks: int
+    total_blocks: int
+    explanation: str
+    blocks: BlockStats = field(repr=False)
+
+    @property
+    def measurable(self) -> bool:
+        return self.index is not None
+
+
+def _index(stats: BlockStats) -> tuple[float | None, float | None]:
+    if int(stats.flat.sum()) < MIN_FLAT_BLOCKS:
+        return None, None
+    index = float(np.percentile(stats.sigma[stats.flat], INDEX_PERCENTILE)) / _PERCENTILE_BIAS
+    fine = float(np.percentile(stats.fine[stats.flat], INDEX_PERCENTILE)) / _PERCENTILE_BIAS
+    return index, fine
+
+
+def measure_grain(image: ImageLike) -> GrainMeasure:
+    """Grain index of one image (see the module docstring)."""
+    stats = block_stats(image)
+    index, fine = _index(stats)
+    flat, total = int(stats.flat.sum()), int(stats.flat.size)
+    if index is None:
+        why = (
+            f"not measurable: {flat} flat mid-tone blocks of {total} (need {MIN_FLAT_BLOCKS}); "
+            "texture, clipping or a too small image leaves nowhere to see grain"
+        )
+    else:
+        why = (
+            f"grain index {index:.2f} grey levels (band-pass luma σ, {INDEX_PERCENTILE:.0f}th percentile "
+            f"of {flat} flat blocks of {total}); fine-scale σ {fine:.2f}"
+        )
+    return GrainMeasure(index, fine, flat, total, why, stats)
+
+
+# Texture energy (band-pass RMS above the grain) below which an image has no detail
+# worth protecting: its ratio would be noise over noise.
+DETAIL_FLOOR = 1.0
+
+
+def _detail(measure: GrainMeasure) -> float:
+    """Band-pass energy of the textured blocks with the image's own grain removed.
+
+    The 90th percentile of block energy, minus the grain's share (index × gain)², so
+    that removing grain does not read as losing detail while a blur, which flattens
+    texture too, does.
+    """
+    stats = measure.blocks
+    if not stats.valid.any():
+        return 0.0
+    energy2 = float(np.percentile(stats.energy[stats.valid] ** 2, DETAIL_PERCENTILE))
+    grain2 = ((measure.index or 0.0) * _GAIN) ** 2
+    return float(np.sqrt(max(energy2 - grain2, 0.0)))
+
+
+def content_correlation(a: BlockStats, b: BlockStats) -> float | None:
+    """Pearson correlation of the block-mean luma maps; None when the grids differ.
+
+    Two uniform images (no variance to correlate) count as 1.0 when their block means
+    agree within 2 grey levels, else 0.0.
+    """
+    if a.shape != b.shape or a.mean.size == 0:
+        return None
+    if a.mean.std() < 1e-6 or b.mean.std() < 1e-6:
+        return 1.0 if float(np.max(np.abs(a.mean - b.mean))) < 2.0 else 0.0
+    return float(np.corrcoef(a.mean, b.mean)[0, 1])
+
+
+@dataclass(frozen=True, eq=False)
+class GrainComparison:
+    """Grain of a new image against the previous one."""
+
+    verdict: Verdict
+    ratio: float | None  # new/prev grain: median block ratio (same content) or index ratio
+    coarse_ratio: float | None  # new/prev low-pass structure on the same blocks (same content)
+    detail_ratio: float | None  # new/prev texture energy; None when prev has no texture
+    same_content: bool
+    correlation: float | None
+    blocks_used: int
+    prev: GrainMeasure
+    new: GrainMeasure
+    explanation: str
+    block_ids: np.ndarray = field(repr=False)  # blocks compared (prev's flattest), flat indices
+
+    @property
+    def reduced(self) -> bool:
+        return self.verdict == "less grain"
+
+
+def _compared_blocks(prev: BlockStats, new: BlockStats) -> np.ndarray:
+    """The flattest COMPARE_FRACTION of prev's flat blocks that are mid-tone in both.
+
+    Ranked on both images' σ (their product), not prev's alone: blocks where prev's
+    noise happened to read low would otherwise be picked and the ratio of two equally
+    grainy images would read ~1.06 (regression to the mean).
+    """
+    flat = np.flatnonzero(prev.flat & new.valid)
+    keep = max(int(np.ceil(COMPARE_FRACTION * flat.size)), min(flat.size, MIN_FLAT_BLOCKS))
+    return flat[np.argsort(prev.sigma[flat] * new.sigma[flat], kind="stable")[:keep]]
+
+
+def compare_grain(prev: ImageLike, new: ImageLike, same_content: bool | None = None) -> GrainComparison:
+    """Did grain go down from prev to new, without the image simply being blurred?
+
+    same_content None decides from the block-mean correlation (≥ 0.90: same prompt and
+    seed, e.g. a refiner pass). Same content: per-block ratios on the same blocks, the
+    detail check guards against blur. Different content: only the plain indices can be
+    compared, with a wider margin.
+    """
+    p, n = measure_grain(prev), measure_grain(new)
+    corr = content_correlation(p.blocks, n.blocks)
+    same = (corr is not None and corr >= SAME_CONTENT_CORRELATION) if same_content is None else same_content
+    if same and p.blocks.shape != n.blocks.shape:
+        raise ValueError("same_content=True needs images of the same size")
+    none = np.zeros(0, np.int64)
+    p_detail, n_detail = _detail(p), _detail(n)
+    floor = max(DETAIL_FLOOR, 0.5 * (p.index or 0.0) * _GAIN)
+    detail = n_detail / p_detail if p_detail >= floor else None
+
+    def result(
+        verdict: Verdict, ratio: float | None, ids: np.ndarray, why: str, coarse: float | None = None
+    ) -> GrainComparison:
+        return GrainComparison(verdict, ratio, coarse, detail, same, corr, int(ids.size), p, n, why, ids)
+
+    detail_txt = "no texture to check for blur" if detail is None else f"detail {detail:.2f}"
+    if not same:
+        if not (p.measurable and n.measurable):
+            which = "previous" if not p.measurable else "new"
+            return result("not measurable", None, none, f"not measurable: the {which} image has no flat areas")
+        ratio = max(n.index, NOISE_FLOOR) / max(p.index, NOISE_FLOOR)  # type: ignore[type-var]
+        verdict: Verdict = "less grain" if ratio <= DIFFERENT_CONTENT_RATIO else "not less grain"
+        return result(
+            verdict,
+            ratio,
+            none,
+            f"{verdict}: different content, grain index {p.index:.2f} → {n.index:.2f} (ratio {ratio:.2f}, "
+            f"needs ≤ {DIFFERENT_CONTENT_RATIO}; {detail_txt}, not used across scenes)",
+        )
+    ids = _compared_blocks(p.blocks, n.blocks) if p.measurable else none
+    if ids.size == 0:
+        return result("not measurable", None, ids, "not measurable: the previous image has no flat mid-tone areas")
+    ratios = np.maximum(n.blocks.sigma[ids], NOISE_FLOOR) / np.maximum(p.blocks.sigma[ids], NOISE_FLOOR)
+    ratio = float(np.median(ratios))
+    coarse = float(
+        np.median(np.maximum(n.blocks.coarse[ids], COARSE_FLOOR) / np.maximum(p.blocks.coarse[ids], COARSE_FLOOR))
+    )
+    if ratio > SAME_CONTENT_RATIO:
+        verdict = "not less grain"
+    elif coarse > MAX_COARSE_RATIO:
+        verdict = "grain coarser"
+    elif detail is not None and detail < MIN_DETAIL_RATIO:
+        verdict = "detail lost"
+    else:
+        verdict = "less grain"
+    why = (
+        f"{verdict}: grain ratio {ratio:.2f} on {ids.size} flat blocks (needs ≤ {SAME_CONTENT_RATIO}), "
+        f"coarse {coarse:.2f} (needs ≤ {MAX_COARSE_RATIO}), {detail_txt} (needs ≥ {MIN_DETAIL_RATIO})"
+    )
+    if verdict == "detail lost":
+        why += "; the image was smoothed, texture went down with the grain"
+    elif verdict == "grain coarser":
+        why += "; the fine grain became larger clumps rather than going away"
+    return result(verdict, ratio, ids, why, coarse)
