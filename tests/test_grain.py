@@ -1,0 +1,183 @@
+"""Grain index and pair verdicts on generated images with noise of known strength.
+
+The true luma σ of added noise is computed from the noise itself, so every expected
+value comes from the construction of the image, not from a previous run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.filters import gaussian
+from skimage.restoration import estimate_sigma
+
+from ralph.handlers.images.grain import compare_grain, luma, measure_grain
+
+H, W = 1216, 832  # the task's SDXL portrait size
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def gradient(h: int = H, w: int = W) -> np.ndarray:
+    """A smooth coloured ramp: mid-tones everywhere, no texture."""
+    y, x = np.mgrid[0:h, 0:w].astype(float)
+    return np.stack([60 + 100 * x / w, 50 + 120 * y / h, 90 + 60 * (x + y) / (h + w)], axis=-1)
+
+
+def portrait(h: int = H, w: int = W) -> np.ndarray:
+    """Portrait-like scene: graded background, a shaded skin-tone face, fine-stranded
+    hair and a finely woven white dress (texture at 1-2 px, where blur bites)."""
+    y, x = np.mgrid[0:h, 0:w].astype(float)
+    cx, cy = w / 2, 0.4 * h
+    img = np.stack([150 + 40 * x / w, 140 + 30 * y / h, 130 + 20 * x / w], axis=-1)
+    face = ((x - cx) / (0.2 * w)) ** 2 + ((y - cy) / (0.19 * h)) ** 2 < 1
+    mask = gaussian(face.astype(float), 6)[..., None]
+    shade = (1 - 0.3 * ((x - cx) / (0.2 * w)) ** 2)[..., None]
+    img = img * (1 - mask) + np.array([224, 172, 140]) * shade * mask
+    hair = (((x - cx) / (0.28 * w)) ** 2 + ((y - 0.35 * h) / (0.25 * h)) ** 2 < 1) & ~face & (y < 0.58 * h)
+    img[hair] = np.array([90, 60, 40]) + (40 * np.sin(x / 0.9 + 3 * np.sin(y / 17)))[hair][:, None]
+    dress = (y > 0.66 * h) & (np.abs(x - cx) < 0.36 * w)
+    img[dress] = np.array([215, 212, 205]) + (15 * np.sin(x / 0.8) * np.sin(y / 0.9))[dress][:, None]
+    return img
+
+
+def texture(rng: np.random.Generator, h: int = H, w: int = W) -> np.ndarray:
+    """Strong structure at every place (foliage-like): no flat area anywhere."""
+    y, x = np.mgrid[0:h, 0:w].astype(float)
+    blobs = gaussian(rng.normal(0, 1, (h, w)), 3)
+    t = 128 + 30 * blobs / blobs.std() + 25 * np.sin(x / 3.1 + y / 5.3)
+    return np.stack([t, t, t], axis=-1)
+
+
+def film_grain(rng: np.random.Generator, blur: float, sigma: float, h: int = H, w: int = W) -> np.ndarray:
+    """Monochrome grain: white noise clumped by a Gaussian of `blur` px, scaled to σ."""
+    g = gaussian(rng.normal(0, 1, (h, w)), blur)
+    return (g * sigma / g.std())[..., None]
+
+
+def q(img: np.ndarray) -> np.ndarray:
+    """What a PNG stores: rounded, clipped 8-bit."""
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0, 5.0, 10.0])
+def test_white_noise_index_is_the_true_luma_sigma(sigma: float) -> None:
+    rng = np.random.default_rng(int(sigma * 10))
+    noise = rng.normal(0, sigma, (H, W, 3))  # independent per channel: luma σ ≈ 0.668 σ
+    true = float((noise @ LUMA).std())
+    m = measure_grain(gradient() + noise)
+    assert m.index is not None and abs(m.index / true - 1) < 0.10, (m.index, true)
+    assert m.flat_blocks == m.total_blocks  # a clean ramp is flat everywhere
+
+
+@pytest.mark.parametrize("sigma", [2.0, 5.0])
+def test_index_sees_noise_through_texture(sigma: float) -> None:
+    """The portrait's hair and dress would inflate a global estimate; flat blocks don't."""
+    rng = np.random.default_rng(7)
+    noise = rng.normal(0, sigma, (H, W, 3))
+    true = float((noise @ LUMA).std())
+    m = measure_grain(portrait() + noise)
+    assert m.index is not None and abs(m.index / true - 1) < 0.10, (m.index, true)
+    assert m.flat_blocks < m.total_blocks  # the textured parts were left out
+
+
+@pytest.mark.parametrize("sigma", [2.0, 5.0, 10.0])
+def test_agrees_with_skimage_estimate_sigma_on_white_noise(sigma: float) -> None:
+    rng = np.random.default_rng(3)
+    img = q(gradient() + rng.normal(0, sigma, (H, W, 3)))
+    reference = float(estimate_sigma(luma(img)))
+    m = measure_grain(img)
+    assert abs(m.index / reference - 1) < 0.10, (m.index, reference)
+    assert abs(m.fine_sigma / reference - 1) < 0.10, (m.fine_sigma, reference)
+
+
+@pytest.mark.parametrize("blur", [0.6, 1.0, 1.6])
+def test_clumped_grain_ranks_above_weaker_pixel_noise(blur: float) -> None:
+    """σ5 film grain is far grainier than σ2 pixel noise; fine-scale estimators invert that."""
+    rng = np.random.default_rng(11)
+    pixel = q(gradient() + rng.normal(0, 2.0, (H, W, 3)))  # luma σ ≈ 1.34
+    grainy = q(gradient() + film_grain(rng, blur, 5.0))  # luma σ 5
+    p, g = measure_grain(pixel), measure_grain(grainy)
+    assert g.index > 1.5 * p.index, (g.index, p.index)
+    assert g.index > 0.45 * 5.0  # sees at least ~half of the grain even at 1.6 px
+    if blur >= 1.0:  # the premise: the fine-scale references miss it
+        assert g.fine_sigma < p.fine_sigma
+        assert estimate_sigma(luma(grainy)) < estimate_sigma(luma(pixel))
+
+
+def test_pil_image_and_array_give_the_same_measure() -> None:
+    rng = np.random.default_rng(5)
+    img = q(portrait(608, 416) + rng.normal(0, 3, (608, 416, 3)))
+    assert measure_grain(Image.fromarray(img)).index == pytest.approx(measure_grain(img).index, rel=1e-6)
+
+
+def test_no_flat_area_is_not_measurable() -> None:
+    rng = np.random.default_rng(2)
+    for img in (texture(rng), np.full((H, W, 3), 250.0), np.full((H, W, 3), 5.0), np.full((40, 40, 3), 128.0)):
+        m = measure_grain(img)
+        assert m.index is None and not m.measurable
+        assert m.explanation.startswith("not measurable")
+
+
+@pytest.fixture(scope="module")
+def grainy_prev() -> np.ndarray:
+    return q(portrait() + film_grain(np.random.default_rng(100), 1.0, 5.0))
+
+
+@pytest.mark.parametrize(
+    ("strength", "verdict", "low", "high"),
+    [
+        (1.0, "not less grain", 0.95, 1.05),  # a fresh grain pattern of the same strength
+        (0.9, "not less grain", 0.85, 0.95),
+        (0.8, "less grain", 0.75, 0.85),
+        (0.5, "less grain", 0.45, 0.55),
+        (1.2, "not less grain", 1.14, 1.26),
+        (0.0, "less grain", 0.0, 0.15),
+    ],
+)
+def test_pair_ratio_follows_grain_strength(grainy_prev: np.ndarray, strength: float, verdict: str, low: float, high: float) -> None:
+    new = q(portrait() + film_grain(np.random.default_rng(200), 1.0, 5.0 * strength))
+    c = compare_grain(grainy_prev, new)
+    assert c.same_content and c.correlation > 0.99
+    assert c.verdict == verdict, c.explanation
+    assert low <= c.ratio <= high, c.explanation
+    assert c.reduced == (verdict == "less grain")
+    assert c.detail_ratio is not None and c.detail_ratio > 0.9  # texture untouched
+
+
+@pytest.mark.parametrize("blur", [0.7, 1.0])
+def test_blur_is_refused_as_less_grain(grainy_prev: np.ndarray, blur: float) -> None:
+    blurred = q(gaussian(grainy_prev.astype(float), (blur, blur, 0), preserve_range=True))
+    c = compare_grain(grainy_prev, blurred)
+    assert c.ratio < 0.85  # grain alone did go down...
+    assert c.detail_ratio < 0.85  # ...but so did the hair and the weave
+    assert c.verdict == "detail lost" and not c.reduced, c.explanation
+
+
+def test_coarser_grain_is_refused_as_less_grain(grainy_prev: np.ndarray) -> None:
+    """1 px grain → 2 px grain of the same σ: the band-pass part falls, the clumps grow."""
+    coarser = q(portrait() + film_grain(np.random.default_rng(300), 2.0, 5.0))
+    c = compare_grain(grainy_prev, coarser)
+    assert c.ratio < 0.85 and c.coarse_ratio > 1.15
+    assert c.verdict == "grain coarser" and not c.reduced, c.explanation
+
+
+def test_different_content_uses_plain_indices_with_a_wider_margin() -> None:
+    rng = np.random.default_rng(9)
+    prev = q(portrait() + rng.normal(0, 6, (H, W, 3)))
+    scene = gradient()[::-1, ::-1]
+    slightly = q(scene + rng.normal(0, 6 * 0.82, (H, W, 3)))  # -18 %: enough for same scene only
+    clearly = q(scene + rng.normal(0, 6 * 0.6, (H, W, 3)))
+    a, b = compare_grain(prev, slightly), compare_grain(prev, clearly)
+    assert not a.same_content and a.correlation < 0.9
+    assert a.ratio == pytest.approx(a.new.index / a.prev.index)
+    assert 0.78 < a.ratio < 0.86 and a.verdict == "not less grain", a.explanation
+    assert b.ratio < 0.65 and b.verdict == "less grain", b.explanation
+
+
+def test_pair_without_flat_areas_is_not_measurable(grainy_prev: np.ndarray) -> None:
+    rng = np.random.default_rng(4)
+    tex = q(texture(rng))
+    for prev, new, same in ((tex, tex, None), (tex, grainy_prev, False), (grainy_prev, tex, False)):
+        c = compare_grain(prev, new, same_content=same)
+        assert c.verdict == "not measurable" and c.ratio is None, c.explanation
