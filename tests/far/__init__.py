@@ -1,0 +1,1 @@
+"""Far sides of the network for tests: emulated services ralph talks to, served for real on loopback."""
