@@ -1,0 +1,102 @@
+"""``shell``: run the task's fenced ``bash`` block on this machine."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ralph.context import Context
+from ralph.handler import Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
+from ralph.model import Task, TaskFile
+
+_BACKTICKED = re.compile(r"`([^`]+)`")
+_TAIL_LINES = 5
+
+
+class ShellHandler(Handler):
+    """Run the task's ```bash block locally (bash -e -o pipefail), in the task file's folder.
+
+    Its output goes to .ralph/<file>/task-N.log.  Once the script has exited, a rerun does not
+    run it again.  Criteria it verifies: a backticked path that "exists" (or is created,
+    written, saved); a backticked command that "succeeds" (run again to check it); "without
+    error" / "sans erreur" (the script exited 0).
+    """
+
+    name = "shell"
+    params = {
+        "timeout": Param((int, float), 3600, "seconds before the script is stopped"),
+        "env": Param(dict, {}, "extra environment variables for the script"),
+    }
+
+    def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
+        if task.code("bash", "sh", "shell") is None:
+            return [Problem(task.line, f"{task.label}: the shell handler needs a ```bash block")]
+        return []
+
+    def run(self, ctx: Context) -> Result:
+        if "exit_code" not in ctx.memory:
+            block = ctx.task.code("bash", "sh", "shell")
+            if block is None:
+                raise TaskFailed("no ```bash block to run")
+            log = ctx.state_dir / f"task-{ctx.task.number}.log"
+            ctx.log(f"running the bash block of line {block.line} (log: {log})")
+            with open(log, "wb") as out:
+                try:
+                    code = subprocess.run(
+                        ["bash", "-e", "-o", "pipefail", "-c", block.text],
+                        cwd=ctx.workdir,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=_environment(ctx.params["env"]),
+                        timeout=ctx.params["timeout"],
+                    ).returncode
+                except subprocess.TimeoutExpired:
+                    raise TaskFailed(f"the script ran past its {ctx.params['timeout']} s timeout") from None
+            ctx.memory["exit_code"] = code
+            ctx.memory["tail"] = _tail(log)
+        code, tail = ctx.memory["exit_code"], ctx.memory["tail"]
+        if code != 0:
+            raise TaskFailed(f"the script exited {code}: {tail}")
+        return Result(summary="the script exited 0", data={"exit_code": code})
+
+    @criterion(r"`[^`]+`.*\b(exist|cree|created|present|saved|sauvegard|ecrit|written|genere)")
+    def path_exists(self, ctx: Context, result: Result, text: str) -> Evidence:
+        path = ctx.path(_BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
+        if path.is_file():
+            return Evidence(True, f"{path} exists ({path.stat().st_size} bytes)")
+        if path.is_dir():
+            return Evidence(True, f"{path} exists (a folder)")
+        return Evidence(False, f"{path} does not exist")
+
+    @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
+    def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:
+        command = _BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=ctx.workdir,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            env=_environment(ctx.params["env"]),
+            timeout=ctx.params["timeout"],
+        )
+        output = (done.stdout + done.stderr).decode("utf-8", "replace").strip().splitlines()
+        last = f": {output[-1]}" if output else ""
+        return Evidence(done.returncode == 0, f"`{command}` exited {done.returncode}{last}")
+
+    @criterion(r"sans erreur|without (an )?error|exit code 0|succeeds|runs")
+    def script_succeeded(self, ctx: Context, result: Result, text: str) -> Evidence:
+        return Evidence(result.data.get("exit_code") == 0, f"the script exited {result.data.get('exit_code')}")
+
+
+def _environment(extra: dict[str, Any]) -> dict[str, str]:
+    import os
+
+    return {**os.environ, **{str(k): str(v) for k, v in extra.items()}}
+
+
+def _tail(log: Path) -> str:
+    lines = log.read_bytes().decode("utf-8", "replace").strip().splitlines()
+    return " | ".join(lines[-_TAIL_LINES:])

@@ -1,0 +1,174 @@
+"""``ralph``: the command line, a thin layer over the engine.
+
+Exit status: 0 every task done, 1 a task failed or was blocked, 2 bad input or usage,
+3 some criteria are left for a person to review, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import RalphError
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.command(args))
+    except RalphError as error:
+        print(f"ralph: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ralph", description="Run RALPH markdown task files.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the pending tasks of task files, resuming where they stopped")
+    run.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    run.add_argument("--only", type=int, metavar="N", help="run task N only (even if done)")
+    run.add_argument("--from", dest="start_from", type=int, metavar="N", help="start at task N")
+    run.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    run.set_defaults(command=_run)
+
+    status = commands.add_parser("status", help="show the tasks of a file and where they stand")
+    status.add_argument("file", type=Path, metavar="FILE")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(command=_status)
+
+    check = commands.add_parser("check", help="validate files, handlers and parameters without running")
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check.set_defaults(command=_check)
+
+    new = commands.add_parser("new", help="create the next RALPH-00N-slug.md from a template")
+    new.add_argument("title")
+    new.add_argument("--dir", type=Path, help="where to create it (default: roadmap/ralph if present, else .)")
+    new.set_defaults(command=_new)
+
+    handlers = commands.add_parser("handlers", help="list the handlers and their parameters")
+    handlers.set_defaults(command=_handlers)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .console import ConsoleReporter
+    from .runner import Runner
+
+    if args.dry_run:
+        return max(_dry_run(path, args) for path in args.files)
+    reporter = ConsoleReporter()
+    worst = 0
+    for path in args.files:
+        code = Runner(path, reporter, only=args.only, start_from=args.start_from).run().exit_code
+        worst = code if code in (130, 1) else max(worst, code)
+        if code == 130:
+            break
+    return worst
+
+
+def _dry_run(path: Path, args: argparse.Namespace) -> int:
+    from .plan import make_plan
+    from .runner import select
+    from .state import RunState, state_dir_for
+
+    plan = make_plan(path)
+    for problem in plan.problems:
+        print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
+    if any(p.severity == "error" for p in plan.problems):
+        return 2
+    steps = select(plan, RunState(state_dir_for(path)), only=args.only, start_from=args.start_from)
+    print(f"{plan.file.title} — {len(steps)} task(s) would run:")
+    for step in steps:
+        cleanup = " (clean-up)" if step.handler and step.handler.cleanup else ""
+        print(f"  {step.task.number}. {step.task.title} [{step.task.status}] → {step.handler_name}{cleanup}")
+        for key, value in sorted(step.params.items()):
+            print(f"       {key} = {value!r}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .parser import parse_file
+    from .plan import handler_name
+
+    file, _ = parse_file(args.file)
+    config = load_config(args.file)
+    names = {t.number: handler_name(t, config) for t in file.tasks}
+    if args.json:
+        json.dump(file.as_json(names), sys.stdout, ensure_ascii=False, indent=2)
+        print()
+        return 0
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(file.title), title_justify="left")
+    for column in ("#", "task", "priority", "status", "criteria", "handler"):
+        table.add_column(column)
+    for task in file.tasks:
+        ticked = sum(c.checked for c in task.criteria)
+        table.add_row(
+            str(task.number),
+            escape(task.title),
+            task.priority or "",
+            task.status,
+            f"{ticked}/{len(task.criteria)}",
+            names[task.number] or "—",
+        )
+    Console(highlight=False).print(table)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .plan import make_plan
+
+    failed = False
+    for path in args.files:
+        try:
+            plan = make_plan(path)
+        except RalphError as error:
+            print(error if error.path else f"{path}:{error.line or 1}: {error.message}")
+            failed = True
+            continue
+        for problem in sorted(plan.problems, key=lambda p: p.line):
+            print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
+            failed = failed or problem.severity == "error"
+        if not plan.problems:
+            print(f"{path}: ok ({len(plan.file.tasks)} tasks)")
+    return 1 if failed else 0
+
+
+def _new(args: argparse.Namespace) -> int:
+    from .template import create_task_file
+
+    directory = args.dir or (Path("roadmap/ralph") if Path("roadmap/ralph").is_dir() else Path("."))
+    print(create_task_file(directory, args.title))
+    return 0
+
+
+def _handlers(args: argparse.Namespace) -> int:
+    from .registry import Registry
+
+    registry = Registry()
+    for name in registry.names():
+        try:
+            handler = registry.load(name)
+        except RalphError as error:
+            print(f"{name}: cannot be loaded ({error.message})")
+            continue
+        cleanup = " (clean-up: runs even after a failure)" if handler.cleanup else ""
+        print(f"{name}{cleanup}")
+        for line in handler.help().splitlines():
+            print(f"    {line}".rstrip())
+        for key, spec in handler.params.items():
+            default = "required" if spec.required else f"default {spec.default!r}"
+            print(f"    - {key} ({default}): {spec.help}")
+    return 0

@@ -1,0 +1,95 @@
+"""``ralph.yaml``: the project's configuration, beside the task files.
+
+It lets files written with no ralph-specific lines run unchanged, by mapping task titles
+(or numbers) to handlers and giving parameters::
+
+    handlers:                 # project-local handlers, imported from this folder
+      greet: my_handlers:Greet
+    params:                   # defaults for every task that uses a handler
+      runpod.create: {gpu_types: [NVIDIA RTX A5000]}
+    tasks:
+      "Créer pod RunPod":     # a task title, as written after its number
+        handler: runpod.create
+        params: {cloud_type: SECURE}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RalphError
+from .parser import normalise
+
+CONFIG_NAME = "ralph.yaml"
+
+
+@dataclass
+class TaskConfig:
+    handler: str | None
+    params: dict[str, Any]
+    line: int
+
+
+@dataclass
+class Config:
+    path: Path | None = None
+    handlers: dict[str, str] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # by normalised title or number
+
+    def for_task(self, number: int, title: str) -> TaskConfig | None:
+        return self.tasks.get(str(number)) or self.tasks.get(normalise(title))
+
+
+def load_config(task_file: Path) -> Config:
+    path = task_file.resolve().parent / CONFIG_NAME
+    if not path.exists():
+        return Config()
+    import yaml
+
+    def fail(message: str, line: int | None = None) -> RalphError:
+        return RalphError(message, path, line)
+
+    try:
+        root = yaml.compose(path.read_text("utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise fail(f"invalid YAML: {getattr(error, 'problem', None) or error}", mark.line + 1 if mark else None) from None
+    except UnicodeDecodeError:
+        raise fail("not valid UTF-8") from None
+    if root is None:
+        return Config(path)
+    if not isinstance(root, yaml.MappingNode):
+        raise fail("expected a mapping with keys handlers, params, tasks", root.start_mark.line + 1)
+    config = Config(path)
+    for key_node, value_node in root.value:
+        key = key_node.value
+        value = yaml.safe_load(yaml.serialize(value_node))
+        line = key_node.start_mark.line + 1
+        if key == "handlers":
+            if not isinstance(value, dict) or not all(isinstance(v, str) and ":" in v for v in value.values()):
+                raise fail("handlers: expected 'name: module:Class' entries", line)
+            config.handlers = value
+        elif key == "params":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise fail("params: expected 'handler.name: {param: value}' entries", line)
+            config.params = value
+        elif key == "tasks":
+            if not isinstance(value_node, yaml.MappingNode):
+                raise fail("tasks: expected 'task title: {handler: name, params: {...}}' entries", line)
+            for title_node, entry_node in value_node.value:
+                entry = yaml.safe_load(yaml.serialize(entry_node))
+                entry_line = title_node.start_mark.line + 1
+                if isinstance(entry, str):
+                    entry = {"handler": entry}
+                if not isinstance(entry, dict) or set(entry) - {"handler", "params"}:
+                    raise fail("a task entry takes 'handler' and 'params'", entry_line)
+                params = entry.get("params") or {}
+                if not isinstance(params, dict):
+                    raise fail("params: expected a mapping", entry_line)
+                config.tasks[normalise(str(title_node.value))] = TaskConfig(entry.get("handler"), params, entry_line)
+        else:
+            raise fail(f"unknown key {key!r}; expected handlers, params or tasks", line)
+    return config

@@ -1,0 +1,155 @@
+"""What a person sees during ``ralph run``: a live task list and progress bars on a terminal,
+plain lines otherwise (CI logs, pipes), colour off under ``NO_COLOR``.  Everything shown
+passes through ``redact``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .model import Task
+from .secrets import redact
+
+if TYPE_CHECKING:
+    from .plan import Plan, Step
+    from .runner import Outcome, RunSummary
+
+STYLE = {
+    "DONE": "green",
+    "NEEDS_REVIEW": "yellow",
+    "FAILED": "red",
+    "BLOCKED": "red",
+    "SKIPPED": "dim",
+    "IN_PROGRESS": "cyan",
+    "PENDING": "dim",
+}
+
+
+class _Bar:
+    def __init__(self, progress: Progress, task_id: int) -> None:
+        self._progress = progress
+        self._id = task_id
+
+    def update(self, completed: float, total: float | None = None, description: str | None = None) -> None:
+        self._progress.update(self._id, completed=completed, total=total, description=description)
+
+
+class _QuietBar:
+    def update(self, completed: float, total: float | None = None, description: str | None = None) -> None:
+        pass
+
+
+class ConsoleReporter:
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False)
+        self.live_mode = self.console.is_terminal
+        self.rows: dict[int, list[str]] = {}
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.live: Live | None = None
+
+    # -- output primitives ---------------------------------------------------------------
+
+    def _print(self, text: str, style: str | None = None) -> None:
+        self.console.print(escape(redact(text)), style=style)
+
+    def _table(self) -> Table:
+        table = Table(box=None, show_header=False, pad_edge=False)
+        for number, (title, status, handler) in self.rows.items():
+            table.add_row(f"{number}.", title, f"[{STYLE.get(status, '')}]{status}[/]", f"[dim]{handler}[/]")
+        return table
+
+    def _refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(Group(self._table(), self.progress))
+
+    # -- the runner's calls --------------------------------------------------------------
+
+    def start(self, plan: Plan, steps: list[Step], stale: list[int]) -> None:
+        self._print(f"{plan.file.title} — {plan.file.path}", "bold")
+        if not steps:
+            self._print("nothing to do: every task is finished")
+        for number in stale:
+            self._print(f"task {number} changed since it was done; `ralph run --only {number}` redoes it", "yellow")
+        self.rows = {s.task.number: [s.task.title, s.task.status, s.handler_name or "?"] for s in steps}
+        if self.live_mode and steps:
+            self.live = Live(Group(self._table(), self.progress), console=self.console, refresh_per_second=8)
+            self.live.start()
+
+    def task_started(self, task: Task, handler: str, resumed: bool) -> None:
+        self.rows[task.number][1] = "IN_PROGRESS"
+        self._refresh()
+        if not self.live_mode:
+            self._print(f"▶ task {task.number} {task.title} ({handler}{', resumed' if resumed else ''})")
+
+    def task_finished(self, task: Task, outcome: Outcome) -> None:
+        if task.number in self.rows:
+            self.rows[task.number][1] = outcome.status
+        self._refresh()
+        if not self.live_mode:
+            detail = f" — {outcome.error}" if outcome.error else ""
+            self._print(f"  task {task.number} {outcome.status} ({outcome.seconds:.1f} s){detail}")
+
+    def log(self, task: Task, message: str) -> None:
+        self._print(f"  task {task.number}: {message}", "dim")
+
+    def warn(self, message: str) -> None:
+        self._print(f"warning: {message}", "yellow")
+
+    @contextmanager
+    def progress(self, description: str, total: float | None) -> Iterator[_Bar | _QuietBar]:
+        if not self.live_mode:
+            self._print(f"  {description}…")
+            yield _QuietBar()
+            self._print(f"  {description}: done")
+            return
+        task_id = self.progress.add_task(escape(redact(description)), total=total)
+        try:
+            yield _Bar(self.progress, task_id)
+        finally:
+            self.progress.remove_task(task_id)
+
+    def finish(self, summary: RunSummary) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        if not summary.outcomes:
+            return
+        table = Table(title="ralph run", title_justify="left")
+        for column in ("#", "task", "status", "time", "cost", "note"):
+            table.add_column(column, overflow="fold")
+        for o in summary.outcomes:
+            cost = f"${o.cost_usd:.4f}" if o.cost_usd is not None else ""
+            note = o.error or o.summary
+            reviews = sum(1 for v in o.verdicts if v.evidence and v.evidence.verified is None)
+            if reviews:
+                note = (note + "; " if note else "") + f"{reviews} criteria to review"
+            table.add_row(
+                str(o.number),
+                escape(o.title),
+                f"[{STYLE.get(o.status, '')}]{o.status}[/]",
+                f"{o.seconds:.1f} s",
+                cost,
+                escape(redact(note)),
+            )
+        self.console.print(table)
+        for verdict in summary.final:
+            mark = "✔" if verdict.evidence is None or verdict.evidence.verified else "·"
+            self._print(f"{mark} {verdict.criterion}: " + (verdict.evidence.detail if verdict.evidence else "ticked"))
+        if summary.cost_usd:
+            self._print(f"cost: ${summary.cost_usd:.4f}")
+        for message in summary.unwritten:
+            self._print(f"not written: {message}", "yellow")

@@ -1,0 +1,59 @@
+"""What a handler sees while it runs a task."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .model import Task, TaskFile
+from .state import EventLog, Resources, TaskMemory
+
+
+class ProgressBar(Protocol):
+    def update(self, completed: float, total: float | None = None, description: str | None = None) -> None: ...
+
+
+class Reporter(Protocol):
+    """Where the runner tells people what happens (the terminal, or nothing in tests)."""
+
+    def log(self, task: Task, message: str) -> None: ...
+
+    def progress(self, description: str, total: float | None) -> AbstractContextManager[ProgressBar]: ...
+
+
+@dataclass
+class Context:
+    file: TaskFile
+    task: Task
+    params: dict[str, Any]
+    memory: TaskMemory  # the handler's own memory, on disk as soon as it is assigned
+    resources: Resources
+    workdir: Path  # the folder of the task file: relative paths are relative to it
+    state_dir: Path
+    run_id: str
+    reporter: Reporter
+    events: EventLog
+
+    def log(self, message: str) -> None:
+        self.events.write("log", task=self.task.number, message=message)
+        self.reporter.log(self.task, message)
+
+    def progress(self, description: str, total: float | None = None) -> AbstractContextManager[ProgressBar]:
+        """A progress bar for a long step: ``with ctx.progress("upload", size) as bar: bar.update(n)``."""
+        return self.reporter.progress(description, total)
+
+    def hold(self, name: str, value: Any) -> None:
+        """Record a resource this task created (a pod) for later tasks, before any long wait."""
+        self.resources.hold(name, value, task=self.task.number)
+
+    def use(self, name: str) -> Any | None:
+        """A resource an earlier task created, or None; this task is then redone if it goes."""
+        return self.resources.use(name, task=self.task.number)
+
+    def release(self, name: str) -> None:
+        self.resources.release(name)
+
+    def path(self, relative: str) -> Path:
+        return (self.workdir / relative).resolve()

@@ -1,0 +1,126 @@
+"""ralph's changes to a task file, applied to whatever the file says *now*.
+
+An edit names its target by identity (task number, criterion text), never by line number,
+so it can be re-applied to a file a person has edited meanwhile.  Each edit changes only
+the lines it means to: one status word, one checkbox character, or ralph's own results
+block.  An edit whose target is gone is reported back, not forced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from .model import RESULTS_BEGIN, RESULTS_END, Criterion, Task, TaskFile
+from .parser import CHECKBOX_LINE, STATUS_LINE, normalise, parse_bytes
+from .secrets import redact
+from .textfile import Text, write_atomically
+
+
+@dataclass(frozen=True)
+class SetStatus:
+    task: int
+    status: str
+
+
+@dataclass(frozen=True)
+class SetCheck:
+    """Tick or untick a criterion; ``task`` None means the file's Success Criteria."""
+
+    task: int | None
+    criterion: str
+    checked: bool
+
+
+@dataclass(frozen=True)
+class SetResults:
+    """Replace (or add) ralph's results block of a task, or of the file when ``task`` is None."""
+
+    task: int | None
+    lines: tuple[str, ...]
+
+
+Edit = Union[SetStatus, SetCheck, SetResults]
+
+
+def apply_edits(file: TaskFile, text: Text, edits: list[Edit]) -> list[str]:
+    """Apply ``edits`` to ``text`` (parsed as ``file``); returns the edits that found no target."""
+    missing: list[str] = []
+    blocks: list[tuple[int, int, list[str]]] = []  # (start, stop, lines), 0-based, applied last
+    for edit in edits:
+        task = file.task(edit.task) if edit.task is not None else None
+        if edit.task is not None and task is None:
+            missing.append(f"task {edit.task} is no longer in the file")
+            continue
+        if isinstance(edit, SetStatus):
+            assert task is not None
+            _set_status(text, task, edit.status)
+        elif isinstance(edit, SetCheck):
+            criteria = task.criteria if task else file.success_criteria
+            target = _find_criterion(criteria, edit.criterion)
+            if target is None:
+                where = task.label if task else "Success Criteria"
+                missing.append(f"{where}: criterion {edit.criterion!r} is no longer in the file")
+                continue
+            _set_check(text, target, edit.checked)
+        else:
+            blocks.append(_results_span(file, task, [redact(line) for line in edit.lines]))
+    # Blocks change the line count: apply them from the bottom up.
+    for start, stop, lines in sorted(blocks, key=lambda b: b[0], reverse=True):
+        text.replace(start, stop, lines)
+    return missing
+
+
+def _set_status(text: Text, task: Task, status: str) -> None:
+    index = task.fields["status"].line - 1
+    found = STATUS_LINE.match(text.lines[index])
+    assert found, "the parser guaranteed a status line here"
+    text.lines[index] = found["prefix"] + status + found["rest"]
+
+
+def _set_check(text: Text, criterion: Criterion, checked: bool) -> None:
+    index = criterion.line - 1
+    found = CHECKBOX_LINE.match(text.lines[index])
+    assert found, "the parser guaranteed a checkbox here"
+    if (found["mark"] != " ") != checked:
+        text.lines[index] = found["prefix"] + ("x" if checked else " ") + found["rest"]
+
+
+def _find_criterion(criteria: list[Criterion], wanted: str) -> Criterion | None:
+    key = normalise(wanted)
+    return next((c for c in criteria if normalise(c.text) == key), None)
+
+
+def _results_span(file: TaskFile, task: Task | None, lines: list[str]) -> tuple[int, int, list[str]]:
+    block = [RESULTS_BEGIN, *lines, RESULTS_END]
+    existing = task.results if task else file.results
+    if existing:
+        return existing[0] - 1, existing[1], block
+    after = task.end_line if task else file.last_line
+    return after, after, ["", *block]
+
+
+class TaskFileWriter:
+    """Writes edits into a task file atomically, re-reading it first every time.
+
+    A person may edit the file while ralph runs: their bytes are what the edits are applied
+    to, and a file that changes between the read and the rename is read again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def apply(self, edits: list[Edit]) -> tuple[TaskFile, list[str]]:
+        for _ in range(10):
+            before = self.path.read_bytes()
+            file, text = parse_bytes(before, self.path)
+            missing = apply_edits(file, text, edits)
+            after = text.encode()
+            if after == before:
+                return file, missing
+            if self.path.read_bytes() != before:
+                continue  # edited under us: apply to the new text
+            write_atomically(self.path, after)
+            return parse_bytes(after, self.path)[0], missing
+        raise OSError(f"{self.path} keeps changing; ralph's edits were not written")

@@ -1,0 +1,144 @@
+"""What a handler is: the contract between ralph's loop and the code that does a task.
+
+A handler is a small class::
+
+    class Greet(Handler):
+        \"\"\"Say hello (the docstring is the help `ralph handlers` shows).\"\"\"
+
+        name = "greet"
+        params = {"who": Param(str, "world", "whom to greet")}
+
+        def run(self, ctx: Context) -> Result:
+            ctx.log(f"hello {ctx.params['who']}")
+            return Result(summary="greeted", data={"who": ctx.params["who"]})
+
+        @criterion(r"greeted|salue")
+        def greeted(self, ctx: Context, result: Result, text: str) -> Evidence:
+            return Evidence(True, f"said hello to {result.data['who']}")
+
+``run`` does the work and raises ``TaskFailed``, ``TaskBlocked`` or ``TransientError``
+(retried with backoff).  Each ``@criterion`` method verifies the acceptance criteria whose
+text its pattern matches (case- and accent-insensitive; the method gets the criterion's own
+text to read paths or numbers from) and returns evidence; a criterion
+that no check matches is left for a person to review.  A handler with ``cleanup = True``
+runs even after an earlier task failed or the run was interrupted.
+
+Handlers are found through the ``ralph.handlers`` entry-point group (see registry.py).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+
+if TYPE_CHECKING:
+    from .context import Context
+    from .model import Task, TaskFile
+
+
+class TaskFailed(Exception):
+    """The task ran and did not do what it had to."""
+
+
+class TaskBlocked(Exception):
+    """The task could not start: something it needs is missing (a key, an earlier result)."""
+
+
+class TransientError(Exception):
+    """A failure worth retrying (a timeout, a 5xx, no capacity right now)."""
+
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter a handler accepts, from the task's yaml block or ralph.yaml."""
+
+    type: type | tuple[type, ...]
+    default: Any = REQUIRED
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass
+class Evidence:
+    """What a check found.  ``verified`` True ticks the box; False fails the task;
+    None means the check could not decide, so a person reviews it with ``detail``."""
+
+    verified: bool | None
+    detail: str
+
+
+@dataclass
+class Result:
+    """What ``run`` reports: recorded in the state and summarised in the task file."""
+
+    summary: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    cost_usd: float | None = None
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A static problem found by ``ralph check``, at a line of the task file."""
+
+    line: int
+    message: str
+    severity: str = "error"  # or "warning"
+
+
+def fold(text: str) -> str:
+    """Lower-case, accents removed, spaces collapsed: what criterion patterns match against."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(plain.casefold().split())
+
+
+CheckMethod = Callable[[Any, "Context", Result, str], Evidence]
+
+
+def criterion(pattern: str) -> Callable[[CheckMethod], CheckMethod]:
+    """Mark a handler method as the check for criteria matching ``pattern`` (a regex on folded text)."""
+    compiled = re.compile(pattern)
+
+    def mark(method: CheckMethod) -> CheckMethod:
+        method.__ralph_criterion__ = compiled  # type: ignore[attr-defined]
+        return method
+
+    return mark
+
+
+class Handler:
+    name: ClassVar[str]
+    params: ClassVar[Mapping[str, Param]] = {}
+    cleanup: ClassVar[bool] = False
+    attempts: ClassVar[int] = 3  # tries when run raises TransientError
+
+    def run(self, ctx: Context) -> Result | None:
+        raise NotImplementedError
+
+    def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
+        """Problems ``ralph check`` can find without running anything (none by default)."""
+        return []
+
+    @classmethod
+    def help(cls) -> str:
+        return (cls.__doc__ or "").strip()
+
+    def check_for(self, criterion_text: str) -> Callable[[Context, Result, str], Evidence] | None:
+        """The bound check whose pattern matches the criterion, if any (first defined wins)."""
+        folded = fold(criterion_text)
+        for klass in type(self).__mro__:
+            for attribute in vars(klass).values():
+                pattern = getattr(attribute, "__ralph_criterion__", None)
+                if pattern is not None and pattern.search(folded):
+                    return attribute.__get__(self, type(self))  # type: ignore[no-any-return]
+        return None

@@ -1,0 +1,120 @@
+"""Which handler does each task, with which parameters — decided before anything runs.
+
+``ralph check``, ``ralph run --dry-run`` and ``ralph run`` share this step, so a problem
+that would stop a run is found without touching any file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config
+from .errors import RalphError
+from .handler import Handler, Param, Problem
+from .model import Task, TaskFile
+from .parser import parse_file, task_yaml
+from .registry import Registry
+
+
+@dataclass
+class Step:
+    task: Task
+    handler_name: str | None
+    handler: Handler | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    file: TaskFile
+    config: Config
+    steps: list[Step]
+    problems: list[Problem]
+
+    def step(self, number: int) -> Step:
+        return next(s for s in self.steps if s.task.number == number)
+
+
+def handler_name(task: Task, config: Config) -> str | None:
+    if task.handler:
+        return task.handler
+    entry = config.for_task(task.number, task.title)
+    return entry.handler if entry else None
+
+
+def make_plan(path: Path, *, deep: bool = True) -> Plan:
+    """Parse ``path`` and resolve every task's handler and parameters.
+
+    ``deep`` also asks each handler for the problems it can find statically (``ralph check``).
+    Raises ``ParseError``/``RalphError`` for a file or config that cannot be read at all.
+    """
+    file, _ = parse_file(path)
+    config = load_config(path)
+    registry = Registry(config.handlers, config.path.parent if config.path else None)
+    steps: list[Step] = []
+    problems: list[Problem] = []
+    for task in file.tasks:
+        name = handler_name(task, config)
+        step = Step(task, name)
+        steps.append(step)
+        if name is None:
+            problems.append(
+                Problem(task.line, f"{task.label} has no handler: add '**Handler**: name' or map it in ralph.yaml")
+            )
+            continue
+        try:
+            step.handler = registry.load(name)()
+        except RalphError as error:
+            problems.append(Problem(task.fields["handler"].line if task.handler else task.line, error.message))
+            continue
+        try:
+            step.params, param_problems = _params(step.handler, task, config)
+        except RalphError as error:
+            problems.append(Problem(error.line or task.line, error.message))
+            continue
+        problems.extend(param_problems)
+        if deep and not param_problems:
+            problems.extend(step.handler.validate(file, task, step.params))
+    return Plan(file, config, steps, problems)
+
+
+def _params(handler: Handler, task: Task, config: Config) -> tuple[dict[str, Any], list[Problem]]:
+    """Defaults, then ralph.yaml's per-handler params, its per-task params, then the task's yaml block."""
+    values: dict[str, Any] = {k: p.default for k, p in handler.params.items() if not p.required}
+    where: dict[str, int] = {}
+    values.update(config.params.get(handler.name, {}))
+    entry = config.for_task(task.number, task.title)
+    if entry:
+        values.update(entry.params)
+    block = task_yaml(task)
+    if block:
+        data, line = block
+        values.update(data)
+        where = {key: line for key in data}
+    problems = []
+    for key, value in values.items():
+        spec = handler.params.get(key)
+        line = where.get(key, task.line)
+        if spec is None:
+            known = ", ".join(sorted(handler.params)) or "none"
+            problems.append(Problem(line, f"{task.label}: unknown parameter {key!r} for {handler.name} (known: {known})"))
+        elif message := _type_problem(key, value, spec):
+            problems.append(Problem(line, f"{task.label}: {message}"))
+    for key, spec in handler.params.items():
+        if spec.required and key not in values:
+            problems.append(Problem(task.line, f"{task.label}: {handler.name} needs parameter {key!r} ({spec.help})"))
+    return values, problems
+
+
+def _type_problem(key: str, value: Any, spec: Param) -> str | None:
+    types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        return None
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        names = " or ".join(t.__name__ for t in types)
+        return f"parameter {key!r} must be {names}, not {type(value).__name__} ({value!r})"
+    if spec.choices is not None and value not in spec.choices:
+        return f"parameter {key!r} must be one of {', '.join(map(str, spec.choices))}, not {value!r}"
+    return None

@@ -1,0 +1,431 @@
+"""The loop: run a task file's tasks in order, check their criteria, write the outcome back.
+
+PENDING → IN_PROGRESS → DONE | NEEDS_REVIEW | FAILED | BLOCKED.  Finished tasks are skipped
+on a rerun; a task left IN_PROGRESS by a crash is resumed through its handler, which finds
+what it saved in its memory.  After a failure or Ctrl-C the remaining tasks are skipped
+but clean-up tasks (terminating a pod) still run.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any, Iterator
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from .context import Context, Reporter
+from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
+from .errors import RalphError
+from .handler import Evidence, Handler, Result, TaskBlocked, TaskFailed, TransientError
+from .model import FINISHED, Task, TaskFile
+from .parser import ParseError, normalise
+from .plan import Plan, Step, make_plan
+from .secrets import redact
+from .state import EventLog, RunLock, RunState, now, state_dir_for
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REVIEW, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+ALTERNATIVE = ("ou ", "or ")  # an exit condition starting so is an alternative to the one above
+
+
+@dataclass
+class Verdict:
+    criterion: str
+    evidence: Evidence | None  # None: ticked by a person before ralph looked
+
+
+@dataclass
+class Outcome:
+    number: int
+    title: str
+    status: str
+    seconds: float = 0.0
+    summary: str = ""
+    error: str = ""
+    cost_usd: float | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    file: TaskFile
+    outcomes: list[Outcome]
+    exit_code: int
+    final: list[Verdict] = field(default_factory=list)  # success criteria and exit conditions
+    stale: list[int] = field(default_factory=list)
+    unwritten: list[str] = field(default_factory=list)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(o.cost_usd or 0.0 for o in self.outcomes)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM: stop after the clean-up tasks.
+
+    A BaseException, like KeyboardInterrupt, so a handler's ``except Exception`` cannot swallow it.
+    """
+
+
+def select(plan: Plan, state: RunState, *, only: int | None, start_from: int | None) -> list[Step]:
+    """The steps this run executes, in file order."""
+    if only is not None:
+        return [s for s in plan.steps if s.task.number == only]
+    redo = state.resources.released_users()
+
+    def pending(step: Step) -> bool:
+        return step.task.status not in FINISHED or step.task.number in redo
+
+    work = [
+        s
+        for s in plan.steps
+        if not _is_cleanup(s) and pending(s) and (start_from is None or s.task.number >= start_from)
+    ]
+    if not work:
+        return [s for s in plan.steps if _is_cleanup(s) and s.task.status not in FINISHED]
+    numbers = {s.task.number for s in work}
+    return [s for s in plan.steps if s.task.number in numbers or _is_cleanup(s)]
+
+
+def _is_cleanup(step: Step) -> bool:
+    return step.handler is not None and step.handler.cleanup
+
+
+class Runner:
+    def __init__(
+        self,
+        path: Path,
+        reporter: Any,
+        *,
+        only: int | None = None,
+        start_from: int | None = None,
+        retry_wait: float = 1.0,
+    ) -> None:
+        self.path = path
+        self.reporter = reporter
+        self.only = only
+        self.start_from = start_from
+        self.retry_wait = retry_wait
+        self.run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.writer = TaskFileWriter(path)
+        self.pending_edits: list[Edit] = []
+        self.unwritten: list[str] = []
+        self.cleaning = False  # running clean-up tasks after a failure or an interrupt
+        self.warned = False
+
+    def run(self) -> RunSummary:
+        plan = make_plan(self.path)
+        errors = [p for p in plan.problems if p.severity == "error"]
+        if errors:
+            first = errors[0]
+            more = f" (and {len(errors) - 1} more: ralph check {self.path})" if len(errors) > 1 else ""
+            raise RalphError(first.message + more, self.path, first.line)
+        directory = state_dir_for(self.path)
+        lock = RunLock(directory, self.path)
+        lock.acquire()
+        state = RunState(directory)
+        events = EventLog(directory, self.run_id)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._run(plan, state, events)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            events.close()
+            lock.release()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.cleaning and not self.warned:
+            self.warned = True
+            self.reporter.warn("cleaning up (e.g. terminating a pod): Ctrl-C once more abandons it")
+            return
+        raise Interrupted(signal.Signals(signum).name)
+
+    def _run(self, plan: Plan, state: RunState, events: EventLog) -> RunSummary:
+        steps = select(plan, state, only=self.only, start_from=self.start_from)
+        stale = self._stale(plan, state, steps)
+        events.write("run_started", file=str(self.path), tasks=[s.task.number for s in steps])
+        self.reporter.start(plan, steps, stale)
+        outcomes: list[Outcome] = []
+        stop_reason = ""
+        interrupted = False
+        for step in steps:
+            if stop_reason and not _is_cleanup(step):
+                outcomes.append(self._skip(step, stop_reason, events))
+                continue
+            self.cleaning = bool(stop_reason)
+            try:
+                outcome = self._execute(plan, step, state, events)
+            except Interrupted:
+                outcomes.append(self._interrupted(step, events))
+                interrupted = True
+                if self.cleaning:
+                    break  # a second Ctrl-C during clean-up: the person chose to leave now
+                stop_reason = "the run was interrupted"
+                continue
+            outcomes.append(outcome)
+            if outcome.status in ("FAILED", "BLOCKED") and not stop_reason:
+                stop_reason = f"task {step.task.number} {outcome.status.lower()}"
+        self.cleaning = False
+        final = self._final(plan, state, events) if outcomes else []
+        self._flush()
+        file = self._current(plan.file)
+        code = _exit_code(file, interrupted=interrupted)
+        events.write("run_finished", exit_code=code)
+        summary = RunSummary(file, outcomes, code, final, stale, self.unwritten)
+        self.reporter.finish(summary)
+        return summary
+
+    # -- one task ------------------------------------------------------------------------
+
+    def _execute(self, plan: Plan, step: Step, state: RunState, events: EventLog) -> Outcome:
+        task, handler = step.task, step.handler
+        assert handler is not None
+        record = state.task(task.number)
+        resumed = task.status == "IN_PROGRESS" and bool(record.get("memory"))
+        record.update(status="IN_PROGRESS", started=now(), attempts=record.get("attempts", 0) + 1)
+        state.save()
+        self._write([SetStatus(task.number, "IN_PROGRESS")])
+        events.write("task_started", task=task.number, handler=handler.name, resumed=resumed)
+        self.reporter.task_started(task, handler.name, resumed)
+        ctx = self._context(plan, step, state, events)
+        started = time.monotonic()
+        outcome = Outcome(task.number, task.title, "FAILED")
+        try:
+            result = self._run_handler(handler, ctx, events) or Result()
+            outcome.summary, outcome.cost_usd = result.summary, result.cost_usd
+            record["result"] = _result_record(result)
+            outcome.verdicts = self._verify(handler, ctx, result, self._current_task(task))
+            outcome.status = _status_from(outcome.verdicts)
+            if outcome.status == "FAILED":
+                unmet = [v.criterion for v in outcome.verdicts if v.evidence and v.evidence.verified is False]
+                outcome.error = "criterion not met: " + "; ".join(unmet)
+        except TaskBlocked as error:
+            outcome.status, outcome.error = "BLOCKED", str(error)
+        except TaskFailed as error:
+            outcome.error = str(error)
+        except Interrupted:
+            raise
+        except Exception as error:  # a handler's bug must not leave the task IN_PROGRESS
+            outcome.error = f"{type(error).__name__}: {error}"
+            events.write("traceback", task=task.number, text=traceback.format_exc())
+        outcome.seconds = time.monotonic() - started
+        outcome.error = redact(outcome.error)
+        record.update(status=outcome.status, finished=now(), seconds=round(outcome.seconds, 3), error=outcome.error)
+        if outcome.status in FINISHED:
+            record["fingerprint"] = self._current_task(task).fingerprint
+        state.save()
+        edits: list[Edit] = [SetStatus(task.number, outcome.status)]
+        edits += [
+            SetCheck(task.number, v.criterion, True) for v in outcome.verdicts if v.evidence and v.evidence.verified
+        ]
+        edits.append(SetResults(task.number, tuple(_results_lines(outcome))))
+        self._write(edits)
+        events.write("task_finished", task=task.number, status=outcome.status, seconds=outcome.seconds, error=outcome.error)
+        self.reporter.task_finished(task, outcome)
+        return outcome
+
+    def _run_handler(self, handler: Handler, ctx: Context, events: EventLog) -> Result | None:
+        def before_sleep(retry_state: Any) -> None:
+            error = retry_state.outcome.exception()
+            events.write("retry", task=ctx.task.number, attempt=retry_state.attempt_number, error=str(error))
+            ctx.reporter.log(ctx.task, f"retrying after: {redact(str(error))}")
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(handler.attempts),
+            wait=wait_exponential(multiplier=self.retry_wait, min=self.retry_wait, max=30 * self.retry_wait),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(handler.run, ctx)
+        except TransientError as error:
+            raise TaskFailed(f"{error} (after {handler.attempts} attempts)") from error
+
+    def _verify(self, handler: Handler, ctx: Context, result: Result, task: Task) -> list[Verdict]:
+        return [Verdict(c.text, None if c.checked else _evidence(handler, ctx, result, c.text)) for c in task.criteria]
+
+    def _context(self, plan: Plan, step: Step, state: RunState, events: EventLog) -> Context:
+        return Context(
+            file=plan.file,
+            task=step.task,
+            params=step.params,
+            memory=state.memory(step.task.number),
+            resources=state.resources,
+            workdir=self.path.resolve().parent,
+            state_dir=state.directory,
+            run_id=self.run_id,
+            reporter=self.reporter,
+            events=events,
+        )
+
+    def _skip(self, step: Step, reason: str, events: EventLog) -> Outcome:
+        outcome = Outcome(step.task.number, step.task.title, "SKIPPED", error=f"skipped: {reason}")
+        self._write([SetStatus(step.task.number, "SKIPPED"), SetResults(step.task.number, tuple(_results_lines(outcome)))])
+        events.write("task_skipped", task=step.task.number, reason=reason)
+        self.reporter.task_finished(step.task, outcome)
+        return outcome
+
+    def _interrupted(self, step: Step, events: EventLog) -> Outcome:
+        """The task stays IN_PROGRESS: the next run resumes it with what its handler saved."""
+        outcome = Outcome(step.task.number, step.task.title, "IN_PROGRESS", error="interrupted; run again to resume")
+        self._write([SetResults(step.task.number, tuple(_results_lines(outcome)))])
+        events.write("task_interrupted", task=step.task.number)
+        self.reporter.task_finished(step.task, outcome)
+        return outcome
+
+    # -- the whole file ------------------------------------------------------------------
+
+    def _final(self, plan: Plan, state: RunState, events: EventLog) -> list[Verdict]:
+        """Success Criteria and Exit Conditions, checked by the handlers of finished tasks."""
+        file = self._current(plan.file)
+        done = [
+            s for s in plan.steps if s.handler is not None and self._status_of(file, s.task.number) in FINISHED
+        ]
+
+        def judge(text: str) -> Evidence:
+            for step in done:
+                assert step.handler is not None
+                if step.handler.check_for(text):
+                    record = state.task(step.task.number).get("result", {})
+                    ctx = self._context(plan, step, state, events)
+                    return _evidence(step.handler, ctx, Result(**record), text)
+            return Evidence(None, "no finished task's handler checks this")
+
+        verdicts = [Verdict(c.text, None if c.checked else judge(c.text)) for c in file.success_criteria]
+        exits = [Verdict(e.text, judge(e.text)) for e in file.exit_conditions]
+        edits: list[Edit] = [SetCheck(None, v.criterion, True) for v in verdicts if v.evidence and v.evidence.verified]
+        lines = ["**Run summary** (ralph, " + now() + ")", ""]
+        lines += [_verdict_line(v) for v in verdicts]
+        if exits:
+            lines += ["", "Exit conditions:"] + [_verdict_line(v) for v in _exit_groups(exits)]
+        edits.append(SetResults(None, tuple(lines)))
+        self._write(edits)
+        return verdicts + exits
+
+    def _stale(self, plan: Plan, state: RunState, steps: list[Step]) -> list[int]:
+        """DONE tasks whose text a person changed since: reported, never silently redone."""
+        running = {s.task.number for s in steps}
+        stale = []
+        for step in plan.steps:
+            fingerprint = state.task(step.task.number).get("fingerprint")
+            if step.task.status in FINISHED and fingerprint and fingerprint != step.task.fingerprint:
+                if step.task.number not in running:
+                    stale.append(step.task.number)
+        return stale
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _write(self, edits: list[Edit]) -> None:
+        """Apply edits now; if the file cannot be parsed (a person is mid-edit), keep them for later."""
+        self.pending_edits.extend(edits)
+        try:
+            self._latest, missing = self.writer.apply(self.pending_edits)
+        except ParseError as error:
+            self.reporter.warn(f"cannot write to the task file yet ({error}); will retry")
+            return
+        self.pending_edits = []
+        for message in missing:
+            self.unwritten.append(message)
+            self.reporter.warn(f"not written: {message}")
+
+    def _flush(self) -> None:
+        if self.pending_edits:
+            self._write([])
+            if self.pending_edits:
+                self.unwritten += [f"{e!r}" for e in self.pending_edits]
+
+    _latest: TaskFile | None = None
+
+    def _current(self, fallback: TaskFile) -> TaskFile:
+        return self._latest or fallback
+
+    def _current_task(self, task: Task) -> Task:
+        latest = self._latest.task(task.number) if self._latest else None
+        return latest or task
+
+    def _status_of(self, file: TaskFile, number: int) -> str:
+        task = file.task(number)
+        return task.status if task else "PENDING"
+
+
+def _evidence(handler: Handler, ctx: Context, result: Result, text: str) -> Evidence:
+    check = handler.check_for(text)
+    if check is None:
+        return Evidence(None, "needs a person's review: no check covers this criterion")
+    try:
+        return check(ctx, result, text)
+    except Exception as error:  # a failing check cannot verify anything
+        return Evidence(None, redact(f"check could not run: {type(error).__name__}: {error}"))
+
+
+def _status_from(verdicts: list[Verdict]) -> str:
+    evidence = [v.evidence for v in verdicts if v.evidence is not None]
+    if any(e.verified is False for e in evidence):
+        return "FAILED"
+    if any(e.verified is None for e in evidence):
+        return "NEEDS_REVIEW"
+    return "DONE"
+
+
+def _exit_code(file: TaskFile, *, interrupted: bool) -> int:
+    statuses = {t.status for t in file.tasks}
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if statuses & {"FAILED", "BLOCKED"}:
+        return EXIT_FAILED
+    if "NEEDS_REVIEW" in statuses:
+        return EXIT_REVIEW
+    return EXIT_OK
+
+
+def _result_record(result: Result) -> dict[str, Any]:
+    return {"summary": result.summary, "data": result.data, "cost_usd": result.cost_usd, "files": result.files}
+
+
+def _verdict_line(verdict: Verdict) -> str:
+    if verdict.evidence is None:
+        return f"- ✔ {verdict.criterion} — ticked by a person"
+    mark = {True: "✔ verified", False: "✘ not met", None: "👁 review"}[verdict.evidence.verified]
+    return f"- {mark}: {verdict.criterion} — {verdict.evidence.detail}"
+
+
+def _exit_groups(exits: list[Verdict]) -> Iterator[Verdict]:
+    """Merge 'OU …' / 'OR …' alternatives into the condition above them."""
+    groups: list[list[Verdict]] = []
+    for verdict in exits:
+        if groups and normalise(verdict.criterion).startswith(ALTERNATIVE):
+            groups[-1].append(verdict)
+        else:
+            groups.append([verdict])
+    for group in groups:
+        if len(group) == 1:
+            yield group[0]
+            continue
+        results = [v.evidence.verified for v in group if v.evidence]
+        verified = True if True in results else (False if all(r is False for r in results) else None)
+        detail = "; ".join(f"{v.criterion}: {v.evidence.detail if v.evidence else ''}" for v in group)
+        yield Verdict(" / ".join(v.criterion for v in group), Evidence(verified, detail))
+
+
+def _results_lines(outcome: Outcome) -> list[str]:
+    head = f"**Result** (ralph): {outcome.status} · {now()}"
+    if outcome.seconds:
+        head += f" · {outcome.seconds:.1f} s"
+    if outcome.cost_usd is not None:
+        head += f" · ${outcome.cost_usd:.4f}"
+    lines = [head, ""]
+    if outcome.summary:
+        lines.append(f"- {outcome.summary}")
+    if outcome.error:
+        lines.append(f"- Error: {outcome.error}")
+    lines += [_verdict_line(v) for v in outcome.verdicts]
+    return [line.replace("\n", " ") for line in lines]
+

@@ -1,0 +1,181 @@
+"""What ralph remembers between runs, in ``.ralph/<task file>/`` beside the task file.
+
+* ``state.json`` — per task: the handler's own memory (a pod id, a prompt id), its outcome,
+  the fingerprint of its text when it was done; and the resources tasks share (a pod), with
+  which task holds them and which tasks used them.  Rewritten atomically on every change,
+  so what a handler saves survives a SIGKILL the instant ``save`` returns.
+* ``events.jsonl`` — an append-only log of what happened, one JSON object a line.
+* ``lock`` — held while a run goes on; the OS releases it when the process dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Iterator, MutableMapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import LockedError
+from .secrets import redact, redact_data
+from .textfile import write_atomically
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def state_dir_for(task_file: Path) -> Path:
+    return task_file.resolve().parent / ".ralph" / task_file.stem
+
+
+class RunState:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / "state.json"
+        self.data: dict[str, Any] = {"version": 1, "tasks": {}, "resources": {}}
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text("utf-8"))
+
+    def save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        body = json.dumps(redact_data(self.data), indent=1, ensure_ascii=False, sort_keys=True)
+        write_atomically(self.path, body.encode("utf-8"))
+
+    def task(self, number: int) -> dict[str, Any]:
+        return self.data["tasks"].setdefault(str(number), {})
+
+    def memory(self, number: int) -> TaskMemory:
+        return TaskMemory(self, number)
+
+    @property
+    def resources(self) -> Resources:
+        return Resources(self)
+
+
+class TaskMemory(MutableMapping[str, Any]):
+    """A handler's own persistent memory: every assignment is on disk when it returns."""
+
+    def __init__(self, state: RunState, number: int) -> None:
+        self._state = state
+        self._data: dict[str, Any] = state.task(number).setdefault("memory", {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[key] = value
+        self._state.save()
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+        self._state.save()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Resources:
+    """Things tasks share, such as a pod: who holds each, and who used it.
+
+    When a clean-up task releases a resource, the tasks that held or used it are no longer
+    done in a useful sense (their pod is gone): the runner redoes them if work remains.
+    """
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+        self._data: dict[str, Any] = state.data["resources"]
+
+    def hold(self, name: str, value: Any, *, task: int) -> None:
+        self._data[name] = {"value": value, "owner": task, "generation": uuid.uuid4().hex, "users": [task]}
+        self._state.save()
+
+    def get(self, name: str) -> Any | None:
+        entry = self._data.get(name)
+        return None if entry is None or entry.get("released") else entry["value"]
+
+    def use(self, name: str, *, task: int) -> Any | None:
+        """The resource's value, recording that ``task`` depends on it."""
+        entry = self._data.get(name)
+        if entry is None or entry.get("released"):
+            return None
+        if task not in entry["users"]:
+            entry["users"].append(task)
+            self._state.save()
+        return entry["value"]
+
+    def release(self, name: str) -> None:
+        entry = self._data.get(name)
+        if entry is not None and not entry.get("released"):
+            entry["released"] = now()
+            self._state.save()
+
+    def released_users(self) -> set[int]:
+        """Tasks that held or used a resource that has since been released."""
+        return {user for entry in self._data.values() if entry.get("released") for user in entry["users"]}
+
+    def forget_released(self) -> None:
+        for name in [n for n, e in self._data.items() if e.get("released")]:
+            del self._data[name]
+        self._state.save()
+
+
+class EventLog:
+    def __init__(self, directory: Path, run_id: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "events.jsonl"
+        self.run_id = run_id
+        self._file: TextIO = open(self.path, "a", encoding="utf-8")
+
+    def write(self, event: str, **fields: Any) -> None:
+        record = {"time": now(), "run": self.run_id, "event": event, **fields}
+        self._file.write(redact(json.dumps(record, ensure_ascii=False, default=str)) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class RunLock:
+    """One run per task file: an exclusive ``flock`` that dies with the process holding it."""
+
+    def __init__(self, directory: Path, task_file: Path) -> None:
+        self.path = directory / "lock"
+        self.task_file = task_file
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise LockedError(f"already being run by {_describe(holder)} (lock {self.path})", self.task_file) from None
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now(), "argv": sys.argv[1:]}
+        os.write(fd, json.dumps(info).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _describe(holder: str) -> str:
+    try:
+        info = json.loads(holder)
+        return f"pid {info['pid']} on {info['host']} since {info['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "another ralph process"
