@@ -281,11 +281,11 @@ class _Reader:
         return context
 
     def _fingerprint(self, task: Task, start: int, stop: int) -> str:
-        """A hash of the task as a person wrote it: ralph's own edits do not change it."""
+        """A hash of the task as a person wrote it: ralph's own edits (and blank lines) do not change it."""
         digest = hashlib.sha256()
         status_line = task.fields["status"].line
         for line in range(start, stop):
-            if _inside(line + 1, task.results) or line + 1 == status_line:
+            if _inside(line + 1, task.results) or line + 1 == status_line or not self.text.lines[line].strip():
                 continue
             source = self.text.lines[line]
             box = CHECKBOX_LINE.match(source)

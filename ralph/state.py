@@ -27,7 +27,8 @@ from .textfile import write_atomically
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """The time in UTC, as people read it in task files and logs."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def state_dir_for(task_file: Path) -> Path:
