@@ -110,6 +110,7 @@ def parse_node_list(text: str, first_line: int) -> ParsedNodeList:
     seen: dict[str, int] = {}
     node: NodeSpec | None = None
     section: str | None = None  # open section that an indented line may continue
+    skipped = False  # the last header was unreadable or a duplicate: its detail lines have no node
     for offset, raw in enumerate(text.splitlines()):
         line = first_line + offset
         stripped = raw.strip()
@@ -121,13 +122,14 @@ def parse_node_list(text: str, first_line: int) -> ParsedNodeList:
         header = _HEADER.match(raw)
         if header:
             node, section = _parse_header(header.group(1), header.group(2), line, problems), None
+            skipped = node is None
             if node is None:
                 continue
             if node.node_id in seen:
                 problems.append(Problem(line, node.node_id, node.class_type, None,
                                         f"node {node.node_id} is defined twice (first on line {seen[node.node_id]})",
                                         code="duplicate-node"))
-                node = None
+                node, skipped = None, True
                 continue
             seen[node.node_id] = line
             nodes.append(node)
@@ -136,8 +138,9 @@ def parse_node_list(text: str, first_line: int) -> ParsedNodeList:
         if match:
             name = _SECTIONS.get(match.group(1).lower())
             if node is None:
-                problems.append(Problem(line, None, None, None, "this line comes before any `Node N:` line",
-                                        code="syntax"))
+                where = "belongs to a `Node` line that could not be read" if skipped \
+                    else "comes before any `Node N:` line"
+                problems.append(Problem(line, None, None, None, f"this line {where}", code="syntax"))
                 section = None
             elif name is None:
                 problems.append(Problem(line, node.node_id, node.class_type, None,

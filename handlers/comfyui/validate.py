@@ -176,6 +176,7 @@ class _Validator:
     def check_cycles(self) -> None:
         upstream = self.edges()
         state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+        reported: set[str] = set()
         for start in upstream:
             if start in state:
                 continue
@@ -189,6 +190,9 @@ class _Validator:
                     iters.pop()
                 elif state.get(nxt) == 1:
                     cycle = path[path.index(nxt):] + [nxt]
+                    if reported.intersection(cycle):
+                        continue  # one report per tangle of loops is enough to find it
+                    reported.update(cycle)
                     class_type, _ = self.node(nxt)
                     self.add(nxt, class_type, None,
                              "is part of a cycle: " + " ← ".join(cycle) + " (each reads from the next)",
