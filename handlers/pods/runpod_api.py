@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 import requests
 import runpod
 from runpod import error as sdk_error
+from runpod.api.graphql import run_graphql_query
+from runpod.api.mutations import pods as pod_mutations
 
 SDK_VERSION = "1.12.0"  # the GraphQL text the emulator answers; checked by tests/test_runpod_api.py
 VOLUME_MOUNT_PATH = "/workspace"  # the SDK's default is /runpod-volume
@@ -259,7 +261,11 @@ class RunPodAPI:
 
     def terminate_pod(self, pod_id: str) -> None:
         """Ask RunPod to delete the pod. Acknowledged is not done: confirm with get_pod() is None."""
-        self._call("terminate_pod", runpod.terminate_pod, _pod_id(pod_id))
+        # Not runpod.terminate_pod: it discards the answer, so a garbled "success" would pass unseen.
+        query = pod_mutations.generate_pod_terminate_mutation(_pod_id(pod_id))
+        answer = self._call("terminate_pod", run_graphql_query, query)
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), dict):
+            raise TransientAPIError("terminate_pod: RunPod's answer had no data")
 
     def stop_pod(self, pod_id: str) -> str:
         """Stop (not delete) the pod; its disk still bills. Returns the new desired status."""
