@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from far.sshd import SshServer, start_sshd
+from tests.far.sshd import SshServer, start_sshd
 
 
 @pytest.fixture

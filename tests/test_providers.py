@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from far.sshd import SshServer, keygen, start_sshd
+from tests.far.sshd import SshServer, keygen, start_sshd
 from ralph.handlers.pods import remote_shell
 from ralph.handlers.pods.hostkeys import HostKeyChanged, HostKeyStore
 from ralph.handlers.pods.local import LocalProvider

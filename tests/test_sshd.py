@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from far.sshd import SshServer, start_sshd
+from tests.far.sshd import SshServer, start_sshd
 
 
 def _ssh(server: SshServer, known_hosts: Path, command: str, *extra: str) -> subprocess.CompletedProcess:
