@@ -78,6 +78,8 @@ def test_ascii_arrows_quotes_and_comments():
     assert got == {"seed": (42, 11), "model": (Link("1", 0), 12), "positive": (Link("2", 0), 12),
                    "text": ("a, b", 13), "enabled": (True, 13), "size": (Size(512, 768), 13)}
     assert node.title == "KSampler - refiner"
+    assert parse_node_list("Node 4: KSampler: refiner pass", 1).nodes[0].class_type == "KSampler"
+    assert parse_node_list("Node 5: Image Blank (512x512)", 1).nodes[0].class_type == "Image Blank"  # custom packs
 
 
 def test_unreadable_lines_are_reported_on_their_line():
@@ -86,6 +88,7 @@ def test_unreadable_lines_are_reported_on_their_line():
     got = sorted((p.line, p.code) for p in parsed.problems)
     assert got == [(101, "syntax"), (102, "syntax"), (103, "syntax"), (104, "duplicate-node"), (105, "syntax")]
     assert "unclosed '['" in parsed.problems[0].message
+    assert "could not be read" in parsed.problems[-1].message  # the params line of the duplicate node
 
 
 def test_link_needs_node_and_output():

@@ -269,3 +269,25 @@ def test_garbage_node_lists_never_crash_and_every_problem_has_a_line(text):
     for problem in checked.problems:
         assert problem.line is not None, problem
         assert str(problem)
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),
+                    st.text(max_size=8), st.sampled_from(["euler", "karras", "CUDA", "a.safetensors"]))
+VALUES = st.one_of(SCALARS, st.lists(st.one_of(st.sampled_from(["1", "2", "3", 1]), st.integers(-2, 4)),
+                                     max_size=3))
+INPUT_NAMES = st.sampled_from(["model", "clip", "vae", "samples", "images", "latent_image", "pixels", "width",
+                               "height", "denoise", "cfg", "seed", "strength_model", "ckpt_name", "image", "x"])
+NODES = st.fixed_dictionaries({"class_type": st.sampled_from(
+    ["KSampler", "VAEDecode", "VAEEncode", "SaveImage", "EmptyLatentImage", "LoraLoader", "LoadImage",
+     "CheckpointLoaderSimple", "ApplyInstantID", "Nope"]), "inputs": st.dictionaries(INPUT_NAMES, VALUES, max_size=6)})
+GRAPHS = st.dictionaries(st.sampled_from(["1", "2", "3", "4", "5"]), st.one_of(NODES, SCALARS), max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(GRAPHS)
+def test_arbitrary_graphs_never_crash_validate_or_lint(graph):
+    from ralph.handlers.comfyui.lint import lint
+
+    schemas = load_object_info(OBJECT_INFO)
+    for problem in validate(graph, schemas) + lint(graph, schemas, provided_files={"a.safetensors"}, family="sdxl"):
+        assert str(problem) and problem.severity in ("error", "warning", "info")

@@ -32,7 +32,7 @@ def lint(api_graph: Any, schemas: Mapping[str, NodeSchema], line_of: LineOf | No
     """Warnings for ``api_graph``. ``provided_files``: file names the setup task provides (only
     their base names count; None skips that rule). ``family``: "sdxl", "sd15"… as the task's
     Context states it; None guesses from the checkpoint names. Never raises on a broken graph."""
-    graph = api_graph if isinstance(api_graph, Mapping) else {}
+    graph = {str(k): v for k, v in api_graph.items()} if isinstance(api_graph, Mapping) else {}
     ctx = _Graph(graph, schemas, line_of or no_lines)
     problems: list[Problem] = []
     problems += ctx.denoise_on_empty_latent()

@@ -30,7 +30,8 @@ def validate(api_graph: Any, schemas: Mapping[str, NodeSchema], line_of: LineOf 
 
 class _Validator:
     def __init__(self, graph: Any, schemas: Mapping[str, NodeSchema], line_of: LineOf) -> None:
-        self.graph = graph if isinstance(graph, Mapping) else {}
+        # Keys are strings in JSON; a graph built in Python may use ints, which links then name as strings.
+        self.graph = {str(k): v for k, v in graph.items()} if isinstance(graph, Mapping) else {}
         self.schemas, self.line_of = schemas, line_of
         self.files_listed = isinstance(schemas, Schemas) and schemas.files_listed
         self.problems: list[Problem] = []
@@ -116,9 +117,10 @@ class _Validator:
         out_types = frozenset(t.strip() for t in out_type.split(","))
         if "*" in out_types or "*" in spec.types or out_types & spec.types:
             return
+        label = f" ({source.output_names[index]})" if index < len(source.output_names) else ""
         self.add(node_id, class_type, spec.name,
-                 f"gets {out_type} from node {source_id} ({source_type}) output {index} "
-                 f"({source.output_names[index]}), but expects {spec.type}", code="type-mismatch")
+                 f"gets {out_type} from node {source_id} ({source_type}) output {index}{label}, "
+                 f"but expects {spec.type}", code="type-mismatch")
 
     def check_value(self, node_id: str, class_type: str, schema: NodeSchema, spec: InputSpec, value: Any) -> None:
         def bad(message: str, code: str = "bad-value") -> None:
@@ -129,8 +131,9 @@ class _Validator:
                 bad(f"expects a whole number, got {value!r}")
                 return
             self.check_range(spec, value, bad)
+            step = spec.config.get("step")
             if spec.name in ("width", "height") and value % 8 and (
-                    spec.config.get("step", 0) % 8 == 0 or "LATENT" in schema.outputs):
+                    (isinstance(step, int) and step % 8 == 0) or "LATENT" in schema.outputs):
                 bad(f"{value} is not a multiple of 8; ComfyUI would silently use {value // 8 * 8}",
                     code="not-multiple-of-8")
         elif spec.type == "FLOAT":
@@ -158,10 +161,11 @@ class _Validator:
 
     @staticmethod
     def check_range(spec: InputSpec, value: float, bad) -> None:
-        if spec.minimum is not None and value < spec.minimum:
-            bad(f"{value} is below the minimum {spec.minimum}", "out-of-range")
-        elif spec.maximum is not None and value > spec.maximum:
-            bad(f"{value} is above the maximum {spec.maximum}", "out-of-range")
+        low, high = spec.minimum, spec.maximum
+        if isinstance(low, (int, float)) and value < low:
+            bad(f"{value} is below the minimum {low}", "out-of-range")
+        elif isinstance(high, (int, float)) and value > high:
+            bad(f"{value} is above the maximum {high}", "out-of-range")
 
     # --- whole graph ----------------------------------------------------------------------------
 
