@@ -329,3 +329,41 @@ def test_stop_releases_every_process(tmp_path, monkeypatch):
         pod = emulator.all_pods[0]
         pid, sshd_pid = pod.process.pid, pod.ssh.process.pid
     assert not Path(f"/proc/{pid}").exists() and not Path(f"/proc/{sshd_pid}").exists()
+
+
+def test_a_literal_of_the_wrong_type_is_rejected_without_creating_a_pod(emu):
+    query = 'mutation { podFindAndDeployOnDemand(input: { name: "n", imageName: "i", gpuTypeId: "%s", gpuCount: "two" }) { id } }'
+    with pytest.raises(sdk_error.QueryError, match="Invalid value"):
+        runpod.api.graphql.run_graphql_query(query % GPU)
+    assert emu.pods_created == 0 and emu.requests[-1].status == 400
+
+
+def test_a_failing_sandbox_is_a_500_not_a_dropped_connection(tmp_path, monkeypatch):
+    def broken_sshd(pod_id, workspace, env):
+        raise RuntimeError("sshd exited (255)")
+
+    gen = emulated_runpod(tmp_path / "rp", monkeypatch, start_ssh=broken_sshd)
+    emulator = next(gen)
+    monkeypatch.setattr(runpod, "api_key", emulator.api_key)
+    with pytest.raises(sdk_error.QueryError, match="sshd exited"):
+        create()
+    assert emulator.requests[-1].status == 500
+    gen.close()
+
+
+def test_pluggable_ssh_hook_gets_the_pod_and_is_stopped_on_terminate(tmp_path, monkeypatch):
+    seen, stopped = [], []
+
+    def hook(pod_id, workspace, env):
+        seen.append((pod_id, workspace, env["RUNPOD_POD_ID"], env["RUNPOD_API_BASE_URL"]))
+        return "127.0.0.1", 2222, lambda: stopped.append(pod_id)
+
+    gen = emulated_runpod(tmp_path / "rp", monkeypatch, start_ssh=hook)
+    emulator = next(gen)
+    monkeypatch.setattr(runpod, "api_key", emulator.api_key)
+    pod_id = create()["id"]
+    assert seen == [(pod_id, emulator.pod(pod_id).workspace, pod_id, emulator.url)]
+    assert public_ssh_port(runpod.get_pod(pod_id)) == 2222
+    runpod.terminate_pod(pod_id)
+    assert stopped == [pod_id]
+    gen.close()

@@ -609,7 +609,10 @@ class RunPodEmulator:
             if principal is None or not self._allowed(principal, op):
                 status, ctype, payload = 401, "text/plain", b"Unauthorized"
                 return status, ctype, payload
-            status, payload = self._execute(op)
+            try:
+                status, payload = self._execute(op)
+            except Exception as exc:  # noqa: BLE001 (an emulator fault, e.g. sshd would not start: a 500)
+                status, payload = 500, _errors(f"Internal server error: {type(exc).__name__}: {exc}")
             if rule is not None:
                 fault = rule.fault
                 status, ctype, payload = _FAULT_RESPONSES[fault]
@@ -666,6 +669,8 @@ class RunPodEmulator:
             return 400, _errors(str(exc))
         except _APIFailure as exc:
             return 200, json.dumps({"errors": [{"message": str(exc), "path": [exc.path]}], "data": None}).encode()
+        except (ValueError, TypeError, KeyError) as exc:  # a literal of the wrong type, e.g. gpuCount: "two"
+            return 400, _errors(f"Invalid value: {exc}")
         return 200, json.dumps({"data": data}).encode()
 
     # ---- resolvers -------------------------------------------------------------------------------
