@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
 from ralph.model import Task, TaskFile
+from ralph.secrets import redact
 
 _BACKTICKED = re.compile(r"`([^`]+)`")
 _TAIL_LINES = 5
@@ -42,19 +45,7 @@ class ShellHandler(Handler):
                 raise TaskFailed("no ```bash block to run")
             log = ctx.state_dir / f"task-{ctx.task.number}.log"
             ctx.log(f"running the bash block of line {block.line} (log: {log})")
-            with open(log, "wb") as out:
-                try:
-                    code = subprocess.run(
-                        ["bash", "-e", "-o", "pipefail", "-c", block.text],
-                        cwd=ctx.workdir,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        env=_environment(ctx.params["env"]),
-                        timeout=ctx.params["timeout"],
-                    ).returncode
-                except subprocess.TimeoutExpired:
-                    raise TaskFailed(f"the script ran past its {ctx.params['timeout']} s timeout") from None
+            code = _run_logged(block.text, ctx, log)
             ctx.memory["exit_code"] = code
             ctx.memory["tail"] = _tail(log)
         code, tail = ctx.memory["exit_code"], ctx.memory["tail"]
@@ -82,13 +73,39 @@ class ShellHandler(Handler):
             env=_environment(ctx.params["env"]),
             timeout=ctx.params["timeout"],
         )
-        output = (done.stdout + done.stderr).decode("utf-8", "replace").strip().splitlines()
+        output = redact((done.stdout + done.stderr).decode("utf-8", "replace")).strip().splitlines()
         last = f": {output[-1]}" if output else ""
         return Evidence(done.returncode == 0, f"`{command}` exited {done.returncode}{last}")
 
     @criterion(r"sans erreur|without (an )?error|exit code 0|succeeds|runs")
     def script_succeeded(self, ctx: Context, result: Result, text: str) -> Evidence:
         return Evidence(result.data.get("exit_code") == 0, f"the script exited {result.data.get('exit_code')}")
+
+
+def _run_logged(script: str, ctx: Context, log: Path) -> int:
+    """Run the script, its output redacted line by line into ``log`` (a script may echo a key)."""
+    timeout = ctx.params["timeout"]
+    deadline = time.monotonic() + timeout
+    with open(log, "w", encoding="utf-8") as out, subprocess.Popen(
+        ["bash", "-e", "-o", "pipefail", "-c", script],
+        cwd=ctx.workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=_environment(ctx.params["env"]),
+    ) as process:
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        try:
+            assert process.stdout is not None
+            for raw in process.stdout:
+                out.write(redact(raw.decode("utf-8", "replace")))
+            code = process.wait()
+        finally:
+            timer.cancel()
+    if time.monotonic() >= deadline:
+        raise TaskFailed(f"the script ran past its {timeout} s timeout")
+    return code
 
 
 def _environment(extra: dict[str, Any]) -> dict[str, str]:

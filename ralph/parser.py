@@ -95,6 +95,7 @@ class _Reader:
         self.path = path
         self.text = text
         self.code_lines: set[int] = set()
+        self.html_lines: set[int] = set()  # raw HTML blocks (comments): their text is not fields
 
     def error(self, message: str, line: int) -> ParseError:
         return ParseError(message, self.path, line)
@@ -162,10 +163,12 @@ class _Reader:
         return regions
 
     def _walk(self, tokens: list[Token], depth: int = 0) -> Iterator[tuple[Token, int]]:
-        """Every token with its list depth; records fenced-code lines on the way."""
+        """Every token with its list depth; records code and HTML block lines on the way."""
         for token in tokens:
             if token["type"] == "block_code" and "line" in token:
-                self.code_lines.update(range(token["line"], token["line"] + _code_height(token)))
+                self.code_lines.update(range(token["line"], token["line"] + self._code_height(token)))
+            elif token["type"] == "block_html" and "line" in token:
+                self.html_lines.update(range(token["line"], token["line"] + _raw_height(token)))
             yield token, depth
             children = token.get("children")
             if children:
@@ -226,7 +229,7 @@ class _Reader:
         task = Task(int(match["number"]), match["title"], start + 1, stop)
         task.results = self._results_block(blocks, start, stop)
         for line in range(start + 1, stop):
-            if line in self.code_lines or _inside(line + 1, task.results):
+            if line in self.code_lines or line in self.html_lines or _inside(line + 1, task.results):
                 continue
             source = self.text.lines[line]
             found = FIELD.match(source)
@@ -271,6 +274,24 @@ class _Reader:
             if self.text.lines[line].strip() == RESULTS_END:
                 return begin + 1, line + 1
         raise self.error(f"ralph results block has no closing '{RESULTS_END}'", begin + 1)
+
+    def _code_height(self, token: Token) -> int:
+        """Lines a code block spans, fences included.
+
+        Only a closing fence that is really there counts: a fence left open inside a list
+        item ends with the item, and the line after it is markdown again.
+        """
+        height = _raw_height(token)
+        if token.get("style") != "fenced":
+            return height
+        height += 1  # the opening fence
+        close = token["line"] + height
+        marker: str = token.get("marker", "```")
+        if close < len(self.text.lines) and re.fullmatch(
+            rf"[ \t>]*{re.escape(marker[0])}{{{len(marker)},}}[ \t]*", self.text.lines[close]
+        ):
+            height += 1
+        return height
 
     def _context(self, blocks: _Blocks) -> dict[str, Field]:
         context: dict[str, Field] = {}
@@ -319,10 +340,10 @@ def _trim_end(lines: list[str], start: int, stop: int) -> int:
     return stop
 
 
-def _code_height(token: Token) -> int:
-    """Lines a fenced block spans, fences included (a missing closing fence counts as one)."""
+def _raw_height(token: Token) -> int:
+    """Lines of a block's raw text (code without its fences, or an HTML block)."""
     raw: str = token.get("raw", "")
-    return raw.count("\n") + (0 if raw.endswith("\n") or not raw else 1) + 2
+    return raw.count("\n") + (0 if raw.endswith("\n") or not raw else 1)
 
 
 def _inside(line: int, span: tuple[int, int] | None) -> bool:
@@ -334,19 +355,21 @@ def source_lines(text: Text, start: int, stop: int) -> list[str]:
     return text.lines[start - 1 : stop]
 
 
-def task_yaml(task: Task) -> tuple[dict[str, Any], int] | None:
-    """The task's fenced ``yaml`` block as a mapping, with the line of its fence."""
+def task_yaml(task: Task) -> tuple[dict[str, Any], dict[str, int]] | None:
+    """The task's fenced ``yaml`` block as a mapping, with the file line of each key."""
     block = task.code("yaml", "yml")
     if block is None:
         return None
     import yaml
 
     try:
+        root = yaml.compose(block.text)
         data = yaml.safe_load(block.text) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = block.first_line + (mark.line if mark else 0)
         raise ParseError(f"invalid YAML: {getattr(error, 'problem', None) or error}", None, line) from None
-    if not isinstance(data, dict):
-        raise ParseError("the yaml block must be a mapping of parameter names to values", None, block.line)
-    return data, block.line
+    if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
+        raise ParseError("the yaml block must map parameter names to values", None, block.line)
+    lines = {str(key.value): block.first_line + key.start_mark.line for key, _ in root.value}
+    return data, lines

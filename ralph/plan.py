@@ -90,9 +90,8 @@ def _params(handler: Handler, task: Task, config: Config) -> tuple[dict[str, Any
         values.update(entry.params)
     block = task_yaml(task)
     if block:
-        data, line = block
+        data, where = block
         values.update(data)
-        where = {key: line for key in data}
     problems = []
     for key, value in values.items():
         spec = handler.params.get(key)

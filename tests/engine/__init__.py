@@ -1,0 +1,1 @@
+"""Task files and handlers for the engine's tests."""
