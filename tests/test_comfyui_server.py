@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image, ImageStat
 
-from far.comfyui_server import ComfyServer, comfyui_server, refiner_graph  # noqa: F401  (fixture)
+from tests.far.comfyui_server import ComfyServer, comfyui_server, refiner_graph  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,78 @@ def start_server(base: Path, home: Path | None = None, port: int | None = None,
         time.sleep(0.25)
     server.stop()
     raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{server.log_tail()}")
+
+
+class TcpRelay:
+    """A loopback TCP relay in front of a server, standing in for the network between
+    ralph and a pod: :meth:`sever` cuts the live WebSocket connections mid-stream (the
+    server sees its peer vanish, as on a flaky link), and ``refuse_websockets`` makes
+    later WebSocket handshakes fail, so only plain HTTP gets through."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.refuse_websockets = False
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._ws_pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        first = client.recv(65536)
+        is_ws = first.startswith(b"GET /ws")
+        if not first or (is_ws and self.refuse_websockets):
+            self.refused += bool(first)
+            client.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        upstream.sendall(first)
+        if is_ws:
+            with self._lock:
+                self._ws_pairs.append((client, upstream))
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def sever(self) -> int:
+        """Cut every WebSocket connection now open through the relay; returns how many."""
+        with self._lock:
+            pairs, self._ws_pairs = self._ws_pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+        return len(pairs)
+
+    def close(self) -> None:
+        self.sever()
+        self._listener.close()
 
 
 def require_install(home: Path | None = None) -> Path:

@@ -37,6 +37,11 @@ class RalphSleep:
     FUNCTION = "sleep"
     CATEGORY = "ralph/test"
 
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        # NaN never equals itself: ComfyUI re-runs the node every time instead of caching it.
+        return float("nan")
+
     def sleep(self, images, seconds):
         import time
 

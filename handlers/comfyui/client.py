@@ -1,0 +1,507 @@
+"""ralph's ComfyUI client: submit an API-format graph, follow it to the end, fetch its files.
+
+What it guards against (see the project's ComfyUI notes): a 200 that carries ``node_errors``
+(treated as a rejection), unreadable validation errors (rendered ``node 11 (KSampler) input
+cfg: …``), the race where ``/history`` is still empty right after the last event (read with
+retries), sockets that go quiet or drop (polling ``/history`` and ``/queue`` instead, and
+reconnecting with the same client id), fixed timeouts on long jobs (a stall timeout that
+any sign of life resets), a server that disappears (a clear error after a grace period),
+resubmission after a resume (:meth:`ComfyClient.find` / ``run(prompt_id=…)``), oversized
+uploads (checked before sending) and hostile output names (refused before download).
+
+HTTP goes through httpx; the WebSocket through ``websockets``' synchronous client.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Literal
+
+import httpx
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.sync.client import ClientConnection, connect
+
+Progress = Callable[[str, int, int], None]
+"""Called as ``on_progress(node_id, value, max)`` for each progress event of our prompt."""
+
+PromptState = Literal["pending", "running", "success", "error"]
+
+# ComfyUI's default --max-upload-size is 100 MB, counted on the whole multipart request.
+DEFAULT_MAX_UPLOAD = 100 * 1024 * 1024
+_MULTIPART_MARGIN = 64 * 1024
+
+# Client-chosen prompt ids from v0.3.45; /interrupt with a prompt_id from v0.3.57.
+_CLIENT_PROMPT_ID = (0, 3, 45)
+_TARGETED_INTERRUPT = (0, 3, 57)
+
+
+class ComfyError(Exception):
+    """Anything that stops a ComfyUI run; ``str()`` is a readable one- or few-line reason."""
+
+
+class PromptRejected(ComfyError):
+    """The server refused the graph (400, or 200 with ``node_errors``)."""
+
+    def __init__(self, summary: str, errors: list[NodeError]) -> None:
+        self.errors = errors
+        lines = [summary, *(f"  {e}" for e in errors)]
+        super().__init__("\n".join(lines))
+
+
+class ExecutionFailed(ComfyError):
+    """A node raised while the prompt ran."""
+
+    def __init__(self, prompt_id: str, node_id: str | None, node_type: str | None, message: str) -> None:
+        self.prompt_id, self.node_id, self.node_type = prompt_id, node_id, node_type
+        where = f"node {node_id} ({node_type})" if node_id else "prompt"
+        super().__init__(f"{where} failed: {message}")
+
+
+class Interrupted(ComfyError):
+    """The prompt was interrupted (by us, the UI or another client)."""
+
+
+class Stalled(ComfyError):
+    """No sign of life for the stall timeout."""
+
+
+class ServerGone(ComfyError):
+    """The server stopped answering, or restarted and forgot the prompt."""
+
+
+class _Unreachable(ServerGone):
+    """A request failed at the transport level; waiting tolerates it for ``gone_timeout``."""
+
+
+class UnsafeOutputName(ComfyError):
+    """The server named an output file that would land outside the download folder."""
+
+
+class UploadTooLarge(ComfyError):
+    """The file exceeds the server's upload limit; nothing was sent."""
+
+
+@dataclass(frozen=True)
+class NodeError:
+    node_id: str | None
+    class_type: str | None
+    input: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"node {self.node_id}" if self.node_id else ""
+        if self.node_id and self.class_type:
+            where += f" ({self.class_type})"
+        if self.input:
+            where = f"{where} input {self.input}".strip()
+        return f"{where}: {self.message}" if where else self.message
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file a node reported: ``kind`` is the output key (images, gifs, audio, …)."""
+
+    node_id: str
+    kind: str
+    filename: str
+    subfolder: str
+    type: str
+
+
+@dataclass
+class RunResult:
+    prompt_id: str
+    outputs: list[OutputFile]
+    history: dict[str, Any] = field(repr=False)
+
+    @property
+    def server_seconds(self) -> float | None:
+        """Execution time by the server's own clock (execution_start → execution_success)."""
+        stamps = {ev: data.get("timestamp") for ev, data in self.history.get("status", {}).get("messages", [])}
+        start, end = stamps.get("execution_start"), stamps.get("execution_success")
+        return (end - start) / 1000 if start is not None and end is not None else None
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
+def node_errors(body: dict[str, Any]) -> list[NodeError]:
+    """Every reason in a /prompt error body, one per input, nothing collapsed."""
+    out: list[NodeError] = []
+    for node_id, entry in (body.get("node_errors") or {}).items():
+        class_type = entry.get("class_type")
+        for err in entry.get("errors", []):
+            extra = err.get("extra_info") or {}
+            msg = err.get("message") or err.get("type") or "invalid"
+            details = err.get("details")
+            name = extra.get("input_name")
+            if details and details != name and details not in msg:
+                msg = f"{msg}: {details}"
+            out.append(NodeError(str(node_id), class_type, name, msg))
+    return out
+
+
+def _rejection(status: int, body: dict[str, Any]) -> PromptRejected:
+    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    summary = err.get("message") or f"ComfyUI rejected the prompt (HTTP {status})"
+    if err.get("details"):
+        summary = f"{summary}: {err['details']}"
+    return PromptRejected(summary, node_errors(body))
+
+
+def outputs_of(history_entry: dict[str, Any]) -> list[OutputFile]:
+    """The files in a history entry's outputs (any key whose items carry a filename)."""
+    files: list[OutputFile] = []
+    for node_id, node_out in (history_entry.get("outputs") or {}).items():
+        for kind, items in node_out.items():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if isinstance(item, dict) and isinstance(item.get("filename"), str):
+                    files.append(OutputFile(str(node_id), kind, item["filename"],
+                                            str(item.get("subfolder") or ""), str(item.get("type") or "output")))
+    return files
+
+
+_SAFE_PART = re.compile(r"^[^/\\\x00]+$")
+
+
+def local_path(dest: Path, f: OutputFile) -> Path:
+    """Where ``f`` goes under ``dest`` (its subfolder kept), or UnsafeOutputName when the
+    server-given name is absolute, has ``..``/backslashes/NULs, or resolves outside."""
+    parts = [p for p in f.subfolder.split("/") if p] + [f.filename]
+    bad = (f.subfolder.startswith("/") or not f.filename
+           or any(p in (".", "..") or not _SAFE_PART.match(p) or re.match(r"^[A-Za-z]:", p) for p in parts))
+    if bad:
+        raise UnsafeOutputName(f"refusing server file name {PurePosixPath(f.subfolder, f.filename)!s} "
+                               f"from node {f.node_id}: it would leave {dest}")
+    root = dest.resolve()
+    target = root.joinpath(*parts).resolve()
+    if not target.is_relative_to(root):  # a symlink inside dest pointing out
+        raise UnsafeOutputName(f"refusing {target}: outside {root}")
+    return target
+
+
+class ComfyClient:
+    """A ComfyUI server at ``base_url`` (``http://host:port``).
+
+    ``stall_timeout``: seconds without any sign of progress before :class:`Stalled`.
+    ``quiet_s``: seconds of socket silence before polling ``/history`` and ``/queue``.
+    ``gone_timeout``: seconds of refused/failed connections before :class:`ServerGone`.
+    """
+
+    def __init__(self, base_url: str, *, stall_timeout: float = 600.0, quiet_s: float = 5.0,
+                 gone_timeout: float = 60.0, http_timeout: float = 30.0,
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.stall_timeout = stall_timeout
+        self.quiet_s = quiet_s
+        self.gone_timeout = gone_timeout
+        self.max_upload_bytes = max_upload_bytes
+        self._http = httpx.Client(base_url=self.base_url, timeout=http_timeout)
+        self._version: tuple[int, ...] | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ComfyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plain requests ------------------------------------------------------------------
+
+    def system_stats(self) -> dict[str, Any]:
+        return self._get_json("/system_stats")
+
+    def version(self) -> tuple[int, ...]:
+        if self._version is None:
+            self._version = parse_version(self.system_stats()["system"].get("comfyui_version", "0"))
+        return self._version
+
+    def object_info(self) -> dict[str, Any]:
+        return self._get_json("/object_info")
+
+    def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The finished prompt's history entry, or None (unknown or not finished yet)."""
+        return self._get_json(f"/history/{prompt_id}").get(prompt_id)
+
+    def find(self, prompt_id: str) -> PromptState | None:
+        """Where the server has ``prompt_id``: queued, running, finished — or None if it
+        does not know it (never submitted, or the server restarted: history is in memory)."""
+        entry = self.history(prompt_id)
+        if entry is None:
+            queue = self._get_json("/queue")
+            if any(item[1] == prompt_id for item in queue.get("queue_running", [])):
+                return "running"
+            if any(item[1] == prompt_id for item in queue.get("queue_pending", [])):
+                return "pending"
+            entry = self.history(prompt_id)  # it may have finished between the two reads
+            if entry is None:
+                return None
+        return "error" if entry.get("status", {}).get("status_str") == "error" else "success"
+
+    def interrupt(self, prompt_id: str) -> None:
+        """Stop ``prompt_id`` if running and drop it if queued; other prompts are untouched
+        (before v0.3.57 /interrupt is global, so it is sent only when ours is running)."""
+        if self.version() >= _TARGETED_INTERRUPT:
+            self._post("/interrupt", {"prompt_id": prompt_id})
+        elif self.find(prompt_id) == "running":
+            self._post("/interrupt", {})
+        self._post("/queue", {"delete": [prompt_id]})
+
+    def upload_image(self, path: Path | str, *, subfolder: str = "", overwrite: bool = True) -> str:
+        """Upload ``path`` into the server's input folder; returns the name LoadImage takes."""
+        path = Path(path)
+        size = path.stat().st_size
+        if size + _MULTIPART_MARGIN > self.max_upload_bytes:
+            raise UploadTooLarge(f"{path} is {size / 2**20:.1f} MiB; the server accepts at most "
+                                 f"{self.max_upload_bytes / 2**20:.1f} MiB per upload (--max-upload-size)")
+        with path.open("rb") as fh:
+            r = self._request("POST", "/upload/image", files={"image": (path.name, fh)},
+                              data={"overwrite": str(overwrite).lower(), "subfolder": subfolder, "type": "input"})
+        if r.status_code == 413:
+            raise UploadTooLarge(f"{path}: the server refused it as too large (HTTP 413)")
+        self._check(r, "upload")
+        body = r.json()
+        return f"{body['subfolder']}/{body['name']}" if body.get("subfolder") else body["name"]
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(self, graph: dict[str, Any], *, prompt_id: str | None = None,
+            on_progress: Progress | None = None) -> RunResult:
+        """Run ``graph`` to the end and return its outputs.
+
+        Pass a ``prompt_id`` saved before a previous attempt to resume: if the server still
+        knows it, this waits for (or returns) that prompt instead of submitting again."""
+        if prompt_id is not None and self.find(prompt_id) is not None:
+            return self.wait(prompt_id, on_progress=on_progress)
+        prompt_id = prompt_id or str(uuid.uuid4())
+        with ExitStack() as sockets:
+            ws = self._connect_ws(prompt_id, sockets)  # before submitting, or early events are lost
+            self.submit(graph, prompt_id)
+            return self._follow(prompt_id, ws, sockets, on_progress)
+
+    def submit(self, graph: dict[str, Any], prompt_id: str) -> None:
+        """Queue ``graph`` as ``prompt_id``; PromptRejected unless every output validated."""
+        if self.version() < _CLIENT_PROMPT_ID:
+            raise ComfyError(f"ComfyUI {'.'.join(map(str, self.version()))} cannot take a client prompt id "
+                             "(needs 0.3.45 or later)")
+        r = self._request("POST", "/prompt", json={"prompt": graph, "client_id": _client_id(prompt_id),
+                                                   "prompt_id": prompt_id})
+        body = _json_or_empty(r)
+        if r.status_code == 400:
+            raise _rejection(400, body)
+        self._check(r, "submit")
+        if body.get("node_errors"):
+            # The outputs that validated would run anyway: cancel them, report all.
+            self.interrupt(prompt_id)
+            raise _rejection(200, {"error": {"message": "some outputs of the prompt failed validation"},
+                                   "node_errors": body["node_errors"]})
+
+    def wait(self, prompt_id: str, *, on_progress: Progress | None = None) -> RunResult:
+        """Follow an already-submitted ``prompt_id`` to the end."""
+        with ExitStack() as sockets:
+            return self._follow(prompt_id, self._connect_ws(prompt_id, sockets), sockets, on_progress)
+
+    def download(self, result: RunResult | Iterable[OutputFile], dest: Path | str,
+                 types: tuple[str, ...] = ("output",)) -> list[Path]:
+        """Fetch the outputs (by default only ``type == "output"``, not previews) into
+        ``dest``, keeping subfolders; every name is checked before anything is fetched."""
+        files = result.outputs if isinstance(result, RunResult) else list(result)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        chosen = [f for f in files if f.type in types]
+        targets = [local_path(dest, f) for f in chosen]
+        for f, target in zip(chosen, targets):
+            try:
+                self._fetch(f, target)
+            except httpx.TransportError as exc:
+                raise ServerGone(f"ComfyUI at {self.base_url} stopped answering while sending "
+                                 f"{f.filename}: {exc}") from exc
+        return targets
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _follow(self, prompt_id: str, ws: ClientConnection | None, sockets: ExitStack,
+                on_progress: Progress | None) -> RunResult:
+        last_life = time.monotonic()
+        last_seen: object = None  # what polling saw last; a change is a sign of life
+        down_since: float | None = None
+        while True:
+            event = None
+            if ws is not None:
+                try:
+                    event = _recv_event(ws, self.quiet_s)
+                except (ConnectionClosed, OSError):
+                    ws = None
+            if event is None:
+                if ws is None:
+                    ws = self._connect_ws(prompt_id, sockets)  # same client id: events resume
+                    if ws is None:
+                        time.sleep(min(self.quiet_s, 1.0))
+                try:
+                    seen = self._poll(prompt_id)
+                except _Unreachable as exc:
+                    down_since = down_since or time.monotonic()
+                    if time.monotonic() - down_since > self.gone_timeout:
+                        raise ServerGone(f"ComfyUI at {self.base_url} stopped answering while prompt {prompt_id} "
+                                         f"was running: {exc.__cause__}") from exc
+                    continue
+                down_since = None
+                if isinstance(seen, RunResult):
+                    return seen
+                if seen != last_seen:
+                    last_seen, last_life = seen, time.monotonic()
+            else:
+                kind, data = event
+                if data.get("prompt_id") not in (None, prompt_id):
+                    continue
+                if kind in ("status", "crystools.monitor"):
+                    continue
+                last_life = time.monotonic()
+                if kind == "progress" and on_progress is not None:
+                    on_progress(str(data.get("node")), int(data.get("value", 0)), int(data.get("max", 0)))
+                elif kind == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                    return self._finished(prompt_id)
+                elif kind == "execution_error":
+                    raise _execution_failed(prompt_id, data)
+                elif kind == "execution_interrupted":
+                    raise Interrupted(f"prompt {prompt_id} was interrupted at node {data.get('node_id')}")
+            if time.monotonic() - last_life > self.stall_timeout:
+                raise Stalled(f"prompt {prompt_id}: no progress for {self.stall_timeout:.0f} s")
+
+    def _poll(self, prompt_id: str) -> RunResult | tuple[str, int]:
+        """A finished result, or a snapshot (state, prompts ahead) to compare for life."""
+        entry = self.history(prompt_id)
+        if entry is not None:
+            return self._result(prompt_id, entry)
+        queue = self._get_json("/queue")
+        if any(item[1] == prompt_id for item in queue.get("queue_running", [])):
+            return ("running", 0)
+        pending = sorted(queue.get("queue_pending", []), key=lambda item: item[0])
+        for ahead, item in enumerate(pending):
+            if item[1] == prompt_id:
+                return ("pending", ahead + len(queue.get("queue_running", [])))
+        entry = self.history(prompt_id)  # finished between the two reads
+        if entry is not None:
+            return self._result(prompt_id, entry)
+        raise ServerGone(f"ComfyUI at {self.base_url} no longer knows prompt {prompt_id} "
+                         "(restarted, or the queue was cleared)")
+
+    def _finished(self, prompt_id: str) -> RunResult:
+        # /history can lag the last event by a moment (Comfy-Org/ComfyUI#11540).
+        delay = 0.05
+        deadline = time.monotonic() + max(10.0, self.quiet_s)
+        while True:
+            entry = self.history(prompt_id)
+            if entry is not None:
+                return self._result(prompt_id, entry)
+            if time.monotonic() > deadline:
+                raise ComfyError(f"prompt {prompt_id} finished but /history has no entry for it")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _result(self, prompt_id: str, entry: dict[str, Any]) -> RunResult:
+        status = entry.get("status") or {}
+        if status.get("status_str") == "error":
+            for kind, data in status.get("messages", []):
+                if kind == "execution_error":
+                    raise _execution_failed(prompt_id, data)
+                if kind == "execution_interrupted":
+                    raise Interrupted(f"prompt {prompt_id} was interrupted at node {data.get('node_id')}")
+            raise ExecutionFailed(prompt_id, None, None, "ComfyUI reports an error without details")
+        return RunResult(prompt_id, outputs_of(entry), entry)
+
+    def _fetch(self, f: OutputFile, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        params = {"filename": f.filename, "subfolder": f.subfolder, "type": f.type}
+        # Into a temporary file first: an interrupted download never looks complete.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as out, self._http.stream("GET", "/view", params=params) as r:
+                if r.status_code != 200:
+                    raise ComfyError(f"downloading {f.subfolder}/{f.filename}: HTTP {r.status_code}")
+                for chunk in r.iter_bytes(1 << 20):
+                    out.write(chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _connect_ws(self, prompt_id: str, sockets: ExitStack) -> ClientConnection | None:
+        """A socket for ``prompt_id``'s events, closed with ``sockets``; None if refused
+        (waiting then relies on polling)."""
+        url = re.sub(r"^http", "ws", self.base_url) + f"/ws?clientId={_client_id(prompt_id)}"
+        try:
+            # Previews arrive as large binary frames: no size cap; ComfyUI does not ping.
+            conn = connect(url, open_timeout=min(10.0, self.gone_timeout), max_size=None, ping_interval=None)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError):
+            return None
+        return sockets.enter_context(conn)
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise _Unreachable(f"ComfyUI at {self.base_url} is not answering ({type(exc).__name__}: {exc})") from exc
+
+    def _get_json(self, path: str) -> dict[str, Any]:
+        r = self._request("GET", path)
+        self._check(r, f"GET {path}")
+        return r.json()
+
+    def _post(self, path: str, body: dict[str, Any]) -> None:
+        self._check(self._request("POST", path, json=body), f"POST {path}")
+
+    @staticmethod
+    def _check(r: httpx.Response, what: str) -> None:
+        if r.status_code >= 400:
+            raise ComfyError(f"{what}: HTTP {r.status_code} {r.text[:500]}")
+
+
+def _client_id(prompt_id: str) -> str:
+    # Derived from the (fresh, uuid4) prompt id: a resumed run re-attaches to the events.
+    return f"ralph-{prompt_id}"
+
+
+def _recv_event(ws: ClientConnection, timeout: float) -> tuple[str, dict[str, Any]] | None:
+    """The next JSON event, or None after ``timeout`` seconds without one (binary preview
+    frames are skipped and do not count)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            msg = ws.recv(timeout=left)
+        except TimeoutError:
+            return None
+        if isinstance(msg, str):
+            try:
+                parsed = json.loads(msg)
+            except json.JSONDecodeError:
+                continue
+            return str(parsed.get("type")), parsed.get("data") or {}
+
+
+def _execution_failed(prompt_id: str, data: dict[str, Any]) -> ExecutionFailed:
+    message = f"{data.get('exception_type', 'error')}: {data.get('exception_message', '').strip()}"
+    return ExecutionFailed(prompt_id, data.get("node_id"), data.get("node_type"), message)
+
+
+def _json_or_empty(r: httpx.Response) -> dict[str, Any]:
+    try:
+        body = r.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

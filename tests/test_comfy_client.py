@@ -1,0 +1,230 @@
+"""ralph's ComfyUI client against a real ComfyUI (v0.3.75, CPU, tiny random models).
+
+The far side is real: the server of tests/far/comfyui_server.py, with a loopback TCP relay
+where a test needs the network to misbehave, and test nodes (tests/far/comfy_nodes) that
+sleep or report chosen output names.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.far.comfyui_server import ComfyServer, TcpRelay, comfyui_server, refiner_graph, require_install, start_server  # noqa: F401
+from ralph.handlers.comfyui.client import (
+    ComfyClient,
+    Interrupted,
+    OutputFile,
+    PromptRejected,
+    ServerGone,
+    Stalled,
+    UnsafeOutputName,
+    UploadTooLarge,
+    local_path,
+)
+
+slow = pytest.mark.slow
+
+
+def _slow_graph(seconds: float, prefix: str) -> dict:
+    """The refiner graph with a RalphSleep between decode and save: a prompt that is
+    surely running while the test acts on it."""
+    graph = refiner_graph(prefix=prefix)
+    graph["15"] = {"class_type": "RalphSleep", "inputs": {"images": ["13", 0], "seconds": seconds}}
+    graph["14"]["inputs"]["images"] = ["15", 0]
+    return graph
+
+
+def _outputs(server: ComfyServer, prefix: str) -> list[Path]:
+    return sorted(server.output_dir.glob(f"{prefix}_*.png"))
+
+
+@slow
+def test_example_workflow_runs_and_its_image_lands_on_disk(comfyui_server: ComfyServer, tmp_path: Path) -> None:
+    progress: list[tuple[str, int, int]] = []
+    with ComfyClient(comfyui_server.url) as client:
+        result = client.run(refiner_graph(seed=1), on_progress=lambda *p: progress.append(p))
+        files = client.download(result, tmp_path / "runpod-quality-tests")
+    assert [(f.node_id, f.subfolder) for f in result.outputs] == [("14", "quality_tests")]
+    assert files == [tmp_path / "runpod-quality-tests" / "quality_tests" / result.outputs[0].filename]
+    served = comfyui_server.output_dir / "quality_tests" / result.outputs[0].filename
+    assert files[0].read_bytes() == served.read_bytes()
+    assert ("11", 3, 3) in progress and ("12", 2, 2) in progress  # both samplers, to the last step
+    assert result.server_seconds is not None and result.server_seconds > 0
+
+
+@slow
+def test_validation_error_is_reported_per_node_and_input(comfyui_server: ComfyServer) -> None:
+    graph = refiner_graph()
+    graph["11"]["inputs"]["cfg"] = -1.0
+    graph["1"]["inputs"]["ckpt_name"] = "missing.safetensors"
+    with ComfyClient(comfyui_server.url) as client, pytest.raises(PromptRejected) as err:
+        client.run(graph)
+    text = str(err.value)
+    assert "node 11 (KSampler) input cfg: Value -1.0 smaller than min of 0.0" in text
+    assert "node 1 (CheckpointLoaderSimple) input ckpt_name: Value not in list" in text
+    assert "missing.safetensors" in text
+
+
+@slow
+def test_unknown_node_type_is_reported(comfyui_server: ComfyServer) -> None:
+    graph = refiner_graph()
+    graph["9"]["class_type"] = "ApplyInstantIDAdvanced"
+    with ComfyClient(comfyui_server.url) as client, pytest.raises(PromptRejected) as err:
+        client.run(graph)
+    assert "ApplyInstantIDAdvanced" in str(err.value) and "9" in str(err.value)
+
+
+@slow
+def test_partly_valid_prompt_is_a_failure_and_is_cancelled(comfyui_server: ComfyServer) -> None:
+    # One valid output (slowed down) and one invalid: ComfyUI answers 200 with node_errors
+    # and would run the valid half anyway.
+    prefix = f"partial-{uuid.uuid4().hex[:8]}"
+    graph = _slow_graph(2.0, prefix)
+    graph["16"] = {"class_type": "KSampler", "inputs": {**graph["12"]["inputs"], "cfg": 500.0}}
+    graph["17"] = {"class_type": "VAEDecode", "inputs": {"samples": ["16", 0], "vae": ["1", 2]}}
+    graph["18"] = {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": prefix + "-b"}}
+    with ComfyClient(comfyui_server.url) as client:
+        with pytest.raises(PromptRejected) as err:
+            client.run(graph)
+        assert "node 16 (KSampler) input cfg: Value 500.0 bigger than max of 100.0" in str(err.value)
+        time.sleep(3.0)
+    assert _outputs(comfyui_server, prefix) == []
+
+
+@pytest.mark.parametrize("reconnect", [True, False], ids=["socket-reconnects", "socket-refused"])
+@slow
+def test_dropped_socket_still_sees_completion(comfyui_server: ComfyServer, tmp_path: Path, reconnect: bool) -> None:
+    relay = TcpRelay(comfyui_server.port)
+    prefix = f"drop-{uuid.uuid4().hex[:8]}"
+    severed: list[int] = []
+
+    def cut() -> None:
+        relay.refuse_websockets = not reconnect
+        severed.append(relay.sever())
+
+    timer = threading.Timer(1.0, cut)
+    timer.start()
+    try:
+        with ComfyClient(relay.url, quiet_s=0.5) as client:
+            result = client.run(_slow_graph(2.5, prefix))
+            files = client.download(result, tmp_path)
+    finally:
+        timer.cancel()
+        relay.close()
+    assert severed == [1]  # the client's one socket was cut mid-run
+    assert (relay.refused > 0) is (not reconnect)
+    assert [f.name for f in files] == [p.name for p in _outputs(comfyui_server, prefix)]
+
+
+@pytest.mark.parametrize("filename,subfolder", [
+    ("../escape.png", ""), ("/tmp/escape.png", ""), ("escape.png", "../.."), ("escape.png", "/etc"),
+    ("..\\escape.png", ""),
+])
+@slow
+def test_hostile_output_name_stays_inside(comfyui_server: ComfyServer, tmp_path: Path,
+                                          filename: str, subfolder: str) -> None:
+    graph = refiner_graph()
+    graph["14"] = {"class_type": "RalphReportOutput",
+                   "inputs": {"images": ["13", 0], "filename": filename, "subfolder": subfolder}}
+    dest = tmp_path / "a" / "b" / "dest"
+    with ComfyClient(comfyui_server.url) as client:
+        result = client.run(graph)
+        assert result.outputs[0].filename == filename  # the server really said it
+        with pytest.raises(UnsafeOutputName):
+            client.download(result, dest)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_local_path_refuses_symlinked_escape(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "link").symlink_to(tmp_path)
+    f = OutputFile("14", "images", "x.png", "link", "output")
+    with pytest.raises(UnsafeOutputName):
+        local_path(dest, f)
+    ok = OutputFile("14", "images", "x_00001_.png", "quality_tests/a", "output")
+    assert local_path(dest, ok) == dest.resolve() / "quality_tests" / "a" / "x_00001_.png"
+
+
+@slow
+def test_interrupt_stops_only_that_prompt(comfyui_server: ComfyServer) -> None:
+    prompt_id = str(uuid.uuid4())
+    with ComfyClient(comfyui_server.url) as client:
+        timer = threading.Timer(1.5, client.interrupt, args=(prompt_id,))
+        timer.start()
+        with pytest.raises(Interrupted):
+            client.run(_slow_graph(10.0, "interrupted"), prompt_id=prompt_id)
+        assert client.find(prompt_id) == "error"
+
+
+@slow
+def test_resumed_run_finds_its_prompt_instead_of_resubmitting(comfyui_server: ComfyServer) -> None:
+    prefix = f"resume-{uuid.uuid4().hex[:8]}"
+    graph = _slow_graph(2.0, prefix)
+    prompt_id = str(uuid.uuid4())
+    first: dict = {}
+    with ComfyClient(comfyui_server.url) as a, ComfyClient(comfyui_server.url) as b:
+        assert b.find(prompt_id) is None
+        t = threading.Thread(target=lambda: first.update(result=a.run(graph, prompt_id=prompt_id)))
+        t.start()
+        time.sleep(1.0)
+        assert b.find(prompt_id) == "running"
+        resumed = b.run(graph, prompt_id=prompt_id)  # attaches to the running prompt
+        t.join()
+        again = b.run(graph, prompt_id=prompt_id)  # finished: answered from history
+    assert resumed.outputs == first["result"].outputs == again.outputs
+    assert len(_outputs(comfyui_server, prefix)) == 1
+
+
+@slow
+def test_stall_timeout_instead_of_a_fixed_one(comfyui_server: ComfyServer) -> None:
+    prompt_id = str(uuid.uuid4())
+    with ComfyClient(comfyui_server.url, stall_timeout=1.0, quiet_s=0.3) as client:
+        started = time.monotonic()
+        try:
+            with pytest.raises(Stalled, match="no progress for 1 s"):
+                client.run(_slow_graph(4.0, "stalled"), prompt_id=prompt_id)
+        finally:
+            client.interrupt(prompt_id)
+    assert time.monotonic() - started < 4.0
+
+
+@slow
+def test_upload_checks_size_first_and_lands_in_input(comfyui_server: ComfyServer, tmp_path: Path) -> None:
+    face = comfyui_server.input_dir / "elena_face_ref.jpg"
+    with ComfyClient(comfyui_server.url) as client:
+        name = client.upload_image(face.read_bytes() and _copy(face, tmp_path / "face-up.jpg"), subfolder="refs")
+        assert name == "refs/face-up.jpg"
+        assert (comfyui_server.input_dir / "refs" / "face-up.jpg").read_bytes() == face.read_bytes()
+        graph = refiner_graph(prefix="uploaded")
+        graph["5"]["inputs"]["image"] = name
+        assert client.run(graph).outputs
+    with ComfyClient(comfyui_server.url, max_upload_bytes=70_000) as small:
+        with pytest.raises(UploadTooLarge, match="face-big.jpg"):
+            small.upload_image(_copy(face, tmp_path / "face-big.jpg", pad=10_000))
+    assert not (comfyui_server.input_dir / "face-big.jpg").exists()
+
+
+def _copy(src: Path, dst: Path, pad: int = 0) -> Path:
+    dst.write_bytes(src.read_bytes() + b"\0" * pad)
+    return dst
+
+
+@slow
+def test_server_killed_mid_run_fails_clearly(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "base", require_install())
+    try:
+        prompt_id = str(uuid.uuid4())
+        timer = threading.Timer(1.5, server.kill)
+        timer.start()
+        started = time.monotonic()
+        with ComfyClient(server.url, quiet_s=0.5, gone_timeout=2.0) as client, pytest.raises(ServerGone) as err:
+            client.run(_slow_graph(20.0, "killed"), prompt_id=prompt_id)
+        assert time.monotonic() - started < 10
+        assert server.url in str(err.value) and prompt_id in str(err.value)
+    finally:
+        server.stop()
