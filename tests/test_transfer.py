@@ -83,19 +83,21 @@ def test_caches_spare_rehashing_and_track_changes(ssh, sshd, tmp_path) -> None:
     assert cache.sha256(src) == _sha(src)
 
 
-def test_falls_back_to_sftp_when_remote_has_no_rsync(tmp_path) -> None:
+def test_falls_back_to_sftp_and_sha256sum_on_a_bare_remote(tmp_path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in Path("/usr/bin").iterdir():
-        if tool.name != "rsync":
+        if tool.name not in ("rsync", "openssl"):
             (bin_dir / tool.name).symlink_to(tool)
     server = start_sshd(tmp_path / "s", env={"PATH": str(bin_dir)})
     try:
         with _provider(server, tmp_path / "state") as p:
-            assert p.run("command -v rsync", check=False).exit_code != 0
+            assert p.run("command -v rsync || command -v openssl", check=False).exit_code != 0
             src = _random_file(tmp_path / "x.bin", MiB)
-            assert p.put(src, "x.bin").method == "sftp"
+            r = p.put(src, "x.bin")
+            assert r.method == "sftp" and r.sha256 == _sha(src)
             assert (server.start_dir / "x.bin").read_bytes() == src.read_bytes()
+            assert p.put(src, "x.bin").skipped
     finally:
         server.stop()
 

@@ -115,15 +115,18 @@ class HashCache:
 
 # -- the remote side --------------------------------------------------------------------------
 # Shell functions shared by the remote scripts; file names only ever arrive as "$1" from quoted
-# assignments, and sha256sum reads stdin so odd names cannot alter its output format.
+# assignments, and hashing reads stdin so odd names cannot alter the output format. OpenSSL's
+# sha256 is preferred where installed: about 4x faster than coreutils' sha256sum (no SHA-NI),
+# which matters when verifying a 6.5 GB checkpoint on the pod.
 _SH_LIB = r"""
+_r_hash() { if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r; else sha256sum; fi; }
 _r_cache() { k=$(realpath -m -- "$1" | sha256sum); printf '%s/%s' "$HOME/.cache/ralph/sha256" "${k%% *}"; }
 _r_stat() { stat -c '%s %.9Y %.9Z %i' -- "$1"; }
 _r_store() { c=$(_r_cache "$1"); mkdir -p "${c%/*}" && printf '%s %s\n' "$3" "$2" > "$c.$$" && mv -f -- "$c.$$" "$c"; }
 _r_cached() { c=$(_r_cache "$1"); [ -f "$c" ] || return 1; read -r s m t i h < "$c"; [ "$s $m $t $i" = "$(_r_stat "$1")" ] && printf '%s\n' "$h"; }
 _r_sha() {
   _r_cached "$1" && return 0
-  s0=$(_r_stat "$1") && h=$(sha256sum < "$1") || return 1
+  s0=$(_r_stat "$1") && h=$(_r_hash < "$1") || return 1
   h=${h%% *}; [ "$(_r_stat "$1")" = "$s0" ] && _r_store "$1" "$h" "$s0"; printf '%s\n' "$h"
 }
 """
@@ -322,7 +325,7 @@ def upload(ssh: "SshProvider", local: Path, remote: str, *, progress: Progress |
     for fresh in (False, True):
         sent += _retrying(attempts, step, part_size)
         verdict = _remote(ssh, """
-h=$(sha256sum < "$p") && h=${h%% *} || exit 1
+h=$(_r_hash < "$p") && h=${h%% *} || exit 1
 if [ "$h" != "$want" ]; then rm -f -- "$p"; echo "mismatch $h"; exit 0; fi
 mv -f -- "$p" "$f" && _r_store "$f" "$h" "$(_r_stat "$f")" && echo ok""", p=part, f=dest, want=sha).strip()
         if verdict == "ok":
