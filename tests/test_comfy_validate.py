@@ -16,6 +16,7 @@ from ralph.handlers.comfyui.nodelist import parse_node_list
 from ralph.handlers.comfyui.schema import load_object_info, schemas_from_object_info
 from ralph.handlers.comfyui.template import apply_overrides, load_template, parameter_paths
 from ralph.handlers.comfyui.validate import validate
+from tests.far.comfyui_server import comfyui_server  # noqa: F401  (fixture: a real ComfyUI, slow tests only)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 EXAMPLE = SHARED / "examples" / "RALPH-001-grain-reduction.md"
@@ -291,3 +292,53 @@ def test_arbitrary_graphs_never_crash_validate_or_lint(graph):
     schemas = load_object_info(OBJECT_INFO)
     for problem in validate(graph, schemas) + lint(graph, schemas, provided_files={"a.safetensors"}, family="sdxl"):
         assert str(problem) and problem.severity in ("error", "warning", "info")
+
+
+# --- against the real ComfyUI (v0.3.75 on CPU, InstantID stand-ins): offline verdicts match its own ------------
+
+
+@pytest.mark.slow
+def test_offline_validation_agrees_with_a_real_comfyui(comfyui_server):
+    import time
+    import uuid
+
+    import httpx
+
+    live = schemas_from_object_info(httpx.get(f"{comfyui_server.url}/object_info", timeout=30).json())
+    compiled = compile_text(*example_block(), live)
+    # The compiled example is valid for the live server, file lists included (same file names there).
+    assert [p for p in validate(compiled.graph, live, compiled.line_of) if p.severity != "info"] == []
+    small = apply_overrides({"prompt": compiled.graph, "parameters": load_template("refiner")["parameters"]},
+                            {"width": 64, "height": 64, "steps": 2, "steps2": 1, "face_provider": "CPU",
+                             "filename_prefix": f"quality_tests/v-{uuid.uuid4().hex[:8]}"})
+
+    def post(graph):
+        r = httpx.post(f"{comfyui_server.url}/prompt", json={"prompt": graph, "client_id": "validate-test"}, timeout=30)
+        return r.status_code, r.json()
+
+    status, body = post(small)
+    assert status == 200 and body["node_errors"] == {}
+    deadline = time.monotonic() + 120
+    while not (entry := httpx.get(f"{comfyui_server.url}/history/{body['prompt_id']}").json()):
+        assert time.monotonic() < deadline, comfyui_server.log_tail()
+        time.sleep(0.2)
+    assert entry[body["prompt_id"]]["status"]["status_str"] == "success"
+
+    mistakes = [
+        lambda g: g["11"]["inputs"].update(sampler_name="dpmpp_2mm"),
+        lambda g: g["12"]["inputs"].update(cfg=150.0),
+        lambda g: g["12"]["inputs"].update(steps=0),
+        lambda g: g["13"]["inputs"].pop("vae"),
+        lambda g: g["13"]["inputs"].update(vae=["1", 0]),
+        lambda g: g["1"]["inputs"].update(ckpt_name="missing.safetensors"),
+        lambda g: g["4"]["inputs"].update(provider="TPU"),
+    ]
+    for mutate in mistakes:
+        graph = copy.deepcopy(small)
+        mutate(graph)
+        ours = {(p.node_id, p.input) for p in validate(graph, live) if p.is_error}
+        status, body = post(graph)
+        assert status == 400, body
+        theirs = {(node_id, e["extra_info"]["input_name"]) for node_id, entry in body["node_errors"].items()
+                  for e in entry["errors"]}
+        assert ours == theirs, (ours, theirs)
