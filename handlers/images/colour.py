@@ -59,7 +59,7 @@ def _rgb(image: ImageLike) -> np.ndarray:
         image = np.asarray(image.convert("RGB"))
     arr = np.asarray(image, dtype=np.float32)
     if arr.ndim != 3 or arr.shape[2] < 3:
-        raise ValueError(f"expected an H×W×3 colour image, got shape {arr.shape}")
+        raise ValueError(f"expected an HxWx3 colour image, got shape {arr.shape}")
     return arr[..., :3]
 
 
@@ -182,17 +182,17 @@ def colour_drift(prev: ImageLike, new: ImageLike, same_content: bool | None = No
     problems: list[str] = []
     chroma_ratio = n.mean_chroma / max(p.mean_chroma, 1e-6)
     if _chroma_drifted(p.mean_chroma, n.mean_chroma):
-        problems.append(f"mean chroma {p.mean_chroma:.1f} → {n.mean_chroma:.1f}")
+        problems.append(f"mean chroma {p.mean_chroma:.1f} -> {n.mean_chroma:.1f}")
     hue_shift = skin_ratio = None
     if p.skin_hue is not None and n.skin_hue is not None:
         hue_shift = _signed_hue_difference(n.skin_hue, p.skin_hue)
         skin_ratio = n.skin_chroma / p.skin_chroma  # type: ignore[operator]
         if abs(hue_shift) > MAX_HUE_SHIFT:
-            problems.append(f"skin hue {p.skin_hue:.1f}° → {n.skin_hue:.1f}° ({hue_shift:+.1f}°)")
+            problems.append(f"skin hue {p.skin_hue:.1f}° -> {n.skin_hue:.1f}° ({hue_shift:+.1f}°)")
         if _chroma_drifted(p.skin_chroma, n.skin_chroma):  # type: ignore[arg-type]
-            problems.append(f"skin chroma {p.skin_chroma:.1f} → {n.skin_chroma:.1f}")
+            problems.append(f"skin chroma {p.skin_chroma:.1f} -> {n.skin_chroma:.1f}")
     if p.skin_fraction >= MIN_SKIN_FRACTION and n_own.skin_fraction < MIN_SKIN_KEPT * p.skin_fraction:
-        problems.append(f"skin-toned area {p.skin_fraction:.1%} → {n_own.skin_fraction:.1%}")
+        problems.append(f"skin-toned area {p.skin_fraction:.1%} -> {n_own.skin_fraction:.1%}")
     natural = _natural(n)
     verdict: ColourVerdict = "colours drifted" if problems else "colours preserved"
     if problems:
@@ -200,10 +200,10 @@ def colour_drift(prev: ImageLike, new: ImageLike, same_content: bool | None = No
     elif hue_shift is not None:
         why = (
             f"colours preserved: skin hue {hue_shift:+.1f}° (limit ±{MAX_HUE_SHIFT:.0f}°), "
-            f"skin chroma ×{skin_ratio:.2f}, mean chroma ×{chroma_ratio:.2f}"
+            f"skin chroma x{skin_ratio:.2f}, mean chroma x{chroma_ratio:.2f}"
         )
     else:
-        why = f"colours preserved: mean chroma ×{chroma_ratio:.2f}; no skin tones to compare"
+        why = f"colours preserved: mean chroma x{chroma_ratio:.2f}; no skin tones to compare"
     if natural is False:
         why += f"; new skin looks unnatural (hue {n.skin_hue:.0f}°, chroma {n.skin_chroma:.0f})"
     return ColourDrift(verdict, natural, chroma_ratio, hue_shift, skin_ratio, p, n, same, why)

@@ -96,7 +96,7 @@ def luma(image: ImageLike) -> np.ndarray:
         return arr.astype(np.float32, copy=False)
     if arr.ndim == 3 and arr.shape[2] >= 3:
         return arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    raise ValueError(f"expected an H×W or H×W×3 image, got shape {arr.shape}")
+    raise ValueError(f"expected an HxW or HxWx3 image, got shape {arr.shape}")
 
 
 def _lowpass_valid(lum: np.ndarray) -> np.ndarray:
@@ -230,8 +230,8 @@ def measure_grain(image: ImageLike) -> GrainMeasure:
         )
     else:
         why = (
-            f"grain index {index:.2f} grey levels (band-pass luma σ, {INDEX_PERCENTILE:.0f}th percentile "
-            f"of {flat} flat blocks of {total}); fine-scale σ {fine:.2f}"
+            f"grain index {index:.2f} grey levels (band-pass luma sigma, {INDEX_PERCENTILE:.0f}th percentile "
+            f"of {flat} flat blocks of {total}); fine-scale sigma {fine:.2f}"
         )
     return GrainMeasure(index, fine, flat, total, why, stats)
 
@@ -336,8 +336,8 @@ def compare_grain(prev: ImageLike, new: ImageLike, same_content: bool | None = N
             verdict,
             ratio,
             none,
-            f"{verdict}: different content, grain index {p.index:.2f} → {n.index:.2f} (ratio {ratio:.2f}, "
-            f"needs ≤ {DIFFERENT_CONTENT_RATIO}; {detail_txt}, not used across scenes)",
+            f"{verdict}: different content, grain index {p.index:.2f} -> {n.index:.2f} (ratio {ratio:.2f}, "
+            f"needs <= {DIFFERENT_CONTENT_RATIO}; {detail_txt}, not used across scenes)",
         )
     ids = _compared_blocks(p.blocks, n.blocks) if p.measurable else none
     if ids.size == 0:
@@ -356,8 +356,8 @@ def compare_grain(prev: ImageLike, new: ImageLike, same_content: bool | None = N
     else:
         verdict = "less grain"
     why = (
-        f"{verdict}: grain ratio {ratio:.2f} on {ids.size} flat blocks (needs ≤ {SAME_CONTENT_RATIO}), "
-        f"coarse {coarse:.2f} (needs ≤ {MAX_COARSE_RATIO}), {detail_txt} (needs ≥ {MIN_DETAIL_RATIO})"
+        f"{verdict}: grain ratio {ratio:.2f} on {ids.size} flat blocks (needs <= {SAME_CONTENT_RATIO}), "
+        f"coarse {coarse:.2f} (needs <= {MAX_COARSE_RATIO}), {detail_txt} (needs >= {MIN_DETAIL_RATIO})"
     )
     if verdict == "detail lost":
         why += "; the image was smoothed, texture went down with the grain"
