@@ -38,7 +38,8 @@ class Text:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
-            line = data[: error.start].count(b"\n") + 1
+            # Count every ending ralph splits on, so a CR-only file names the right line.
+            line = len(re.findall(rb"\r\n|\r|\n", data[: error.start])) + 1
             raise DecodeError(line, f"not valid UTF-8 (byte {error.start})") from None
         bom = text.startswith(BOM)
         if bom:
@@ -96,6 +97,20 @@ class Text:
                 self.endings[start - 1] = ""
         self.lines[start:stop] = new_lines
         self.endings[start:stop] = endings
+        self._keep_line_breaks(start - 1, start + len(new_lines))
+
+    def _keep_line_breaks(self, first: int, last: int) -> None:
+        """Where lines meet around an edit, keep a CR and an empty LF line from reading as one CRLF.
+
+        Only an added line's ending changes, or failing that the CR line's (to CRLF, the
+        same line break), so untouched lines keep their bytes.
+        """
+        for k in range(max(first, 0), min(last, len(self.lines) - 1)):
+            if self.endings[k] == "\r" and not self.lines[k + 1] and self.endings[k + 1] == "\n":
+                if k + 1 < last:
+                    self.endings[k + 1] = "\r"
+                else:
+                    self.endings[k] = "\r\n"
 
 
 def read_text(path: Path) -> tuple[bytes, Text]:
