@@ -20,7 +20,22 @@ class Reporter(Protocol):
 
     def log(self, task: Task, message: str) -> None: ...
 
+    def warn(self, message: str) -> None: ...
+
     def progress(self, description: str, total: float | None) -> AbstractContextManager[ProgressBar]: ...
+
+
+@dataclass
+class RunInfo:
+    """What a handler's before_run/after_run hooks see: the run, not one task."""
+
+    file: TaskFile
+    resources: Resources
+    workdir: Path
+    state_dir: Path
+    run_id: str
+    reporter: Reporter
+    events: EventLog
 
 
 @dataclass

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 if TYPE_CHECKING:
-    from .context import Context
+    from .context import Context, RunInfo
     from .model import Task, TaskFile
 
 
@@ -124,6 +124,13 @@ class Handler:
 
     def run(self, ctx: Context) -> Result | None:
         raise NotImplementedError
+
+    def before_run(self, run: RunInfo) -> None:
+        """Called once per run, before any task, for each handler the file uses (e.g. to reap
+        pods an earlier crash left behind).  Problems here are warnings; the run goes on."""
+
+    def after_run(self, run: RunInfo) -> None:
+        """Called once at the end of every run, even an interrupted one."""
 
     def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
         """Problems ``ralph check`` can find without running anything (none by default)."""

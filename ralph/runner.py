@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from .context import Context, Reporter
+from .context import Context, RunInfo
 from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
 from .errors import RalphError
 from .handler import Evidence, Handler, Result, TaskBlocked, TaskFailed, TransientError
@@ -132,13 +132,26 @@ class Runner:
         state = RunState(directory)
         events = EventLog(directory, self.run_id)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        run = RunInfo(plan.file, state.resources, self.path.resolve().parent, directory, self.run_id, self.reporter, events)
+        handlers = list({type(s.handler): s.handler for s in plan.steps if s.handler is not None}.values())
         try:
+            self._hooks(handlers, "before_run", run)
             return self._run(plan, state, events)
         finally:
+            self.cleaning = True  # a Ctrl-C now only warns: the after-run hooks reap pods
+            self._hooks(handlers, "after_run", run)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             events.close()
             lock.release()
+
+    def _hooks(self, handlers: list[Handler], name: str, run: RunInfo) -> None:
+        for handler in handlers:
+            try:
+                getattr(handler, name)(run)
+            except Exception as error:  # a hook must not stop the run nor hide its result
+                run.events.write("hook_failed", handler=handler.name, hook=name, error=str(error))
+                self.reporter.warn(f"{handler.name} {name}: {type(error).__name__}: {error}")
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.cleaning and not self.warned:
