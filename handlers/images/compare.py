@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .colour import ColourDrift, colour_drift
-from .grain import BlockStats, GrainComparison, GrainMeasure, ImageLike, compare_grain
+from .grain import GrainComparison, GrainMeasure, ImageLike, compare_grain
 
 PANEL = 400  # column width in the picture
 ZOOM = 4
