@@ -1,0 +1,98 @@
+"""The command line as people use it: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from ralph.parser import parse_file
+from tests.engine.project import make_project, task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ralph(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ralph", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_new_creates_the_next_numbered_file_which_checks_and_runs(tmp_path: Path) -> None:
+    (tmp_path / "roadmap" / "ralph").mkdir(parents=True)
+    (tmp_path / "roadmap" / "ralph" / "RALPH-007-older.md").write_text("# RALPH-TASK: older\n")
+    created = ralph("new", "Réduire le grain, encore", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    path = tmp_path / created.stdout.strip()
+    assert path.name == "RALPH-008-reduire-le-grain-encore.md"
+    assert ralph("check", str(path), cwd=tmp_path).returncode == 0
+    assert ralph("run", str(path), cwd=tmp_path).returncode == 3  # task 2 is a person's to review
+    file, _ = parse_file(path)
+    assert [t.status for t in file.tasks] == ["DONE", "NEEDS_REVIEW"]
+    again = ralph("new", "Réduire le grain, encore", cwd=tmp_path)
+    assert again.stdout.strip().endswith("RALPH-009-reduire-le-grain-encore.md")
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
+    project = make_project(tmp_path, task(1, "Create", params={"pause": 1}), task(2, "Second"))
+    before = project.file.read_bytes()
+    result = project.cli("run", "--dry-run", project.file.name)
+    assert result.returncode == 0, result.stderr
+    assert "1. Create [PENDING] → step" in result.stdout
+    assert "pause = 1" in result.stdout
+    assert project.file.read_bytes() == before
+    assert not (tmp_path / ".ralph").exists()
+    assert not project.ledger.exists()
+
+
+def test_check_reports_each_problem_as_file_line_message_and_exits_1(tmp_path: Path) -> None:
+    project = make_project(
+        tmp_path, task(1, "Bad handler", handler="nope"), task(2, "Bad param", params={"pause": "long"})
+    )
+    result = project.cli("check", project.file.name)
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert re.match(rf"{re.escape(project.file.name)}:\d+: error: ", line), line
+    assert "unknown handler 'nope'" in lines[0]
+    assert "parameter 'pause' must be int or float, not str" in lines[1]
+    text = project.file.read_text().splitlines()
+    assert text[int(lines[1].split(":")[1]) - 1] == "pause: long"
+
+
+def test_check_reports_a_malformed_file_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "RALPH-001-x.md"
+    path.write_text("# RALPH-TASK: x\n\n## Tasks\n\n### 1. One\n**Status**: MAYBE\n")
+    result = ralph("check", path.name, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout.strip() == (
+        "RALPH-001-x.md:6: unknown status 'MAYBE'; "
+        "expected one of PENDING, IN_PROGRESS, DONE, FAILED, BLOCKED, SKIPPED, NEEDS_REVIEW"
+    )
+    run = ralph("run", path.name, cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [f"ralph: {result.stdout.strip()}"]
+
+
+def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = ralph("status", "nowhere.md", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "ralph: nowhere.md: cannot read: No such file or directory"
+
+
+def test_handlers_lists_the_built_ins_with_their_help() -> None:
+    result = ralph("handlers", cwd=REPO)
+    assert result.returncode == 0
+    assert re.search(r"^shell$", result.stdout, re.M)
+    assert re.search(r"^manual$", result.stdout, re.M)
+    assert "- timeout (default 3600): seconds before the script is stopped" in result.stdout
+
+
+def test_status_shows_a_table_without_touching_the_file(tmp_path: Path) -> None:
+    project = make_project(tmp_path, task(1, "Create"), task(2, "Second"))
+    project.run(only=1)
+    before = project.file.read_bytes()
+    result = project.cli("status", project.file.name)
+    assert result.returncode == 0
+    assert re.search(r"1\s+│\s+Create\s+│\s+HIGH\s+│\s+DONE\s+│\s+1/1\s+│\s+step", result.stdout), result.stdout
+    assert project.file.read_bytes() == before
