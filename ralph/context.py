@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +51,16 @@ class Context:
     run_id: str
     reporter: Reporter
     events: EventLog
+    results: Mapping[int, dict[str, Any]] = field(default_factory=dict)  # earlier tasks' recorded Results
+
+    def result_of(self, key: str) -> Any | None:
+        """``data[key]`` from the latest earlier task whose result has it (e.g. the images a
+        ComfyUI task produced, for the task that evaluates them)."""
+        for number in sorted((n for n in self.results if n < self.task.number), reverse=True):
+            data = self.results[number].get("data") or {}
+            if key in data:
+                return data[key]
+        return None
 
     def log(self, message: str) -> None:
         self.events.write("log", task=self.task.number, message=message)

@@ -277,6 +277,7 @@ class Runner:
             run_id=self.run_id,
             reporter=self.reporter,
             events=events,
+            results={int(n): r["result"] for n, r in state.data["tasks"].items() if "result" in r},
         )
 
     def _skip(self, step: Step, reason: str, events: EventLog) -> Outcome:
