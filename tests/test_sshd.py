@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from tests.far.sshd import SshServer, start_sshd
@@ -51,11 +50,10 @@ def test_stop_closes_port_and_drop_kills_sessions(tmp_path: Path) -> None:
     kh.write_text(server.known_hosts_line() + "\n")
     proc = subprocess.Popen(["ssh", "-p", str(server.port), "-i", str(server.client_key),
                              "-o", f"UserKnownHostsFile={kh}", "-o", "BatchMode=yes",
-                             f"root@{server.host}", "sleep 30"], stderr=subprocess.DEVNULL)
+                             f"root@{server.host}", "echo ready; sleep 30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        deadline = time.monotonic() + 10
-        while not server.session_pids() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert proc.stdout.readline() == "ready\n"
         assert server.drop_connections() >= 1
         assert proc.wait(timeout=10) == 255
     finally:

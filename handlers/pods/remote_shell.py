@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -37,10 +37,9 @@ def env_exports(env: Mapping[str, str]) -> str:
 
 
 def in_dir(directory: str | os.PathLike[str], command: str) -> str:
-    """Run ``command`` in ``directory``, failing (not running elsewhere) when it is missing."""
-    return f"cd -- {quote(directory)} && {command}"
+    """Run ``command`` in ``directory``; if the directory is missing nothing runs (exit 1).
 
-
-def all_of(commands: Iterable[str]) -> str:
-    """Commands joined with ``&&``: the first failure stops the rest."""
-    return " && ".join(f"{{ {c}; }}" for c in commands)
+    ``|| exit`` rather than ``&&``: ``command`` may itself be a list (``a; b``) that an ``&&``
+    would only partly guard.
+    """
+    return f"cd -- {quote(directory)} || exit 1\n{command}"

@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -268,7 +269,6 @@ def _sftp_get(ssh: "SshProvider", remote: str, part: Path, size: int, offset: in
 def _engine(method: Method, remote_rsync: bool) -> str:
     if method != "auto":
         return method
-    import shutil
     return "rsync" if remote_rsync and shutil.which("rsync") else "sftp"
 
 

@@ -65,21 +65,32 @@ class SshServer:
 
     def session_pids(self) -> list[int]:
         """Per-connection sshd processes (children of the listener)."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        try:
-            return [int(p) for p in children.read_text().split()]
-        except FileNotFoundError:
-            return []
+        return _children(self.process.pid)
 
     def drop_connections(self) -> int:
-        """Kill every live connection as a network failure would; the listener keeps running."""
-        pids = self.session_pids()
-        for pid in pids:
+        """Kill every live connection as a network failure would; the listener keeps running.
+
+        Each connection's whole process tree goes: its pre-auth ``[net]`` child or post-auth
+        session child also holds the socket and would otherwise keep it open.
+        """
+        sessions = self.session_pids()
+        # Stop the trees first so none can fork a child that escapes the kill, then kill them.
+        stopped: list[int] = []
+        todo = list(sessions)
+        while todo:
+            pid = todo.pop()
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            stopped.append(pid)
+            todo += _children(pid)
+        for pid in stopped:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        return len(pids)
+        return len(sessions)
 
     def stop(self) -> None:
         self.drop_connections()
@@ -90,6 +101,13 @@ class SshServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 def _config(workdir: Path, port: int, host_key: Path, authorized: Path, start_dir: Path,
