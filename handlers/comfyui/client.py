@@ -143,6 +143,8 @@ def node_errors(body: dict[str, Any]) -> list[NodeError]:
             msg = err.get("message") or err.get("type") or "invalid"
             details = err.get("details")
             name = extra.get("input_name")
+            if details and name and details.startswith(f"{name}: "):
+                details = details[len(name) + 2:]  # already said by "input NAME"
             if details and details != name and details not in msg:
                 msg = f"{msg}: {details}"
             out.append(NodeError(str(node_id), class_type, name, msg))
@@ -153,7 +155,7 @@ def _rejection(status: int, body: dict[str, Any]) -> PromptRejected:
     err = body.get("error") if isinstance(body.get("error"), dict) else {}
     summary = err.get("message") or f"ComfyUI rejected the prompt (HTTP {status})"
     if err.get("details"):
-        summary = f"{summary}: {err['details']}"
+        summary = f"{summary.rstrip('.')} ({err['details']})"
     return PromptRejected(summary, node_errors(body))
 
 
@@ -311,7 +313,12 @@ class ComfyClient:
     def wait(self, prompt_id: str, *, on_progress: Progress | None = None) -> RunResult:
         """Follow an already-submitted ``prompt_id`` to the end."""
         with ExitStack() as sockets:
-            return self._follow(prompt_id, self._connect_ws(prompt_id, sockets), sockets, on_progress)
+            ws = self._connect_ws(prompt_id, sockets)
+            # It may have finished already (or between a find() and now): no event would come.
+            entry = self.history(prompt_id)
+            if entry is not None:
+                return self._result(prompt_id, entry)
+            return self._follow(prompt_id, ws, sockets, on_progress)
 
     def download(self, result: RunResult | Iterable[OutputFile], dest: Path | str,
                  types: tuple[str, ...] = ("output",)) -> list[Path]:

@@ -11,6 +11,7 @@ a private one a test may kill. Without an install the fixture skips, except unde
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -236,38 +237,22 @@ def comfyui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfySe
         _shared = None
 
 
-# The 14-node graph of RALPH-001 task 3, in API format, at a test size. workflows/refiner.json
-# (when present) is the project's own copy; this one is the hand-written reference.
-POSITIVE = ("elena, 24 year old Italian woman, white linen summer dress, sitting by a sunlit window, "
-            "natural lighting, raw photo, sharp focus")
-NEGATIVE = "grainy, noisy, film grain, artifacts, worst quality, low quality, blurry"
+# The 14-node graph of RALPH-001 task 3, from the project's own template (API format plus
+# named parameters, each a list of "node.input" paths), at a test size.
+REFINER_TEMPLATE = Path(__file__).resolve().parents[2] / "workflows" / "refiner.json"
 
 
 def refiner_graph(width: int = 64, height: int = 64, steps: tuple[int, int] = (3, 2), seed: int = 42,
                   prefix: str = "quality_tests/elena_refiner") -> dict[str, dict]:
     """RALPH-001's refiner workflow with the example's files and settings, except the size,
-    the step counts and the face-analysis provider (CPU here)."""
-    sampler = {"cfg": 7.0, "sampler_name": "dpmpp_2m", "scheduler": "karras",
-               "model": ["9", 0], "positive": ["9", 1], "negative": ["9", 2]}
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_models.CHECKPOINT}},
-        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": tiny_models.LORA,
-                                                     "strength_model": 1.0, "strength_clip": 1.0}},
-        "3": {"class_type": "InstantIDModelLoader", "inputs": {"instantid_file": tiny_models.INSTANTID}},
-        "4": {"class_type": "InstantIDFaceAnalysis", "inputs": {"provider": "CPU"}},
-        "5": {"class_type": "LoadImage", "inputs": {"image": tiny_models.FACE_REF}},
-        "6": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": tiny_models.CONTROLNET}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": POSITIVE, "clip": ["2", 1]}},
-        "8": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["2", 1]}},
-        "9": {"class_type": "ApplyInstantID", "inputs": {
-            "instantid": ["3", 0], "insightface": ["4", 0], "control_net": ["6", 0], "image": ["5", 0],
-            "model": ["2", 0], "positive": ["7", 0], "negative": ["8", 0],
-            "weight": 0.85, "start_at": 0.0, "end_at": 1.0}},
-        "10": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
-        "11": {"class_type": "KSampler", "inputs": {**sampler, "seed": seed, "steps": steps[0], "denoise": 0.8,
-                                                    "latent_image": ["10", 0]}},
-        "12": {"class_type": "KSampler", "inputs": {**sampler, "seed": seed, "steps": steps[1], "denoise": 0.25,
-                                                    "latent_image": ["11", 0]}},
-        "13": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 0], "vae": ["1", 2]}},
-        "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": prefix}},
-    }
+    the step counts, the seed and the face-analysis provider (CPU here). The template's
+    file names are the example's, which tiny_models.py builds under the same names."""
+    template = json.loads(REFINER_TEMPLATE.read_text())
+    graph: dict[str, dict] = template["prompt"]
+    values = {"width": width, "height": height, "steps": steps[0], "steps2": steps[1], "seed": seed,
+              "face_provider": "CPU", "filename_prefix": prefix}
+    for name, value in values.items():
+        for path in template["parameters"][name]:
+            node, field_name = path.split(".", 1)
+            graph[node]["inputs"][field_name] = value
+    return graph

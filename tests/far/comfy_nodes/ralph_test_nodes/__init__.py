@@ -55,4 +55,19 @@ class RalphSleep:
         return (images,)
 
 
-NODE_CLASS_MAPPINGS = {"RalphReportOutput": RalphReportOutput, "RalphSleep": RalphSleep}
+class RalphFail:
+    """Raises the given message while running, as a node that fails on the pod would."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "message": ("STRING", {"default": "failed"})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "fail"
+    CATEGORY = "ralph/test"
+
+    def fail(self, images, message):
+        raise RuntimeError(message)
+
+
+NODE_CLASS_MAPPINGS = {"RalphReportOutput": RalphReportOutput, "RalphSleep": RalphSleep, "RalphFail": RalphFail}
