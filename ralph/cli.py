@@ -80,11 +80,12 @@ def _dry_run(path: Path, args: argparse.Namespace) -> int:
     from .state import RunState, state_dir_for
 
     plan = make_plan(path)
-    for problem in plan.problems:
-        print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
-    if any(p.severity == "error" for p in plan.problems):
-        return 2
     steps = select(plan, RunState(state_dir_for(path)), only=args.only, start_from=args.start_from)
+    problems = [p for s in steps for p in s.problems]
+    for problem in problems:
+        print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
+    if any(p.severity == "error" for p in problems):
+        return 2
     print(f"{plan.file.title} — {len(steps)} task(s) would run:")
     for step in steps:
         cleanup = " (clean-up)" if step.handler and step.handler.cleanup else ""

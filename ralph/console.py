@@ -51,7 +51,7 @@ class ConsoleReporter:
         self.console = console or Console(highlight=False)
         self.live_mode = self.console.is_terminal
         self.rows: dict[int, list[str]] = {}
-        self.progress = Progress(
+        self.bars = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
             BarColumn(),
@@ -74,7 +74,7 @@ class ConsoleReporter:
 
     def _refresh(self) -> None:
         if self.live is not None:
-            self.live.update(Group(self._table(), self.progress))
+            self.live.update(Group(self._table(), self.bars))
 
     # -- the runner's calls --------------------------------------------------------------
 
@@ -86,7 +86,7 @@ class ConsoleReporter:
             self._print(f"task {number} changed since it was done; `ralph run --only {number}` redoes it", "yellow")
         self.rows = {s.task.number: [s.task.title, s.task.status, s.handler_name or "?"] for s in steps}
         if self.live_mode and steps:
-            self.live = Live(Group(self._table(), self.progress), console=self.console, refresh_per_second=8)
+            self.live = Live(Group(self._table(), self.bars), console=self.console, refresh_per_second=8)
             self.live.start()
 
     def task_started(self, task: Task, handler: str, resumed: bool) -> None:
@@ -116,11 +116,11 @@ class ConsoleReporter:
             yield _QuietBar()
             self._print(f"  {description}: done")
             return
-        task_id = self.progress.add_task(escape(redact(description)), total=total)
+        task_id = self.bars.add_task(escape(redact(description)), total=total)
         try:
-            yield _Bar(self.progress, task_id)
+            yield _Bar(self.bars, task_id)
         finally:
-            self.progress.remove_task(task_id)
+            self.bars.remove_task(task_id)
 
     def finish(self, summary: RunSummary) -> None:
         if self.live is not None:
@@ -146,9 +146,11 @@ class ConsoleReporter:
                 escape(redact(note)),
             )
         self.console.print(table)
-        for verdict in summary.final:
-            mark = "✔" if verdict.evidence is None or verdict.evidence.verified else "·"
-            self._print(f"{mark} {verdict.criterion}: " + (verdict.evidence.detail if verdict.evidence else "ticked"))
+        verified = [v for v in summary.final if v.evidence is None or v.evidence.verified]
+        if summary.final:
+            self._print(f"file criteria and exit conditions: {len(verified)}/{len(summary.final)} verified")
+        for verdict in verified:
+            self._print(f"✔ {verdict.criterion}: " + (verdict.evidence.detail if verdict.evidence else "ticked"))
         if summary.cost_usd:
             self._print(f"cost: ${summary.cost_usd:.4f}")
         for message in summary.unwritten:

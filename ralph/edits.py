@@ -47,7 +47,9 @@ Edit = Union[SetStatus, SetCheck, SetResults]
 def apply_edits(file: TaskFile, text: Text, edits: list[Edit]) -> list[str]:
     """Apply ``edits`` to ``text`` (parsed as ``file``); returns the edits that found no target."""
     missing: list[str] = []
-    blocks: list[tuple[int, int, list[str]]] = []  # (start, stop, lines), 0-based, applied last
+    # One block per target, the last edit's: spans come from the parse, so two blocks
+    # written over the same span would each use line numbers the other has moved.
+    results: dict[int | None, tuple[Task | None, list[str]]] = {}
     for edit in edits:
         task = file.task(edit.task) if edit.task is not None else None
         if edit.task is not None and task is None:
@@ -65,7 +67,8 @@ def apply_edits(file: TaskFile, text: Text, edits: list[Edit]) -> list[str]:
                 continue
             _set_check(text, target, edit.checked)
         else:
-            blocks.append(_results_span(file, task, [redact(line) for line in edit.lines]))
+            results[edit.task] = (task, [redact(line) for line in edit.lines])
+    blocks = [_results_span(file, task, lines) for task, lines in results.values()]
     # Blocks change the line count: apply them from the bottom up.
     for start, stop, lines in sorted(blocks, key=lambda b: b[0], reverse=True):
         text.replace(start, stop, lines)

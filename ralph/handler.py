@@ -50,6 +50,12 @@ class TransientError(Exception):
     """A failure worth retrying (a timeout, a 5xx, no capacity right now)."""
 
 
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM, raised inside ``run``: a handler may catch it to cancel remote work
+    (interrupt a ComfyUI prompt), then must re-raise.  A BaseException, like
+    KeyboardInterrupt, so an ``except Exception`` cannot swallow it."""
+
+
 REQUIRED = object()
 
 

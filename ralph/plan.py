@@ -24,6 +24,7 @@ class Step:
     handler_name: str | None
     handler: Handler | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
 
 
 @dataclass
@@ -31,7 +32,10 @@ class Plan:
     file: TaskFile
     config: Config
     steps: list[Step]
-    problems: list[Problem]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for s in self.steps for p in s.problems]
 
     def step(self, number: int) -> Step:
         return next(s for s in self.steps if s.task.number == number)
@@ -54,11 +58,11 @@ def make_plan(path: Path, *, deep: bool = True) -> Plan:
     config = load_config(path)
     registry = Registry(config.handlers, config.path.parent if config.path else None)
     steps: list[Step] = []
-    problems: list[Problem] = []
     for task in file.tasks:
         name = handler_name(task, config)
         step = Step(task, name)
         steps.append(step)
+        problems = step.problems
         if name is None:
             problems.append(
                 Problem(task.line, f"{task.label} has no handler: add '**Handler**: name' or map it in ralph.yaml")
@@ -77,7 +81,7 @@ def make_plan(path: Path, *, deep: bool = True) -> Plan:
         problems.extend(param_problems)
         if deep and not param_problems:
             problems.extend(step.handler.validate(file, task, step.params))
-    return Plan(file, config, steps, problems)
+    return Plan(file, config, steps)
 
 
 def _params(handler: Handler, task: Task, config: Config) -> tuple[dict[str, Any], list[Problem]]:

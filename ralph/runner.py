@@ -23,7 +23,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from .context import Context, RunInfo
 from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
 from .errors import RalphError
-from .handler import Evidence, Handler, Result, TaskBlocked, TaskFailed, TransientError
+from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
 from .parser import ParseError, normalise
 from .plan import Plan, Step, make_plan
@@ -64,13 +64,6 @@ class RunSummary:
     @property
     def cost_usd(self) -> float:
         return sum(o.cost_usd or 0.0 for o in self.outcomes)
-
-
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM: stop after the clean-up tasks.
-
-    A BaseException, like KeyboardInterrupt, so a handler's ``except Exception`` cannot swallow it.
-    """
 
 
 def select(plan: Plan, state: RunState, *, only: int | None, start_from: int | None) -> list[Step]:
@@ -121,12 +114,13 @@ class Runner:
 
     def run(self) -> RunSummary:
         plan = make_plan(self.path)
-        errors = [p for p in plan.problems if p.severity == "error"]
+        directory = state_dir_for(self.path)
+        chosen = select(plan, RunState(directory), only=self.only, start_from=self.start_from)
+        errors = [p for s in chosen for p in s.problems if p.severity == "error"]
         if errors:
             first = errors[0]
             more = f" (and {len(errors) - 1} more: ralph check {self.path})" if len(errors) > 1 else ""
             raise RalphError(first.message + more, self.path, first.line)
-        directory = state_dir_for(self.path)
         lock = RunLock(directory, self.path)
         lock.acquire()
         state = RunState(directory)
@@ -136,7 +130,7 @@ class Runner:
         handlers = list({type(s.handler): s.handler for s in plan.steps if s.handler is not None}.values())
         try:
             self._hooks(handlers, "before_run", run)
-            return self._run(plan, state, events)
+            return self._run(plan, chosen, state, events)
         finally:
             self.cleaning = True  # a Ctrl-C now only warns: the after-run hooks reap pods
             self._hooks(handlers, "after_run", run)
@@ -160,8 +154,7 @@ class Runner:
             return
         raise Interrupted(signal.Signals(signum).name)
 
-    def _run(self, plan: Plan, state: RunState, events: EventLog) -> RunSummary:
-        steps = select(plan, state, only=self.only, start_from=self.start_from)
+    def _run(self, plan: Plan, steps: list[Step], state: RunState, events: EventLog) -> RunSummary:
         stale = self._stale(plan, state, steps)
         events.write("run_started", file=str(self.path), tasks=[s.task.number for s in steps])
         self.reporter.start(plan, steps, stale)
@@ -186,7 +179,8 @@ class Runner:
             if outcome.status in ("FAILED", "BLOCKED") and not stop_reason:
                 stop_reason = f"task {step.task.number} {outcome.status.lower()}"
         self.cleaning = False
-        final = self._final(plan, state, events) if outcomes else []
+        # --only runs one task: judging the whole file from it would say little.
+        final = self._final(plan, state, events) if outcomes and self.only is None else []
         self._flush()
         file = self._current(plan.file)
         code = _exit_code(file, interrupted=interrupted)

@@ -147,10 +147,9 @@ def test_bad_input_is_one_line_naming_file_and_line_and_touches_nothing(tmp_path
     result = project.cli("run", project.file.name)
     assert result.returncode == 2
     line = project.file.read_text().splitlines().index("**Handler**: no-such-handler") + 1
-    assert result.stderr.splitlines() == [
-        f"ralph: {project.file.name}:{line}: unknown handler 'no-such-handler'; "
-        "known: edits-the-file, manual, release, shell, step"
-    ]
+    [message] = result.stderr.splitlines()
+    assert message.startswith(f"ralph: {project.file.name}:{line}: unknown handler 'no-such-handler'; known: ")
+    assert {"shell", "manual", "step"} <= set(message.split("known: ")[1].split(", "))
     assert project.file.read_bytes() == before
     assert not (tmp_path / ".ralph").exists()
 

@@ -1,0 +1,148 @@
+"""The workflow a task asks for: its own node list, or a template with overrides, and its sweep.
+
+What is written in the task is what runs: the node list is compiled, the task's prompts
+filled in, and every problem reported at the task file's line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from ralph.handlers.comfyui.check import check_node_list
+from ralph.handlers.comfyui.compile import LineMap, PromptText
+from ralph.handlers.comfyui.lint import lint
+from ralph.handlers.comfyui.parameters import infer_parameters
+from ralph.handlers.comfyui.problem import Problem
+from ralph.handlers.comfyui.schema import NodeSchema, load_object_info, schemas_from_object_info
+from ralph.handlers.comfyui.template import apply_overrides, load_template
+from ralph.handlers.comfyui.validate import validate
+from ralph.model import Task, TaskFile
+
+NODE_LINE = re.compile(r"^\s*Node\s+\d+\s*:", re.M)
+
+
+@dataclass
+class Variant:
+    label: str  # "cfg=5 seed=1", or "base" without a sweep
+    values: dict[str, Any]  # the swept parameters' values
+    graph: dict[str, Any]
+
+
+@dataclass
+class Workflow:
+    graph: dict[str, Any]
+    parameters: dict[str, list[str]]  # name → "node.input" paths
+    problems: list[Problem] = field(default_factory=list)
+    line_of: LineMap | None = None
+    fallback_line: int = 0  # where problems without a line of their own are reported
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.is_error for p in self.problems)
+
+    def values(self) -> dict[str, Any]:
+        """Each named parameter's current value (the first path's)."""
+        out = {}
+        for name, paths in self.parameters.items():
+            node_id, _, input_name = paths[0].partition(".")
+            out[name] = self.graph.get(node_id, {}).get("inputs", {}).get(input_name)
+        return out
+
+    def variants(self, sweep: Mapping[str, list[Any]], seeds: list[int]) -> list[Variant]:
+        axes = dict(sweep)
+        if seeds:
+            axes["seed"] = seeds
+        if not axes:
+            return [Variant("base", {}, self.graph)]
+        names = list(axes)
+        template = {"prompt": self.graph, "parameters": self.parameters}
+        variants = []
+        for combination in itertools.product(*(axes[n] for n in names)):
+            values = dict(zip(names, combination))
+            label = " ".join(f"{n}={v}" for n, v in values.items())
+            variants.append(Variant(label, values, apply_overrides(template, values)))
+        return variants
+
+
+def snapshot_schemas() -> dict[str, NodeSchema]:
+    """Node schemas shipped with ralph, for checking a workflow with no server at hand."""
+    path = resources.files("ralph.workflows").joinpath("object_info.json")
+    with resources.as_file(path) as real:
+        return load_object_info(real, files_listed=False)
+
+
+def live_schemas(object_info: dict[str, Any]) -> dict[str, NodeSchema]:
+    return schemas_from_object_info(object_info, files_listed=True)
+
+
+def family_of(file: TaskFile) -> str | None:
+    """The model family the Context names (``BigLove XL (SDXL-based)`` → sdxl)."""
+    checkpoint = file.context.get("checkpoint")
+    if checkpoint and re.search(r"sdxl|\bxl\b", checkpoint.value, re.I):
+        return "sdxl"
+    return None
+
+
+def node_list_block(task: Task) -> tuple[str, int] | None:
+    for block in task.code_blocks:
+        if NODE_LINE.search(block.text):
+            return block.text, block.first_line
+    return None
+
+
+def build(
+    file: TaskFile,
+    task: Task,
+    params: Mapping[str, Any],
+    schemas: Mapping[str, NodeSchema],
+    provided_files: list[str] | None = None,
+) -> Workflow:
+    """The task's workflow with ``params['overrides']`` applied, checked against ``schemas``."""
+    block = task.code("yaml", "yml")
+    fallback = block.line if block else task.line
+    family = family_of(file)
+    if params.get("template"):
+        try:
+            template = load_template(params["template"])
+        except (FileNotFoundError, ModuleNotFoundError):
+            return Workflow({}, {}, [_problem(fallback, f"no workflow template {params['template']!r} in workflows/")])
+        graph, parameters = template["prompt"], template["parameters"]
+        problems: list[Problem] = []
+        line_of = None
+    else:
+        found = node_list_block(task)
+        if found is None:
+            return Workflow({}, {}, [_problem(task.line, "no workflow: write a node list (Node 1: …) or set template")])
+        prompts = {key: PromptText(item.text, item.line) for key, item in task.prompts.items()}
+        checked = check_node_list(*found, schemas, prompts, provided_files=provided_files, family=family)
+        graph, problems, line_of = checked.graph, list(checked.problems), checked.line_of
+        parameters = infer_parameters(graph, {key: item.text for key, item in task.prompts.items()})
+        if not checked.ok:
+            return Workflow(graph, parameters, problems, line_of, fallback)
+    try:
+        graph = apply_overrides({"prompt": graph, "parameters": parameters}, params.get("overrides") or {})
+    except KeyError as error:
+        return Workflow(graph, parameters, problems + [_problem(fallback, str(error.args[0]))], line_of, fallback)
+    if params.get("template") or params.get("overrides"):
+        problems += validate(graph, schemas, line_of)
+        problems += lint(graph, schemas, line_of, provided_files=provided_files, family=family)
+    for name in list(params.get("sweep") or {}) + (["seed"] if params.get("seeds") else []):
+        if name not in parameters and "." not in name:
+            problems.append(_problem(fallback, f"sweep: unknown workflow parameter {name!r}; known: {', '.join(sorted(parameters))}"))
+    return Workflow(graph, parameters, problems, line_of, fallback)
+
+
+def graph_digest(graph: Mapping[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(graph, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _problem(line: int, message: str) -> Problem:
+    return Problem(line, None, None, None, message)

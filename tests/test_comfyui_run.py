@@ -1,0 +1,132 @@
+"""Task 3 of the example, run by ralph against a real ComfyUI server (CPU, tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from ralph.parser import parse_file
+from tests.engine.project import Project
+from tests.far.comfyui_server import ComfyServer, comfyui_server  # noqa: F401  (fixture)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "examples" / "RALPH-001-grain-reduction.md"
+TASK_3 = "Générer avec workflow optimisé (Refiner Pass)"
+TINY = {"width": 64, "height": 64, "steps": 3, "steps2": 2}
+
+
+def _example_project(root: Path, params: dict) -> Project:
+    root.mkdir(parents=True, exist_ok=True)
+    file = root / "RALPH-001-grain-reduction.md"
+    file.write_bytes(EXAMPLE.read_bytes())
+    config = {"tasks": {TASK_3: {"handler": "comfyui.run", "params": params}}}
+    (root / "ralph.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return Project(root, file, root / "ledger.txt")
+
+
+def test_check_finds_the_denoise_on_empty_latent_pattern_and_a_planted_bad_sampler(tmp_path: Path) -> None:
+    project = _example_project(tmp_path, {})
+    result = project.cli("check", project.file.name)
+    lines = result.stdout.splitlines()
+    denoise_line = EXAMPLE.read_text(encoding="utf-8").splitlines().index(
+        "         → params: steps=30, CFG=7.0, sampler=dpmpp_2m, scheduler=karras, denoise=0.8"
+    ) + 1
+    assert any(
+        line.startswith(f"{project.file.name}:{denoise_line}: warning: node 11 (KSampler) input denoise: denoise 0.8 on an empty latent")
+        for line in lines
+    ), result.stdout
+    project.file.write_text(
+        project.file.read_text(encoding="utf-8").replace("denoise=0.8", "denoise=1.0").replace(
+            "sampler=dpmpp_2m, scheduler=karras, denoise=0.25", "sampler=dpmpp_9x, scheduler=karras, denoise=0.25"
+        ),
+        encoding="utf-8",
+    )
+    planted = project.cli("check", project.file.name)
+    assert planted.returncode == 1
+    bad = [line for line in planted.stdout.splitlines() if "sampler_name" in line and "error" in line]
+    assert len(bad) == 1
+    assert bad[0].startswith(f"{project.file.name}:{denoise_line + 5}: error: node 12 (KSampler) input sampler_name:")
+    assert "'dpmpp_9x' is not allowed" in bad[0]
+
+
+@pytest.mark.slow
+def test_the_examples_task_3_runs_and_its_criteria_are_ticked_from_evidence(
+    tmp_path: Path, comfyui_server: ComfyServer  # noqa: F811
+) -> None:
+    params = {"server": comfyui_server.url, "overrides": TINY, "output_dir": "output/runpod-quality-tests"}
+    project = _example_project(tmp_path, params)
+    result = project.cli("run", "--only", "3", project.file.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    file, _ = parse_file(project.file)
+    task = file.task(3)
+    assert task is not None and task.status == "DONE"
+    assert all(c.checked for c in task.criteria), [c.text for c in task.criteria]
+    images = sorted((tmp_path / "output" / "runpod-quality-tests").rglob("*.png"))
+    assert len(images) == 1
+    with Image.open(images[0]) as image:
+        assert image.size == (64, 64)
+        recorded = json.loads(image.text["ralph"])
+        assert "prompt" in image.text, "ComfyUI's own metadata is kept"
+    assert recorded["cfg"] == 7.0 and recorded["denoise2"] == 0.25 and recorded["steps"] == 3
+    server_files = sorted((comfyui_server.output_dir / "quality_tests").glob("elena_refiner*.png"))
+    assert server_files, "the server saved under output/quality_tests/ as the task says"
+    text = project.file.read_text(encoding="utf-8")
+    assert "✔ verified: Image sauvegardée dans output/quality_tests/ — saved output/quality_tests/" in text
+
+    # Asked again, the finished prompt is found in the state: nothing is submitted twice.
+    before = len(list(comfyui_server.output_dir.rglob("*.png")))
+    again = project.cli("run", "--only", "3", project.file.name)
+    assert again.returncode == 0, again.stdout
+    assert len(list(comfyui_server.output_dir.rglob("*.png"))) == before
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_every_variant_in_one_session_and_records_its_parameters(
+    tmp_path: Path, comfyui_server: ComfyServer  # noqa: F811
+) -> None:
+    params = {"server": comfyui_server.url, "overrides": TINY, "sweep": {"cfg": [5.0, 9.0]}, "seeds": [1, 2]}
+    project = _example_project(tmp_path, params)
+    result = project.cli("run", "--only", "3", project.file.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    images = sorted((tmp_path / "output" / "comfyui").rglob("*.png"))
+    assert len(images) == 4
+    seen = set()
+    for path in images:
+        with Image.open(path) as image:
+            values = json.loads(image.text["ralph"])
+        seen.add((values["cfg"], values["seed"]))
+    assert seen == {(5.0, 1), (5.0, 2), (9.0, 1), (9.0, 2)}
+    state = json.loads((tmp_path / ".ralph" / project.file.stem / "state.json").read_text())
+    assert len(state["tasks"]["3"]["result"]["data"]["images"]) == 4
+
+
+@pytest.mark.slow
+def test_a_workflow_the_live_server_refuses_fails_with_a_readable_reason(
+    tmp_path: Path, comfyui_server: ComfyServer  # noqa: F811
+) -> None:
+    # The snapshot lists example file names only; the live server knows which files it has.
+    params = {"server": comfyui_server.url, "overrides": {**TINY, "checkpoint": "missing.safetensors"}}
+    project = _example_project(tmp_path, params)
+    result = project.cli("run", "--only", "3", project.file.name)
+    assert result.returncode == 1
+    text = project.file.read_text(encoding="utf-8")
+    assert "node 1 (CheckpointLoaderSimple) input ckpt_name: 'missing.safetensors'" in text
+    assert not (tmp_path / "output").exists(), "nothing ran"
+
+
+def test_the_node_list_infers_the_templates_parameter_names() -> None:
+    from ralph.handlers.comfyui.parameters import infer_parameters
+    from ralph.handlers.comfyui.template import load_template
+    from ralph.handlers.comfyui.workflow import build, snapshot_schemas
+
+    file, _ = parse_file(EXAMPLE)
+    task = file.task(3)
+    assert task is not None
+    flow = build(file, task, {}, snapshot_schemas())
+    template = load_template("refiner")
+    prompts = {k: v.text for k, v in task.prompts.items()}
+    assert infer_parameters(flow.graph, prompts) == template["parameters"]
+
