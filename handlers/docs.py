@@ -1,0 +1,361 @@
+"""``docs.session``: append what a run found to a session document, never rewriting it.
+
+The section holds the date, the workflow's parameters, the pod and its price, the run's
+duration and cost, the measures and verdicts of ``images.evaluate``, the before/after
+picture, a table of a sweep's variants with the best marked, and either the optimal
+parameters (success) or the most likely next lead read from the evidence (failure).
+
+It is a clean-up handler: it also runs after an earlier task failed, because a failed
+experiment is exactly what the next lead must be written for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from ralph.context import Context
+from ralph.handler import Evidence, Handler, Param, Result, criterion
+from ralph.state import now
+
+DEFAULT_FOLDER = "docs/sessions"
+# Grain ratios of a sweep's variants that all lie within this band did not move with the
+# swept parameter: the band is the measure's same-image spread (≈1 %) plus the 10 % a
+# visible change needs (a 10 % change reads 0.89, below what the grain verdict accepts).
+FLAT_SPREAD = 0.10
+OPTIMAL = "**Optimal parameters**:"
+LEAD = "**Next lead**:"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _doc_path(ctx: Context) -> str:
+    if ctx.params["path"]:
+        return str(ctx.params["path"])
+    found = ctx.task.fields.get("session doc")
+    if found and found.value.strip():
+        return found.value.strip().strip("`")
+    return f"{DEFAULT_FOLDER}/{ctx.file.path.stem}.md"
+
+
+def _state_tasks(ctx: Context) -> dict[str, Any]:
+    """Each task's recorded outcome (status, seconds, error) from ralph's state file.
+
+    ``ctx.results`` carries only handlers' Results; durations and errors live beside them.
+    """
+    try:
+        return json.loads((ctx.state_dir / "state.json").read_text("utf-8")).get("tasks", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"`{k}={_fmt(v)}`" for k, v in params.items()) or "none recorded"
+
+
+def _varying(rows: list[dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for row in rows:
+        for key in row.get("params") or {}:
+            if key not in keys and len({json.dumps((r.get("params") or {}).get(key), default=str) for r in rows}) > 1:
+                keys.append(key)
+    return keys
+
+
+def _span(values: list[Any]) -> str:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) == len(values):
+        return f"{_fmt(min(numbers))}–{_fmt(max(numbers))}"
+    return "/".join(dict.fromkeys(str(v) for v in values))
+
+
+def next_lead(
+    grain: dict[str, Any] | None,
+    ranking: list[dict[str, Any]],
+    lint: list[str],
+    failures: list[str],
+    colour: dict[str, Any] | None,
+) -> str | None:
+    """The most likely next thing to try, from the evidence; None when nothing failed."""
+    if grain is None:
+        if failures:
+            return f"the experiment did not get to an evaluation: {failures[0]}; fix that and run again"
+        return None
+    verdict = grain.get("verdict")
+    if verdict == "less grain":
+        if colour and colour.get("ok") is False:
+            return f"grain went down but {colour.get('explanation')}: lower cfg or the refiner's denoise"
+        return None
+    if verdict == "no previous image":
+        return "no previous image to compare with: name one with a **Previous**: line (this run's best is kept for the next run)"
+    if verdict == "not measurable":
+        return "the images have no flat areas where grain can be measured: compare crops by eye, or prompt a plainer background"
+    if verdict == "detail lost":
+        return (
+            f"the image was smoothed, not de-grained (detail x{grain.get('detail_ratio')}): lower the refiner's denoise "
+            "or steps, and check for a blur or resize step"
+        )
+    if verdict == "grain coarser":
+        return (
+            f"the grain became coarser clumps (coarse x{grain.get('coarse_ratio')}), it did not go away: "
+            "lower the refiner's denoise or try another sampler/scheduler"
+        )
+    if lint:
+        more = f" (and {len(lint) - 1} more lint finding(s))" if len(lint) > 1 else ""
+        return f"fix what the workflow check found first: {lint[0]}{more}"
+    keys = _varying(ranking)
+    ratios = [r["ratio"] for r in ranking if r.get("ratio") is not None and r.get("against") == ranking[0].get("against")]
+    if keys and len(ratios) > 1:
+        spans = ", ".join(f"{k} {_span([(r.get('params') or {}).get(k) for r in ranking])}" for k in keys)
+        if max(ratios) - min(ratios) <= FLAT_SPREAD:
+            elsewhere = "the checkpoint/LoRA or the VAE" if {"sampler", "scheduler"} & set(keys) else "the sampler/scheduler"
+            return f"grain unchanged across {spans} (ratios {min(ratios):.2f}–{max(ratios):.2f}): look at {elsewhere}"
+        best = ranking[0].get("params") or {}
+        return f"grain moved with {spans} but not enough (best ratio {min(ratios):.2f} at {_params_text({k: best.get(k) for k in keys})}): extend the sweep beyond that end"
+    return f"grain not reduced (ratio {grain.get('ratio')}): sweep cfg and the refiner's denoise to find what moves it"
+
+
+class SessionDoc(Handler):
+    """Append this run's results to the session document (`path`, a `**Session doc**:` line, or
+    docs/sessions/<task file>.md): parameters, pod, duration, cost, measures, before/after
+    picture, variants table, and the optimal parameters or the next lead. Never rewrites it."""
+
+    name = "docs.session"
+    cleanup = True  # a failed experiment is documented too: that is where the next lead is written
+    params = {"path": Param((str, type(None)), None, "the session document (relative to the task file)")}
+
+    def run(self, ctx: Context) -> Result:
+        relative = _doc_path(ctx)
+        doc = ctx.path(relative)
+        pending = ctx.memory.get("section")
+        if ctx.task.status == "IN_PROGRESS" and pending and pending.get("path") == relative and _found(doc, pending):
+            return Result(summary=f"section already appended to {relative} before the interruption", data=pending["data"])
+        before = doc.read_bytes() if doc.exists() else b""
+        marker = f"<!-- ralph:session {ctx.file.path.name} task {ctx.task.number} run {ctx.run_id} -->"
+        text, data = self._section(ctx, doc, marker)
+        if not before:
+            text = f"# Sessions: {ctx.file.title}\n\n" + text
+        elif not before.endswith(b"\n\n"):
+            text = ("\n" if before.endswith(b"\n") else "\n\n") + text
+        body = text.encode("utf-8")
+        record = {
+            "path": relative,
+            "offset": len(before),
+            "before_sha256": _sha(before),
+            "section_sha256": _sha(body),
+            "size": len(body),
+            "marker": marker,
+        }
+        data["session_doc"] = record
+        ctx.memory["section"] = {**record, "data": data}  # a resume finds it and does not append twice
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        with open(doc, "ab") as handle:  # append only: what people wrote above is never touched
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return Result(summary=f"appended a section to {relative}", data=data, files=[relative])
+
+    def _section(self, ctx: Context, doc: Path, marker: str) -> tuple[str, dict[str, Any]]:
+        earlier = {n: r for n, r in ctx.results.items() if n < ctx.task.number}
+        records = _state_tasks(ctx)
+        workflow = ctx.result_of("workflow") or {}
+        pod = ctx.result_of("pod") or {}
+        lint = list(ctx.result_of("lint") or [])
+        ranking = list(ctx.result_of("ranking") or [])
+        grain, colour, face_data = ctx.result_of("grain"), ctx.result_of("colour"), ctx.result_of("face")
+        previous, comparison, success = ctx.result_of("previous"), ctx.result_of("comparison"), ctx.result_of("success")
+        failures = []
+        for number in sorted(earlier):
+            record = records.get(str(number), {})
+            if record.get("status") in ("FAILED", "BLOCKED"):
+                task = ctx.file.task(number)
+                failures.append(f"task {number} ({task.title if task else '?'}) {record['status'].lower()}: {record.get('error', '')}")
+        costs = {n: r["cost_usd"] for n, r in earlier.items() if r.get("cost_usd") is not None}
+        seconds = sum(float(records.get(str(n), {}).get("seconds") or 0.0) for n in earlier)
+
+        lines = [f"## Session {now()}: {ctx.file.title}", marker, ""]
+        lines.append(f"- **Task file**: `{ctx.file.path.name}` (run {ctx.run_id})")
+        lines.append(f"- **Parameters**: {_params_text(workflow)}")
+        if pod:
+            price = f", ${pod['cost_per_hr']}/h" if pod.get("cost_per_hr") is not None else ""
+            lines.append(f"- **Pod**: {pod.get('gpu', 'unknown GPU')}{price} (id `{pod.get('id', '?')}`)")
+        else:
+            lines.append("- **Pod**: none recorded")
+        cost = f"${sum(costs.values()):.4f} (recorded by task(s) {', '.join(map(str, sorted(costs)))})" if costs else "not recorded"
+        lines.append(f"- **Duration**: {seconds / 60:.1f} min over tasks {', '.join(map(str, sorted(earlier))) or 'none'}; **cost**: {cost}")
+        if previous:
+            lines.append(f"- **Previous image**: `{previous['path']}` ({previous.get('source', '')})")
+        lines += ["", "### Measures", ""]
+        if grain:
+            lines.append(f"- **Grain**: {grain.get('explanation')}")
+        if colour:
+            lines.append(f"- **Colours**: {colour.get('explanation') or _colour_reading(colour)}")
+        if face_data:
+            from .images.face import judge
+
+            lines.append(f"- **Face**: {judge(face_data, face_data.get('image'), face_data.get('previous')).detail}")
+        if lint:
+            lines += [f"- **Workflow check**: {finding}" for finding in lint]
+        for failure in failures:
+            lines.append(f"- **Failure**: {failure}")
+        link = None
+        if comparison:
+            link = quote(os.path.relpath(ctx.path(comparison), doc.parent).replace(os.sep, "/"))
+            lines += ["", f"![before/after: {comparison}]({link})"]
+        if len(ranking) > 1:
+            lines += ["", "### Variants", ""] + _table(ranking)
+
+        best_params = (ranking[0].get("params") or {}) if ranking else {}
+        lead = None if success else next_lead(grain, ranking, lint, failures, colour)
+        lines += ["", "### Verdict", ""]
+        if success:
+            lines.append(f"- **Success**: grain reduced. {OPTIMAL} {_params_text(best_params)}")
+            if lead := next_lead(grain, ranking, lint, failures, colour):
+                lines.append(f"- {LEAD} {lead}")
+        else:
+            state = "not established" if success is None else "not a success"
+            lines.append(f"- **Result**: {state}. {LEAD} {lead or 'none identified: a person must look at the images'}")
+            if best_params:
+                lines.append(f"- **Best variant's parameters**: {_params_text(best_params)}")
+        data = {
+            "success": success,
+            "next_lead": lead,
+            "best_params": best_params,
+            "comparison_link": link,
+            "cost_usd": round(sum(costs.values()), 6) if costs else None,
+            "seconds": round(seconds, 3),
+            "measured": bool(grain),
+        }
+        return "\n".join(lines) + "\n", data
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _section_text(self, ctx: Context, result: Result) -> tuple[str | None, str]:
+        record = (result.data or {}).get("session_doc")
+        if not record:
+            return None, "no section was appended"
+        doc = ctx.path(record["path"])
+        if not doc.is_file():
+            return None, f"{record['path']} does not exist"
+        content = doc.read_bytes()
+        if _sha(content[: record["offset"]]) != record["before_sha256"]:
+            return None, f"{record['path']}: the {record['offset']} bytes before the section changed"
+        section = content[record["offset"] : record["offset"] + record["size"]]
+        if _sha(section) != record["section_sha256"] or record["marker"].encode() not in section:
+            return None, f"{record['path']}: the appended section is not there as written"
+        return section.decode("utf-8"), record["path"]
+
+    @criterion(r"session doc|doc(ument)? de session|session (document|notes)")
+    def updated(self, ctx: Context, result: Result, text: str) -> Evidence:
+        section, where = self._section_text(ctx, result)
+        if section is None:
+            return Evidence(False, where)
+        record = result.data["session_doc"]
+        return Evidence(True, f"section appended to {where} at byte {record['offset']} ({record['size']} bytes); earlier content unchanged")
+
+    @criterion(r"avant.?/?.?apres|before.?/?.?after")
+    def comparison(self, ctx: Context, result: Result, text: str) -> Evidence:
+        section, where = self._section_text(ctx, result)
+        if section is None:
+            return Evidence(False, where)
+        link = result.data.get("comparison_link")
+        if not link:
+            return Evidence(None, "no comparison picture was made (no previous image and a single variant)")
+        if f"]({link})" not in section:
+            return Evidence(False, f"the picture link {link} is not in the section")
+        target = (ctx.path(where).parent / unquote(link)).resolve()
+        if not target.is_file():
+            return Evidence(False, f"the linked picture {target} does not exist")
+        return Evidence(True, f"{where} links {link} ({target.stat().st_size} bytes)")
+
+    @criterion(r"parametres optimaux|optimal param|best param")
+    def optimal(self, ctx: Context, result: Result, text: str) -> Evidence:
+        section, where = self._section_text(ctx, result)
+        if section is None:
+            return Evidence(False, where)
+        success, params = result.data.get("success"), result.data.get("best_params") or {}
+        if success:
+            line = next((l for l in section.splitlines() if OPTIMAL in l), "")
+            missing = [k for k in params if f"`{k}={_fmt(params[k])}`" not in line]
+            if not line or missing:
+                return Evidence(False, f"optimal parameters not written in full (missing {', '.join(missing) or 'the line'})")
+            return Evidence(True, f"success; optimal parameters noted: {_params_text(params)}")
+        if result.data.get("next_lead") and f"{LEAD} {result.data['next_lead']}" in section:
+            if success is None:
+                return Evidence(None, f"success not established; lead noted: {result.data['next_lead']}")
+            return Evidence(True, f"no success: not applicable, next lead noted: {result.data['next_lead']}")
+        return Evidence(None, "no success and no lead written: a person must decide")
+
+    @criterion(r"documentation (a jour|up to date)|docs? (a jour|up to date)")
+    def documented(self, ctx: Context, result: Result, text: str) -> Evidence:
+        section, where = self._section_text(ctx, result)
+        if section is None:
+            return Evidence(False, where)
+        if not result.data.get("measured"):
+            return Evidence(None, f"{where} has a section, but no measures were there to write")
+        return Evidence(True, f"{where}: section with parameters, measures and verdict")
+
+    @criterion(r"prochaine piste|next (lead|step)")
+    def lead(self, ctx: Context, result: Result, text: str) -> Evidence:
+        section, where = self._section_text(ctx, result)
+        if section is None:
+            return Evidence(False, where)
+        success, lead = result.data.get("success"), result.data.get("next_lead")
+        if success:
+            return Evidence(True, "success: no lead needed")
+        if lead and f"{LEAD} {lead}" in section:
+            if success is None:
+                return Evidence(None, f"success not established; lead written in {where}: {lead}")
+            return Evidence(True, f"lead written in {where}: {lead}")
+        return Evidence(False if success is False else None, "no next lead could be read from the evidence")
+
+
+def _colour_reading(colour: dict[str, Any]) -> str:
+    return f"mean chroma {colour.get('mean_chroma')}, skin hue {colour.get('skin_hue')}°, skin chroma {colour.get('skin_chroma')} (no previous image)"
+
+
+def _found(doc: Path, record: dict[str, Any]) -> bool:
+    if not doc.is_file():
+        return False
+    content = doc.read_bytes()
+    return _sha(content[: record["offset"]]) == record["before_sha256"] and record["marker"].encode() in content[record["offset"] :]
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _table(ranking: list[dict[str, Any]]) -> list[str]:
+    keys = _varying(ranking) or ["variant"]
+    head = ["Rank", "Variant", *keys, "Grain index", "Grain ratio", "Detail", "Colours", "Face", "Verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in ranking:
+        params = row.get("params") or {}
+        colour = (row.get("colour") or {}).get("verdict") or "–"
+        cells = [
+            f"{row['rank']} **best**" if row["rank"] == 1 else str(row["rank"]),
+            str(row.get("variant", "")).replace("|", "\\|"),
+            *[_fmt(params.get(k, row.get(k, ""))) for k in keys],
+            _num(row.get("grain_index")),
+            _num(row.get("ratio")),
+            _num(row.get("detail_ratio")),
+            colour,
+            _num(row.get("face_similarity"), 3),
+            str(row.get("verdict")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if ranking and ranking[0].get("against"):
+        lines.append(f"\nRatios against {ranking[0]['against']}.")
+    return lines

@@ -1,0 +1,466 @@
+"""``images.evaluate``: bring generated images home, compare them with the previous one, rank a sweep.
+
+The images come from the latest earlier task that recorded ``images`` (``comfyui.run``) or
+from an ``images`` parameter. Each is measured against the previous image — a ``previous``
+parameter, a ``**Previous**:``/``**Baseline**:`` line in the task, else the best image of
+the last run (a history in ``images-history.json`` in ralph's state folder) — for grain on
+the same blocks, detail (blur guard) and colour. A sweep is ranked on those numbers; the
+best variant is drawn beside the previous image in a comparison PNG. Face identity is only
+measured on the pod (see face.py); without it that criterion goes to a person.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ralph.context import Context
+from ralph.handler import Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
+from ralph.state import now
+
+from . import face
+from .colour import NATURAL_HUE, NATURAL_MAX_CHROMA, ColourDrift, ColourStats, colour_drift, colour_stats
+from .compare import render_comparison
+from .grain import GrainComparison, GrainMeasure, compare_grain, measure_grain
+
+HISTORY = "images-history.json"
+DEFAULT_DIR = "output"
+BACKTICKED = re.compile(r"`([^`]+)`")
+MARKDOWN_LINK = re.compile(r"\]\(<?([^)>]+)>?\)")
+# Verdicts from worst to best, for ranking (index = group; lower is better).
+_GROUPS = {"less grain": 0, "not less grain": 1, "grain coarser": 2, "detail lost": 2, "not measurable": 3}
+
+
+def _r(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@dataclass
+class Assessed:
+    """One image with its measures against the reference it was compared with."""
+
+    record: dict[str, Any]  # the image's entry (path relative to the task folder, variant, params…)
+    pixels: np.ndarray
+    measure: GrainMeasure
+    grain: GrainComparison | None  # against the previous image, else the sweep's first variant
+    colour: ColourDrift | None
+    stats: ColourStats
+    against: str | None
+
+    def key(self) -> tuple[int, int, float]:
+        """Ranking: grain verdict first, then colours kept, then how far grain fell."""
+        if self.grain is None:
+            return (_GROUPS["not measurable"], 0, float(self.measure.index or np.inf))
+        colour_bad = 1 if self.colour is not None and not self.colour.ok else 0
+        ratio = self.grain.ratio if self.grain.ratio is not None else np.inf
+        return (_GROUPS[self.grain.verdict], colour_bad, float(ratio))
+
+    def as_data(self) -> dict[str, Any]:
+        g, c = self.grain, self.colour
+        return {
+            **{k: self.record.get(k) for k in ("path", "variant", "params", "seed")},
+            "grain_index": _r(self.measure.index),
+            "fine_sigma": _r(self.measure.fine_sigma),
+            "flat_blocks": self.measure.flat_blocks,
+            "against": self.against,
+            "verdict": g.verdict if g else "no reference",
+            "ratio": _r(g.ratio) if g else None,
+            "detail_ratio": _r(g.detail_ratio) if g else None,
+            "coarse_ratio": _r(g.coarse_ratio) if g else None,
+            "explanation": g.explanation if g else self.measure.explanation,
+            "colour": _colour_data(c, self.stats),
+        }
+
+
+def _colour_data(drift: ColourDrift | None, stats: ColourStats) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "mean_chroma": _r(stats.mean_chroma, 2),
+        "skin_fraction": _r(stats.skin_fraction),
+        "skin_hue": _r(stats.skin_hue, 2),
+        "skin_chroma": _r(stats.skin_chroma, 2),
+        "natural": _natural(stats),
+    }
+    if drift is not None:
+        data.update(
+            verdict=drift.verdict,
+            ok=drift.ok,
+            hue_shift=_r(drift.skin_hue_shift, 2),
+            chroma_ratio=_r(drift.chroma_ratio),
+            skin_chroma_ratio=_r(drift.skin_chroma_ratio),
+            explanation=drift.explanation,
+        )
+    return data
+
+
+def _natural(stats: ColourStats) -> bool | None:
+    if stats.skin_hue is None or stats.skin_chroma is None:
+        return None
+    return NATURAL_HUE[0] <= stats.skin_hue <= NATURAL_HUE[1] and stats.skin_chroma <= NATURAL_MAX_CHROMA
+
+
+class EvaluateImages(Handler):
+    """Copy the generated images locally, measure grain, detail and colour against the previous
+    image, rank a sweep, draw a before/after PNG, measure face identity on the pod if possible.
+
+    Previous image: `previous` parameter, a `**Previous**:` or `**Baseline**:` line, else the
+    best image of the last run. Data: images, previous, ranking, best, grain, colour, face,
+    comparison, success.
+    """
+
+    name = "images.evaluate"
+    params = {
+        "images": Param((str, list, type(None)), None, "image paths or globs; default: the earlier task's images"),
+        "dir": Param((str, type(None)), None, "local folder for the images; default: the one the criterion names"),
+        "previous": Param((str, type(None)), None, "the image to compare with (relative to the task file)"),
+        "face_reference": Param((str, type(None)), None, "face reference on the pod; default: <comfyui_dir>/input/<face_image>"),
+        "comfyui_dir": Param(str, "/workspace/ComfyUI", "ComfyUI's folder on the pod"),
+        "python": Param(str, "python3", "the pod's Python that has insightface (ComfyUI's)"),
+        "face_remote_dir": Param(str, "/tmp/ralph-face", "where images are copied on the pod for the face measure"),
+    }
+
+    def run(self, ctx: Context) -> Result:
+        folder = ctx.path(ctx.params["dir"] or _named_folder(ctx) or DEFAULT_DIR)
+        folder.mkdir(parents=True, exist_ok=True)
+        records = [dict(r, path=_relative(ctx, _bring(ctx.path(r["path"]), folder))) for r in _sources(ctx)]
+        for record in records:
+            record["size"] = ctx.path(record["path"]).stat().st_size
+        previous, previous_note = _previous(ctx, records)
+        prev_pixels = _rgb(ctx.path(previous["path"])) if previous else None
+        assessed = _assess(ctx, records, prev_pixels, previous)
+        ranking = sorted(assessed, key=Assessed.key)
+        best = ranking[0]
+        if previous:
+            previous["grain_index"] = _r(best.grain.prev.index) if best.grain else None
+
+        files = [r["path"] for r in records]
+        comparison = None
+        reference = prev_pixels if prev_pixels is not None else (assessed[0].pixels if len(assessed) > 1 else None)
+        if reference is not None and best.grain is not None:
+            path = folder / f"{Path(best.record['path']).stem}-comparison.png"
+            render_comparison(reference, best.pixels, best.grain, best.colour).save(path)
+            comparison = _relative(ctx, path)
+            files.append(comparison)
+
+        rows = []
+        for rank, item in enumerate(ranking, 1):
+            rows.append({**item.as_data(), "rank": rank})
+        face_data = self._face(ctx, records, previous)
+        for row in rows:
+            row["face_similarity"] = face_data.get("similarities", {}).get(row["path"])
+        grain = _grain_data(best, previous, previous_note, len(ranking))
+        success = grain.get("reduced") if previous and grain["verdict"] != "not measurable" else None
+        _remember(ctx, records, rows[0])
+        best_row = rows[0]
+        summary = f"{len(records)} image(s) in {_relative(ctx, folder)}; {grain['explanation']}"
+        return Result(
+            summary=summary,
+            files=files,
+            data={
+                "images": records,
+                "previous": previous,
+                "ranking": rows,
+                "best": best_row,
+                "grain": grain,
+                "colour": best_row["colour"] if previous else {**best_row["colour"], "verdict": None},
+                "face": {**face_data, "image": best_row["path"], "previous": previous["path"] if previous else None},
+                "comparison": comparison,
+                "success": success,
+            },
+        )
+
+    def _face(self, ctx: Context, records: list[dict[str, Any]], previous: dict[str, Any] | None) -> dict[str, Any]:
+        reference = ctx.params["face_reference"] or _face_reference(ctx)
+        if reference is None:
+            return face.unavailable("no face reference: set `face_reference` or a face_image in the workflow").as_data()
+        local = [ctx.path(r["path"]) for r in records] + ([ctx.path(previous["path"])] if previous else [])
+        with pod_provider(ctx) as (provider, reason):
+            if provider is None:
+                return face.unavailable(reason).as_data()
+            placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
+            by_name = {_relative(ctx, Path(k)): v for k, v in placed.items()}
+            root = ctx.params["comfyui_dir"].rstrip("/") + "/models/insightface"
+            return face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"]).as_data()
+
+    # -- checks ---------------------------------------------------------------------------
+
+    @criterion(r"(image|fichier)s?.*(telecharge|download)")
+    def downloaded(self, ctx: Context, result: Result, text: str) -> Evidence:
+        images = result.data.get("images") or []
+        if not images:
+            return Evidence(False, "no image was evaluated")
+        named = BACKTICKED.search(text)
+        folder = ctx.path(named.group(1)) if named else None
+        found, missing, elsewhere = [], [], []
+        for image in images:
+            path = ctx.path(image["path"])
+            if not path.is_file():
+                missing.append(image["path"])
+            elif folder is not None and folder not in path.parents:
+                elsewhere.append(image["path"])
+            else:
+                found.append(f"{image['path']} ({_size(path.stat().st_size)})")
+        if missing or elsewhere:
+            problems = [f"missing: {', '.join(missing)}"] * bool(missing)
+            problems += [f"not in {named.group(1) if named else ''}: {', '.join(elsewhere)}"] * bool(elsewhere)
+            return Evidence(False, "; ".join(problems))
+        return Evidence(True, ", ".join(found))
+
+    @criterion(r"visage|\bface\b|identit")
+    def face_kept(self, ctx: Context, result: Result, text: str) -> Evidence:
+        data = result.data.get("face")
+        if not data:
+            return Evidence(None, "no face measure recorded")
+        verdict = face.judge(data, data.get("image"), data.get("previous"))
+        return Evidence(verdict.verified, verdict.detail)
+
+    @criterion(r"couleur|colou?r")
+    def colours(self, ctx: Context, result: Result, text: str) -> Evidence:
+        colour = result.data.get("colour")
+        if not colour:
+            return Evidence(None, "no colour measure recorded")
+        if colour.get("verdict") is None:
+            natural = {True: "natural", False: "unnatural", None: "no skin found"}[colour.get("natural")]
+            return Evidence(
+                None,
+                f"no previous image to compare colours with: mean chroma {colour['mean_chroma']}, skin hue "
+                f"{colour['skin_hue']}°, skin chroma {colour['skin_chroma']} ({natural}); a person must judge",
+            )
+        return Evidence(bool(colour["ok"]), colour["explanation"])
+
+    @criterion(r"grain|comparaison visuelle|visual comparison")
+    def grain_reduced(self, ctx: Context, result: Result, text: str) -> Evidence:
+        grain = result.data.get("grain")
+        if not grain:
+            return Evidence(None, "no grain measure recorded")
+        verdict = grain["verdict"]
+        if verdict == "less grain":
+            return Evidence(True, grain["explanation"])
+        if verdict in ("no previous image", "not measurable"):
+            return Evidence(None, grain["explanation"])
+        return Evidence(False, grain["explanation"])
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _relative(ctx: Context, path: Path) -> str:
+    path = path.resolve()
+    return path.relative_to(ctx.workdir).as_posix() if path.is_relative_to(ctx.workdir) else str(path)
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+
+
+def _named_folder(ctx: Context) -> str | None:
+    """The folder a "image téléchargée … dans `X`" criterion names."""
+    for criterion_ in ctx.task.criteria:
+        if re.search(r"telecharge|download", fold(criterion_.text)):
+            found = BACKTICKED.search(criterion_.text)
+            if found:
+                return found.group(1)
+    return None
+
+
+def _sources(ctx: Context) -> list[dict[str, Any]]:
+    given = ctx.params["images"]
+    if given:
+        patterns = [given] if isinstance(given, str) else [str(p) for p in given]
+        records = []
+        for pattern in patterns:
+            matches = sorted(glob.glob(str(ctx.workdir / pattern)))
+            if not matches:
+                raise TaskBlocked(f"no image matches `{pattern}` (relative to {ctx.workdir})")
+            records += [{"path": _relative(ctx, Path(m)), "variant": Path(m).stem, "params": {}} for m in matches]
+        return records
+    images = ctx.result_of("images")
+    if not images:
+        raise TaskBlocked("no images to evaluate: no earlier task recorded any and no `images` parameter was given")
+    missing = [i["path"] for i in images if not ctx.path(i["path"]).is_file()]
+    if missing:
+        raise TaskBlocked(f"images recorded by an earlier task are not on disk: {', '.join(missing)}")
+    return [dict(i) for i in images]
+
+
+def _bring(source: Path, folder: Path) -> Path:
+    """``source`` copied into ``folder`` unless it is there already. A different file of the
+    same name (ComfyUI counters restart on a new pod) is never overwritten: the copy gets
+    a suffix, so the previous run's image stays comparable."""
+    source = source.resolve()
+    if folder.resolve() in source.parents:
+        return source
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = None
+    target = folder / source.name
+    n = 1
+    while target.exists():
+        digest = digest or sha256(source)
+        if sha256(target) == digest:
+            return target
+        target = folder / f"{source.stem}-{n}{source.suffix}"
+        n += 1
+    partial = target.with_name(target.name + ".part")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+    return target
+
+
+def _field_path(value: str) -> str:
+    for pattern in (BACKTICKED, MARKDOWN_LINK):
+        found = pattern.search(value)
+        if found:
+            return found.group(1).strip()
+    return value.strip()
+
+
+def _previous(ctx: Context, records: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
+    """The image to compare with and where it came from; or None and why not."""
+    named, source = ctx.params["previous"], "the `previous` parameter"
+    if not named:
+        for key in ("previous", "baseline"):
+            found = ctx.task.fields.get(key)
+            if found and found.value.strip():
+                named, source = _field_path(found.value), f"the **{found.key}** line"
+                break
+    if named:
+        path = ctx.path(named)
+        if not path.is_file():
+            return None, f"the previous image `{named}` named by {source} was not found"
+        return {"path": _relative(ctx, path), "source": source}, ""
+    current = {sha256(ctx.path(r["path"])) for r in records}
+    for entry in reversed(_history(ctx)):
+        best = entry["best"]
+        if entry.get("run") == ctx.run_id or best["sha256"] in current:
+            continue  # this run, or the same image evaluated again: compare with the one before
+        path = ctx.path(best["path"])
+        if path.is_file() and sha256(path) == best["sha256"]:
+            return {"path": best["path"], "source": f"the best image of run {entry['run']} ({entry['time']})"}, ""
+        return None, f"the last run's image {best['path']} is gone or was overwritten"
+    return None, "no previous image: none named (**Previous**: line or `previous` parameter) and no earlier run"
+
+
+def _assess(
+    ctx: Context, records: list[dict[str, Any]], prev: np.ndarray | None, previous: dict[str, Any] | None
+) -> list[Assessed]:
+    pixels = [_rgb(ctx.path(r["path"])) for r in records]
+    reference, against = prev, (previous["path"] if previous else None)
+    if reference is None and len(records) > 1:  # no previous image: rank the sweep against its first variant
+        reference, against = pixels[0], f"variant {records[0].get('variant')}"
+    assessed = []
+    for record, image in zip(records, pixels):
+        if reference is None:
+            assessed.append(Assessed(record, image, measure_grain(image), None, None, colour_stats(image), None))
+            continue
+        grain = compare_grain(reference, image)
+        drift = colour_drift(reference, image)
+        assessed.append(Assessed(record, image, grain.new, grain, drift, colour_stats(image), against))
+    return assessed
+
+
+def _grain_data(best: Assessed, previous: dict[str, Any] | None, note: str, count: int) -> dict[str, Any]:
+    sweep = f"best of {count} variants ({best.record.get('variant')}): " if count > 1 else ""
+    if previous is None or best.grain is None:
+        index = best.measure.index
+        reading = f"grain index {index:.2f}" if index is not None else best.measure.explanation
+        return {
+            "verdict": "no previous image",
+            "reduced": None,
+            "new_index": _r(index),
+            "explanation": f"{sweep}{reading}; {note}; no calibrated absolute grain limit, so a person must judge",
+        }
+    g = best.grain
+    return {
+        "verdict": g.verdict,
+        "reduced": g.reduced,
+        "ratio": _r(g.ratio),
+        "detail_ratio": _r(g.detail_ratio),
+        "coarse_ratio": _r(g.coarse_ratio),
+        "previous_index": _r(g.prev.index),
+        "new_index": _r(g.new.index),
+        "same_content": g.same_content,
+        "explanation": f"{sweep}{g.explanation} (previous: {previous['path']})",
+    }
+
+
+def _face_reference(ctx: Context) -> str | None:
+    workflow = ctx.result_of("workflow") or {}
+    name = workflow.get("face_image")
+    if not isinstance(name, str) or not name:
+        return None
+    return name if name.startswith("/") else f"{ctx.params['comfyui_dir'].rstrip('/')}/input/{name}"
+
+
+@contextmanager
+def pod_provider(ctx: Context) -> Iterator[tuple[Any, str]]:
+    """A provider (SSH connection) for the pod an earlier task holds, or None and why not.
+
+    The face measure is the only step here that needs the pod; this is its one door to it.
+    """
+    if ctx.resources.get("pod") is None:
+        yield None, "no pod is running; the face measure runs on the pod, where insightface is"
+        return
+    try:
+        from ralph.handlers.pods.session import pod_provider as open_pod  # type: ignore[attr-defined]
+    except ImportError:
+        yield None, "no pod session module (handlers/pods/session.py) to reach the pod"
+        return
+    ctx.use("pod")
+    with open_pod(ctx) as provider:
+        yield provider, ""
+
+
+# -- history: what a later run compares against ------------------------------------------
+
+
+def _history(ctx: Context) -> list[dict[str, Any]]:
+    path = ctx.state_dir / HISTORY
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except ValueError:
+        return []
+    return data if isinstance(data, list) else []
+
+
+def _remember(ctx: Context, records: list[dict[str, Any]], best: dict[str, Any]) -> None:
+    entries = [e for e in _history(ctx) if e.get("run") != ctx.run_id]
+    entries.append(
+        {
+            "run": ctx.run_id,
+            "time": now(),
+            "task": ctx.task.number,
+            "images": [{"path": r["path"], "variant": r.get("variant")} for r in records],
+            "best": {"path": best["path"], "sha256": sha256(ctx.path(best["path"])), "grain_index": best["grain_index"]},
+        }
+    )
+    path = ctx.state_dir / HISTORY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(HISTORY + ".part")
+    partial.write_text(json.dumps(entries, indent=1, ensure_ascii=False), "utf-8")
+    os.replace(partial, path)

@@ -1,0 +1,333 @@
+"""images.evaluate through the engine: tasks 4 and 6 of the real example, after a stand-in
+for the ComfyUI task that writes real PNGs with known grain and records what comfyui.run does."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from rich.console import Console
+from scipy.ndimage import gaussian_filter
+
+from ralph.console import ConsoleReporter
+from ralph.context import Context
+from ralph.handler import Evidence, Handler, Param, Result, criterion
+from ralph.handlers.images import face
+from ralph.handlers.pods.local import LocalProvider
+from ralph.parser import parse_file
+from ralph.registry import Registry
+from ralph.runner import Runner, RunSummary
+
+EXAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "examples" / "RALPH-001-grain-reduction.md"
+POD = {"id": "pod-test-1", "gpu": "NVIDIA RTX A5000", "cost_per_hr": 0.27}
+WORKFLOW = {"cfg": 7.0, "denoise": 0.8, "denoise2": 0.25, "sampler": "dpmpp_2m", "scheduler": "karras", "seed": 42,
+            "face_image": "elena_face_ref.jpg"}
+
+
+def scene(seed: int = 1, grain: float = 0.0, blur: float = 0.0, size: tuple[int, int] = (384, 512)) -> np.ndarray:
+    """A portrait-like picture: a flat graded background, a skin-toned oval, a textured band
+    (detail a blur would remove) and film-like grain (noise blurred 0.8 px) of luma std ``grain``."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.float32)
+    base = 165 - 50 * y / h
+    img[..., 0], img[..., 1], img[..., 2] = base + 12, base, base - 14
+    oval = ((x - w / 2) / (w * 0.22)) ** 2 + ((y - h * 0.38) / (h * 0.2)) ** 2 < 1
+    shade = 1 - 0.15 * (x - w / 2) / w
+    for channel, value in enumerate((224, 172, 140)):
+        img[..., channel] = np.where(oval, value * shade, img[..., channel])
+    band = y > h * 0.72
+    texture = gaussian_filter(np.random.default_rng(seed).normal(0, 1, (h, w)), 1.2) * 60
+    img[band] += texture[band][:, None]
+    noise = gaussian_filter(np.random.default_rng(seed + 1000).normal(0, 1, (h, w)), 0.8)
+    img += (grain * noise / noise.std())[..., None]
+    if blur:
+        img = gaussian_filter(img, (blur, blur, 0))
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def save(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").save(path)
+    return path
+
+
+class Generate(Handler):
+    """Stands in for comfyui.run: writes each variant's PNG and records images/workflow/lint/pod
+    (the pod's data only: no pod resource is held, as after a pod handler that could not start one)."""
+
+    name = "test.generate"
+    params = {
+        "variants": Param(list, [], "{label, grain, blur, params}"),
+        "lint": Param(list, []),
+        "folder": Param(str, "output/quality_tests"),
+    }
+
+    def run(self, ctx: Context) -> Result:
+        images = []
+        for v in ctx.params["variants"]:
+            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"), scene(grain=v["grain"], blur=v.get("blur", 0)))
+            params = {**WORKFLOW, **v.get("params", {})}
+            images.append(
+                {
+                    "path": path.relative_to(ctx.workdir).as_posix(),
+                    "server_path": f"output/quality_tests/{path.name}",
+                    "params": params,
+                    "variant": " ".join(f"{k}={val}" for k, val in v.get("params", {}).items()) or v["label"],
+                    "prompt_id": f"prompt-{v['label']}",
+                    "seed": params["seed"],
+                }
+            )
+        return Result(
+            summary=f"{len(images)} image(s)",
+            data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD},
+            cost_usd=0.0125,
+        )
+
+    @criterion(r"images written")
+    def written(self, ctx: Context, result: Result, text: str) -> Evidence:
+        return Evidence(all(ctx.path(i["path"]).is_file() for i in result.data["images"]), "PNGs on disk")
+
+
+def _section(text: str, start: str, stop: str) -> str:
+    return text[text.index(start) : text.index(stop)]
+
+
+def task_file(variants: list[dict[str, Any]], *, previous: str | None = None, lint: list[str] | None = None,
+              session_doc: str | None = None) -> str:
+    """The example's header, criteria and exit conditions with task 3 replaced by the stand-in
+    and its tasks 4 and 6 verbatim (plus optional **Previous**/**Session doc** lines)."""
+    example = EXAMPLE.read_text("utf-8")
+    head = example[: example.index("### 1.")]
+    task4 = _section(example, "### 4.", "### 5.")
+    task6 = _section(example, "### 6.", "## Constraints")
+    tail = example[example.index("## Constraints") :]
+    if previous:
+        task4 = task4.replace("**Status**: PENDING\n", f"**Status**: PENDING\n**Previous**: `{previous}`\n")
+    if session_doc:
+        task6 = task6.replace("**Status**: PENDING\n", f"**Status**: PENDING\n**Session doc**: `{session_doc}`\n")
+    params = yaml.safe_dump({"variants": variants, "lint": lint or []}, sort_keys=True).strip()
+    task3 = (
+        "### 3. Générer avec workflow optimisé (Refiner Pass)\n**Priority**: HIGH\n**Status**: PENDING\n"
+        "**Handler**: gen\n**Acceptance Criteria**:\n- [ ] Images written\n\n"
+        f"```yaml\n{params}\n```\n\n---\n\n"
+    )
+    return head + task3 + task4 + task6 + tail
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.file = root / "RALPH-001-grain-reduction.md"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "ralph.yaml").write_text(
+            "handlers:\n  gen: tests.test_images_evaluate:Generate\n"
+            "tasks:\n  4: images.evaluate\n  6: docs.session\n",
+            encoding="utf-8",
+        )
+
+    def write(self, *args: Any, **kwargs: Any) -> None:
+        self.file.write_text(task_file(*args, **kwargs), encoding="utf-8")
+
+    def run(self) -> RunSummary:
+        output = io.StringIO()
+        summary = Runner(self.file, ConsoleReporter(Console(file=output, width=200, color_system=None)), retry_wait=0).run()
+        self.output = output.getvalue()
+        return summary
+
+    def result(self, number: int) -> dict[str, Any]:
+        state = json.loads((self.root / ".ralph" / self.file.stem / "state.json").read_text("utf-8"))
+        return state["tasks"][str(number)]["result"]
+
+    def parsed(self):  # type: ignore[no-untyped-def]
+        return parse_file(self.file)[0]
+
+    def checks(self, number: int) -> dict[str, bool]:
+        return {c.text: c.checked for c in self.parsed().task(number).criteria}
+
+
+def verdicts(summary: RunSummary, number: int) -> dict[str, Any]:
+    outcome = next(o for o in summary.outcomes if o.number == number)
+    return {v.criterion: v.evidence for v in outcome.verdicts}
+
+
+def final(summary: RunSummary) -> dict[str, Any]:
+    return {v.criterion: v.evidence for v in summary.final}
+
+
+def crit(mapping: dict[str, Any], start: str) -> Any:
+    return next(v for k, v in mapping.items() if k.startswith(start))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    p = Project(tmp_path / "proj")
+    save(p.root / "output/previous/elena_before.png", scene(grain=7))
+    return p
+
+
+def test_handlers_are_registered_as_entry_points() -> None:
+    registry = Registry()
+    assert registry.load("images.evaluate").__name__ == "EvaluateImages"
+    assert registry.load("docs.session").__name__ == "SessionDoc"
+
+
+def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project: Project) -> None:
+    project.write([{"label": "refined", "grain": 2.5}], previous="output/previous/elena_before.png")
+    summary = project.run()
+    statuses = {t.number: t.status for t in project.parsed().tasks}
+    assert statuses == {3: "DONE", 4: "NEEDS_REVIEW", 6: "DONE"}, project.output
+
+    ticks = project.checks(4)
+    assert crit(ticks, "Image téléchargée") and crit(ticks, "Comparaison visuelle")
+    assert not crit(ticks, "Qualité visage"), "never ticked without a face identity measure"
+    four = verdicts(summary, 4)
+    assert "output/runpod-quality-tests/refined_00001_.png" in crit(four, "Image téléchargée").detail
+    assert "ratio 0.3" in crit(four, "Comparaison visuelle").detail
+    face_evidence = crit(four, "Qualité visage")
+    assert face_evidence.verified is None and "no pod is running" in face_evidence.detail
+
+    data = project.result(4)["data"]
+    copy = project.root / data["images"][0]["path"]
+    assert copy.parent == project.root / "output/runpod-quality-tests" and copy.is_file()
+    assert copy.read_bytes() == (project.root / "output/quality_tests/refined_00001_.png").read_bytes()
+    assert data["grain"]["verdict"] == "less grain" and data["grain"]["ratio"] < 0.5
+    assert data["grain"]["detail_ratio"] > 0.9 and data["success"] is True
+    assert data["previous"]["source"] == "the **Previous** line"
+    picture = project.root / data["comparison"]
+    assert picture.parent == copy.parent and data["comparison"] in project.result(4)["files"]
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and image.width == 2 * 400 + 3 * 16
+
+    assert all(project.checks(6).values()), project.checks(6)
+    doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
+    assert "NVIDIA RTX A5000, $0.27/h" in doc and "`cfg=7`" in doc and "$0.0125" in doc
+    assert "](../../output/runpod-quality-tests/refined_00001_-comparison.png)" in doc
+    assert "**Success**: grain reduced. **Optimal parameters**: `cfg=7`, `denoise=0.8`" in doc
+
+    ends = final(summary)
+    assert crit(ends, "Image générée sans grain").verified is True
+    assert crit(ends, "Couleurs naturelles").verified is True
+    assert crit(ends, "Qualité visage").verified is None
+    assert crit(ends, "Documentation").verified is True
+    assert crit(ends, "Image générée avec grain").verified is True
+    assert crit(ends, "OU identification").detail == "success: no lead needed"
+    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
+    file = project.parsed()
+    assert [c.checked for c in file.success_criteria] == [True, False, True]
+
+
+def test_a_blurred_after_is_not_less_grain_and_the_doc_names_the_next_lead(project: Project) -> None:
+    project.write([{"label": "smoothed", "grain": 7, "blur": 1.5}], previous="output/previous/elena_before.png")
+    summary = project.run()
+    statuses = {t.number: t.status for t in project.parsed().tasks}
+    assert statuses[4] == "FAILED" and statuses[6] == "DONE", project.output
+    evidence = crit(verdicts(summary, 4), "Comparaison visuelle")
+    assert evidence.verified is False and "detail lost" in evidence.detail
+    assert not crit(project.checks(4), "Comparaison visuelle")
+    assert project.result(4)["data"]["success"] is False
+
+    doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
+    assert "**Next lead**: the image was smoothed, not de-grained" in doc
+    six = verdicts(summary, 6)
+    assert crit(six, "Paramètres optimaux").verified is True
+    assert "not applicable, next lead noted" in crit(six, "Paramètres optimaux").detail
+    ends = final(summary)
+    assert not project.parsed().success_criteria[0].checked
+    assert crit(ends, "Image générée avec grain").verified is None, "task 4 failed: no finished task's check"
+    lead = crit(ends, "OU identification")
+    assert lead.verified is True and "lead written" in lead.detail
+    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
+
+
+def test_a_sweep_is_ranked_and_the_best_variant_marked(project: Project) -> None:
+    variants = [
+        {"label": "cfg5", "grain": 6.0, "params": {"cfg": 5}},
+        {"label": "cfg7", "grain": 2.5, "params": {"cfg": 7}},
+        {"label": "cfg9", "grain": 4.0, "params": {"cfg": 9}},
+    ]
+    project.write(variants, previous="output/previous/elena_before.png")
+    project.run()
+    data = project.result(4)["data"]
+    assert [r["variant"] for r in data["ranking"]] == ["cfg=7", "cfg=9", "cfg=5"]
+    ratios = [r["ratio"] for r in data["ranking"]]
+    assert ratios == sorted(ratios) and [r["rank"] for r in data["ranking"]] == [1, 2, 3]
+    assert data["best"]["variant"] == "cfg=7" and data["best"]["params"]["cfg"] == 7
+    assert data["comparison"].endswith("cfg7_00001_-comparison.png")
+    doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
+    rows = [line for line in doc.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| Rank | Variant | cfg |")
+    assert rows[1].startswith("| 1 **best** | cfg=7 | 7 | 2.") and "**best**" not in "".join(rows[2:])
+
+
+def test_without_a_previous_image_grain_goes_to_review_with_its_numbers(project: Project) -> None:
+    project.write([{"label": "first", "grain": 3.0}])
+    summary = project.run()
+    evidence = crit(verdicts(summary, 4), "Comparaison visuelle")
+    assert evidence.verified is None
+    assert re.search(r"grain index \d+\.\d\d", evidence.detail) and "no previous image" in evidence.detail
+    assert crit(final(summary), "Couleurs naturelles").verified is None
+    assert project.result(4)["data"]["success"] is None
+
+
+def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
+    """The pod is a LocalProvider; its Python has a stand-in insightface (the far side) whose
+    embedding is the image's own downsampled pixels, so identical faces read 1.0."""
+    pod = tmp_path / "pod"
+    fake = pod / "site" / "insightface"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "app.py").write_text(
+        "import numpy as np\n"
+        "class Face:\n"
+        "    def __init__(self, v): self.bbox = [0, 0, 10, 10]; self.normed_embedding = v / np.linalg.norm(v)\n"
+        "class FaceAnalysis:\n"
+        "    def __init__(self, name, root, providers): assert name == 'antelopev2'\n"
+        "    def prepare(self, ctx_id, det_size): pass\n"
+        "    def get(self, bgr):\n"
+        "        if bgr.mean() < 5: return []\n"
+        "        small = bgr[::16, ::16].astype(float).ravel()\n"
+        "        return [Face(small - small.mean())]\n"
+    )
+    save(pod / "ref.png", scene(seed=3))
+    local = [save(tmp_path / "same.png", scene(seed=3)), save(tmp_path / "other.png", scene(seed=9)[::-1].copy()),
+             save(tmp_path / "black.png", np.zeros((512, 384, 3), np.uint8))]
+    with LocalProvider(pod, hash_cache=tmp_path / "cache.json") as provider:
+        placed = face.upload_images(provider, local, "faces")
+        named = {Path(k).name: v for k, v in placed.items()}
+        env = {"PYTHONPATH": str(pod / "site")}
+        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable, env=env)
+        assert measure.available, measure.reason
+        data = measure.as_data()
+        assert data["similarities"]["same.png"] == pytest.approx(1.0, abs=1e-3)
+        assert data["similarities"]["other.png"] < face.MIN_SIMILARITY
+        assert face.judge(data, "same.png", None).verified is True
+        assert face.judge(data, "other.png", None).verified is False
+        black = face.judge(data, "black.png", None)
+        assert black.verified is False and "no face detected" in black.detail
+        assert face.judge(data, "same.png", "other.png").verified is True
+
+        without = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable)
+        assert not without.available and "insightface not importable" in without.reason
+        verdict = face.judge(without.as_data(), "same.png", None)
+        assert verdict.verified is None and "insightface not importable" in verdict.detail
+
+
+def test_copying_never_overwrites_a_different_file_of_the_same_name(tmp_path: Path) -> None:
+    from ralph.handlers.images import evaluate
+
+    folder = tmp_path / "dest"
+    a = save(tmp_path / "a" / "img.png", scene(grain=2))
+    b = save(tmp_path / "b" / "img.png", scene(grain=5))
+    first, second, again = evaluate._bring(a, folder), evaluate._bring(b, folder), evaluate._bring(a, folder)
+    assert first.name == "img.png" and second.name == "img-1.png" and again == first
+    assert first.read_bytes() == a.read_bytes() and second.read_bytes() == b.read_bytes()
+    assert evaluate._bring(second, folder) == second.resolve(), "an image already there is left in place"
