@@ -194,7 +194,12 @@ class SessionDoc(Handler):
         else:
             lines.append("- **Pod**: none recorded")
         cost = f"${sum(costs.values()):.4f} (recorded by task(s) {', '.join(map(str, sorted(costs)))})" if costs else "not recorded"
-        lines.append(f"- **Duration**: {seconds / 60:.1f} min over tasks {', '.join(map(str, sorted(earlier))) or 'none'}; **cost**: {cost}")
+        pod_hours = ctx.result_of("pod_hours")
+        pod_time = f" (pod time {pod_hours * 60:.1f} min)" if isinstance(pod_hours, (int, float)) else ""
+        lines.append(
+            f"- **Duration**: {seconds / 60:.1f} min over tasks {', '.join(map(str, sorted(earlier))) or 'none'}"
+            f"{pod_time}; **cost**: {cost}"
+        )
         if previous:
             lines.append(f"- **Previous image**: `{previous['path']}` ({previous.get('source', '')})")
         lines += ["", "### Measures", ""]

@@ -69,6 +69,7 @@ class Generate(Handler):
         "variants": Param(list, [], "{label, grain, blur, params}"),
         "lint": Param(list, []),
         "folder": Param(str, "output/quality_tests"),
+        "hold_pod": Param((dict, type(None)), None, "a pod resource to hold, as runpod.create does"),
     }
 
     def run(self, ctx: Context) -> Result:
@@ -86,6 +87,8 @@ class Generate(Handler):
                     "seed": params["seed"],
                 }
             )
+        if ctx.params["hold_pod"]:
+            ctx.hold("pod", ctx.params["hold_pod"])
         return Result(
             summary=f"{len(images)} image(s)",
             data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD},
@@ -102,7 +105,7 @@ def _section(text: str, start: str, stop: str) -> str:
 
 
 def task_file(variants: list[dict[str, Any]], *, previous: str | None = None, lint: list[str] | None = None,
-              session_doc: str | None = None) -> str:
+              session_doc: str | None = None, pod: dict[str, Any] | None = None) -> str:
     """The example's header, criteria and exit conditions with task 3 replaced by the stand-in
     and its tasks 4 and 6 verbatim (plus optional **Previous**/**Session doc** lines)."""
     example = EXAMPLE.read_text("utf-8")
@@ -114,7 +117,7 @@ def task_file(variants: list[dict[str, Any]], *, previous: str | None = None, li
         task4 = task4.replace("**Status**: PENDING\n", f"**Status**: PENDING\n**Previous**: `{previous}`\n")
     if session_doc:
         task6 = task6.replace("**Status**: PENDING\n", f"**Status**: PENDING\n**Session doc**: `{session_doc}`\n")
-    params = yaml.safe_dump({"variants": variants, "lint": lint or []}, sort_keys=True).strip()
+    params = yaml.safe_dump({"variants": variants, "lint": lint or [], "hold_pod": pod}, sort_keys=True).strip()
     task3 = (
         "### 3. Générer avec workflow optimisé (Refiner Pass)\n**Priority**: HIGH\n**Status**: PENDING\n"
         "**Handler**: gen\n**Acceptance Criteria**:\n- [ ] Images written\n\n"
@@ -124,15 +127,15 @@ def task_file(variants: list[dict[str, Any]], *, previous: str | None = None, li
 
 
 class Project:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, evaluate: dict[str, Any] | None = None) -> None:
         self.root = root
         self.file = root / "RALPH-001-grain-reduction.md"
         root.mkdir(parents=True, exist_ok=True)
-        (root / "ralph.yaml").write_text(
-            "handlers:\n  gen: tests.test_images_evaluate:Generate\n"
-            "tasks:\n  4: images.evaluate\n  6: docs.session\n",
-            encoding="utf-8",
-        )
+        config = {
+            "handlers": {"gen": "tests.test_images_evaluate:Generate"},
+            "tasks": {4: {"handler": "images.evaluate", "params": evaluate or {}}, 6: "docs.session"},
+        }
+        (root / "ralph.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
     def write(self, *args: Any, **kwargs: Any) -> None:
         self.file.write_text(task_file(*args, **kwargs), encoding="utf-8")
@@ -278,11 +281,11 @@ def test_without_a_previous_image_grain_goes_to_review_with_its_numbers(project:
     assert project.result(4)["data"]["success"] is None
 
 
-def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
-    """The pod is a LocalProvider; its Python has a stand-in insightface (the far side) whose
-    embedding is the image's own downsampled pixels, so identical faces read 1.0."""
-    pod = tmp_path / "pod"
-    fake = pod / "site" / "insightface"
+def fake_insightface(site: Path) -> None:
+    """The pod's insightface, stood in for (its antelopev2 weights cannot be had here): the
+    embedding of a "face" is the image's own sparse pixels, so identical images read 1.0 and
+    a black image has no face."""
+    fake = site / "insightface"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("")
     (fake / "app.py").write_text(
@@ -297,6 +300,12 @@ def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
         "        small = bgr[::16, ::16].astype(float).ravel()\n"
         "        return [Face(small - small.mean())]\n"
     )
+
+
+def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
+    """The pod is a LocalProvider here; see the sshd test below for the real route."""
+    pod = tmp_path / "pod"
+    fake_insightface(pod / "site")
     save(pod / "ref.png", scene(seed=3))
     local = [save(tmp_path / "same.png", scene(seed=3)), save(tmp_path / "other.png", scene(seed=9)[::-1].copy()),
              save(tmp_path / "black.png", np.zeros((512, 384, 3), np.uint8))]
@@ -331,3 +340,36 @@ def test_copying_never_overwrites_a_different_file_of_the_same_name(tmp_path: Pa
     assert first.name == "img.png" and second.name == "img-1.png" and again == first
     assert first.read_bytes() == a.read_bytes() and second.read_bytes() == b.read_bytes()
     assert evaluate._bring(second, folder) == second.resolve(), "an image already there is left in place"
+
+
+def test_face_identity_is_measured_on_the_held_pod_over_ssh(tmp_path: Path, sshd: Any) -> None:
+    """The whole route: a held pod resource, pods/session's SSH connection to a real sshd,
+    images uploaded, the script run by the pod's Python (with the stand-in insightface)."""
+    from ralph.handlers.pods import session
+
+    pod_dir = sshd.start_dir
+    fake_insightface(pod_dir / "site")
+    save(pod_dir / "ref.png", scene())
+    python = pod_dir / "python-with-insightface"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={pod_dir / "site"} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    handle = session.PodHandle(
+        id="pod-ssh-test", name="ralph-test", host=sshd.host, port=sshd.port, user=sshd.user,
+        key_file=str(sshd.client_key), known_hosts=str(tmp_path / "known_hosts"), workspace=str(pod_dir),
+        state_base=str(pod_dir / "deadman"), heartbeat_interval_s=30.0, gpu="NVIDIA RTX A5000", cost_per_hr=0.27,
+    )
+    project = Project(tmp_path / "proj", {"python": str(python), "face_reference": str(pod_dir / "ref.png"),
+                                          "face_remote_dir": str(pod_dir / "faces")})
+    save(project.root / "before.png", scene(grain=7))
+    project.write([{"label": "refined", "grain": 2.5}], previous="before.png", pod=handle.as_resource())
+    try:
+        summary = project.run()
+    finally:
+        session.detach_all()
+    evidence = crit(verdicts(summary, 4), "Qualité visage")
+    assert evidence.verified is True, evidence.detail
+    assert "ArcFace similarity to the reference 0.9" in evidence.detail and "previous image 0.9" in evidence.detail
+    assert (pod_dir / "faces" / "refined_00001_.png").is_file(), "the image went to the pod"
+    assert {t.number: t.status for t in project.parsed().tasks}[4] == "DONE"
+    state = json.loads((project.root / ".ralph" / project.file.stem / "state.json").read_text("utf-8"))
+    assert 4 in state["resources"]["pod"]["users"], "the evaluation is recorded as a user of the pod"

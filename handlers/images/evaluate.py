@@ -28,6 +28,7 @@ from PIL import Image
 
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
+from ralph.handlers.pods.provider import ProviderError
 from ralph.state import now
 
 from . import face
@@ -198,13 +199,17 @@ class EvaluateImages(Handler):
         if reference is None:
             return face.unavailable("no face reference: set `face_reference` or a face_image in the workflow").as_data()
         local = [ctx.path(r["path"]) for r in records] + ([ctx.path(previous["path"])] if previous else [])
-        with pod_provider(ctx) as (provider, reason):
-            if provider is None:
-                return face.unavailable(reason).as_data()
-            placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
-            by_name = {_relative(ctx, Path(k)): v for k, v in placed.items()}
-            root = ctx.params["comfyui_dir"].rstrip("/") + "/models/insightface"
-            return face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"]).as_data()
+        root = ctx.params["comfyui_dir"].rstrip("/") + "/models/insightface"
+        try:
+            with pod_provider(ctx) as (provider, reason):
+                if provider is None:
+                    return face.unavailable(reason).as_data()
+                placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
+                by_name = {_relative(ctx, Path(k)): v for k, v in placed.items()}
+                measure = face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"])
+        except (TaskBlocked, ProviderError, OSError) as error:  # the face measure is optional: no verdict, no failure
+            return face.unavailable(f"the pod could not be reached for the face measure: {error}").as_data()
+        return measure.as_data()
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -424,13 +429,9 @@ def pod_provider(ctx: Context) -> Iterator[tuple[Any, str]]:
     if ctx.resources.get("pod") is None:
         yield None, "no pod is running; the face measure runs on the pod, where insightface is"
         return
-    try:
-        from ralph.handlers.pods.session import pod_provider as open_pod  # type: ignore[attr-defined]
-    except ImportError:
-        yield None, "no pod session module (handlers/pods/session.py) to reach the pod"
-        return
-    ctx.use("pod")
-    with open_pod(ctx) as provider:
+    from ralph.handlers.pods.session import pod_provider as open_pod
+
+    with open_pod(ctx) as provider:  # records that this task used the pod
         yield provider, ""
 
 
