@@ -1,0 +1,85 @@
+"""What the RunPod handlers (runpod.create, runpod.terminate, pod.shell) share: the API from the
+user's key, the task file's identity as a pod owner, and the run hooks that reap orphans and keep
+a held pod's heartbeat going from the first moment of a run to its last.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from ralph.context import Context, RunInfo
+from ralph.handler import Handler, TaskBlocked
+from ralph.handlers.pods import reaper, session
+from ralph.handlers.pods.runpod_api import APIError, AuthError, RunPodAPI
+
+KEY_VARIABLE = "RUNPOD_API_KEY"
+CONSOLE = "https://www.runpod.io/console/pods"
+SETTINGS = "https://www.runpod.io/console/user/settings"
+
+
+def api_for_task() -> RunPodAPI:
+    """The API with the user's key; TaskBlocked (one line, nothing created) when it is not set."""
+    if not os.environ.get(KEY_VARIABLE, "").strip():
+        raise TaskBlocked(f"set {KEY_VARIABLE} (a RunPod API key, from {SETTINGS})")
+    return RunPodAPI.from_env()
+
+
+def blocked_by_auth(error: AuthError) -> TaskBlocked:
+    return TaskBlocked(f"RunPod refused {KEY_VARIABLE}: {error}")
+
+
+def task_file(ctx: Context | RunInfo) -> Path:
+    """The task file's absolute path: with the host, what names a pod's owner."""
+    return ctx.workdir / Path(ctx.file.path).name
+
+
+_hooks_lock = threading.Lock()
+_hooks_done: set[tuple[str, str]] = set()
+
+
+def run_hook(run: RunInfo, phase: str) -> None:
+    """Once per run and phase, whichever pod handlers the file uses.
+
+    before: feed the pod an earlier run left held (its switch is counting), then reap orphans.
+    after: stop feeding this run's pods (the process is about to end), then reap orphans.
+    """
+    with _hooks_lock:
+        if (run.run_id, phase) in _hooks_done:
+            return
+        _hooks_done.add((run.run_id, phase))
+    if phase == "before":
+        value = run.resources.get(session.RESOURCE)
+        if isinstance(value, dict) and value.get("host"):
+            session.attach(session.PodHandle.from_resource(value))
+    else:
+        session.detach_all(run.state_dir)
+    if not os.environ.get(KEY_VARIABLE, "").strip():
+        run.events.write("reaper_skipped", phase=phase, reason=f"{KEY_VARIABLE} is not set")
+        return
+    try:
+        report = reaper.reap(RunPodAPI.from_env(), current_state_dir=run.state_dir,
+                             log=lambda message: run.events.write("reaper", message=message))
+    except APIError as error:
+        run.reporter.warn(f"reaper: could not list pods ({error}); orphans, if any, are left for the next run")
+        return
+    for line in report.reaped:
+        run.events.write("reaped", pod=line)
+        run.reporter.warn(f"reaper: {line}")
+    for line in report.failed:
+        run.events.write("reap_failed", pod=line)
+        run.reporter.warn(f"reaper: {line} — check {CONSOLE}")
+    for line in report.unknown:
+        run.events.write("reaper_unknown", pod=line)
+        run.reporter.warn(f"reaper: {line}")
+
+
+class PodHandler(Handler):
+    """Base of the handlers that touch pods: the run hooks."""
+
+    def before_run(self, run: RunInfo) -> None:
+        run_hook(run, "before")
+
+    def after_run(self, run: RunInfo) -> None:
+        run_hook(run, "after")

@@ -1,0 +1,223 @@
+"""Reaching the pod a task holds, and keeping its dead-man's switch fed while ralph uses it.
+
+``runpod.create`` records the pod as the resource ``"pod"`` (``PodHandle.as_resource``); later
+tasks call ``connect(ctx)`` for an ``SshProvider`` to it (key and host key pinned in ralph's state
+folder). The first connection to a pod in this process also starts its heartbeat: a daemon thread
+that rewrites the switch's heartbeat file on the pod every few seconds, over its own SSH
+connection. One per pod per process; it dies with the process, which is the point: a ralph that
+is killed stops feeding the switch and the pod deletes itself ``heartbeat_timeout_s`` later.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ralph.context import Context
+from ralph.handler import TaskBlocked
+from ralph.handlers.pods import deadman, tunnel
+from ralph.handlers.pods.ssh import SshProvider, SshTarget
+
+RESOURCE = "pod"
+
+
+@dataclass(frozen=True)
+class PodHandle:
+    """What tasks need to reach a pod; stored in state.json as the ``pod`` resource."""
+
+    id: str
+    name: str
+    host: str
+    port: int
+    user: str
+    key_file: str
+    known_hosts: str
+    workspace: str  # "" : where SSH sessions start
+    state_base: str  # the switch's folder on the pod (deadman.pod_dir)
+    heartbeat_interval_s: float
+    gpu: str = ""
+    cost_per_hr: float = 0.0
+    created_at: float = 0.0  # epoch seconds: the create call returned
+    ready_at: float = 0.0  # epoch seconds: ssh true first answered
+
+    def as_resource(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_resource(cls, value: dict[str, Any]) -> PodHandle:
+        known = {k: value[k] for k in cls.__dataclass_fields__ if k in value}
+        return cls(**known)
+
+    def target(self) -> SshTarget:
+        return SshTarget(self.host, int(self.port), Path(self.key_file), user=self.user, alias=self.id,
+                         workdir=self.workspace or None)
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+def provider(handle: PodHandle, *, connect_timeout: float = 20.0, attempts: int = 3) -> SshProvider:
+    """A fresh SSH provider for the pod (host key pinned under the pod id on first contact)."""
+    return SshProvider(handle.target(), known_hosts=Path(handle.known_hosts), connect_timeout=connect_timeout,
+                       connect_attempts=attempts)
+
+
+def ensure_client_key(directory: Path) -> Path:
+    """ralph's own ed25519 key for its pods (0600), made on first use; the public half goes to the
+    pod as PUBLIC_KEY, which RunPod images add to root's authorized_keys."""
+    private = directory / "id_ed25519"
+    public = directory / "id_ed25519.pub"
+    if private.exists() and public.exists():
+        return private
+    directory.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    body = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(body)
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    public.write_bytes(line + b" ralph\n")
+    return private
+
+
+def public_key(private: Path) -> str:
+    return private.with_name(private.name + ".pub").read_text().strip()
+
+
+class Heartbeat(threading.Thread):
+    """Rewrites the pod's heartbeat file every ``interval`` seconds until stopped or the process ends.
+
+    Failures (a dropped connection, a busy pod) are counted and retried at the next beat: the
+    switch tolerates ``heartbeat_timeout_s`` of silence, several beats' worth.
+    """
+
+    def __init__(self, handle: PodHandle) -> None:
+        super().__init__(name=f"ralph-heartbeat-{handle.id}", daemon=True)
+        self.handle = handle
+        self.command = deadman.heartbeat_command(handle.state_base, handle.id)
+        self.beats = 0
+        self.failures = 0
+        self.last_error = ""
+        self.last_beat: float | None = None  # time.monotonic() of the last beat that landed
+        self._stop_event = threading.Event()
+        self._provider = provider(handle, connect_timeout=max(2.0, handle.heartbeat_interval_s), attempts=1)
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.is_set():
+                self.beat()
+                self._stop_event.wait(self.handle.heartbeat_interval_s)
+        finally:
+            self._provider.close()
+
+    def beat(self) -> None:
+        try:
+            self._provider.run(self.command, timeout=max(5.0, self.handle.heartbeat_interval_s * 2))
+        except Exception as exc:  # noqa: BLE001 (whatever went wrong, the next beat tries again)
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._provider.close()
+        else:
+            self.beats += 1
+            self.last_beat = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout=10)
+
+
+@dataclass
+class _Session:
+    handle: PodHandle
+    provider: SshProvider
+    heartbeat: Heartbeat
+
+
+_lock = threading.Lock()
+_sessions: dict[str, _Session] = {}
+
+
+def attach(handle: PodHandle) -> SshProvider:
+    """The process's provider for this pod, its heartbeat started if it was not."""
+    with _lock:
+        session = _sessions.get(handle.id)
+        if session is None or session.handle != handle:
+            if session is not None:
+                _close(session)
+            heartbeat = Heartbeat(handle)
+            session = _sessions[handle.id] = _Session(handle, provider(handle), heartbeat)
+            heartbeat.start()
+        return session.provider
+
+
+def heartbeat_of(pod_id: str) -> Heartbeat | None:
+    with _lock:
+        session = _sessions.get(pod_id)
+        return session.heartbeat if session else None
+
+
+def detach(pod_id: str) -> None:
+    """Stop feeding the pod and close its connections (before terminating it, or at run end)."""
+    with _lock:
+        session = _sessions.pop(pod_id, None)
+    if session is not None:
+        _close(session)
+
+
+def detach_all(state_dir: Path | None = None) -> None:
+    """Detach every pod pinned in ``state_dir`` (a run's state folder), or all."""
+    with _lock:
+        ids = [pid for pid, s in _sessions.items()
+               if state_dir is None or Path(s.handle.known_hosts).resolve().is_relative_to(Path(state_dir).resolve())]
+    for pod_id in ids:
+        detach(pod_id)
+
+
+def _close(session: _Session) -> None:
+    session.heartbeat.stop()
+    session.provider.close()
+
+
+def held(ctx: Context) -> PodHandle | None:
+    value = ctx.use(RESOURCE)
+    return PodHandle.from_resource(value) if isinstance(value, dict) and value.get("host") else None
+
+
+def connect(ctx: Context) -> tuple[PodHandle, SshProvider]:
+    """The pod this run holds and a provider to it; TaskBlocked when no task created one."""
+    handle = held(ctx)
+    if handle is None:
+        raise TaskBlocked("no pod is running for this file: run the task that creates it (runpod.create) first")
+    return handle, attach(handle)
+
+
+@contextmanager
+def pod_provider(ctx: Context) -> Iterator[SshProvider]:
+    """``connect`` as a context manager, for handlers written that way; the connection stays
+    open for later tasks (it is the process's, closed when the pod is terminated or the run ends)."""
+    _, ssh = connect(ctx)
+    yield ssh
+
+
+COMFYUI_PORT = 8188
+
+
+@contextmanager
+def comfyui_url(ctx: Context, port: int = COMFYUI_PORT) -> Iterator[str]:
+    """A local URL for ComfyUI on the held pod, through an SSH tunnel: the pod exposes no public
+    port but 22/tcp, and ComfyUI listens on the pod's 127.0.0.1."""
+    _, ssh = connect(ctx)
+    with tunnel.forward(ssh, remote_port=port) as forwarded:
+        yield forwarded.url
