@@ -43,8 +43,8 @@ class Switch:
 
     @property
     def poll_s(self) -> int:
-        """How often the switch looks: a quarter of the timeout, between 1 and 30 s."""
-        return max(1, min(30, self.heartbeat_timeout_s // 4))
+        """How often the switch looks: a quarter of its shortest limit, between 1 and 30 s."""
+        return max(1, min(30, self.heartbeat_timeout_s // 4, self.grace_s // 4, self.max_lifetime_s // 4))
 
 
 def pod_dir(state_base: str, pod_id: str) -> str:
