@@ -373,3 +373,15 @@ def test_face_identity_is_measured_on_the_held_pod_over_ssh(tmp_path: Path, sshd
     assert {t.number: t.status for t in project.parsed().tasks}[4] == "DONE"
     state = json.loads((project.root / ".ralph" / project.file.stem / "state.json").read_text("utf-8"))
     assert 4 in state["resources"]["pod"]["users"], "the evaluation is recorded as a user of the pod"
+
+
+def test_an_images_parameter_takes_globs_instead_of_the_earlier_task(tmp_path: Path) -> None:
+    project = Project(tmp_path / "proj", {"images": ["elsewhere/*.png"], "dir": "kept"})
+    for name, grain in (("b", 4.0), ("a", 2.0)):
+        save(project.root / "elsewhere" / f"{name}.png", scene(grain=grain))
+    save(project.root / "before.png", scene(grain=7))
+    project.write([{"label": "ignored", "grain": 7}], previous="before.png")
+    project.run()
+    data = project.result(4)["data"]
+    assert [i["path"] for i in data["images"]] == ["kept/a.png", "kept/b.png"]
+    assert data["best"]["path"] == "kept/a.png" and data["grain"]["verdict"] == "less grain"
