@@ -40,7 +40,7 @@ def test_no_heartbeat_within_the_grace_period_the_pod_deletes_itself(emu: RunPod
     wait_for(lambda: api.get_pod(pod_id) is None, timeout=8)
     took = time.monotonic() - started
     assert 1.5 <= took <= 6
-    [call] = emu.calls("podTerminate")
+    [call] = wait_for(lambda: emu.calls("podTerminate"))  # recorded once answered
     assert call.principal == f"pod:{pod_id}" and call.status == 200
     log = Path(deadman.log_path(str(tmp_path / "pod-tmp"), pod_id)).read_text()
     assert "firing: no heartbeat within 2s of start" in log  # (its termination killed it before it logged more)
@@ -94,7 +94,7 @@ def test_an_image_without_curl_wget_or_python_falls_back_to_runpodctl(tmp_path: 
         base = str(tmp_path / "pod-tmp")
         pod_id = create(api, deadman.Switch(heartbeat_timeout_s=1, grace_s=1, max_lifetime_s=600, state_base=base))
         wait_for(lambda: emulator.pod(pod_id).terminated, timeout=8)
-        [call] = emulator.calls("podTerminate")
+        [call] = wait_for(lambda: emulator.calls("podTerminate"))  # recorded once answered
         assert call.principal == f"pod:{pod_id}"
         log = Path(deadman.log_path(base, pod_id)).read_text()
         assert "podTerminate over HTTP failed" in log  # no curl, wget nor python3: runpodctl did it

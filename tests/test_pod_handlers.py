@@ -197,7 +197,7 @@ def test_ralph_killed_and_never_rerun_the_pod_deletes_itself(emu: RunPodEmulator
     killed = time.monotonic()
     wait_for(lambda: pod.terminated, timeout=hb_timeout + 8)
     took = time.monotonic() - killed
-    [call] = emu.calls("podTerminate")
+    [call] = wait_for(lambda: emu.calls("podTerminate"))  # recorded once answered
     assert call.principal == f"pod:{pod.id}"  # the pod's own key: ralph was dead
     assert took <= hb_timeout + 4
     log = (tmp_path / "pod-tmp" / pod.id / "deadman.log").read_text()
