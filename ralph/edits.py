@@ -8,6 +8,7 @@ block.  An edit whose target is gone is reported back, not forced.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -67,6 +68,10 @@ def apply_edits(file: TaskFile, text: Text, edits: list[Edit]) -> list[str]:
                 continue
             _set_check(text, target, edit.checked)
         else:
+            if task is None and file.results is None and _ends_in_last_task(file, text):
+                # Appended there, the block would read back as the last task's own.
+                missing.append("the file has no Exit Conditions section to hold ralph's summary")
+                continue
             results[edit.task] = (task, [redact(line) for line in edit.lines])
     blocks = [_results_span(file, task, lines) for task, lines in results.values()]
     # Blocks change the line count: apply them from the bottom up.
@@ -93,6 +98,14 @@ def _set_check(text: Text, criterion: Criterion, checked: bool) -> None:
 def _find_criterion(criteria: list[Criterion], wanted: str) -> Criterion | None:
     key = normalise(wanted)
     return next((c for c in criteria if normalise(c.text) == key), None)
+
+
+def _ends_in_last_task(file: TaskFile, text: Text) -> bool:
+    """Whether nothing but blank lines and rules follows the last task."""
+    if not file.tasks:
+        return False
+    last = max(t.end_line for t in file.tasks)
+    return all(not line.strip() or re.fullmatch(r" {0,3}(?:-[ \t]*){3,}", line) for line in text.lines[last:])
 
 
 def _results_span(file: TaskFile, task: Task | None, lines: list[str]) -> tuple[int, int, list[str]]:

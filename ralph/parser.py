@@ -132,6 +132,11 @@ class _Reader:
                 file.exit_conditions = [
                     Item(text, line + 1) for line, text in blocks.items if not _inside(line + 1, results)
                 ]
+        if file.results is None:
+            file.results = self._trailing_results(regions)
+            # Such a block may sit in any section: its lines are ralph's, not the section's.
+            file.constraints = [c for c in file.constraints if not _inside(c.line, file.results)]
+            file.success_criteria = [c for c in file.success_criteria if not _inside(c.line, file.results)]
         seen: dict[int, Task] = {}
         for task in file.tasks:
             if task.number in seen:
@@ -274,6 +279,26 @@ class _Reader:
             if self.text.lines[line].strip() == RESULTS_END:
                 return begin + 1, line + 1
         raise self.error(f"ralph results block has no closing '{RESULTS_END}'", begin + 1)
+
+    def _trailing_results(self, regions: list[tuple[str, Token, int, int]]) -> tuple[int, int] | None:
+        """The file's block where ralph appends it, at the end, when no Exit Conditions hold it.
+
+        A section ralph does not know (``## Notes``) may follow Exit Conditions; the block
+        appended after it must still be found, or every run would append another.  A block
+        inside a task's section is that task's.
+        """
+        end = len(self.text.lines) - 1
+        while end >= 0 and not self.text.lines[end].strip():
+            end -= 1
+        if end < 0 or self.text.lines[end].strip() != RESULTS_END:
+            return None
+        begin = next(
+            (n for n in range(end - 1, -1, -1) if n in self.html_lines and self.text.lines[n].strip() == RESULTS_BEGIN),
+            None,
+        )
+        if begin is None or any(kind == "task" and start <= begin < stop for kind, _, start, stop in regions):
+            return None
+        return begin + 1, end + 1
 
     def _code_height(self, token: Token) -> int:
         """Lines a code block spans, fences included.

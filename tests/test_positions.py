@@ -188,14 +188,14 @@ def _block(draw: st.DrawFn) -> list[str]:
     if kind == "fence":
         fence = draw(st.sampled_from(["```", "~~~", "````"]))
         return [fence + draw(st.sampled_from(["", "yaml"])), f"- [ ] {draw(_phrase)}", "# not a heading", fence]
-    if kind == "indent":
-        return ["    " + draw(_phrase), "    - [ ] " + draw(_phrase)]
+    if kind == "indent":  # after a blank line: mistune reads it as lazy text after a container
+        return ["", "    " + draw(_phrase), "    - [ ] " + draw(_phrase)]
     if kind == "quote":
         return ["> " + line for line in draw(st.one_of(_list_block(), st.just([draw(_phrase)])))]
     if kind == "html":
         return ["<!--", f"- [ ] {draw(_phrase)}", "-->"]
-    if kind == "rule":
-        return ["---"]
+    if kind == "rule":  # "---" right under a paragraph is a setext underline: see above
+        return draw(st.sampled_from([["", "---"], ["***"], ["_ _ _"]]))
     return [f"**Status**: {draw(st.sampled_from(['PENDING', 'DONE']))}"]
 
 
