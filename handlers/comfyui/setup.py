@@ -32,15 +32,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import httpx
-
 from ralph.context import Context
 from ralph.handler import (Evidence, Handler, Param, Problem, Result, TaskBlocked, TaskFailed,
                            TransientError, criterion)
-from ralph.handlers.pods import remote_shell, transfer
+from ralph.handlers.pods import remote_shell
 from ralph.handlers.pods.provider import (CommandFailed, CommandTimeout, Provider, ProviderError,
                                           TransferFailed)
-from ralph.handlers.pods.tunnel import forward
 from ralph.model import Task, TaskFile
 
 # Where each ``models:`` key goes under ComfyUI; any other key goes to ``models/<key>``.
@@ -346,6 +343,8 @@ def _upload(ctx: Context, provider: Provider, spec: FileSpec, dest: str) -> dict
     return {"sha256": sent.sha256, "bytes_sent": sent.bytes_sent, "how": how, "resumed_from": sent.resumed_from}
 
 
+# Network libraries (httpx, paramiko via transfer/tunnel) are imported where used: ``ralph check``
+# loads this module only to validate parameters.
 _DOWNLOAD = r"""
 mkdir -p -- "$(dirname -- "$f")" || exit 23
 if command -v curl >/dev/null 2>&1; then
@@ -363,6 +362,8 @@ exit $rc
 
 def _download(ctx: Context, provider: Provider, spec: FileSpec, dest: str, exists: bool,
               timeout: float) -> dict[str, Any]:
+    from ralph.handlers.pods import transfer
+
     assert spec.url is not None
     if exists and spec.sha256:
         # A file already there (an earlier run, a baked image) is kept when it is the right one.
@@ -433,6 +434,8 @@ def stop_service(provider: Provider, workspace: str, grace: float = 10.0) -> boo
 
 
 def _stats(url: str) -> dict[str, Any] | None:
+    import httpx
+
     try:
         response = httpx.get(f"{url}/system_stats", timeout=5)
     except httpx.TransportError:
@@ -447,6 +450,8 @@ def _stats(url: str) -> dict[str, Any] | None:
 
 def ensure_service(provider: Provider, layout: Layout, python: str, port: int, args: list[str],
                    timeout: float, log: Callable[[str], None]) -> dict[str, Any]:
+    from ralph.handlers.pods.tunnel import forward
+
     pid = service_pid(provider, layout)
     with forward(provider, remote_port=port) as tunnel:
         stats = _stats(tunnel.url)
