@@ -185,8 +185,10 @@ class _Reader:
         found = [_Blocks() for _ in regions]
         for token in tokens:
             line = _first_line(token)
+            if line is None:  # an empty list item: nothing to read
+                continue
             index = bisect_right(starts, line) - 1
-            if line is not None and index >= 0 and line < regions[index][3]:
+            if index >= 0 and line < regions[index][3]:
                 self._collect(token, found[index], top_level=True)
         return found
 
