@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -26,8 +26,10 @@ from ralph.handler import (
     criterion,
 )
 from ralph.handlers.comfyui import workflow as wf
-from ralph.handlers.comfyui.client import ComfyClient, ComfyError, PromptRejected, ServerGone, Stalled
 from ralph.model import Task, TaskFile
+
+if TYPE_CHECKING:  # httpx and websockets load when a workflow runs, not for `ralph check`
+    from ralph.handlers.comfyui.client import ComfyClient
 
 PNG_KEY = "ralph"  # the PNG text chunk holding a variant's parameters
 
@@ -62,6 +64,8 @@ class ComfyRun(Handler):
         return [_as_problem(p, flow.fallback_line, params["strict_lint"]) for p in flow.problems]
 
     def run(self, ctx: Context) -> Result:
+        from ralph.handlers.comfyui.client import ComfyClient, ComfyError
+
         with _server(ctx) as url, ComfyClient(url, stall_timeout=ctx.params["stall_timeout"]) as client:
             try:
                 schemas = wf.live_schemas(client.object_info())
@@ -85,6 +89,8 @@ class ComfyRun(Handler):
         )
 
     def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant, flow: wf.Workflow) -> list[dict[str, Any]]:
+        from ralph.handlers.comfyui.client import ComfyError, PromptRejected, ServerGone, Stalled
+
         done: dict[str, Any] = ctx.memory.get("variants", {})
         record = done.get(variant.label, {})
         if record.get("images") and all(ctx.path(i["path"]).exists() for i in record["images"]):

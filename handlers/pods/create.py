@@ -24,7 +24,6 @@ from typing import Any
 from ralph.context import Context
 from ralph.handler import Evidence, Param, Problem, Result, TaskFailed, TransientError, criterion
 from ralph.handlers.pods import deadman, reaper, session
-from ralph.handlers.pods.hostkeys import HostKeyChanged
 from ralph.handlers.pods.runpod_api import (CLOUD_TYPES, APIError, AuthError, CapacityError, PodInfo,
                                             RunPodAPI, TransientAPIError)
 from ralph.handlers.pods.runpod_handlers import PodHandler, api_for_task, blocked_by_auth, task_file
@@ -271,6 +270,8 @@ class CreatePod(PodHandler):
 
     def _probe(self, handle: session.PodHandle, timeout: float) -> tuple[bool, str]:
         """``ssh true`` where sessions start (the workspace may not exist yet)."""
+        from ralph.handlers.pods.hostkeys import HostKeyChanged  # paramiko: only once a pod exists
+
         probe = session.provider(replace(handle, workspace=""), connect_timeout=timeout, attempts=1)
         try:
             probe.run("true", timeout=timeout)

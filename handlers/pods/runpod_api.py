@@ -21,11 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import requests
-import runpod
-from runpod import error as sdk_error
-from runpod.api.graphql import run_graphql_query
-from runpod.api.mutations import pods as pod_mutations
+# The SDK (and requests, aiohttp… behind it) is imported on first call, not with this module:
+# `ralph check` and `ralph status` load handlers but never talk to RunPod.
 
 SDK_VERSION = "1.12.0"  # the GraphQL text the emulator answers; checked by tests/test_runpod_api.py
 VOLUME_MOUNT_PATH = "/workspace"  # the SDK's default is /runpod-volume
@@ -172,6 +169,12 @@ def _parse_pod(raw: Mapping[str, Any]) -> PodInfo:
     )
 
 
+def _sdk() -> Any:
+    import runpod
+
+    return runpod
+
+
 class RunPodAPI:
     """RunPod's pod API for one key. ``RunPodAPI.from_env()`` reads RUNPOD_API_KEY."""
 
@@ -190,13 +193,13 @@ class RunPodAPI:
     # ---- calls ---------------------------------------------------------------------------------
 
     def gpu_types(self) -> list[GpuType]:
-        raw = self._call("gpu_types", runpod.get_gpus)
+        raw = self._call("gpu_types", _sdk().get_gpus)
         return [GpuType(id=g["id"], display_name=g.get("displayName") or g["id"],
                         memory_gb=int(g.get("memoryInGb") or 0)) for g in raw]
 
     def gpu_type(self, gpu_type_id: str, gpu_count: int = 1) -> GpuType:
         """One GPU type with its on-demand price for ``gpu_count`` GPUs; APIError if unknown."""
-        raw = self._call("gpu_type", runpod.get_gpu, graphql_string(gpu_type_id), int(gpu_count))
+        raw = self._call("gpu_type", _sdk().get_gpu, graphql_string(gpu_type_id), int(gpu_count))
         price = (raw.get("lowestPrice") or {}).get("uninterruptablePrice")
         return GpuType(id=raw["id"], display_name=raw.get("displayName") or raw["id"],
                        memory_gb=int(raw.get("memoryInGb") or 0),
@@ -235,7 +238,7 @@ class RunPodAPI:
                 raise ValueError(f"not an environment variable name: {key!r}")
         q = graphql_string
         raw = self._call(
-            "create_pod", runpod.create_pod,
+            "create_pod", _sdk().create_pod,
             name=q(name), image_name=q(image), gpu_type_id=q(gpu_type_id), cloud_type=cloud_type,
             support_public_ip=bool(support_public_ip), start_ssh=True,
             data_center_id=q(data_center_id) if data_center_id is not None else None,
@@ -251,17 +254,20 @@ class RunPodAPI:
 
     def get_pod(self, pod_id: str) -> PodInfo | None:
         """The pod, or None when RunPod says it does not exist (terminated)."""
-        raw = self._call("get_pod", runpod.get_pod, _pod_id(pod_id))
+        raw = self._call("get_pod", _sdk().get_pod, _pod_id(pod_id))
         return None if raw is None else self._parse("get_pod", raw)
 
     def list_pods(self) -> list[PodInfo]:
         """Every pod of the account, running or stopped (both bill)."""
-        raw = self._call("list_pods", runpod.get_pods)
+        raw = self._call("list_pods", _sdk().get_pods)
         return [self._parse("list_pods", p) for p in raw or ()]
 
     def terminate_pod(self, pod_id: str) -> None:
         """Ask RunPod to delete the pod. Acknowledged is not done: confirm with get_pod() is None."""
         # Not runpod.terminate_pod: it discards the answer, so a garbled "success" would pass unseen.
+        from runpod.api.graphql import run_graphql_query
+        from runpod.api.mutations import pods as pod_mutations
+
         query = pod_mutations.generate_pod_terminate_mutation(_pod_id(pod_id))
         answer = self._call("terminate_pod", run_graphql_query, query)
         if not isinstance(answer, dict) or not isinstance(answer.get("data"), dict):
@@ -269,12 +275,12 @@ class RunPodAPI:
 
     def stop_pod(self, pod_id: str) -> str:
         """Stop (not delete) the pod; its disk still bills. Returns the new desired status."""
-        raw = self._call("stop_pod", runpod.stop_pod, _pod_id(pod_id))
+        raw = self._call("stop_pod", _sdk().stop_pod, _pod_id(pod_id))
         return str((raw or {}).get("desiredStatus") or "")
 
     def resume_pod(self, pod_id: str, gpu_count: int = 1) -> str:
         """Start a stopped pod again; CapacityError when its host has no free GPU."""
-        raw = self._call("resume_pod", runpod.resume_pod, _pod_id(pod_id), int(gpu_count))
+        raw = self._call("resume_pod", _sdk().resume_pod, _pod_id(pod_id), int(gpu_count))
         return str((raw or {}).get("desiredStatus") or "")
 
     # ---- plumbing ------------------------------------------------------------------------------
@@ -287,6 +293,10 @@ class RunPodAPI:
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one SDK call with this key and translate whatever it raises."""
+        import requests
+        from runpod import error as sdk_error
+
+        runpod = _sdk()
         with _SDK_LOCK:
             previous = runpod.api_key
             runpod.api_key = self._key

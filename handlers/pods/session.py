@@ -17,15 +17,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Any
 
 from ralph.context import Context
 from ralph.handler import TaskBlocked
-from ralph.handlers.pods import deadman, tunnel
-from ralph.handlers.pods.ssh import SshProvider, SshTarget
+from ralph.handlers.pods import deadman
+
+if TYPE_CHECKING:  # paramiko and cryptography load when a pod is used, not when a handler is
+    from ralph.handlers.pods.ssh import SshProvider, SshTarget
 
 RESOURCE = "pod"
 
@@ -58,6 +57,8 @@ class PodHandle:
         return cls(**known)
 
     def target(self) -> SshTarget:
+        from ralph.handlers.pods.ssh import SshTarget
+
         return SshTarget(self.host, int(self.port), Path(self.key_file), user=self.user, alias=self.id,
                          workdir=self.workspace or None)
 
@@ -68,6 +69,8 @@ class PodHandle:
 
 def provider(handle: PodHandle, *, connect_timeout: float = 20.0, attempts: int = 3) -> SshProvider:
     """A fresh SSH provider for the pod (host key pinned under the pod id on first contact)."""
+    from ralph.handlers.pods.ssh import SshProvider
+
     return SshProvider(handle.target(), known_hosts=Path(handle.known_hosts), connect_timeout=connect_timeout,
                        connect_attempts=attempts)
 
@@ -80,6 +83,9 @@ def ensure_client_key(directory: Path) -> Path:
     if private.exists() and public.exists():
         return private
     directory.mkdir(parents=True, exist_ok=True)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     body = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                              serialization.NoEncryption())
@@ -219,5 +225,7 @@ def comfyui_url(ctx: Context, port: int = COMFYUI_PORT) -> Iterator[str]:
     """A local URL for ComfyUI on the held pod, through an SSH tunnel: the pod exposes no public
     port but 22/tcp, and ComfyUI listens on the pod's 127.0.0.1."""
     _, ssh = connect(ctx)
+    from ralph.handlers.pods import tunnel
+
     with tunnel.forward(ssh, remote_port=port) as forwarded:
         yield forwarded.url
