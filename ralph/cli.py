@@ -96,9 +96,8 @@ def _dry_run(path: Path, args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import handler_name, load_config
     from .parser import parse_file
-    from .plan import handler_name
 
     file, _ = parse_file(args.file)
     config = load_config(args.file)

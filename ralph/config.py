@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RalphError
+from .model import Task
 from .parser import normalise
 
 CONFIG_NAME = "ralph.yaml"
@@ -41,6 +42,14 @@ class Config:
 
     def for_task(self, number: int, title: str) -> TaskConfig | None:
         return self.tasks.get(str(number)) or self.tasks.get(normalise(title))
+
+
+def handler_name(task: Task, config: Config) -> str | None:
+    """The task's own ``**Handler**`` line, else ralph.yaml's mapping of its title or number."""
+    if task.handler:
+        return task.handler
+    entry = config.for_task(task.number, task.title)
+    return entry.handler if entry else None
 
 
 def load_config(task_file: Path) -> Config:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config
+from .config import Config, handler_name, load_config
 from .errors import RalphError
 from .handler import Handler, Param, Problem
 from .model import Task, TaskFile
@@ -39,13 +39,6 @@ class Plan:
 
     def step(self, number: int) -> Step:
         return next(s for s in self.steps if s.task.number == number)
-
-
-def handler_name(task: Task, config: Config) -> str | None:
-    if task.handler:
-        return task.handler
-    entry = config.for_task(task.number, task.title)
-    return entry.handler if entry else None
 
 
 def make_plan(path: Path, *, deep: bool = True) -> Plan:

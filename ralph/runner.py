@@ -292,10 +292,16 @@ class Runner:
     # -- the whole file ------------------------------------------------------------------
 
     def _final(self, plan: Plan, state: RunState, events: EventLog) -> list[Verdict]:
-        """Success Criteria and Exit Conditions, checked by the handlers of finished tasks."""
+        """Success Criteria and Exit Conditions, checked by the handlers of tasks that produced a
+        result (a FAILED task's measures count: "grain not reduced" is evidence too)."""
         file = self._current(plan.file)
+        judged = (*FINISHED, "FAILED")
         done = [
-            s for s in plan.steps if s.handler is not None and self._status_of(file, s.task.number) in FINISHED
+            s
+            for s in plan.steps
+            if s.handler is not None
+            and "result" in state.task(s.task.number)
+            and self._status_of(file, s.task.number) in judged
         ]
 
         def judge(text: str) -> Evidence:
@@ -305,15 +311,15 @@ class Runner:
                     record = state.task(step.task.number).get("result", {})
                     ctx = self._context(plan, step, state, events)
                     return _evidence(step.handler, ctx, Result(**record), text)
-            return Evidence(None, "no finished task's handler checks this")
+            return Evidence(None, "no task that ran has a check for this")
 
         verdicts = [Verdict(c.text, None if c.checked else judge(c.text)) for c in file.success_criteria]
-        exits = [Verdict(e.text, judge(e.text)) for e in file.exit_conditions]
+        exits = list(_exit_groups([Verdict(e.text, judge(e.text)) for e in file.exit_conditions]))
         edits: list[Edit] = [SetCheck(None, v.criterion, True) for v in verdicts if v.evidence and v.evidence.verified]
         lines = ["**Run summary** (ralph, " + now() + ")", ""]
         lines += [_verdict_line(v) for v in verdicts]
         if exits:
-            lines += ["", "Exit conditions:"] + [_verdict_line(v) for v in _exit_groups(exits)]
+            lines += ["", "Exit conditions:"] + [_verdict_line(v) for v in exits]
         edits.append(SetResults(None, tuple(lines)))
         self._write(edits)
         return verdicts + exits
