@@ -181,3 +181,17 @@ def test_pair_without_flat_areas_is_not_measurable(grainy_prev: np.ndarray) -> N
     for prev, new, same in ((tex, tex, None), (tex, grainy_prev, False), (grainy_prev, tex, False)):
         c = compare_grain(prev, new, same_content=same)
         assert c.verdict == "not measurable" and c.ratio is None, c.explanation
+
+
+def test_not_measurable_says_how_many_flat_blocks_there_were(grainy_prev: np.ndarray) -> None:
+    """A person reviewing "not measurable" sees why: the flat block count against the minimum."""
+    tex = q(texture(np.random.default_rng(4)))
+    for prev, new, same, which in ((tex, grainy_prev, False, "previous"), (grainy_prev, tex, False, "new"),
+                                   (tex, tex, True, "previous")):
+        c = compare_grain(prev, new, same_content=same)
+        m = c.prev if which == "previous" else c.new
+        assert c.verdict == "not measurable"
+        assert f"the {which} image has too few flat" in c.explanation, c.explanation
+        assert f"({m.flat_blocks} flat mid-tone blocks of {m.total_blocks}, need 8)" in c.explanation, c.explanation
+    small = compare_grain(grainy_prev[:64, :64], grainy_prev[:64, :64])
+    assert small.explanation.endswith("(1 flat mid-tone blocks of 1, need 8)"), small.explanation

@@ -302,6 +302,11 @@ def _compared_blocks(prev: BlockStats, new: BlockStats) -> np.ndarray:
     return flat[np.argsort(prev.sigma[flat] * new.sigma[flat], kind="stable")[:keep]]
 
 
+def _flat_count(measure: GrainMeasure) -> str:
+    """The block counts behind "not measurable", for the person who reviews it."""
+    return f"{measure.flat_blocks} flat mid-tone blocks of {measure.total_blocks}, need {MIN_FLAT_BLOCKS}"
+
+
 def compare_grain(prev: ImageLike, new: ImageLike, same_content: bool | None = None) -> GrainComparison:
     """Did grain go down from prev to new, without the image simply being blurred?
 
@@ -328,8 +333,9 @@ def compare_grain(prev: ImageLike, new: ImageLike, same_content: bool | None = N
     detail_txt = "no texture to check for blur" if detail is None else f"detail {detail:.2f}"
     if not same:
         if not (p.measurable and n.measurable):
-            which = "previous" if not p.measurable else "new"
-            return result("not measurable", None, none, f"not measurable: the {which} image has no flat areas")
+            which, m = ("previous", p) if not p.measurable else ("new", n)
+            return result("not measurable", None, none, f"not measurable: the {which} image has too few flat areas "
+                                                        f"({_flat_count(m)})")
         ratio = max(n.index, NOISE_FLOOR) / max(p.index, NOISE_FLOOR)  # type: ignore[type-var]
         verdict: Verdict = "less grain" if ratio <= DIFFERENT_CONTENT_RATIO else "not less grain"
         return result(
@@ -341,7 +347,8 @@ def compare_grain(prev: ImageLike, new: ImageLike, same_content: bool | None = N
         )
     ids = _compared_blocks(p.blocks, n.blocks) if p.measurable else none
     if ids.size == 0:
-        return result("not measurable", None, ids, "not measurable: the previous image has no flat mid-tone areas")
+        return result("not measurable", None, ids,
+                      f"not measurable: the previous image has too few flat mid-tone areas ({_flat_count(p)})")
     ratios = np.maximum(n.blocks.sigma[ids], NOISE_FLOOR) / np.maximum(p.blocks.sigma[ids], NOISE_FLOOR)
     ratio = float(np.median(ratios))
     coarse = float(
