@@ -28,6 +28,7 @@ Handlers are found through the ``ralph.handlers`` entry-point group (see registr
 
 from __future__ import annotations
 
+import inspect
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -144,7 +145,7 @@ class Handler:
 
     @classmethod
     def help(cls) -> str:
-        return (cls.__doc__ or "").strip()
+        return inspect.cleandoc(cls.__doc__ or "")
 
     def check_for(self, criterion_text: str) -> Callable[[Context, Result, str], Evidence] | None:
         """The bound check whose pattern matches the criterion, if any (first defined wins)."""

@@ -167,6 +167,15 @@ def machine(ctx: Context) -> Provider:
     return provider
 
 
+def _workspace(ctx: Context) -> str:
+    """The ``workspace`` parameter, else the machine's own (a pod's /workspace, a local folder)."""
+    from ralph.handlers.pods import session
+
+    handle = session.held(ctx)
+    chosen = ctx.params["workspace"] or (handle.workspace if handle else "") or "/workspace"
+    return chosen.rstrip("/") or "/"
+
+
 def _sh(provider: Provider, script: str, *, timeout: float | None = 120, check: bool = True,
         **values: str | int) -> str:
     """Run ``script`` with ``values`` as quoted shell variables (names never reach the shell raw)."""
@@ -502,7 +511,8 @@ class ComfyUISetup(Handler):
 
     name = "comfyui.setup"
     params = {
-        "workspace": Param(str, "/workspace", "folder on the pod holding ComfyUI/ and ralph's markers"),
+        "workspace": Param(str, "", "folder on the machine holding ComfyUI/ and ralph's markers "
+                           "(default: the machine's workspace, /workspace on a pod)"),
         "python": Param(str, "python3", "the pod's python that runs ComfyUI"),
         "install_command": Param(str, DEFAULT_INSTALL, "installs ComfyUI when <workspace>/ComfyUI/main.py is "
                                  "missing; {dir}, {python}, {workspace} are replaced, quoted"),
@@ -538,7 +548,7 @@ class ComfyUISetup(Handler):
         except ValueError as e:
             raise TaskFailed(str(e)) from None
         provider = machine(ctx)
-        layout = Layout(p["workspace"].rstrip("/") or "/")
+        layout = Layout(_workspace(ctx))
         try:
             markers = Markers(provider, layout.markers)
             install = install_comfyui(provider, layout, markers, p["install_command"], p["python"],

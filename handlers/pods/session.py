@@ -24,6 +24,7 @@ from ralph.handler import TaskBlocked
 from ralph.handlers.pods import deadman
 
 if TYPE_CHECKING:  # paramiko and cryptography load when a pod is used, not when a handler is
+    from ralph.handlers.pods.provider import Provider
     from ralph.handlers.pods.ssh import SshProvider, SshTarget
 
 RESOURCE = "pod"
@@ -47,6 +48,7 @@ class PodHandle:
     cost_per_hr: float = 0.0
     created_at: float = 0.0  # epoch seconds: the create call returned
     ready_at: float = 0.0  # epoch seconds: ssh true first answered
+    kind: str = "runpod"  # or "ssh" (an existing machine) or "local" (this one): see machine.py
 
     def as_resource(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,8 +69,13 @@ class PodHandle:
         return f"{self.user}@{self.host}:{self.port}"
 
 
-def provider(handle: PodHandle, *, connect_timeout: float = 20.0, attempts: int = 3) -> SshProvider:
-    """A fresh SSH provider for the pod (host key pinned under the pod id on first contact)."""
+def provider(handle: PodHandle, *, connect_timeout: float = 20.0, attempts: int = 3) -> Provider:
+    """A fresh provider for the machine: SSH with the host key pinned under the machine's id on
+    first contact, or subprocesses in the workspace for this machine."""
+    if handle.kind == "local":
+        from ralph.handlers.pods.local import LocalProvider
+
+        return LocalProvider(Path(handle.workspace), hash_cache=Path(handle.known_hosts).with_name("hashes.json"))
     from ralph.handlers.pods.ssh import SshProvider
 
     return SshProvider(handle.target(), known_hosts=Path(handle.known_hosts), connect_timeout=connect_timeout,
@@ -147,24 +154,25 @@ class Heartbeat(threading.Thread):
 @dataclass
 class _Session:
     handle: PodHandle
-    provider: SshProvider
-    heartbeat: Heartbeat
+    provider: Provider
+    heartbeat: Heartbeat | None  # only pods with a dead-man's switch are fed
 
 
 _lock = threading.Lock()
 _sessions: dict[str, _Session] = {}
 
 
-def attach(handle: PodHandle) -> SshProvider:
+def attach(handle: PodHandle) -> Provider:
     """The process's provider for this pod, its heartbeat started if it was not."""
     with _lock:
         session = _sessions.get(handle.id)
         if session is None or session.handle != handle:
             if session is not None:
                 _close(session)
-            heartbeat = Heartbeat(handle)
+            heartbeat = Heartbeat(handle) if handle.kind == "runpod" else None
             session = _sessions[handle.id] = _Session(handle, provider(handle), heartbeat)
-            heartbeat.start()
+            if heartbeat is not None:
+                heartbeat.start()
         return session.provider
 
 
@@ -192,7 +200,8 @@ def detach_all(state_dir: Path | None = None) -> None:
 
 
 def _close(session: _Session) -> None:
-    session.heartbeat.stop()
+    if session.heartbeat is not None:
+        session.heartbeat.stop()
     session.provider.close()
 
 
@@ -201,16 +210,19 @@ def held(ctx: Context) -> PodHandle | None:
     return PodHandle.from_resource(value) if isinstance(value, dict) and value.get("host") else None
 
 
-def connect(ctx: Context) -> tuple[PodHandle, SshProvider]:
+def connect(ctx: Context) -> tuple[PodHandle, Provider]:
     """The pod this run holds and a provider to it; TaskBlocked when no task created one."""
     handle = held(ctx)
     if handle is None:
-        raise TaskBlocked("no pod is running for this file: run the task that creates it (runpod.create) first")
+        raise TaskBlocked(
+            "no machine for this file: run the task that creates or names one first "
+            "(runpod.create, machine.ssh or machine.local)"
+        )
     return handle, attach(handle)
 
 
 @contextmanager
-def pod_provider(ctx: Context) -> Iterator[SshProvider]:
+def pod_provider(ctx: Context) -> Iterator[Provider]:
     """``connect`` as a context manager, for handlers written that way; the connection stays
     open for later tasks (it is the process's, closed when the pod is terminated or the run ends)."""
     _, ssh = connect(ctx)
