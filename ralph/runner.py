@@ -67,23 +67,25 @@ class RunSummary:
 
 
 def select(plan: Plan, state: RunState, *, only: int | None, start_from: int | None) -> list[Step]:
-    """The steps this run executes, in file order."""
+    """The steps this run executes, in file order.
+
+    Unfinished tasks (from ``start_from``), plus the finished ones whose pod a clean-up task has
+    since released (the work that remains needs it again), plus every clean-up task.  With no
+    work left, only clean-up tasks that did not finish run: a finished file stays finished.
+    """
     if only is not None:
         return [s for s in plan.steps if s.task.number == only]
-    redo = state.resources.released_users()
-
-    def pending(step: Step) -> bool:
-        return step.task.status not in FINISHED or step.task.number in redo
-
-    work = [
-        s
+    unfinished = {
+        s.task.number
         for s in plan.steps
-        if not _is_cleanup(s) and pending(s) and (start_from is None or s.task.number >= start_from)
-    ]
-    if not work:
+        if not _is_cleanup(s)
+        and s.task.status not in FINISHED
+        and (start_from is None or s.task.number >= start_from)
+    }
+    if not unfinished:
         return [s for s in plan.steps if _is_cleanup(s) and s.task.status not in FINISHED]
-    numbers = {s.task.number for s in work}
-    return [s for s in plan.steps if s.task.number in numbers or _is_cleanup(s)]
+    redo = state.resources.released_users()
+    return [s for s in plan.steps if s.task.number in unfinished | redo or _is_cleanup(s)]
 
 
 def _is_cleanup(step: Step) -> bool:
@@ -208,7 +210,7 @@ class Runner:
             result = self._run_handler(handler, ctx, events) or Result()
             outcome.summary, outcome.cost_usd = result.summary, result.cost_usd
             record["result"] = _result_record(result)
-            outcome.verdicts = self._verify(handler, ctx, result, self._current_task(task))
+            outcome.verdicts = self._verify(handler, ctx, result, self._current_task(task), record.get("ticked", []))
             outcome.status = _status_from(outcome.verdicts)
             if outcome.status == "FAILED":
                 unmet = [v.criterion for v in outcome.verdicts if v.evidence and v.evidence.verified is False]
@@ -227,11 +229,15 @@ class Runner:
         record.update(status=outcome.status, finished=now(), seconds=round(outcome.seconds, 3), error=outcome.error)
         if outcome.status in FINISHED:
             record["fingerprint"] = self._current_task(task).fingerprint
-        state.save()
+        # ralph ticks what was verified now, and unticks what it ticked before but no longer can.
+        verified = [v.criterion for v in outcome.verdicts if v.evidence and v.evidence.verified]
+        unverified = [v.criterion for v in outcome.verdicts if v.evidence and not v.evidence.verified]
         edits: list[Edit] = [SetStatus(task.number, outcome.status)]
-        edits += [
-            SetCheck(task.number, v.criterion, True) for v in outcome.verdicts if v.evidence and v.evidence.verified
-        ]
+        edits += [SetCheck(task.number, text, True) for text in verified]
+        edits += [SetCheck(task.number, text, False) for text in unverified if text in record.get("ticked", [])]
+        if outcome.verdicts:
+            record["ticked"] = verified
+        state.save()
         edits.append(SetResults(task.number, tuple(_results_lines(outcome))))
         self._write(edits)
         events.write("task_finished", task=task.number, status=outcome.status, seconds=outcome.seconds, error=outcome.error)
@@ -256,8 +262,12 @@ class Runner:
         except TransientError as error:
             raise TaskFailed(f"{error} (after {handler.attempts} attempts)") from error
 
-    def _verify(self, handler: Handler, ctx: Context, result: Result, task: Task) -> list[Verdict]:
-        return [Verdict(c.text, None if c.checked else _evidence(handler, ctx, result, c.text)) for c in task.criteria]
+    def _verify(self, handler: Handler, ctx: Context, result: Result, task: Task, ticked: list[str]) -> list[Verdict]:
+        """Evidence for each criterion; a box a person ticked (not ralph) counts as reviewed."""
+        return [
+            Verdict(c.text, None if c.checked and c.text not in ticked else _evidence(handler, ctx, result, c.text))
+            for c in task.criteria
+        ]
 
     def _context(self, plan: Plan, step: Step, state: RunState, events: EventLog) -> Context:
         return Context(

@@ -266,15 +266,8 @@ def assert_key_absent(key: str, *roots: Path) -> None:
                 assert key.encode() not in path.read_bytes(), path
 
 
-class RerunRedidWork(AssertionError):
-    """A second run of a finished file ran tasks again."""
-
-
 # -- the test ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.xfail(raises=RerunRedidWork, strict=True, reason=(
-    "ralph/runner.py select(): the pod's released users (tasks 1-4) are redone even when no work remains "
-    "(every task DONE or NEEDS_REVIEW), so a rerun of a finished file creates a new pod and sets it up again"))
 def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmulator, container: Container,
                                                 comfyui_server: ComfyServer) -> None:  # noqa: F811
     home = require_install()
@@ -360,8 +353,7 @@ def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmula
     outputs = files_under(project / "output")
     second = ralph_run(file)
     redone = [e["task"] for e in events(file) if e["event"] == "task_started" and e["run"] != events(file)[0]["run"]]
-    if redone:
-        raise RerunRedidWork(f"the second run ran tasks {redone} again ({emu.pods_created} pods created)")
+    assert not redone, f"the second run ran tasks {redone} again ({emu.pods_created} pods created)"
     again = file.read_text("utf-8")
     assert second.returncode == first.returncode, second.stdout + second.stderr
     assert {t.number: t.status for t in parse_file(file)[0].tasks} == status

@@ -210,3 +210,32 @@ def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-unty
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(0.02)
+
+
+def test_a_finished_file_whose_pod_was_released_is_not_run_again(tmp_path: Path) -> None:
+    project = make_project(
+        tmp_path,
+        task(1, "Create", params={"holds": "pod"}),
+        task(2, "Work on it", params={"uses": "pod"}),
+        task(3, "Terminate", handler="release", criteria=("Pod released",)),
+    )
+    assert project.run().exit_code == 0
+    before = project.file.read_bytes()
+    again = project.run()
+    assert again.outcomes == [] and again.exit_code == 0
+    assert project.file.read_bytes() == before
+    assert sum(line.startswith("task 1 ") for line in project.ledger_lines()) == 1
+
+
+def test_a_box_ralph_ticked_is_re_verified_when_its_task_runs_again_not_taken_as_a_persons(tmp_path: Path) -> None:
+    project = make_project(tmp_path, task(1, "Write", handler="shell", criteria=("`out.txt` exists",)))
+    project.file.write_text(
+        project.file.read_text().replace("- [ ] `out.txt` exists\n", "- [ ] `out.txt` exists\n\n```bash\ntouch out.txt\n```\n")
+    )
+    project.run()
+    assert parse_file(project.file)[0].tasks[0].criteria[0].checked
+    (tmp_path / "out.txt").unlink()  # the evidence is gone; the script is not run again
+    project.run(only=1)
+    task_1 = parse_file(project.file)[0].tasks[0]
+    assert task_1.status == "FAILED" and not task_1.criteria[0].checked
+    assert "✘ not met: `out.txt` exists" in project.file.read_text()

@@ -204,16 +204,19 @@ def _server(ctx: Context) -> Iterator[str]:
 
 
 def _provided_files(file: TaskFile) -> list[str] | None:
-    """The model files the setup handler is configured to place (for the lint rule)."""
+    """The files the setup handler is configured to place (models and the face reference),
+    for the lint rule on model files the workflow names but nothing provides."""
     config = load_config(file.path)
     sources = [config.params.get("comfyui.setup", {})]
     sources += [entry.params for entry in config.tasks.values() if entry.handler == "comfyui.setup"]
     names = []
     for params in sources:
-        for files in (params.get("models") or {}).values():
-            for item in files:
-                source = item.get("name") or item.get("path") or item.get("url") or ""
-                names.append(Path(str(source)).name)
+        items = [item for files in (params.get("models") or {}).values() for item in files]
+        if params.get("face_reference"):
+            items.append(params["face_reference"])
+        for item in items:
+            source = item if isinstance(item, str) else item.get("name") or item.get("path") or item.get("url") or ""
+            names.append(Path(str(source)).name)
     return names or None
 
 
