@@ -104,23 +104,39 @@ class SshProvider(Provider):
         raise AssertionError("unreachable")
 
     def _connect(self) -> paramiko.SSHClient:
+        from fabric import Config, Connection
+
         t = self.target
-        client = paramiko.SSHClient()
+        sock = socket.create_connection((t.host, t.port), timeout=self.connect_timeout)
+        # Without TCP_NODELAY each small request (channel open, SFTP stat) waits out the peer's
+        # delayed ACK: ~40 ms per round trip.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # fabric opens the connection; ralph decides its target, key and host-key policy, so
+        # the user's ~/.ssh/config is not read (it could add keys or change the user).
+        connection = Connection(
+            t.host,
+            user=t.user,
+            port=t.port,
+            connect_timeout=max(1, round(self.connect_timeout)),
+            config=Config(overrides={"load_ssh_configs": False}),
+            connect_kwargs={
+                "key_filename": str(t.key_file),
+                "sock": sock,
+                "banner_timeout": self.connect_timeout,
+                "auth_timeout": self.connect_timeout,
+                "look_for_keys": False,
+                "allow_agent": False,
+            },
+        )
+        client = connection.client
         name = t.known_hosts_name
         pinned = self.host_keys.pinned(name)
         if pinned is not None:
             # paramiko looks keys up under [host]:port; the pin may be under a pod alias.
             client.get_host_keys().add(entry_name(t.host, t.port), pinned.get_name(), pinned)
         client.set_missing_host_key_policy(_PinPolicy(self.host_keys, name))
-        sock = socket.create_connection((t.host, t.port), timeout=self.connect_timeout)
-        # Without TCP_NODELAY each small request (channel open, SFTP stat) waits out the peer's
-        # delayed ACK: ~40 ms per round trip.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            client.connect(t.host, t.port, username=t.user, key_filename=str(t.key_file), sock=sock,
-                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
-                           auth_timeout=self.connect_timeout, look_for_keys=False,
-                           allow_agent=False)
+            connection.open()
         except paramiko.BadHostKeyException as e:
             client.close()
             if pinned is None:
