@@ -151,6 +151,9 @@ class ConsoleReporter:
             self._print(f"file criteria and exit conditions: {len(verified)}/{len(summary.final)} verified")
         for verdict in verified:
             self._print(f"✔ {verdict.criterion}: " + (verdict.evidence.detail if verdict.evidence else "ticked"))
+        for o in summary.outcomes:
+            if o.files:
+                self._print(f"task {o.number} wrote: " + ", ".join(o.files))
         if summary.cost_usd:
             self._print(f"cost: ${summary.cost_usd:.4f}")
         for message in summary.unwritten:

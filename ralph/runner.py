@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Any, Iterator
+from urllib.parse import quote
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -49,6 +50,7 @@ class Outcome:
     summary: str = ""
     error: str = ""
     cost_usd: float | None = None
+    files: list[str] = field(default_factory=list)  # what the task produced (images, pictures)
     verdicts: list[Verdict] = field(default_factory=list)
 
 
@@ -208,7 +210,7 @@ class Runner:
         outcome = Outcome(task.number, task.title, "FAILED")
         try:
             result = self._run_handler(handler, ctx, events) or Result()
-            outcome.summary, outcome.cost_usd = result.summary, result.cost_usd
+            outcome.summary, outcome.cost_usd, outcome.files = result.summary, result.cost_usd, result.files
             record["result"] = _result_record(result)
             outcome.verdicts = self._verify(handler, ctx, result, self._current_task(task), record.get("ticked", []))
             outcome.status = _status_from(outcome.verdicts)
@@ -450,6 +452,8 @@ def _results_lines(outcome: Outcome) -> list[str]:
         lines.append(f"- {outcome.summary}")
     if outcome.error:
         lines.append(f"- Error: {outcome.error}")
+    if outcome.files:
+        lines.append("- Files: " + ", ".join(f"[{Path(f).name}]({quote(f)})" for f in outcome.files))
     lines += [_verdict_line(v) for v in outcome.verdicts]
     return [line.replace("\n", " ") for line in lines]
 
