@@ -252,14 +252,24 @@ class ComfyClient:
                 return None
         return "error" if entry.get("status", {}).get("status_str") == "error" else "success"
 
-    def interrupt(self, prompt_id: str) -> None:
+    def interrupt(self, prompt_id: str, *, settle_s: float = 5.0) -> None:
         """Stop ``prompt_id`` if running and drop it if queued; other prompts are untouched
-        (before v0.3.57 /interrupt is global, so it is sent only when ours is running)."""
-        if self.version() >= _TARGETED_INTERRUPT:
-            self._post("/interrupt", {"prompt_id": prompt_id})
-        elif self.find(prompt_id) == "running":
-            self._post("/interrupt", {})
-        self._post("/queue", {"delete": [prompt_id]})
+        (before v0.3.57 /interrupt is global, so it is sent only while ours is running).
+
+        A queued prompt may start between a delete and an interrupt, so both are repeated
+        until the server has it neither queued nor running (or ``settle_s`` has passed)."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            self._post("/queue", {"delete": [prompt_id]})
+            state = self.find(prompt_id)
+            if state == "running":
+                targeted = self.version() >= _TARGETED_INTERRUPT
+                self._post("/interrupt", {"prompt_id": prompt_id} if targeted else {})
+            elif state != "pending":
+                return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
 
     def upload_image(self, path: Path | str, *, subfolder: str = "", overwrite: bool = True) -> str:
         """Upload ``path`` into the server's input folder; returns the name LoadImage takes."""
