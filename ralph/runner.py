@@ -115,10 +115,12 @@ class Runner:
         self.unwritten: list[str] = []
         self.cleaning = False  # running clean-up tasks after a failure or an interrupt
         self.warned = False
+        self._latest: TaskFile | None = None  # the file as last written
 
     def run(self) -> RunSummary:
         plan = make_plan(self.path)
         directory = state_dir_for(self.path)
+        # Bad input is refused before anything is created on disk (not even the lock)...
         chosen = select(plan, RunState(directory), only=self.only, start_from=self.start_from)
         errors = [p for s in chosen for p in s.problems if p.severity == "error"]
         if errors:
@@ -127,7 +129,8 @@ class Runner:
             raise RalphError(first.message + more, self.path, first.line)
         lock = RunLock(directory, self.path)
         lock.acquire()
-        state = RunState(directory)
+        state = RunState(directory)  # ...and the plan is made again from the state the lock protects
+        chosen = select(plan, state, only=self.only, start_from=self.start_from)
         events = EventLog(directory, self.run_id)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         run = RunInfo(plan.file, state.resources, self.path.resolve().parent, directory, self.run_id, self.reporter, events)
@@ -367,8 +370,6 @@ class Runner:
             self._write([])
             if self.pending_edits:
                 self.unwritten += [f"{e!r}" for e in self.pending_edits]
-
-    _latest: TaskFile | None = None
 
     def _current(self, fallback: TaskFile) -> TaskFile:
         return self._latest or fallback
