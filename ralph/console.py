@@ -136,7 +136,7 @@ class ConsoleReporter:
             note = o.error or o.summary
             reviews = sum(1 for v in o.verdicts if v.evidence and v.evidence.verified is None)
             if reviews:
-                note = (note + "; " if note else "") + f"{reviews} criteria to review"
+                note = (note + "; " if note else "") + f"{reviews} {'criterion' if reviews == 1 else 'criteria'} to review"
             table.add_row(
                 str(o.number),
                 escape(o.title),
