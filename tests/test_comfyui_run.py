@@ -130,3 +130,18 @@ def test_the_node_list_infers_the_templates_parameter_names() -> None:
     prompts = {k: v.text for k, v in task.prompts.items()}
     assert infer_parameters(flow.graph, prompts) == template["parameters"]
 
+
+
+@pytest.mark.slow
+def test_check_uses_the_schemas_the_live_server_gave_last_time(
+    tmp_path: Path, comfyui_server: ComfyServer  # noqa: F811
+) -> None:
+    project = _example_project(tmp_path, {"server": comfyui_server.url, "overrides": TINY})
+    assert project.cli("run", "--only", "3", project.file.name).returncode == 0
+    cache = tmp_path / ".ralph" / project.file.stem / "object_info.json"
+    live = json.loads(cache.read_text())
+    assert "RalphSleep" in live, "the cache is the live server's, with its test-only nodes"
+    text = project.file.read_text(encoding="utf-8").replace("Node 13: VAEDecode", "Node 13: RalphSleep")
+    project.file.write_text(text, encoding="utf-8")
+    check = project.cli("check", project.file.name)
+    assert "unknown node type" not in check.stdout, "RalphSleep is known from the cached schemas"

@@ -27,6 +27,7 @@ from ralph.handler import (
 )
 from ralph.handlers.comfyui import workflow as wf
 from ralph.model import Task, TaskFile
+from ralph.state import state_dir_for
 
 if TYPE_CHECKING:  # httpx and websockets load when a workflow runs, not for `ralph check`
     from ralph.handlers.comfyui.client import ComfyClient
@@ -60,7 +61,7 @@ class ComfyRun(Handler):
     }
 
     def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
-        flow = wf.build(file, task, params, wf.snapshot_schemas(), _provided_files(file))
+        flow = wf.build(file, task, params, wf.snapshot_schemas(state_dir_for(file.path)), _provided_files(file))
         return [_as_problem(p, flow.fallback_line, params["strict_lint"]) for p in flow.problems]
 
     def run(self, ctx: Context) -> Result:
@@ -68,9 +69,11 @@ class ComfyRun(Handler):
 
         with _server(ctx) as url, ComfyClient(url, stall_timeout=ctx.params["stall_timeout"]) as client:
             try:
-                schemas = wf.live_schemas(client.object_info())
+                object_info = client.object_info()
+                schemas = wf.live_schemas(object_info)
             except (ComfyError, OSError) as error:
                 raise TransientError(f"ComfyUI at {url} did not answer: {error}") from error
+            wf.cache_schemas(object_info, ctx.state_dir)  # `ralph check` validates against it next time
             flow = wf.build(ctx.file, ctx.task, ctx.params, schemas, _provided_files(ctx.file))
             errors = [p for p in flow.problems if p.is_error or (ctx.params["strict_lint"] and p.severity == "warning")]
             if errors:

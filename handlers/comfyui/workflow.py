@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from ralph.handlers.comfyui.compile import LineMap, PromptText, compile_workflow
@@ -70,11 +71,26 @@ class Workflow:
         return variants
 
 
-def snapshot_schemas() -> dict[str, NodeSchema]:
-    """Node schemas shipped with ralph, for checking a workflow with no server at hand."""
-    path = resources.files("ralph.workflows").joinpath("object_info.json")
+CACHE_NAME = "object_info.json"  # the last live server's schemas, in the task file's state folder
+
+
+def snapshot_schemas(cache_dir: Path | None = None) -> dict[str, NodeSchema]:
+    """Node schemas for checking a workflow with no server at hand: those a live server gave
+    last time (cached in ``cache_dir``), else the snapshot shipped with ralph.  Their file
+    lists are not trusted: a new pod may hold other files."""
+    cached = cache_dir / CACHE_NAME if cache_dir else None
+    if cached is not None and cached.is_file():
+        return load_object_info(cached, files_listed=False)
+    path = resources.files("ralph.workflows").joinpath(CACHE_NAME)
     with resources.as_file(path) as real:
         return load_object_info(real, files_listed=False)
+
+
+def cache_schemas(object_info: dict[str, Any], cache_dir: Path) -> None:
+    from ralph.textfile import write_atomically
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(cache_dir / CACHE_NAME, json.dumps(object_info).encode("utf-8"))
 
 
 def live_schemas(object_info: dict[str, Any]) -> dict[str, NodeSchema]:
