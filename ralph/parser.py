@@ -377,11 +377,6 @@ def _inside(line: int, span: tuple[int, int] | None) -> bool:
     return span is not None and span[0] <= line <= span[1]
 
 
-def source_lines(text: Text, start: int, stop: int) -> list[str]:
-    """Lines ``start..stop`` (1-based, inclusive) of the file."""
-    return text.lines[start - 1 : stop]
-
-
 def task_yaml(task: Task) -> tuple[dict[str, Any], dict[str, int]] | None:
     """The task's fenced ``yaml`` block as a mapping, with the file line of each key."""
     block = task.code("yaml", "yml")

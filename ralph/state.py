@@ -123,11 +123,6 @@ class Resources:
         """Tasks that held or used a resource that has since been released."""
         return {user for entry in self._data.values() if entry.get("released") for user in entry["users"]}
 
-    def forget_released(self) -> None:
-        for name in [n for n, e in self._data.items() if e.get("released")]:
-            del self._data[name]
-        self._state.save()
-
 
 class EventLog:
     def __init__(self, directory: Path, run_id: str) -> None:

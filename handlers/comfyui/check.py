@@ -24,18 +24,39 @@ class Checked(NamedTuple):
         return not any(p.is_error for p in self.problems)
 
 
+class CompiledList(NamedTuple):
+    graph: dict
+    problems: list[Problem]  # parse and compile findings, in file order
+    line_of: LineMap
+    has_nodes: bool
+
+
+def compile_node_list(text: str, first_line: int, schemas: Mapping[str, NodeSchema],
+                      prompts: Mapping[str, PromptText | tuple | str] | None = None) -> CompiledList:
+    """Parse and compile one node-list code block (no validation yet: overrides may follow)."""
+    parsed = parse_node_list(text, first_line)
+    compiled = compile_workflow(parsed.nodes, schemas, prompts)
+    problems = sorted(parsed.problems + compiled.problems, key=_by_line)
+    return CompiledList(compiled.graph, problems, compiled.line_of, bool(parsed.nodes))
+
+
+def check_graph(graph: dict, schemas: Mapping[str, NodeSchema], line_of: LineMap | None = None, *,
+                provided_files: Collection[str] | None = None, family: str | None = None) -> list[Problem]:
+    """Validation errors, then lint findings, each group in file order."""
+    found = sorted(validate(graph, schemas, line_of), key=_by_line)
+    return found + sorted(lint(graph, schemas, line_of, provided_files=provided_files, family=family), key=_by_line)
+
+
 def check_node_list(text: str, first_line: int, schemas: Mapping[str, NodeSchema],
                     prompts: Mapping[str, PromptText | tuple | str] | None = None, *,
                     provided_files: Collection[str] | None = None, family: str | None = None) -> Checked:
     """Parse, compile, validate and lint one node-list code block."""
-    parsed = parse_node_list(text, first_line)
-    compiled = compile_workflow(parsed.nodes, schemas, prompts)
-    found: list[Problem] = []
-    if parsed.nodes:  # with none, the parser has said so on the block's line already
-        found = validate(compiled.graph, schemas, compiled.line_of)
-        found += lint(compiled.graph, schemas, compiled.line_of, provided_files=provided_files, family=family)
-    ordered = sorted(parsed.problems + compiled.problems, key=_by_line) + sorted(found, key=_by_line)
-    return Checked(compiled.graph, ordered, compiled.line_of)
+    compiled = compile_node_list(text, first_line, schemas, prompts)
+    problems = list(compiled.problems)
+    if compiled.has_nodes:  # with none, the parser has said so on the block's line already
+        problems += check_graph(compiled.graph, schemas, compiled.line_of,
+                                provided_files=provided_files, family=family)
+    return Checked(compiled.graph, problems, compiled.line_of)
 
 
 def _by_line(problem: Problem) -> int:

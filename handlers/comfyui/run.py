@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,8 +102,6 @@ class ComfyRun(Handler):
             return list(record["images"])  # finished in an earlier run
         if record.get("graph") != wf.graph_digest(variant.graph):
             record = {"prompt_id": None, "graph": wf.graph_digest(variant.graph)}
-        import uuid
-
         record["prompt_id"] = record.get("prompt_id") or str(uuid.uuid4())
         done[variant.label] = record
         ctx.memory["variants"] = done  # saved before submitting: a resume finds this prompt
@@ -170,8 +170,6 @@ class ComfyRun(Handler):
 
 
 def _named_folder(text: str) -> str | None:
-    import re
-
     found = re.search(r"`?((?:output/)?[\w.-]+(?:/[\w.-]+)*/)`?", text)
     if not found:
         return None

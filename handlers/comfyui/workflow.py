@@ -15,14 +15,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ralph.handlers.comfyui.compile import LineMap, PromptText, compile_workflow
-from ralph.handlers.comfyui.lint import lint
-from ralph.handlers.comfyui.nodelist import parse_node_list
+from ralph.handlers.comfyui.check import check_graph, compile_node_list
+from ralph.handlers.comfyui.compile import LineMap, PromptText
 from ralph.handlers.comfyui.parameters import infer_parameters
 from ralph.handlers.comfyui.problem import Problem
 from ralph.handlers.comfyui.schema import NodeSchema, load_object_info, schemas_from_object_info
 from ralph.handlers.comfyui.template import apply_overrides, load_template
-from ralph.handlers.comfyui.validate import validate
 from ralph.model import Task, TaskFile
 
 NODE_LINE = re.compile(r"^\s*Node\s+\d+\s*:", re.M)
@@ -136,22 +134,17 @@ def build(
         if found is None:
             return Workflow({}, {}, [_problem(task.line, "no workflow: write a node list (Node 1: …) or set template")])
         prompts = {key: PromptText(item.text, item.line) for key, item in task.prompts.items()}
-        parsed = parse_node_list(*found)
-        compiled = compile_workflow(parsed.nodes, schemas, prompts)
-        graph, line_of = compiled.graph, compiled.line_of
-        problems = sorted(parsed.problems + compiled.problems, key=lambda p: p.line or 0)
+        compiled = compile_node_list(*found, schemas, prompts)
+        graph, problems, line_of = compiled.graph, list(compiled.problems), compiled.line_of
         parameters = infer_parameters(graph, {key: item.text for key, item in task.prompts.items()})
-        if any(p.is_error for p in problems) or not parsed.nodes:
+        if any(p.is_error for p in problems) or not compiled.has_nodes:
             return Workflow(graph, parameters, problems, line_of, fallback)
     try:
         graph = apply_overrides({"prompt": graph, "parameters": parameters}, params.get("overrides") or {})
     except KeyError as error:
         return Workflow(graph, parameters, problems + [_problem(fallback, str(error.args[0]))], line_of, fallback)
     # Checked once, after the overrides: what runs is what is checked.
-    problems += sorted(validate(graph, schemas, line_of), key=lambda p: p.line or 0)
-    problems += sorted(
-        lint(graph, schemas, line_of, provided_files=provided_files, family=family), key=lambda p: p.line or 0
-    )
+    problems += check_graph(graph, schemas, line_of, provided_files=provided_files, family=family)
     for name in list(params.get("sweep") or {}) + (["seed"] if params.get("seeds") else []):
         if name not in parameters and "." not in name:
             problems.append(_problem(fallback, f"sweep: unknown workflow parameter {name!r}; known: {', '.join(sorted(parameters))}"))

@@ -25,7 +25,7 @@ from ralph.handlers.pods import deadman
 
 if TYPE_CHECKING:  # paramiko and cryptography load when a pod is used, not when a handler is
     from ralph.handlers.pods.provider import Provider
-    from ralph.handlers.pods.ssh import SshProvider, SshTarget
+    from ralph.handlers.pods.ssh import SshTarget
 
 RESOURCE = "pod"
 

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import paramiko
 
@@ -219,38 +219,36 @@ def _dropped(ssh: "SshProvider", e: BaseException) -> bool:
 
 def _sftp_put(ssh: "SshProvider", local: Path, part: str, size: int, offset: int,
               progress: Progress | None, bwlimit: int | None) -> int:
-    throttle = _Throttle(bwlimit)
-    done = offset
-    try:
-        sftp = ssh.sftp()
-        with local.open("rb") as src, sftp.open(part, "r+b" if offset else "wb") as dst:
-            dst.set_pipelined(True)  # acks are collected lazily instead of one round trip per 32 KiB
-            src.seek(offset)
-            dst.seek(offset)
-            while chunk := src.read(CHUNK):
-                dst.write(chunk)
-                done += len(chunk)
-                throttle(len(chunk))
-                if progress:
-                    progress(done, size)
-    except (EOFError, OSError, paramiko.SSHException) as e:
-        if not _dropped(ssh, e):
-            raise
-        ssh.close()
-        raise TransferInterrupted(f"SFTP upload interrupted at a connection drop: {e}",
-                                  done - offset) from e
-    return size - offset
+    def open_ends(sftp: paramiko.SFTPClient) -> tuple[Any, Any]:
+        src, dst = local.open("rb"), sftp.open(part, "r+b" if offset else "wb")
+        dst.set_pipelined(True)  # acks are collected lazily instead of one round trip per 32 KiB
+        src.seek(offset)
+        dst.seek(offset)
+        return src, dst
+
+    return _sftp_copy(ssh, open_ends, "upload", size, offset, progress, bwlimit)
 
 
 def _sftp_get(ssh: "SshProvider", remote: str, part: Path, size: int, offset: int,
               progress: Progress | None, bwlimit: int | None) -> int:
+    def open_ends(sftp: paramiko.SFTPClient) -> tuple[Any, Any]:
+        src, dst = sftp.open(remote, "rb"), part.open("ab")
+        src.seek(offset)
+        src.prefetch(size)  # many reads in flight: the download mirror of pipelining
+        return src, dst
+
+    return _sftp_copy(ssh, open_ends, "download", size, offset, progress, bwlimit)
+
+
+def _sftp_copy(ssh: "SshProvider", open_ends: Callable[[paramiko.SFTPClient], tuple[Any, Any]], what: str,
+               size: int, offset: int, progress: Progress | None, bwlimit: int | None) -> int:
+    """Copy the rest of the file between the two ends ``open_ends`` gives, both already at
+    ``offset``; a dropped connection becomes TransferInterrupted with the bytes that arrived."""
     throttle = _Throttle(bwlimit)
     done = offset
     try:
-        sftp = ssh.sftp()
-        with sftp.open(remote, "rb") as src, part.open("ab") as dst:
-            src.seek(offset)
-            src.prefetch(size)  # many reads in flight: the download mirror of pipelining
+        src, dst = open_ends(ssh.sftp())
+        with src, dst:
             while chunk := src.read(CHUNK):
                 dst.write(chunk)
                 done += len(chunk)
@@ -261,8 +259,7 @@ def _sftp_get(ssh: "SshProvider", remote: str, part: Path, size: int, offset: in
         if not _dropped(ssh, e):
             raise
         ssh.close()
-        raise TransferInterrupted(f"SFTP download interrupted at a connection drop: {e}",
-                                  done - offset) from e
+        raise TransferInterrupted(f"SFTP {what} interrupted at a connection drop: {e}", done - offset) from e
     return size - offset
 
 
