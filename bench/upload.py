@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ralph.handlers.pods.ssh import SshProvider, SshTarget  # noqa: E402
+from ralph.handlers.machines.ssh import SshMachine, SshTarget  # noqa: E402
 from tests.far.sshd import start_sshd  # noqa: E402
 
 MiB = 1 << 20
@@ -60,7 +60,7 @@ def main() -> None:
     try:
         src = work / "model.safetensors"
         _random_file(src, size)
-        ssh = SshProvider(SshTarget(server.host, server.port, server.client_key),
+        ssh = SshMachine(SshTarget(server.host, server.port, server.client_key),
                           known_hosts=work / "state" / "known_hosts")
         ssh.run("true")  # pins the host key
         # The references use OpenSSH's defaults, with only the key and the pinned host key.

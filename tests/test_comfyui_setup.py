@@ -33,9 +33,9 @@ from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, criterion
 from ralph.handlers.comfyui import setup
-from ralph.handlers.pods import session
-from ralph.handlers.pods.ssh import SshProvider, SshTarget
-from ralph.handlers.pods.tunnel import forward
+from ralph.handlers.machines import session
+from ralph.handlers.machines.ssh import SshMachine, SshTarget
+from ralph.handlers.machines.tunnel import forward
 from ralph.parser import parse_file
 from ralph.plan import make_plan
 from ralph.runner import Runner, RunSummary
@@ -77,7 +77,7 @@ class HoldPod(Handler):
     """Test stand-in for runpod.create: holds the given sshd as the run's pod."""
 
     name = "hold"
-    params = {"pod": Param(dict, help="a PodHandle as a resource")}
+    params = {"pod": Param(dict, help="a MachineHandle as a resource")}
 
     def run(self, ctx: Context) -> Result:
         ctx.hold(session.RESOURCE, ctx.params["pod"])
@@ -143,7 +143,7 @@ class Pod:
     root: Path
     workspace: Path
     port: int
-    handle: session.PodHandle
+    handle: session.MachineHandle
     file: Path = field(init=False)
     output: str = ""
 
@@ -177,8 +177,8 @@ class Pod:
     def status(self) -> str:
         return parse_file(self.file)[0].task(2).status
 
-    def provider(self) -> SshProvider:
-        return SshProvider(SshTarget(self.sshd.host, self.sshd.port, self.sshd.client_key, user=self.sshd.user),
+    def provider(self) -> SshMachine:
+        return SshMachine(SshTarget(self.sshd.host, self.sshd.port, self.sshd.client_key, user=self.sshd.user),
                            known_hosts=self.root / "kh-test")
 
 
@@ -190,7 +190,7 @@ def verdicts(summary: RunSummary) -> dict[str, Evidence]:
 @pytest.fixture
 def pod(sshd: SshServer, tmp_path: Path) -> Iterator[Pod]:
     workspace = sshd.start_dir / "workspace"
-    handle = session.PodHandle(
+    handle = session.MachineHandle(
         id="pod-setup-test", name="ralph-test", host=sshd.host, port=sshd.port, user=sshd.user,
         key_file=str(sshd.client_key), known_hosts=str(tmp_path / "known_hosts"), workspace=str(sshd.start_dir),
         state_base=str(sshd.start_dir / "deadman"), heartbeat_interval_s=30.0)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ralph.handlers.pods import deadman, session
-from ralph.handlers.pods.runpod_api import RunPodAPI
+from ralph.handlers.machines import session
+from ralph.handlers.runpod import deadman
+from ralph.handlers.runpod.api import RunPodAPI
 from tests.far.runpod_emulator import RunPodEmulator
 from tests.test_pod_handlers import A5000, emu, wait_for  # noqa: F401 (emu is a fixture)
 
@@ -55,7 +56,7 @@ def test_heartbeats_keep_the_pod_and_their_silence_kills_it(emu: RunPodEmulator,
     pod_id = create(api, deadman.Switch(heartbeat_timeout_s=2, grace_s=2, max_lifetime_s=600, state_base=base),
                     env={"PUBLIC_KEY": session.public_key(key)})
     ssh = wait_for(lambda: api.get_pod(pod_id).ssh)
-    handle = session.PodHandle(id=pod_id, name="t", host=ssh.host, port=ssh.port, user=ssh.user, key_file=str(key),
+    handle = session.MachineHandle(id=pod_id, name="t", host=ssh.host, port=ssh.port, user=ssh.user, key_file=str(key),
                                known_hosts=str(tmp_path / "known_hosts"), workspace="", state_base=base,
                                heartbeat_interval_s=0.5)
     beat = session.Heartbeat(handle)

@@ -21,7 +21,7 @@ from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, criterion
 from ralph.handlers.images import face
-from ralph.handlers.pods.local import LocalProvider
+from ralph.handlers.machines.local import LocalMachine
 from ralph.parser import parse_file
 from ralph.registry import Registry
 from ralph.runner import Runner, RunSummary
@@ -88,7 +88,7 @@ class Generate(Handler):
                 }
             )
         if ctx.params["hold_pod"]:
-            ctx.hold("pod", ctx.params["hold_pod"])
+            ctx.hold("machine", ctx.params["hold_pod"])
         return Result(
             summary=f"{len(images)} image(s)",
             data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD},
@@ -196,7 +196,7 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     assert "output/runpod-quality-tests/refined_00001_.png" in crit(four, "Image téléchargée").detail
     assert "ratio 0.3" in crit(four, "Comparaison visuelle").detail
     face_evidence = crit(four, "Qualité visage")
-    assert face_evidence.verified is None and "no pod is running" in face_evidence.detail
+    assert face_evidence.verified is None and "no machine is held" in face_evidence.detail
 
     data = project.result(4)["data"]
     copy = project.root / data["images"][0]["path"]
@@ -305,13 +305,13 @@ def fake_insightface(site: Path) -> None:
 
 
 def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
-    """The pod is a LocalProvider here; see the sshd test below for the real route."""
+    """The pod is a LocalMachine here; see the sshd test below for the real route."""
     pod = tmp_path / "pod"
     fake_insightface(pod / "site")
     save(pod / "ref.png", scene(seed=3))
     local = [save(tmp_path / "same.png", scene(seed=3)), save(tmp_path / "other.png", scene(seed=9)[::-1].copy()),
              save(tmp_path / "black.png", np.zeros((512, 384, 3), np.uint8))]
-    with LocalProvider(pod, hash_cache=tmp_path / "cache.json") as provider:
+    with LocalMachine(pod, hash_cache=tmp_path / "cache.json") as provider:
         placed = face.upload_images(provider, local, "faces")
         named = {Path(k).name: v for k, v in placed.items()}
         env = {"PYTHONPATH": str(pod / "site")}
@@ -347,7 +347,7 @@ def test_copying_never_overwrites_a_different_file_of_the_same_name(tmp_path: Pa
 def test_face_identity_is_measured_on_the_held_pod_over_ssh(tmp_path: Path, sshd: Any) -> None:
     """The whole route: a held pod resource, pods/session's SSH connection to a real sshd,
     images uploaded, the script run by the pod's Python (with the stand-in insightface)."""
-    from ralph.handlers.pods import session
+    from ralph.handlers.machines import session
 
     pod_dir = sshd.start_dir
     fake_insightface(pod_dir / "site")
@@ -355,7 +355,7 @@ def test_face_identity_is_measured_on_the_held_pod_over_ssh(tmp_path: Path, sshd
     python = pod_dir / "python-with-insightface"
     python.write_text(f'#!/bin/sh\nPYTHONPATH={pod_dir / "site"} exec {sys.executable} "$@"\n')
     python.chmod(0o755)
-    handle = session.PodHandle(
+    handle = session.MachineHandle(
         id="pod-ssh-test", name="ralph-test", host=sshd.host, port=sshd.port, user=sshd.user,
         key_file=str(sshd.client_key), known_hosts=str(tmp_path / "known_hosts"), workspace=str(pod_dir),
         state_base=str(pod_dir / "deadman"), heartbeat_interval_s=30.0, gpu="NVIDIA RTX A5000", cost_per_hr=0.27,
@@ -374,7 +374,7 @@ def test_face_identity_is_measured_on_the_held_pod_over_ssh(tmp_path: Path, sshd
     assert (pod_dir / "faces" / "refined_00001_.png").is_file(), "the image went to the pod"
     assert {t.number: t.status for t in project.parsed().tasks}[4] == "DONE"
     state = json.loads((project.root / ".ralph" / project.file.stem / "state.json").read_text("utf-8"))
-    assert 4 in state["resources"]["pod"]["users"], "the evaluation is recorded as a user of the pod"
+    assert 4 in state["resources"]["machine"]["users"], "the evaluation is recorded as a user of the pod"
 
 
 def test_an_images_parameter_takes_globs_instead_of_the_earlier_task(tmp_path: Path) -> None:

@@ -24,8 +24,8 @@ import yaml
 from rich.console import Console
 
 from ralph.console import ConsoleReporter
-from ralph.handlers.pods import reaper
-from ralph.handlers.pods.runpod_api import RunPodAPI
+from ralph.handlers.runpod import reaper
+from ralph.handlers.runpod.api import RunPodAPI
 from ralph.parser import parse_file
 from ralph.runner import Runner, RunSummary
 from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_runpod
@@ -216,7 +216,7 @@ def test_a_terminate_acknowledged_but_not_done_fails_unticked_and_the_next_run_f
     assert "still exists" in file.read_text() and "acknowledged terminate" in file.read_text()
     [pod] = emu.all_pods
     assert not pod.terminated and pod.terminate_requests >= 1
-    assert state(file)["resources"]["pod"].get("released") is None  # not released without confirmation
+    assert state(file)["resources"]["machine"].get("released") is None  # not released without confirmation
     emu.ignore_terminations(0)
     summary, output = run(file)
     assert statuses(file)[5] == "DONE" and all(ticked(file, 5)) and emu.live_pods() == [], output

@@ -1,4 +1,4 @@
-"""Providers against real machines: this one (LocalProvider) and a real sshd (SshProvider)."""
+"""Providers against real machines: this one (LocalMachine) and a real sshd (SshMachine)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.far.sshd import SshServer, keygen, start_sshd
-from ralph.handlers.pods import remote_shell
-from ralph.handlers.pods.hostkeys import HostKeyChanged, HostKeyStore
-from ralph.handlers.pods.local import LocalProvider
-from ralph.handlers.pods.provider import CommandFailed, CommandTimeout, Provider
-from ralph.handlers.pods.ssh import ConnectionLost, SshProvider, SshTarget
+from ralph.handlers.machines import remote_shell
+from ralph.handlers.machines.hostkeys import HostKeyChanged, HostKeyStore
+from ralph.handlers.machines.local import LocalMachine
+from ralph.handlers.machines.base import CommandFailed, CommandTimeout, Machine
+from ralph.handlers.machines.ssh import ConnectionLost, SshMachine, SshTarget
 
 # Each would run a command or split words if anything interpreted it.
 NASTY = [
@@ -31,17 +31,17 @@ NASTY = [
 ]
 
 
-def ssh_provider(server: SshServer, state: Path, **target) -> SshProvider:
-    return SshProvider(SshTarget(server.host, server.port, server.client_key, user=server.user, **target),
+def ssh_provider(server: SshServer, state: Path, **target) -> SshMachine:
+    return SshMachine(SshTarget(server.host, server.port, server.client_key, user=server.user, **target),
                        known_hosts=state / "known_hosts")
 
 
 @pytest.fixture(params=["local", "ssh"])
-def machine(request, tmp_path: Path) -> tuple[Provider, Path]:
+def machine(request, tmp_path: Path) -> tuple[Machine, Path]:
     """Each provider with the local directory its commands start in."""
     if request.param == "local":
         root = tmp_path / "root"
-        with LocalProvider(root, hash_cache=tmp_path / "state" / "cache.json") as p:
+        with LocalMachine(root, hash_cache=tmp_path / "state" / "cache.json") as p:
             yield p, root
         return
     server = start_sshd(tmp_path / "sshd")
@@ -93,7 +93,7 @@ def test_file_info(machine) -> None:
 
 
 def test_local_paths_stay_under_root(tmp_path: Path) -> None:
-    p = LocalProvider(tmp_path / "root", hash_cache=tmp_path / "c.json")
+    p = LocalMachine(tmp_path / "root", hash_cache=tmp_path / "c.json")
     with pytest.raises(ValueError):
         p.path("../outside")
 
@@ -166,7 +166,7 @@ def test_pod_alias_pins_by_name_and_openssh_accepts_it(sshd: SshServer, tmp_path
 
 
 def test_local_put_get_resume_and_skip(tmp_path: Path) -> None:
-    p = LocalProvider(tmp_path / "root", hash_cache=tmp_path / "c.json")
+    p = LocalMachine(tmp_path / "root", hash_cache=tmp_path / "c.json")
     src = tmp_path / "w.bin"
     src.write_bytes(bytes(range(256)) * 4096)
     (tmp_path / "root" / "in").mkdir()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ralph.handlers.pods import reaper
-from ralph.handlers.pods.runpod_api import RunPodAPI
+from ralph.handlers.runpod import reaper
+from ralph.handlers.runpod.api import RunPodAPI
 from ralph.state import RunLock
 from tests.far.runpod_emulator import RunPodEmulator, emulated_runpod
 from tests.test_pod_handlers import A5000, fast_params, pod_project, run, statuses

@@ -15,7 +15,7 @@ import runpod
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ralph.handlers.pods.runpod_api import (
+from ralph.handlers.runpod.api import (
     SDK_VERSION,
     APIError,
     AuthError,

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests.far.sshd import SshServer, start_sshd
-from ralph.handlers.pods import transfer
-from ralph.handlers.pods.ssh import SshProvider, SshTarget
-from ralph.handlers.pods.transfer import TransferInterrupted
+from ralph.handlers.machines import transfer
+from ralph.handlers.machines.ssh import SshMachine, SshTarget
+from ralph.handlers.machines.transfer import TransferInterrupted
 
 MiB = 1 << 20
 
 
-def _provider(server: SshServer, state: Path) -> SshProvider:
-    return SshProvider(SshTarget(server.host, server.port, server.client_key),
+def _provider(server: SshServer, state: Path) -> SshMachine:
+    return SshMachine(SshTarget(server.host, server.port, server.client_key),
                        known_hosts=state / "known_hosts")
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ralph.handlers.pods.local import LocalProvider
-from ralph.handlers.pods.ssh import SshProvider, SshTarget
-from ralph.handlers.pods.tunnel import Tunnel, TunnelError, forward
+from ralph.handlers.machines.local import LocalMachine
+from ralph.handlers.machines.ssh import SshMachine, SshTarget
+from ralph.handlers.machines.tunnel import Tunnel, TunnelError, forward
 from tests.far.sshd import SshServer
 
 
@@ -67,8 +67,8 @@ def http_server() -> Iterator[int]:
 
 
 @pytest.fixture
-def ssh(sshd: SshServer, tmp_path: Path) -> Iterator[SshProvider]:
-    provider = SshProvider(SshTarget(sshd.host, sshd.port, sshd.client_key, user=sshd.user),
+def ssh(sshd: SshServer, tmp_path: Path) -> Iterator[SshMachine]:
+    provider = SshMachine(SshTarget(sshd.host, sshd.port, sshd.client_key, user=sshd.user),
                            known_hosts=tmp_path / "state" / "known_hosts", connect_attempts=1,
                            connect_timeout=5)
     yield provider
@@ -79,7 +79,7 @@ def _thread_names(port: int) -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith(f"tunnel-{port}")]
 
 
-def test_http_through_the_tunnel_both_ways(ssh: SshProvider, http_server: int) -> None:
+def test_http_through_the_tunnel_both_ways(ssh: SshMachine, http_server: int) -> None:
     body = os.urandom(3 * 1024 * 1024 + 17)  # bigger than one SSH window's worth of packets
     with forward(ssh, remote_port=http_server) as tunnel:
         assert isinstance(tunnel, Tunnel) and tunnel.port != http_server
@@ -106,7 +106,7 @@ def test_http_through_the_tunnel_both_ways(ssh: SshProvider, http_server: int) -
         socket.create_connection(("127.0.0.1", port), timeout=1)
 
 
-def test_close_cuts_a_long_lived_stream(ssh: SshProvider, http_server: int) -> None:
+def test_close_cuts_a_long_lived_stream(ssh: SshMachine, http_server: int) -> None:
     with forward(ssh, remote_port=http_server) as tunnel:
         sock = socket.create_connection(("127.0.0.1", tunnel.port), timeout=5)
         sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -125,7 +125,7 @@ def test_close_cuts_a_long_lived_stream(ssh: SshProvider, http_server: int) -> N
 
 
 def test_dropped_ssh_connection_cuts_streams_with_a_clear_error_and_reconnects(
-        ssh: SshProvider, sshd: SshServer, http_server: int) -> None:
+        ssh: SshMachine, sshd: SshServer, http_server: int) -> None:
     with forward(ssh, remote_port=http_server) as tunnel:
         stream = socket.create_connection(("127.0.0.1", tunnel.port), timeout=10)
         stream.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -151,7 +151,7 @@ def test_dropped_ssh_connection_cuts_streams_with_a_clear_error_and_reconnects(
         assert httpx.get(f"{tunnel.url}/hello", timeout=10).json() == {"hello": "pod"}
 
 
-def test_ssh_server_gone_and_far_port_closed_are_named(ssh: SshProvider, sshd: SshServer,
+def test_ssh_server_gone_and_far_port_closed_are_named(ssh: SshMachine, sshd: SshServer,
                                                         http_server: int) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -171,7 +171,7 @@ def test_ssh_server_gone_and_far_port_closed_are_named(ssh: SshProvider, sshd: S
 
 
 def test_local_machine_needs_no_tunnel(tmp_path: Path, http_server: int) -> None:
-    local = LocalProvider(tmp_path / "root", hash_cache=tmp_path / "cache.json")
+    local = LocalMachine(tmp_path / "root", hash_cache=tmp_path / "cache.json")
     with forward(local, remote_port=http_server) as direct:
         assert direct.port == http_server
         assert httpx.get(f"{direct.url}/hello").json() == {"hello": "pod"}

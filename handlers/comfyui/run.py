@@ -197,7 +197,7 @@ def _server(ctx: Context) -> Iterator[str]:
         yield ctx.params["server"].rstrip("/")
         return
     try:
-        from ralph.handlers.pods.session import comfyui_url
+        from ralph.handlers.machines.session import comfyui_url
     except ImportError:
         raise TaskBlocked("no ComfyUI server: set the `server` parameter (pods are not available here)") from None
     with comfyui_url(ctx) as url:

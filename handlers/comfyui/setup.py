@@ -35,8 +35,8 @@ from urllib.parse import unquote, urlparse
 from ralph.context import Context
 from ralph.handler import (Evidence, Handler, Param, Problem, Result, TaskBlocked, TaskFailed,
                            TransientError, criterion)
-from ralph.handlers.pods import remote_shell
-from ralph.handlers.pods.provider import (CommandFailed, CommandTimeout, Provider, ProviderError,
+from ralph.handlers.machines import remote_shell
+from ralph.handlers.machines.base import (CommandFailed, CommandTimeout, Machine, MachineError,
                                           TransferFailed)
 from ralph.model import Task, TaskFile
 
@@ -159,9 +159,9 @@ def version_at_least(version: str, minimum: str) -> bool:
 
 
 # -- the machine ----------------------------------------------------------------------------------
-def machine(ctx: Context) -> Provider:
+def machine(ctx: Context) -> Machine:
     """The machine the task sets up: the pod this run holds (its connection is the session's)."""
-    from ralph.handlers.pods import session
+    from ralph.handlers.machines import session
 
     _, provider = session.connect(ctx)
     return provider
@@ -169,14 +169,14 @@ def machine(ctx: Context) -> Provider:
 
 def _workspace(ctx: Context) -> str:
     """The ``workspace`` parameter, else the machine's own (a pod's /workspace, a local folder)."""
-    from ralph.handlers.pods import session
+    from ralph.handlers.machines import session
 
     handle = session.held(ctx)
     chosen = ctx.params["workspace"] or (handle.workspace if handle else "") or "/workspace"
     return chosen.rstrip("/") or "/"
 
 
-def _sh(provider: Provider, script: str, *, timeout: float | None = 120, check: bool = True,
+def _sh(provider: Machine, script: str, *, timeout: float | None = 120, check: bool = True,
         **values: str | int) -> str:
     """Run ``script`` with ``values`` as quoted shell variables (names never reach the shell raw)."""
     assign = "".join(f"{k}={remote_shell.quote(v)}; " for k, v in values.items())
@@ -190,7 +190,7 @@ def digest(params: dict[str, Any]) -> str:
 class Markers:
     """The steps' "done" markers in one folder on the machine, read in one round trip."""
 
-    def __init__(self, provider: Provider, folder: str):
+    def __init__(self, provider: Machine, folder: str):
         self.provider, self.folder = provider, folder
         out = _sh(provider, 'for m in "$d"/*.json; do [ -f "$m" ] && { printf "%s\\t" "${m##*/}"; '
                             'tr -d "\\n" < "$m"; echo; }; done; true', d=folder)
@@ -244,7 +244,7 @@ class Layout:
 
 
 # -- steps ------------------------------------------------------------------------------------------
-def install_comfyui(provider: Provider, layout: Layout, markers: Markers, command: str, python: str,
+def install_comfyui(provider: Machine, layout: Layout, markers: Markers, command: str, python: str,
                     timeout: float, log: Callable[[str], None]) -> dict[str, Any]:
     params = {"dir": layout.comfyui, "command": command, "python": python}
     present = provider.exists(posixpath.join(layout.comfyui, "main.py"))
@@ -277,7 +277,7 @@ def install_comfyui(provider: Provider, layout: Layout, markers: Markers, comman
 _TORCH_PROBE = "import torch; print(torch.__version__)"
 
 
-def read_torch(provider: Provider, python: str) -> tuple[str | None, str]:
+def read_torch(provider: Machine, python: str) -> tuple[str | None, str]:
     """(torch version or None, why not) as ``python`` on the machine sees it."""
     result = provider.run(f"{remote_shell.join(python, '-c', _TORCH_PROBE)} 2>&1", check=False, timeout=300)
     lines = result.stdout.strip().splitlines()
@@ -286,7 +286,7 @@ def read_torch(provider: Provider, python: str) -> tuple[str | None, str]:
     return None, (lines[-1] if lines else f"exit {result.exit_code}")
 
 
-def check_torch(provider: Provider, markers: Markers, python: str, minimum: str, upgrade: str | None,
+def check_torch(provider: Machine, markers: Markers, python: str, minimum: str, upgrade: str | None,
                 log: Callable[[str], None]) -> dict[str, Any]:
     params = {"python": python, "min_torch": minimum, "upgrade": upgrade}
     if (done := markers.done("torch", params)) is not None:
@@ -308,7 +308,7 @@ def check_torch(provider: Provider, markers: Markers, python: str, minimum: str,
     return {**outcome, "skipped": False}
 
 
-def place_file(ctx: Context, provider: Provider, layout: Layout, markers: Markers, spec: FileSpec,
+def place_file(ctx: Context, provider: Machine, layout: Layout, markers: Markers, spec: FileSpec,
                download_timeout: float) -> dict[str, Any]:
     """Upload or download one file unless its marker and the file on the machine say it is there."""
     dest = layout.dest(spec)
@@ -340,7 +340,7 @@ def place_file(ctx: Context, provider: Provider, layout: Layout, markers: Marker
     return {**record, **outcome, "skipped": False}
 
 
-def _upload(ctx: Context, provider: Provider, spec: FileSpec, dest: str) -> dict[str, Any]:
+def _upload(ctx: Context, provider: Machine, spec: FileSpec, dest: str) -> dict[str, Any]:
     assert spec.path is not None
     size = spec.path.stat().st_size
     with ctx.progress(f"upload {spec.name}", size) as bar:
@@ -369,9 +369,9 @@ exit $rc
 """
 
 
-def _download(ctx: Context, provider: Provider, spec: FileSpec, dest: str, exists: bool,
+def _download(ctx: Context, provider: Machine, spec: FileSpec, dest: str, exists: bool,
               timeout: float) -> dict[str, Any]:
-    from ralph.handlers.pods import transfer
+    from ralph.handlers.machines import transfer
 
     assert spec.url is not None
     if exists and spec.sha256:
@@ -423,13 +423,13 @@ echo $! > "$pf"; cat -- "$pf"
 """
 
 
-def service_pid(provider: Provider, layout: Layout) -> int | None:
+def service_pid(provider: Machine, layout: Layout) -> int | None:
     """The pid of the ComfyUI ralph started, when it is still alive."""
     out = _sh(provider, _ALIVE, pf=layout.pid_file).strip()
     return int(out) if out.isdigit() else None
 
 
-def stop_service(provider: Provider, workspace: str, grace: float = 10.0) -> bool:
+def stop_service(provider: Machine, workspace: str, grace: float = 10.0) -> bool:
     """Stop the ComfyUI ralph started in ``workspace`` (TERM, then KILL after ``grace`` s)."""
     layout = Layout(workspace)
     pid = service_pid(provider, layout)
@@ -457,9 +457,9 @@ def _stats(url: str) -> dict[str, Any] | None:
         return None
 
 
-def ensure_service(provider: Provider, layout: Layout, python: str, port: int, args: list[str],
+def ensure_service(provider: Machine, layout: Layout, python: str, port: int, args: list[str],
                    timeout: float, log: Callable[[str], None]) -> dict[str, Any]:
-    from ralph.handlers.pods.tunnel import forward
+    from ralph.handlers.machines.tunnel import forward
 
     pid = service_pid(provider, layout)
     with forward(provider, remote_port=port) as tunnel:
@@ -491,7 +491,7 @@ def _tunnel_note(tunnel: Any) -> str:
     return tunnel.error or "through the SSH tunnel"
 
 
-def _log_tail(provider: Provider, layout: Layout) -> str:
+def _log_tail(provider: Machine, layout: Layout) -> str:
     return _sh(provider, 'tail -c 3000 -- "$l" 2>/dev/null; true', l=layout.log_file).strip()
 
 
@@ -562,7 +562,7 @@ class ComfyUISetup(Handler):
                 service = {"port": p["port"], "error": f"not started: torch check failed ({_torch_text(torch)})"}
         except (CommandFailed, TransferFailed) as e:
             raise TaskFailed(str(e)) from None
-        except ProviderError as e:  # a dropped connection or a timeout: a rerun resumes from the markers
+        except MachineError as e:  # a dropped connection or a timeout: a rerun resumes from the markers
             raise TransientError(str(e)) from None
         sent = sum(f.get("bytes_sent", 0) for f in files)
         skipped = [f["name"] for f in files if f["skipped"]]
@@ -636,7 +636,7 @@ class ComfyUISetup(Handler):
         try:
             provider = machine(ctx)
             found = {f["dest"]: provider.file_info(f["dest"]) for f in files}
-        except (ProviderError, TaskBlocked) as e:
+        except (MachineError, TaskBlocked) as e:
             return Evidence(None, f"cannot reach the machine to look: {e}")
         wrong = [f"{f['dest']} is missing" if found[f["dest"]] is None else
                  f"{f['dest']} is {found[f['dest']].size} bytes, not {f['size']}"  # type: ignore[union-attr]

@@ -28,7 +28,7 @@ from PIL import Image
 
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
-from ralph.handlers.pods.provider import ProviderError
+from ralph.handlers.machines.base import MachineError
 from ralph.state import now
 
 from . import face
@@ -207,7 +207,7 @@ class EvaluateImages(Handler):
                 placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
                 by_name = {_relative(ctx, Path(k)): v for k, v in placed.items()}
                 measure = face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"])
-        except (TaskBlocked, ProviderError, OSError) as error:  # the face measure is optional: no verdict, no failure
+        except (TaskBlocked, MachineError, OSError) as error:  # the face measure is optional: no verdict, no failure
             return face.unavailable(f"the pod could not be reached for the face measure: {error}").as_data()
         return measure.as_data()
 
@@ -426,10 +426,12 @@ def pod_provider(ctx: Context) -> Iterator[tuple[Any, str]]:
 
     The face measure is the only step here that needs the pod; this is its one door to it.
     """
-    if ctx.resources.get("pod") is None:
-        yield None, "no pod is running; the face measure runs on the pod, where insightface is"
+    from ralph.handlers.machines import session
+
+    if ctx.resources.get(session.RESOURCE) is None:
+        yield None, "no machine is held; the face measure runs on the machine, where insightface is"
         return
-    from ralph.handlers.pods.session import pod_provider as open_pod
+    open_pod = session.pod_provider
 
     with open_pod(ctx) as provider:  # records that this task used the pod
         yield provider, ""

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ralph.handlers.pods import remote_shell
-from ralph.handlers.pods.provider import Provider, ProviderError
+from ralph.handlers.machines import remote_shell
+from ralph.handlers.machines.base import Machine, MachineError
 
 MIN_SIMILARITY = 0.40
 MAX_DROP = 0.05
@@ -104,7 +104,7 @@ def unavailable(reason: str) -> FaceMeasure:
 
 
 def measure_faces(
-    provider: Provider,
+    provider: Machine,
     images: dict[str, str],
     reference: str,
     *,
@@ -116,13 +116,13 @@ def measure_faces(
     """Run the ArcFace script on ``provider`` (the pod).
 
     ``images`` maps a local name (what the caller reports) to the image's path on the pod;
-    ``reference`` is the face reference's path there. Provider errors and a script that does
+    ``reference`` is the face reference's path there. Machine errors and a script that does
     not answer with its JSON give an unavailable measure with the reason, never a verdict.
     """
     command = remote_shell.join(python, "-c", REMOTE_SCRIPT, insightface_root, MODEL, reference, *images.values())
     try:
         answer = provider.run(command, check=False, timeout=timeout, env=env)
-    except ProviderError as error:
+    except MachineError as error:
         return unavailable(f"face script could not run on the pod: {error}")
     lines = [line for line in answer.stdout.splitlines() if line.startswith("{")]
     try:
@@ -142,7 +142,7 @@ def measure_faces(
     return FaceMeasure(True, how, count, similarities, faces)
 
 
-def upload_images(provider: Provider, local: list[Path], remote_dir: str) -> dict[str, str]:
+def upload_images(provider: Machine, local: list[Path], remote_dir: str) -> dict[str, str]:
     """Copy local images to ``remote_dir`` on the pod; local path → remote path."""
     provider.run(remote_shell.join("mkdir", "-p", remote_dir))
     placed = {}

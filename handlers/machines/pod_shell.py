@@ -14,9 +14,9 @@ from typing import Any
 
 from ralph.context import Context
 from ralph.handler import Evidence, Param, Problem, Result, TaskFailed, criterion
-from ralph.handlers.pods import remote_shell, session
-from ralph.handlers.pods.provider import CommandTimeout, ProviderError
-from ralph.handlers.pods.runpod_handlers import PodHandler
+from ralph.handlers.machines import remote_shell, session
+from ralph.handlers.machines.base import CommandTimeout, MachineError
+from ralph.handlers.runpod.common import PodHandler
 from ralph.model import Task, TaskFile
 from ralph.secrets import redact
 
@@ -60,7 +60,7 @@ class PodShell(PodHandler):
             except CommandTimeout as error:
                 self._log(ctx, error.partial.stdout + error.partial.stderr)
                 raise TaskFailed(f"the script ran past its {ctx.params['timeout']} s timeout on pod {handle.id}") from None
-            except ProviderError as error:
+            except MachineError as error:
                 raise TaskFailed(f"pod {handle.id}: {error}; run again to rerun the script") from None
             memory["tail"] = self._log(ctx, done.stdout + done.stderr)
             memory["exit_code"] = done.exit_code

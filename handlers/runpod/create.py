@@ -23,10 +23,11 @@ from typing import Any
 
 from ralph.context import Context
 from ralph.handler import Evidence, Param, Problem, Result, TaskFailed, TransientError, criterion
-from ralph.handlers.pods import deadman, reaper, session
-from ralph.handlers.pods.runpod_api import (CLOUD_TYPES, APIError, AuthError, CapacityError, PodInfo,
+from ralph.handlers.machines import session
+from ralph.handlers.runpod import deadman, reaper
+from ralph.handlers.runpod.api import (CLOUD_TYPES, APIError, AuthError, CapacityError, PodInfo,
                                             RunPodAPI, TransientAPIError)
-from ralph.handlers.pods.runpod_handlers import PodHandler, api_for_task, blocked_by_auth, task_file
+from ralph.handlers.runpod.common import PodHandler, api_for_task, blocked_by_auth, task_file
 from ralph.model import Task, TaskFile
 from ralph.state import now
 
@@ -228,12 +229,12 @@ class CreatePod(PodHandler):
 
     # -- readiness ---------------------------------------------------------------------------
 
-    def _wait_ready(self, ctx: Context, api: RunPodAPI, pod: PodInfo, key: Path) -> session.PodHandle:
+    def _wait_ready(self, ctx: Context, api: RunPodAPI, pod: PodInfo, key: Path) -> session.MachineHandle:
         p, memory = ctx.params, ctx.memory
         created_at = memory.setdefault("created_at", time.time())
         deadline = created_at + p["ready_timeout_s"]
         stages: dict[str, float] = dict(memory.get("stages", {}))
-        handle = session.PodHandle(
+        handle = session.MachineHandle(
             id=pod.id, name=pod.name or memory.get("name", ""), host="", port=0, user="root", key_file=str(key),
             known_hosts=str(self._known_hosts(ctx)), workspace=p["remote_workspace"], state_base=p["pod_state_dir"],
             heartbeat_interval_s=max(0.5, min(10.0, p["heartbeat_timeout_s"] / 4)), created_at=created_at)
@@ -268,9 +269,9 @@ class CreatePod(PodHandler):
                 self._give_up(ctx, api, pod.id, f"no working `ssh true` {p['ready_timeout_s']} s after create ({last})")
             time.sleep(min(p["poll_s"], max(0.05, deadline - time.time())))
 
-    def _probe(self, handle: session.PodHandle, timeout: float) -> tuple[bool, str]:
+    def _probe(self, handle: session.MachineHandle, timeout: float) -> tuple[bool, str]:
         """``ssh true`` where sessions start (the workspace may not exist yet)."""
-        from ralph.handlers.pods.hostkeys import HostKeyChanged  # paramiko: only once a pod exists
+        from ralph.handlers.machines.hostkeys import HostKeyChanged  # paramiko: only once a pod exists
 
         probe = session.provider(replace(handle, workspace=""), connect_timeout=timeout, attempts=1)
         try:
@@ -283,7 +284,7 @@ class CreatePod(PodHandler):
         finally:
             probe.close()
 
-    def _ready(self, ctx: Context, api: RunPodAPI, handle: session.PodHandle) -> session.PodHandle:
+    def _ready(self, ctx: Context, api: RunPodAPI, handle: session.MachineHandle) -> session.MachineHandle:
         cost = handle.cost_per_hr
         if cost <= 0:  # costPerHr sometimes reads 0 (runpod-python#438): the catalogue price instead
             gpu = ctx.memory.get("gpu_type_id")
@@ -347,7 +348,7 @@ class CreatePod(PodHandler):
         value = ctx.resources.get(session.RESOURCE)
         if not (isinstance(value, dict) and value.get("host")):
             return Evidence(False, "no pod with an SSH endpoint is held")
-        handle = session.PodHandle.from_resource(value)
+        handle = session.MachineHandle.from_resource(value)
         started = time.monotonic()
         answered, detail = self._probe(handle, 10.0)
         if not answered:

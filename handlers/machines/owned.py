@@ -14,12 +14,12 @@ from pathlib import Path
 
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, TaskBlocked, TaskFailed, criterion
-from ralph.handlers.pods import session
+from ralph.handlers.machines import session
 
 _ADDRESS = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>[^:@\s]+)(?::(?P<port>\d{1,5}))?$")
 
 
-def _hold(ctx: Context, handle: session.PodHandle) -> Result:
+def _hold(ctx: Context, handle: session.MachineHandle) -> Result:
     """Check the machine answers, then hold it for the tasks that follow."""
     started = time.monotonic()
     machine = session.attach(handle)
@@ -37,7 +37,7 @@ def _hold(ctx: Context, handle: session.PodHandle) -> Result:
     return Result(summary=f"using {handle.address} ({handle.kind})", data={"pod": handle.as_resource()}, cost_usd=0.0)
 
 
-class SshMachine(Handler):
+class UseSshHost(Handler):
     """Use a machine of yours over SSH (your own GPU box) as this file's pod.
 
     ``host``: ``user@host:port``; ``key``: the private key ralph logs in with; ``workspace``: the
@@ -61,7 +61,7 @@ class SshMachine(Handler):
         if not key.is_file():
             raise TaskBlocked(f"no SSH key at {key}")
         user, host, port = found["user"] or "root", found["host"], int(found["port"] or 22)
-        handle = session.PodHandle(
+        handle = session.MachineHandle(
             id=f"ssh-{user}@{host}-{port}",
             name=f"{user}@{host}:{port}",
             host=host,
@@ -84,7 +84,7 @@ class SshMachine(Handler):
         return Evidence(True, f"`ssh {answered['address']} true` answered in {answered['seconds']} s")
 
 
-class LocalMachine(Handler):
+class UseThisMachine(Handler):
     """Use this machine as this file's pod: commands run as subprocesses in ``workspace``
     (relative to the task file).  For trying a whole experiment file without renting a GPU."""
 
@@ -94,7 +94,7 @@ class LocalMachine(Handler):
     def run(self, ctx: Context) -> Result:
         workspace = ctx.path(ctx.params["workspace"])
         workspace.mkdir(parents=True, exist_ok=True)
-        handle = session.PodHandle(
+        handle = session.MachineHandle(
             id=f"local-{ctx.run_id}",
             name="this machine",
             host="localhost",

@@ -24,13 +24,13 @@ from contextlib import contextmanager
 
 import paramiko
 
-from ralph.handlers.pods.provider import Provider, ProviderError
+from ralph.handlers.machines.base import Machine, MachineError
 
 _BUFFER = 1 << 16
 _POLL_S = 0.5  # how often an idle connection looks at the transport (drop detection)
 
 
-class TunnelError(ProviderError):
+class TunnelError(MachineError):
     """The tunnel could not carry a connection: the SSH link dropped or the far port refused."""
 
 
@@ -97,7 +97,7 @@ class Tunnel:
                 # The SSH server is there, but nothing listens at the far port (or it is refused).
                 self.error = f"{self.where} could not connect to {target}: {e.args[-1] if e.args else e}"
                 return
-            except (ProviderError, paramiko.SSHException, EOFError, OSError) as e:
+            except (MachineError, paramiko.SSHException, EOFError, OSError) as e:
                 self.error = f"SSH connection to {self.where} unavailable, cannot reach {target}: {e}"
                 return
             entry = (client, chan)
@@ -223,12 +223,12 @@ class Direct:
 
 
 @contextmanager
-def forward(provider: Provider, remote_port: int, *, remote_host: str = "127.0.0.1",
+def forward(provider: Machine, remote_port: int, *, remote_host: str = "127.0.0.1",
             local_port: int = 0) -> Iterator[Tunnel | Direct]:
     """Forward a 127.0.0.1 port here to ``remote_host:remote_port`` on ``provider``'s machine.
 
-    An ``SshProvider`` gets a real tunnel over its SSH connection; a provider without
-    ``transport()`` (``LocalProvider``) is this machine, so the port is used as it is.
+    An ``SshMachine`` gets a real tunnel over its SSH connection; a provider without
+    ``transport()`` (``LocalMachine``) is this machine, so the port is used as it is.
     """
     transport = getattr(provider, "transport", None)
     if transport is None:

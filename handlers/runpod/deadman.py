@@ -27,8 +27,8 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from ralph.handlers.pods import remote_shell
-from ralph.handlers.pods.runpod_api import script_start_command
+from ralph.handlers.machines import remote_shell
+from ralph.handlers.runpod.api import script_start_command
 
 DEFAULT_STATE_BASE = "/tmp/ralph"
 RETRY_S = 10  # between termination attempts once fired
@@ -71,7 +71,7 @@ def script(switch: Switch, base_start_command: str) -> str:
     """The whole start script: arm the switch in the background, then exec what the image runs."""
     base = base_start_command.strip() or "sleep infinity"
     return f"""#!/bin/sh
-# ralph's dead-man's switch (see ralph/handlers/pods/deadman.py): armed before anything else.
+# ralph's dead-man's switch (see ralph/handlers/runpod/deadman.py): armed before anything else.
 HB_TIMEOUT={int(switch.heartbeat_timeout_s)}
 GRACE={int(switch.grace_s)}
 MAX_LIFETIME={int(switch.max_lifetime_s)}

@@ -14,9 +14,10 @@ import time
 
 from ralph.context import Context
 from ralph.handler import Evidence, Param, Result, TaskFailed, TransientError, criterion
-from ralph.handlers.pods import reaper, session
-from ralph.handlers.pods.runpod_api import AuthError, RunPodAPI, TransientAPIError
-from ralph.handlers.pods.runpod_handlers import CONSOLE, PodHandler, api_for_task, blocked_by_auth, task_file
+from ralph.handlers.machines import session
+from ralph.handlers.runpod import reaper
+from ralph.handlers.runpod.api import AuthError, RunPodAPI, TransientAPIError
+from ralph.handlers.runpod.common import CONSOLE, PodHandler, api_for_task, blocked_by_auth, task_file
 from ralph.state import now
 
 
@@ -70,7 +71,7 @@ class TerminatePod(PodHandler):
                 ledger.gone(name)
         cost, hours = 0.0, 0.0
         if isinstance(held, dict) and held.get("id"):
-            from ralph.handlers.pods.hostkeys import HostKeyStore  # paramiko: only with a pod
+            from ralph.handlers.machines.hostkeys import HostKeyStore  # paramiko: only with a pod
 
             HostKeyStore(held["known_hosts"]).forget(held["id"])  # its address may come back with another key
             hours = (time.time() - float(held.get("created_at") or time.time())) / 3600

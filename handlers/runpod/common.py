@@ -11,8 +11,9 @@ from pathlib import Path
 
 from ralph.context import Context, RunInfo
 from ralph.handler import Handler, TaskBlocked
-from ralph.handlers.pods import reaper, session
-from ralph.handlers.pods.runpod_api import APIError, AuthError, RunPodAPI
+from ralph.handlers.machines import session
+from ralph.handlers.runpod import reaper
+from ralph.handlers.runpod.api import APIError, AuthError, RunPodAPI
 
 KEY_VARIABLE = "RUNPOD_API_KEY"
 CONSOLE = "https://www.runpod.io/console/pods"
@@ -52,7 +53,7 @@ def run_hook(run: RunInfo, phase: str) -> None:
     if phase == "before":
         value = run.resources.get(session.RESOURCE)
         if isinstance(value, dict) and value.get("host"):
-            session.attach(session.PodHandle.from_resource(value))
+            session.attach(session.MachineHandle.from_resource(value))
     else:
         session.detach_all(run.state_dir)
     if not os.environ.get(KEY_VARIABLE, "").strip():

@@ -1,7 +1,7 @@
 """Reaching the pod a task holds, and keeping its dead-man's switch fed while ralph uses it.
 
-``runpod.create`` records the pod as the resource ``"pod"`` (``PodHandle.as_resource``); later
-tasks call ``connect(ctx)`` for an ``SshProvider`` to it (key and host key pinned in ralph's state
+``runpod.create`` records the pod as the resource ``"pod"`` (``MachineHandle.as_resource``); later
+tasks call ``connect(ctx)`` for an ``SshMachine`` to it (key and host key pinned in ralph's state
 folder). The first connection to a pod in this process also starts its heartbeat: a daemon thread
 that rewrites the switch's heartbeat file on the pod every few seconds, over its own SSH
 connection. One per pod per process; it dies with the process, which is the point: a ralph that
@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from ralph.context import Context
 from ralph.handler import TaskBlocked
-from ralph.handlers.pods import deadman
+from ralph.handlers.runpod import deadman
 
 if TYPE_CHECKING:  # paramiko and cryptography load when a pod is used, not when a handler is
-    from ralph.handlers.pods.provider import Provider
-    from ralph.handlers.pods.ssh import SshTarget
+    from ralph.handlers.machines.base import Machine
+    from ralph.handlers.machines.ssh import SshTarget
 
-RESOURCE = "pod"
+RESOURCE = "machine"
 
 
 @dataclass(frozen=True)
-class PodHandle:
+class MachineHandle:
     """What tasks need to reach a pod; stored in state.json as the ``pod`` resource."""
 
     id: str
@@ -54,12 +54,12 @@ class PodHandle:
         return asdict(self)
 
     @classmethod
-    def from_resource(cls, value: dict[str, Any]) -> PodHandle:
+    def from_resource(cls, value: dict[str, Any]) -> MachineHandle:
         known = {k: value[k] for k in cls.__dataclass_fields__ if k in value}
         return cls(**known)
 
     def target(self) -> SshTarget:
-        from ralph.handlers.pods.ssh import SshTarget
+        from ralph.handlers.machines.ssh import SshTarget
 
         return SshTarget(self.host, int(self.port), Path(self.key_file), user=self.user, alias=self.id,
                          workdir=self.workspace or None)
@@ -69,16 +69,16 @@ class PodHandle:
         return f"{self.user}@{self.host}:{self.port}"
 
 
-def provider(handle: PodHandle, *, connect_timeout: float = 20.0, attempts: int = 3) -> Provider:
+def provider(handle: MachineHandle, *, connect_timeout: float = 20.0, attempts: int = 3) -> Machine:
     """A fresh provider for the machine: SSH with the host key pinned under the machine's id on
     first contact, or subprocesses in the workspace for this machine."""
     if handle.kind == "local":
-        from ralph.handlers.pods.local import LocalProvider
+        from ralph.handlers.machines.local import LocalMachine
 
-        return LocalProvider(Path(handle.workspace), hash_cache=Path(handle.known_hosts).with_name("hashes.json"))
-    from ralph.handlers.pods.ssh import SshProvider
+        return LocalMachine(Path(handle.workspace), hash_cache=Path(handle.known_hosts).with_name("hashes.json"))
+    from ralph.handlers.machines.ssh import SshMachine
 
-    return SshProvider(handle.target(), known_hosts=Path(handle.known_hosts), connect_timeout=connect_timeout,
+    return SshMachine(handle.target(), known_hosts=Path(handle.known_hosts), connect_timeout=connect_timeout,
                        connect_attempts=attempts)
 
 
@@ -115,7 +115,7 @@ class Heartbeat(threading.Thread):
     switch tolerates ``heartbeat_timeout_s`` of silence, several beats' worth.
     """
 
-    def __init__(self, handle: PodHandle) -> None:
+    def __init__(self, handle: MachineHandle) -> None:
         super().__init__(name=f"ralph-heartbeat-{handle.id}", daemon=True)
         self.handle = handle
         self.command = deadman.heartbeat_command(handle.state_base, handle.id)
@@ -153,8 +153,8 @@ class Heartbeat(threading.Thread):
 
 @dataclass
 class _Session:
-    handle: PodHandle
-    provider: Provider
+    handle: MachineHandle
+    provider: Machine
     heartbeat: Heartbeat | None  # only pods with a dead-man's switch are fed
 
 
@@ -162,7 +162,7 @@ _lock = threading.Lock()
 _sessions: dict[str, _Session] = {}
 
 
-def attach(handle: PodHandle) -> Provider:
+def attach(handle: MachineHandle) -> Machine:
     """The process's provider for this pod, its heartbeat started if it was not."""
     with _lock:
         session = _sessions.get(handle.id)
@@ -205,12 +205,12 @@ def _close(session: _Session) -> None:
     session.provider.close()
 
 
-def held(ctx: Context) -> PodHandle | None:
+def held(ctx: Context) -> MachineHandle | None:
     value = ctx.use(RESOURCE)
-    return PodHandle.from_resource(value) if isinstance(value, dict) and value.get("host") else None
+    return MachineHandle.from_resource(value) if isinstance(value, dict) and value.get("host") else None
 
 
-def connect(ctx: Context) -> tuple[PodHandle, Provider]:
+def connect(ctx: Context) -> tuple[MachineHandle, Machine]:
     """The pod this run holds and a provider to it; TaskBlocked when no task created one."""
     handle = held(ctx)
     if handle is None:
@@ -222,7 +222,7 @@ def connect(ctx: Context) -> tuple[PodHandle, Provider]:
 
 
 @contextmanager
-def pod_provider(ctx: Context) -> Iterator[Provider]:
+def pod_provider(ctx: Context) -> Iterator[Machine]:
     """``connect`` as a context manager, for handlers written that way; the connection stays
     open for later tasks (it is the process's, closed when the pod is terminated or the run ends)."""
     _, ssh = connect(ctx)
@@ -237,7 +237,7 @@ def comfyui_url(ctx: Context, port: int = COMFYUI_PORT) -> Iterator[str]:
     """A local URL for ComfyUI on the held pod, through an SSH tunnel: the pod exposes no public
     port but 22/tcp, and ComfyUI listens on the pod's 127.0.0.1."""
     _, ssh = connect(ctx)
-    from ralph.handlers.pods import tunnel
+    from ralph.handlers.machines import tunnel
 
     with tunnel.forward(ssh, remote_port=port) as forwarded:
         yield forwarded.url

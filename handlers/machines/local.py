@@ -9,12 +9,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from ralph.handlers.pods.provider import (CommandFailed, CommandResult, CommandTimeout, FileInfo,
-                                          Progress, Provider, TransferFailed, TransferResult)
-from ralph.handlers.pods.transfer import CHUNK, HashCache, sha256_file
+from ralph.handlers.machines.base import (CommandFailed, CommandResult, CommandTimeout, FileInfo,
+                                          Progress, Machine, TransferFailed, TransferResult)
+from ralph.handlers.machines.transfer import CHUNK, HashCache, sha256_file
 
 
-class LocalProvider(Provider):
+class LocalMachine(Machine):
     """Commands run in ``root`` under bash; remote paths are relative to ``root`` and may not leave it."""
 
     def __init__(self, root: Path, *, hash_cache: Path):

@@ -1,7 +1,7 @@
 """What ralph needs from "a machine a task's commands run on".
 
-A provider runs shell commands and moves files to and from that machine. ``LocalProvider``
-(this machine) and ``SshProvider`` (any ``user@host:port``, including a RunPod pod once its
+A provider runs shell commands and moves files to and from that machine. ``LocalMachine``
+(this machine) and ``SshMachine`` (any ``user@host:port``, including a RunPod pod once its
 SSH endpoint is known) implement it; pod creation and termination live elsewhere.
 """
 
@@ -28,11 +28,11 @@ class CommandResult:
         return self.exit_code == 0
 
 
-class ProviderError(Exception):
+class MachineError(Exception):
     """A provider could not do what was asked (connection, transfer, verification)."""
 
 
-class CommandFailed(ProviderError):
+class CommandFailed(MachineError):
     def __init__(self, command: str, result: CommandResult):
         self.command = command
         self.result = result
@@ -40,7 +40,7 @@ class CommandFailed(ProviderError):
         super().__init__(f"command exited {result.exit_code}: {command}\n{tail}")
 
 
-class CommandTimeout(ProviderError):
+class CommandTimeout(MachineError):
     def __init__(self, command: str, timeout: float, partial: CommandResult):
         self.command = command
         self.timeout = timeout
@@ -48,7 +48,7 @@ class CommandTimeout(ProviderError):
         super().__init__(f"command still running after {timeout:g}s: {command}")
 
 
-class TransferFailed(ProviderError):
+class TransferFailed(MachineError):
     """A transfer ended but the copy does not match the source (size or sha256)."""
 
 
@@ -75,7 +75,7 @@ class TransferResult:
     seconds: float
 
 
-class Provider(abc.ABC):
+class Machine(abc.ABC):
     """A machine: commands run in its working directory, relative paths resolve there."""
 
     @abc.abstractmethod
@@ -105,7 +105,7 @@ class Provider(abc.ABC):
     def close(self) -> None:
         """Release connections; the provider must not be used afterwards."""
 
-    def __enter__(self) -> "Provider":
+    def __enter__(self) -> "Machine":
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import paramiko
 
-from ralph.handlers.pods import remote_shell, transfer
-from ralph.handlers.pods.hostkeys import HostKeyChanged, HostKeyStore, entry_name
-from ralph.handlers.pods.provider import (CommandFailed, CommandResult, CommandTimeout,
-                                          FileInfo, Progress, Provider, ProviderError,
+from ralph.handlers.machines import remote_shell, transfer
+from ralph.handlers.machines.hostkeys import HostKeyChanged, HostKeyStore, entry_name
+from ralph.handlers.machines.base import (CommandFailed, CommandResult, CommandTimeout,
+                                          FileInfo, Progress, Machine, MachineError,
                                           TransferResult)
 
 # Preferred first; the others keep older or FIPS-limited servers reachable.
@@ -32,7 +32,7 @@ WINDOW = 64 * 1024 * 1024
 MAX_PACKET = 256 * 1024
 
 
-class ConnectionLost(ProviderError):
+class ConnectionLost(MachineError):
     """The SSH connection dropped while an operation was in flight."""
 
 
@@ -65,7 +65,7 @@ class _PinPolicy(paramiko.MissingHostKeyPolicy):
 _DROPPED = (EOFError, OSError, paramiko.SSHException)
 
 
-class SshProvider(Provider):
+class SshMachine(Machine):
     def __init__(self, target: SshTarget, *, known_hosts: Path, hash_cache: Path | None = None,
                  connect_timeout: float = 20.0, connect_attempts: int = 3,
                  keepalive: float = 15.0):
@@ -98,7 +98,7 @@ class SshProvider(Provider):
                 raise  # retrying cannot fix a refused key
             except (*_DROPPED, socket.timeout) as e:
                 if attempt == self.connect_attempts:
-                    raise ProviderError(f"cannot connect to {self._where()}: {e}") from e
+                    raise MachineError(f"cannot connect to {self._where()}: {e}") from e
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")

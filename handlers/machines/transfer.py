@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import paramiko
 
-from ralph.handlers.pods import remote_shell
-from ralph.handlers.pods.provider import Progress, ProviderError, TransferFailed, TransferResult
+from ralph.handlers.machines import remote_shell
+from ralph.handlers.machines.base import Progress, MachineError, TransferFailed, TransferResult
 
 if TYPE_CHECKING:
-    from ralph.handlers.pods.ssh import SshProvider
+    from ralph.handlers.machines.ssh import SshMachine
 
 CHUNK = 1 << 20
 Method = Literal["auto", "rsync", "sftp"]
@@ -43,7 +43,7 @@ _PROGRESS = re.compile(rb"^\s*([\d,]+)\s+\d+%")
 _SENT = re.compile(r"Total bytes sent: ([\d,]+)")
 
 
-class TransferInterrupted(ProviderError):
+class TransferInterrupted(MachineError):
     """The connection dropped mid-transfer; the partial file stays and a rerun resumes it."""
 
     def __init__(self, message: str, sent: int = 0):
@@ -133,7 +133,7 @@ _r_sha() {
 """
 
 
-def _remote(ssh: "SshProvider", script: str, **values: str) -> str:
+def _remote(ssh: "SshMachine", script: str, **values: str) -> str:
     assign = "".join(f"{k}={remote_shell.quote(v)}; " for k, v in values.items())
     return ssh.run(_SH_LIB + assign + script, timeout=None).stdout
 
@@ -146,7 +146,7 @@ class _RemoteState:
     rsync: bool
 
 
-def _probe(ssh: "SshProvider", path: str, part: str) -> _RemoteState:
+def _probe(ssh: "SshMachine", path: str, part: str) -> _RemoteState:
     out = _remote(ssh, """
 if [ -f "$f" ]; then echo "size $(stat -c %s -- "$f")"; h=$(_r_cached "$f") && echo "sha256 $h"; fi
 [ -f "$p" ] && echo "part $(stat -c %s -- "$p")"
@@ -159,13 +159,13 @@ true""", f=path, p=part)
                         rsync="rsync" in fields)
 
 
-def remote_sha256(ssh: "SshProvider", remote: str) -> str:
+def remote_sha256(ssh: "SshMachine", remote: str) -> str:
     """sha256 of a remote file, from the remote cache when the file is unchanged."""
     return _remote(ssh, '_r_sha "$f"', f=ssh.path(remote)).strip()
 
 
 # -- engines ----------------------------------------------------------------------------------
-def _rsync(ssh: "SshProvider", src: str, dst: str, size: int, progress: Progress | None,
+def _rsync(ssh: "SshMachine", src: str, dst: str, size: int, progress: Progress | None,
            bwlimit: int | None) -> int:
     """One rsync run appending to ``dst``; returns bytes rsync sent over the link."""
     argv = ["rsync", "-s", "--partial", "--append-verify", "--stats", "--info=progress2",
@@ -191,13 +191,13 @@ def _rsync(ssh: "SshProvider", src: str, dst: str, size: int, progress: Progress
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace").strip()
     if "Host key verification failed" in stderr:
-        raise ProviderError(f"rsync refused the host key of {ssh.target.known_hosts_name}: {stderr}")
+        raise MachineError(f"rsync refused the host key of {ssh.target.known_hosts_name}: {stderr}")
     if code in _RSYNC_INTERRUPTED:
         # No --stats after a drop: count what the progress lines showed moving.
         raise TransferInterrupted(f"rsync interrupted (exit {code}): {stderr}",
                                   (last or 0) - (first or 0))
     if code != 0:
-        raise ProviderError(f"rsync failed (exit {code}): {stderr}")
+        raise MachineError(f"rsync failed (exit {code}): {stderr}")
     m = _SENT.search(output.decode("utf-8", "replace"))
     return int(m.group(1).replace(",", "")) if m else 0
 
@@ -212,12 +212,12 @@ class _Throttle:
             time.sleep(ahead)
 
 
-def _dropped(ssh: "SshProvider", e: BaseException) -> bool:
+def _dropped(ssh: "SshMachine", e: BaseException) -> bool:
     """A connection failure, as opposed to an SFTP status error such as permission denied."""
     return isinstance(e, (EOFError, paramiko.SSHException, ConnectionError)) or not ssh.transport_alive()
 
 
-def _sftp_put(ssh: "SshProvider", local: Path, part: str, size: int, offset: int,
+def _sftp_put(ssh: "SshMachine", local: Path, part: str, size: int, offset: int,
               progress: Progress | None, bwlimit: int | None) -> int:
     def open_ends(sftp: paramiko.SFTPClient) -> tuple[Any, Any]:
         src, dst = local.open("rb"), sftp.open(part, "r+b" if offset else "wb")
@@ -229,7 +229,7 @@ def _sftp_put(ssh: "SshProvider", local: Path, part: str, size: int, offset: int
     return _sftp_copy(ssh, open_ends, "upload", size, offset, progress, bwlimit)
 
 
-def _sftp_get(ssh: "SshProvider", remote: str, part: Path, size: int, offset: int,
+def _sftp_get(ssh: "SshMachine", remote: str, part: Path, size: int, offset: int,
               progress: Progress | None, bwlimit: int | None) -> int:
     def open_ends(sftp: paramiko.SFTPClient) -> tuple[Any, Any]:
         src, dst = sftp.open(remote, "rb"), part.open("ab")
@@ -240,7 +240,7 @@ def _sftp_get(ssh: "SshProvider", remote: str, part: Path, size: int, offset: in
     return _sftp_copy(ssh, open_ends, "download", size, offset, progress, bwlimit)
 
 
-def _sftp_copy(ssh: "SshProvider", open_ends: Callable[[paramiko.SFTPClient], tuple[Any, Any]], what: str,
+def _sftp_copy(ssh: "SshMachine", open_ends: Callable[[paramiko.SFTPClient], tuple[Any, Any]], what: str,
                size: int, offset: int, progress: Progress | None, bwlimit: int | None) -> int:
     """Copy the rest of the file between the two ends ``open_ends`` gives, both already at
     ``offset``; a dropped connection becomes TransferInterrupted with the bytes that arrived."""
@@ -285,7 +285,7 @@ def _retrying(attempts: int, step, resume_point):
 
 
 # -- public API ---------------------------------------------------------------------------------
-def upload(ssh: "SshProvider", local: Path, remote: str, *, progress: Progress | None = None,
+def upload(ssh: "SshMachine", local: Path, remote: str, *, progress: Progress | None = None,
            method: Method = "auto", attempts: int = 3, bwlimit: int | None = None) -> TransferResult:
     """Copy ``local`` to ``remote`` on ``ssh``'s machine; ``bwlimit`` is in bytes/s.
 
@@ -334,7 +334,7 @@ mv -f -- "$p" "$f" && _r_store "$f" "$h" "$(_r_stat "$f")" && echo ok""", p=part
     raise TransferFailed(f"{dest}: uploaded copy does not match {local} ({verdict}, want {sha})")
 
 
-def download(ssh: "SshProvider", remote: str, local: Path, *, progress: Progress | None = None,
+def download(ssh: "SshMachine", remote: str, local: Path, *, progress: Progress | None = None,
              method: Method = "auto", attempts: int = 3, bwlimit: int | None = None) -> TransferResult:
     """Copy ``remote`` from ``ssh``'s machine to ``local``, resuming and verifying like ``upload``."""
     t0 = time.monotonic()
