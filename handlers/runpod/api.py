@@ -1,93 +1,136 @@
-"""ralph's one door to RunPod: the pinned runpod SDK (1.12.0) behind a small typed API.
+"""ralph's one door to RunPod: the REST API v2 (``https://api.runpod.io/v2``) over httpx.
 
-Why an adapter: the SDK reads its key from a module global (never from RUNPOD_API_KEY), pastes values
-into GraphQL text without escaping, and fails with five unrelated exception types (AuthenticationError,
-QueryError, requests' JSONDecodeError, KeyError, ValueError). Here every call sets the caller's key for
-its own duration, every pasted value is escaped as a GraphQL string, and every failure becomes one of
-ralph's exceptions below, none of which ever carries the key. The SDK's pod API is due to move to REST
-(runpod-python PR #584); only this module has to follow it.
+Fixed verbs, as a cloud module should have: the GPU catalog (``gpu_offers``, ``data_centers``),
+pods (``create_pod``, ``get_pod``, ``list_pods``, ``terminate_pod``) and network volumes
+(``network_volumes``, ``create_network_volume``). Nothing else in ralph speaks HTTP to RunPod.
 
-The SDK builds its URL from RUNPOD_API_BASE_URL on every call, which is how tests point it at the
-emulator in tests/far/runpod_emulator.py.
+Every failure becomes one of the exceptions below, chosen once by a table from the HTTP status
+(and, for a 400, whether RunPod says it has no capacity). Each message carries RunPod's
+``detail``, its ``errors[]`` and the ``x-request-id`` of the answer — never the key. Rate limits
+are honoured here: a 429 waits ``Retry-After`` and sends the same request again (a 429 was not
+processed), and when the ``RateLimit`` header says a window is used up, the next call waits for
+its reset instead of collecting a 429.
+
+``RUNPOD_API_BASE_URL`` (default ``https://api.runpod.io``) is the one knob for the host; the key
+comes only from ``RUNPOD_API_KEY``. The contract is RunPod's OpenAPI document, vendored in
+``tests/far/runpod-openapi-v2.json``; the tests validate every request sent here against it.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-# The SDK (and requests, aiohttp… behind it) is imported on first call, not with this module:
-# `ralph check` and `ralph status` load handlers but never talk to RunPod.
+if TYPE_CHECKING:  # httpx loads with the first call, not with the handlers (`ralph check` speaks no HTTP)
+    import httpx
 
-SDK_VERSION = "1.12.0"  # the GraphQL text the emulator answers; checked by tests/test_runpod_api.py
-VOLUME_MOUNT_PATH = "/workspace"  # the SDK's default is /runpod-volume
-CLOUD_TYPES = ("ALL", "SECURE", "COMMUNITY")
+KEY_VARIABLE = "RUNPOD_API_KEY"
+BASE_URL_VARIABLE = "RUNPOD_API_BASE_URL"
+DEFAULT_BASE_URL = "https://api.runpod.io"
+CLOUDS = ("SECURE", "COMMUNITY")
+AVAILABILITY = ("NONE", "LOW", "MEDIUM", "HIGH")  # worst to best
+VOLUME_TYPES = ("STANDARD", "HIGH_PERFORMANCE")
 
-# Lower-cased fragments of RunPod's messages. Capacity first: its text also says "try again".
-_CAPACITY_HINTS = (
-    "no longer any instances available",
-    "not enough free gpus",
-    "no instances available",
-    "no gpus available",
-)
-_TRANSIENT_HINTS = (
-    "too many requests",
-    "rate limit",
-    "something went wrong",
-    "internal server error",
-    "bad gateway",
-    "service unavailable",
-    "gateway timeout",
-    "timed out",
-    "timeout",
-)
-_POD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PORTS = re.compile(r"\d{1,5}/(tcp|http|udp)(,\d{1,5}/(tcp|http|udp))*")
+_CAPACITY_HINTS = ("no longer any instances available", "no instances available", "not enough free gpus",
+                   "no gpus available", "capacity")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_RATE_WAIT_S = 120.0  # a longer Retry-After is reported, not slept through
 
-# The SDK's key is one module global; calls from several threads must not see each other's key.
-_SDK_LOCK = threading.Lock()
 
-T = TypeVar("T")
+# -- errors ------------------------------------------------------------------------------------
 
 
 class APIError(Exception):
-    """A RunPod API call failed in a way retrying will not fix (bad request, unknown GPU, pod not found)."""
+    """RunPod answered no to a call, in a way sending it again will not change."""
+
+    def __init__(self, message: str, *, status: int | None = None, request_id: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.request_id = request_id
 
 
 class AuthError(APIError):
-    """The key is missing, wrong, revoked, or not allowed this call."""
+    """401: the key is missing, wrong or revoked."""
+
+
+class NoAccess(APIError):
+    """403: this key may not use that resource (a GPU pool, another's pod): skip it."""
+
+
+class BalanceError(APIError):
+    """402: the account's balance is too low to rent anything: stop."""
 
 
 class CapacityError(APIError):
-    """RunPod has no machine for this choice now: try the next GPU type / cloud / data centre."""
+    """400 "no longer any instances available": nothing free for this choice now: try the next one."""
+
+
+class BadRequest(APIError):
+    """400/409/422: the request itself is wrong (a bug or an impossible combination): never retried."""
+
+
+class NotFound(APIError):
+    """404: no such pod or volume (a terminated pod reads so)."""
 
 
 class TransientAPIError(APIError):
-    """5xx, 429, a body that is not the API's JSON, a broken connection: retry the same call later."""
+    """5xx, a broken connection, a body that is not the API's JSON: the same call may work later."""
+
+
+class RateLimited(TransientAPIError):
+    """429 for longer than ralph waits in one call."""
+
+    def __init__(self, message: str, *, retry_after_s: float, status: int | None = 429, request_id: str = "") -> None:
+        super().__init__(message, status=status, request_id=request_id)
+        self.retry_after_s = retry_after_s
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: BadRequest, 401: AuthError, 402: BalanceError, 403: NoAccess, 404: NotFound,
+    409: BadRequest, 410: BadRequest, 422: BadRequest, 429: RateLimited,
+}
+
+
+def error_class(status: int, detail: str) -> type[APIError]:
+    """The table: which of ralph's errors an HTTP status (and RunPod's detail) means."""
+    if status == 400 and any(hint in detail.lower() for hint in _CAPACITY_HINTS):
+        return CapacityError
+    if status >= 500:
+        return TransientAPIError
+    return _BY_STATUS.get(status, APIError)
+
+
+# -- records -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class GpuType:
-    id: str  # what create_pod's gpu_type_id takes, e.g. "NVIDIA GeForce RTX 4090"
-    display_name: str
+class GpuOffer:
+    """One GPU type of the catalog, with its prices and what is free now (not a reservation)."""
+
+    id: str  # what a create takes, e.g. "NVIDIA RTX A5000"
+    name: str
     memory_gb: int
-    price_per_hr: float | None = None  # on-demand price for the asked GPU count; only from gpu_type()
-    max_gpu_count: int | None = None
+    prices: dict[str, float]  # per GPU-hour by cloud: {"SECURE": 0.27, "COMMUNITY": 0.16}
+    availability: str  # NONE | LOW | MEDIUM | HIGH, over every data centre
+    data_centers: dict[str, str]  # data centre id -> availability (only those that offer it)
+    cuda_versions: dict[str, bool]  # "12.4" -> machines on that version have room now
+
+    def price_per_hr(self, cloud: str, gpu_count: int = 1) -> float | None:
+        price = self.prices.get(cloud)
+        return None if price is None else price * gpu_count
 
 
 @dataclass(frozen=True)
-class PortMapping:
-    ip: str
-    is_public: bool
-    private_port: int
-    public_port: int
-    type: str  # "tcp" or "http"
+class DataCenter:
+    id: str
+    name: str
+    volume_types: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -98,241 +141,314 @@ class SshEndpoint:
 
 
 @dataclass(frozen=True)
-class PodInfo:
+class Pod:
     id: str
     name: str
-    desired_status: str  # RUNNING, EXITED, ...
-    gpu: str | None  # machine.gpuDisplayName
+    status: str  # PROVISIONING, STARTING, RUNNING, EXITED, ERROR, TERMINATED
+    gpu_id: str | None
     gpu_count: int
-    cost_per_hr: float  # may read 0 (runpod-python#438): do not trust a 0
-    uptime_seconds: int
+    cost_per_hr: float  # what RunPod bills now; 0 when EXITED or TERMINATED
+    cloud: str
+    data_center: str | None
     image: str
-    ports: tuple[PortMapping, ...]  # empty while runtime is null (image still pulling)
-    ssh: SshEndpoint | None  # public 22/tcp mapping of a RUNNING pod; probe sshd before use
+    ssh: SshEndpoint | None  # direct SSH: only once RUNNING with a public 22/tcp port
 
     @property
     def running(self) -> bool:
-        return self.desired_status == "RUNNING"
+        return self.status == "RUNNING"
 
 
-def graphql_string(value: str) -> str:
-    """Escape ``value`` for pasting between the double quotes the SDK writes around it."""
-    out = []
-    for c in str(value):
-        if c in '"\\':
-            out.append("\\" + c)
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\r":
-            out.append("\\r")
-        elif c == "\t":
-            out.append("\\t")
-        elif ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF:
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    return "".join(out)
+@dataclass(frozen=True)
+class NetworkVolume:
+    id: str
+    name: str
+    size_gb: int
+    data_center: str
+    type: str
 
 
-def script_start_command(script: str, shell: str = "bash") -> str:
-    """A container start command that runs ``script`` verbatim: base64 keeps quotes, newlines and
-    ``$`` away from both the GraphQL text and the container's argument splitting."""
-    encoded = base64.b64encode(script.encode()).decode()
-    return f"{shell} -c 'echo {encoded} | base64 -d | {shell}'"
+@dataclass(frozen=True)
+class PodSpec:
+    """What ralph asks RunPod for: one GPU type, in the given data centres, never a fallback."""
+
+    name: str
+    image: str
+    gpu_id: str
+    gpu_count: int = 1
+    cloud: str = "SECURE"
+    data_centers: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    args: str = ""  # the container's start command
+    container_disk_gb: int = 20
+    ports: tuple[str, ...] = ("22/tcp",)  # v2 has no default: without 22/tcp there is no direct SSH
+    volume_id: str | None = None  # a network volume, mounted at mount_path
+    persistent_gb: int = 0  # else host-local storage at mount_path (0: none)
+    mount_path: str = "/workspace"
+    min_cuda: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        if self.cloud not in CLOUDS:
+            raise ValueError(f"cloud must be one of {', '.join(CLOUDS)}, not {self.cloud!r}")
+        for name in self.env:
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"not an environment variable name: {name!r}")
+        gpu: dict[str, Any] = {"id": self.gpu_id, "count": int(self.gpu_count)}
+        if self.min_cuda:
+            gpu["minCudaVersion"] = self.min_cuda
+        body: dict[str, Any] = {
+            "name": self.name, "image": self.image, "gpu": gpu, "cloud": self.cloud,
+            "ports": list(self.ports), "env": {k: str(v) for k, v in self.env.items()},
+            "disk": int(self.container_disk_gb),
+        }
+        if self.args:
+            body["args"] = self.args
+        if self.data_centers:
+            body["dataCenterIds"] = list(self.data_centers)
+        if self.volume_id:
+            body["mounts"] = {"network": [{"volumeId": self.volume_id, "path": self.mount_path}]}
+        elif self.persistent_gb > 0:
+            body["mounts"] = {"persistent": {"size": int(self.persistent_gb), "path": self.mount_path}}
+        return body
 
 
-def _pod_id(pod_id: str) -> str:
-    if not isinstance(pod_id, str) or not _POD_ID.fullmatch(pod_id):
-        raise ValueError(f"not a RunPod pod id: {pod_id!r}")
-    return pod_id
-
-
-def _parse_pod(raw: Mapping[str, Any]) -> PodInfo:
-    runtime = raw.get("runtime") or {}
-    ports = tuple(
-        PortMapping(ip=str(p.get("ip") or ""), is_public=bool(p.get("isIpPublic")),
-                    private_port=int(p.get("privatePort") or 0), public_port=int(p.get("publicPort") or 0),
-                    type=str(p.get("type") or ""))
-        for p in runtime.get("ports") or ()
-    )
-    status = str(raw.get("desiredStatus") or "")
-    ssh = None
-    if status == "RUNNING":  # stopped pods keep stale ports
-        ssh = next((SshEndpoint(p.ip, p.public_port) for p in ports
-                    if p.private_port == 22 and p.type == "tcp" and p.is_public and p.ip and p.public_port), None)
-    machine = raw.get("machine") or {}
-    return PodInfo(
-        id=str(raw["id"]), name=str(raw.get("name") or ""), desired_status=status,
-        gpu=machine.get("gpuDisplayName"), gpu_count=int(raw.get("gpuCount") or 0),
-        cost_per_hr=float(raw.get("costPerHr") or 0.0), uptime_seconds=int(raw.get("uptimeSeconds") or 0),
-        image=str(raw.get("imageName") or ""), ports=ports, ssh=ssh,
-    )
-
-
-def _sdk() -> Any:
-    import runpod
-
-    return runpod
+# -- the client --------------------------------------------------------------------------------
 
 
 class RunPodAPI:
-    """RunPod's pod API for one key. ``RunPodAPI.from_env()`` reads RUNPOD_API_KEY."""
+    """RunPod's REST API v2 for one key. ``RunPodAPI.from_env()`` reads RUNPOD_API_KEY."""
 
-    def __init__(self, api_key: str) -> None:
+    def __init__(self, api_key: str, base_url: str | None = None, *, timeout_s: float = 30.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
-            raise AuthError("no RunPod API key given (set RUNPOD_API_KEY)")
+            raise AuthError(f"no RunPod API key given (set {KEY_VARIABLE})")
         self._key = api_key.strip()
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/") + "/v2"
+        self._timeout_s = timeout_s
+        self._sleep = sleep
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._not_before = 0.0  # time.monotonic() before which no request goes out (rate limit)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> RunPodAPI:
-        return cls(environ.get("RUNPOD_API_KEY", ""))
+        return cls(environ.get(KEY_VARIABLE, ""), environ.get(BASE_URL_VARIABLE) or None)
 
     def __repr__(self) -> str:
-        return "RunPodAPI(api_key=<hidden>)"
+        return f"RunPodAPI({self.base_url}, api_key=<hidden>)"
 
-    # ---- calls ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
-    def gpu_types(self) -> list[GpuType]:
-        raw = self._call("gpu_types", _sdk().get_gpus)
-        return [GpuType(id=g["id"], display_name=g.get("displayName") or g["id"],
-                        memory_gb=int(g.get("memoryInGb") or 0)) for g in raw]
+    # ---- catalog -----------------------------------------------------------------------------
 
-    def gpu_type(self, gpu_type_id: str, gpu_count: int = 1) -> GpuType:
-        """One GPU type with its on-demand price for ``gpu_count`` GPUs; APIError if unknown."""
-        raw = self._call("gpu_type", _sdk().get_gpu, graphql_string(gpu_type_id), int(gpu_count))
-        price = (raw.get("lowestPrice") or {}).get("uninterruptablePrice")
-        return GpuType(id=raw["id"], display_name=raw.get("displayName") or raw["id"],
-                       memory_gb=int(raw.get("memoryInGb") or 0),
-                       price_per_hr=float(price) if price is not None else None,
-                       max_gpu_count=raw.get("maxGpuCount"))
-
-    def create_pod(
-        self,
-        *,
-        name: str,
-        image: str,
-        gpu_type_id: str,
-        gpu_count: int = 1,
-        cloud_type: str = "ALL",
-        data_center_id: str | None = None,
-        network_volume_id: str | None = None,
-        container_disk_gb: int = 20,
-        volume_gb: int = 0,
-        ports: str = "22/tcp",
-        env: Mapping[str, str] | None = None,
-        start_command: str = "",
-        support_public_ip: bool = True,
-    ) -> str:
-        """Create an on-demand pod and return its id. Billing starts now: record the id at once.
-
-        CapacityError: nothing free for this choice. An exception after the server created the pod
-        (a lost response) leaves a pod without an id here: find it by name in list_pods().
-        """
-        if cloud_type not in CLOUD_TYPES:
-            raise ValueError(f"cloud_type must be one of {CLOUD_TYPES}")
-        if not _PORTS.fullmatch(ports):
-            raise ValueError(f"ports must look like '22/tcp,8188/http', got {ports!r}")
-        env = dict(env or {})
-        for key in env:
-            if not _ENV_KEY.fullmatch(key):
-                raise ValueError(f"not an environment variable name: {key!r}")
-        q = graphql_string
-        raw = self._call(
-            "create_pod", _sdk().create_pod,
-            name=q(name), image_name=q(image), gpu_type_id=q(gpu_type_id), cloud_type=cloud_type,
-            support_public_ip=bool(support_public_ip), start_ssh=True,
-            data_center_id=q(data_center_id) if data_center_id is not None else None,
-            gpu_count=int(gpu_count), volume_in_gb=int(volume_gb), container_disk_in_gb=int(container_disk_gb),
-            docker_args=q(start_command), ports=ports, volume_mount_path=VOLUME_MOUNT_PATH,
-            env={k: q(str(v)) for k, v in env.items()},
-            network_volume_id=q(network_volume_id) if network_volume_id is not None else None,
-        )
+    def gpu_offers(self, *, gpu_count: int = 1) -> list[GpuOffer]:
+        """Every GPU type with its prices and availability for pods of ``gpu_count`` GPUs."""
+        answer = self._json("GET", "/catalog/gpus", "gpu_offers",
+                            params={"include": "AVAILABILITY", "product": "POD", "count": int(gpu_count)})
         try:
-            return str(raw["id"])
+            return [_offer(g) for g in answer["gpus"]]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise TransientAPIError("gpu_offers: RunPod's catalog answer has an unexpected shape") from None
+
+    def data_centers(self) -> list[DataCenter]:
+        answer = self._json("GET", "/catalog/datacenters", "data_centers")
+        try:
+            return [DataCenter(str(d["id"]), str(d.get("name") or d["id"]), tuple(d.get("networkVolumeTypes") or ()))
+                    for d in answer["dataCenters"]]
         except (KeyError, TypeError):
-            raise TransientAPIError("create_pod: the response carried no pod id") from None
+            raise TransientAPIError("data_centers: unexpected answer shape") from None
 
-    def get_pod(self, pod_id: str) -> PodInfo | None:
-        """The pod, or None when RunPod says it does not exist (terminated)."""
-        raw = self._call("get_pod", _sdk().get_pod, _pod_id(pod_id))
-        return None if raw is None else self._parse("get_pod", raw)
+    # ---- pods --------------------------------------------------------------------------------
 
-    def list_pods(self) -> list[PodInfo]:
-        """Every pod of the account, running or stopped (both bill)."""
-        raw = self._call("list_pods", _sdk().get_pods)
-        return [self._parse("list_pods", p) for p in raw or ()]
+    def create_pod(self, spec: PodSpec) -> Pod:
+        """Create the pod; billing starts now. A TransientAPIError may hide a pod that was made
+        (a lost answer): look for it by its unique name before creating another."""
+        return self._pod("create_pod", self._json("POST", "/pods", "create_pod", json=spec.body()))
+
+    def get_pod(self, pod_id: str) -> Pod | None:
+        """The pod, or None when it no longer exists (terminated pods read so)."""
+        try:
+            pod = self._pod("get_pod", self._json("GET", f"/pods/{_checked_id(pod_id)}", "get_pod"))
+        except NotFound:
+            return None
+        return None if pod.status == "TERMINATED" else pod
+
+    def list_pods(self) -> list[Pod]:
+        """Every pod of the account (running or stopped: both bill), every page."""
+        return [pod for pod in self._pages("/pods", "pods", "list_pods") if pod.status != "TERMINATED"]
 
     def terminate_pod(self, pod_id: str) -> None:
-        """Ask RunPod to delete the pod. Acknowledged is not done: confirm with get_pod() is None."""
-        # Not runpod.terminate_pod: it discards the answer, so a garbled "success" would pass unseen.
-        from runpod.api.graphql import run_graphql_query
-        from runpod.api.mutations import pods as pod_mutations
+        """Ask RunPod to delete the pod (204). Acknowledged is not done: confirm with get_pod()."""
+        self._json("DELETE", f"/pods/{_checked_id(pod_id)}", "terminate_pod")
 
-        query = pod_mutations.generate_pod_terminate_mutation(_pod_id(pod_id))
-        answer = self._call("terminate_pod", run_graphql_query, query)
-        if not isinstance(answer, dict) or not isinstance(answer.get("data"), dict):
-            raise TransientAPIError("terminate_pod: RunPod's answer had no data")
+    # ---- network volumes ---------------------------------------------------------------------
 
-    def stop_pod(self, pod_id: str) -> str:
-        """Stop (not delete) the pod; its disk still bills. Returns the new desired status."""
-        raw = self._call("stop_pod", _sdk().stop_pod, _pod_id(pod_id))
-        return str((raw or {}).get("desiredStatus") or "")
+    def network_volumes(self) -> list[NetworkVolume]:
+        answer = self._json("GET", "/network-volumes", "network_volumes")
+        try:
+            return [_volume(v) for v in answer["networkVolumes"]]
+        except (KeyError, TypeError, ValueError):
+            raise TransientAPIError("network_volumes: unexpected answer shape") from None
 
-    def resume_pod(self, pod_id: str, gpu_count: int = 1) -> str:
-        """Start a stopped pod again; CapacityError when its host has no free GPU."""
-        raw = self._call("resume_pod", _sdk().resume_pod, _pod_id(pod_id), int(gpu_count))
-        return str((raw or {}).get("desiredStatus") or "")
+    def create_network_volume(self, *, name: str, size_gb: int, data_center: str, type: str | None = None) -> NetworkVolume:
+        body: dict[str, Any] = {"name": name, "size": int(size_gb), "dataCenter": data_center}
+        if type:
+            body["type"] = type
+        try:
+            return _volume(self._json("POST", "/network-volumes", "create_network_volume", json=body))
+        except (KeyError, TypeError, ValueError):
+            raise TransientAPIError("create_network_volume: unexpected answer shape") from None
 
-    # ---- plumbing ------------------------------------------------------------------------------
+    # ---- plumbing ----------------------------------------------------------------------------
 
-    def _parse(self, what: str, raw: Any) -> PodInfo:
+    def _pages(self, path: str, key: str, what: str) -> Iterator[Pod]:
+        params: dict[str, Any] = {}
+        for _ in range(1000):  # a server that never ends its pages must not hang ralph
+            answer = self._json("GET", path, what, params=params)
+            items = answer.get(key) if isinstance(answer, dict) else None
+            if not isinstance(items, list):
+                raise TransientAPIError(f"{what}: the answer has no {key!r} list")
+            for raw in items:
+                yield self._pod(what, raw)
+            page = answer.get("pagination") or {}
+            cursor = page.get("nextCursor") if isinstance(page, dict) else None
+            if not (isinstance(page, dict) and page.get("hasNextPage") and cursor):
+                return
+            params = {"cursor": cursor}
+        raise TransientAPIError(f"{what}: more than 1000 pages")
+
+    def _pod(self, what: str, raw: Any) -> Pod:
         try:
             return _parse_pod(raw)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise TransientAPIError(f"{what}: unexpected pod record ({type(exc).__name__})") from None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise TransientAPIError(f"{what}: RunPod's pod record has an unexpected shape") from None
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one SDK call with this key and translate whatever it raises."""
-        import requests
-        from runpod import error as sdk_error
+    def _json(self, method: str, path: str, what: str, *, params: Mapping[str, Any] | None = None,
+              json: Any = None) -> Any:
+        """Send one request (again after a 429), return the decoded body (None for 204)."""
+        import httpx
 
-        runpod = _sdk()
-        with _SDK_LOCK:
-            previous = runpod.api_key
-            runpod.api_key = self._key
+        deadline = time.monotonic() + MAX_RATE_WAIT_S
+        while True:
+            self._wait_for_quota()
             try:
-                return fn(*args, **kwargs)
-            except sdk_error.AuthenticationError as exc:
-                failure: APIError = AuthError(f"{what}: RunPod rejected the API key ({exc.message})")
-            except sdk_error.QueryError as exc:
-                failure = self._classify(what, str(exc.message or ""))
-            except requests.exceptions.JSONDecodeError:
-                failure = TransientAPIError(f"{what}: RunPod answered with a body that is not JSON "
-                                            "(gateway error, rate limit or maintenance page)")
-            except requests.exceptions.RequestException as exc:
-                failure = TransientAPIError(f"{what}: {type(exc).__name__} talking to RunPod")
-            except (KeyError, TypeError):
-                failure = TransientAPIError(f"{what}: RunPod's answer had no data")
-            except ValueError as exc:  # the SDK's own checks, e.g. an unknown GPU type
-                failure = APIError(f"{what}: {exc}")
-            finally:
-                runpod.api_key = previous
-        # Raised outside the except blocks, so the SDK exception (whose query text may hold env
-        # values) is neither the cause nor the context of ralph's exception.
-        raise self._scrub(failure)
+                response = self._http().request(method, self.base_url + path, params=params, json=json)
+            except httpx.HTTPError as exc:
+                raise TransientAPIError(f"{what}: {type(exc).__name__} talking to RunPod ({self.base_url})") from None
+            request_id = response.headers.get("x-request-id", "")
+            self._note_quota(response.headers.get("RateLimit", ""))
+            if response.status_code == 429:
+                wait = _seconds(response.headers.get("Retry-After"), default=5.0)
+                if time.monotonic() + wait <= deadline:
+                    self._hold_off(wait)
+                    continue
+                raise RateLimited(self._message(what, response, request_id), retry_after_s=wait, request_id=request_id)
+            if response.status_code >= 400:
+                message = self._message(what, response, request_id)
+                cls = error_class(response.status_code, message)
+                raise cls(message, status=response.status_code, request_id=request_id)
+            if response.status_code == 204 or not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise TransientAPIError(f"{what}: RunPod answered {response.status_code} with a body that is not "
+                                        f"JSON (a gateway or maintenance page){_rid(request_id)}",
+                                        status=response.status_code, request_id=request_id) from None
 
-    @staticmethod
-    def _classify(what: str, message: str) -> APIError:
-        lowered = message.lower()
-        if any(h in lowered for h in _CAPACITY_HINTS):
-            return CapacityError(f"{what}: {message}")
-        if any(h in lowered for h in _TRANSIENT_HINTS):
-            return TransientAPIError(f"{what}: {message}")
-        return APIError(f"{what}: {message}")
+    def _http(self) -> httpx.Client:
+        import httpx
 
-    def _scrub(self, failure: APIError) -> APIError:
-        """Belt and braces: a server echoing the key must not put it into ralph's messages."""
-        text = str(failure)
-        if self._key in text:
-            return type(failure)(text.replace(self._key, "<hidden>"))
-        return failure
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    timeout=self._timeout_s, follow_redirects=False,
+                    headers={"Authorization": f"Bearer {self._key}", "Accept": "application/json",
+                             "User-Agent": "ralph"})
+            return self._client
+
+    def _message(self, what: str, response: httpx.Response, request_id: str) -> str:
+        """``what: HTTP 400 Bad Request: <detail> (<errors>) [request <id>]`` — never the key."""
+        detail, errors = "", []
+        try:
+            problem = response.json()
+            if isinstance(problem, dict):
+                detail = str(problem.get("detail") or problem.get("title") or "")
+                errors = [str(e) for e in problem.get("errors") or () if e]
+        except ValueError:
+            detail = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+        text = f"{what}: HTTP {response.status_code} {response.reason_phrase}"
+        if detail:
+            text += f": {detail}"
+        if errors:
+            text += f" ({'; '.join(errors)})"
+        return (text + _rid(request_id)).replace(self._key, "<hidden>")
+
+    # -- rate limits: RateLimit: "minute";r=0;t=12, "hour";r=2800;t=1812
+
+    def _note_quota(self, header: str) -> None:
+        for member in header.split(","):
+            fields = dict(part.strip().split("=", 1) for part in member.split(";")[1:] if "=" in part)
+            if fields.get("r", "").strip() == "0":
+                self._hold_off(_seconds(fields.get("t"), default=1.0))
+
+    def _hold_off(self, seconds: float) -> None:
+        with self._lock:
+            self._not_before = max(self._not_before, time.monotonic() + min(seconds, MAX_RATE_WAIT_S))
+
+    def _wait_for_quota(self) -> None:
+        with self._lock:
+            wait = self._not_before - time.monotonic()
+        if wait > 0:
+            self._sleep(wait)
+
+
+def _rid(request_id: str) -> str:
+    return f" [request {request_id}]" if request_id else ""
+
+
+def _seconds(value: str | None, *, default: float) -> float:
+    try:
+        return max(0.0, float(str(value).strip()))
+    except (TypeError, ValueError):
+        return default
+
+
+def _checked_id(value: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise ValueError(f"not a RunPod id: {value!r}")
+    return value
+
+
+def _offer(raw: Mapping[str, Any]) -> GpuOffer:
+    price = raw.get("price") or {}
+    prices = {cloud: float(price[key]) for cloud, key in (("SECURE", "secure"), ("COMMUNITY", "community"))
+              if price.get(key) is not None and raw.get(key, True)}
+    return GpuOffer(
+        id=str(raw["id"]), name=str(raw.get("name") or raw["id"]), memory_gb=int(raw.get("memory") or 0),
+        prices=prices, availability=str(raw.get("availability") or "NONE"),
+        data_centers={str(d["id"]): str(d.get("availability") or "NONE") for d in raw.get("dataCenters") or ()},
+        cuda_versions={str(c["version"]): bool(c.get("available")) for c in raw.get("cudaVersions") or ()},
+    )
+
+
+def _volume(raw: Mapping[str, Any]) -> NetworkVolume:
+    return NetworkVolume(id=str(raw["id"]), name=str(raw.get("name") or ""), size_gb=int(raw["size"]),
+                         data_center=str(raw["dataCenter"]), type=str(raw.get("type") or ""))
+
+
+def _parse_pod(raw: Mapping[str, Any]) -> Pod:
+    status = str(raw["status"])
+    direct = ((raw.get("ssh") or {}).get("direct")) if status == "RUNNING" else None
+    ssh = None
+    if isinstance(direct, dict) and direct.get("host") and direct.get("port"):
+        ssh = SshEndpoint(str(direct["host"]), int(direct["port"]), str(direct.get("username") or "root"))
+    gpu = raw.get("gpu") or {}
+    return Pod(
+        id=str(raw["id"]), name=str(raw.get("name") or ""), status=status,
+        gpu_id=gpu.get("id"), gpu_count=int(gpu.get("count") or 0), cost_per_hr=float(raw.get("cost") or 0.0),
+        cloud=str(raw.get("cloud") or ""), data_center=raw.get("dataCenterId"), image=str(raw.get("image") or ""),
+        ssh=ssh,
+    )

@@ -13,9 +13,8 @@ from ralph.context import Context, RunInfo
 from ralph.handler import Handler, TaskBlocked
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import reaper
-from ralph.handlers.runpod.api import APIError, AuthError, RunPodAPI
+from ralph.handlers.runpod.api import KEY_VARIABLE, APIError, AuthError, RunPodAPI
 
-KEY_VARIABLE = "RUNPOD_API_KEY"
 CONSOLE = "https://www.runpod.io/console/pods"
 SETTINGS = "https://www.runpod.io/console/user/settings"
 

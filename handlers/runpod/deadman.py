@@ -12,9 +12,15 @@ It fires when
   ralph killed before it connected), or
 * ``max_lifetime_s`` has passed since the container started, whatever ralph says.
 
-Firing means: the GraphQL ``podTerminate`` for ``$RUNPOD_POD_ID`` with curl, wget or python3,
-whichever the image has, then ``runpodctl`` as a fallback, repeated until the pod is gone (its
-termination kills the switch). Server-side ``terminateAfter`` is not relied on: it never worked.
+Firing means, with curl, wget or python3 (whichever the image has), each answer logged: REST v2
+``DELETE /v2/pods/$RUNPOD_POD_ID``, then the v2 ``terminate`` action, then GraphQL's
+``podTerminate`` while GraphQL lives (retired early 2027), then ``runpodctl`` — repeated until the
+pod is gone (its termination kills the switch). RunPod has no server-side lifetime for pods.
+
+Armed, the switch first checks that it can reach the API and that its pod-scoped key can read its
+own pod, and writes the answer to ``<state_base>/<pod id>/arming``; ``runpod.create`` reads it and
+reports a switch that cannot fire as a warning in the task's results. Whether the pod key may
+DELETE is not documented and cannot be probed without deleting: the fallbacks are there for that.
 
 The heartbeat holds the pod's own ``date +%s`` written by a command run on the pod, so the
 clocks of ralph's machine and of the pod never meet. Its folder is ``<state_base>/<pod id>``,
@@ -24,11 +30,13 @@ the next one.
 
 from __future__ import annotations
 
+import base64
 import posixpath
 from dataclasses import dataclass
 
 from ralph.handlers.machines import remote_shell
-from ralph.handlers.runpod.api import script_start_command
+
+quote = remote_shell.quote
 
 DEFAULT_STATE_BASE = "/tmp/ralph"
 RETRY_S = 10  # between termination attempts once fired
@@ -59,12 +67,17 @@ def log_path(state_base: str, pod_id: str) -> str:
     return posixpath.join(pod_dir(state_base, pod_id), "deadman.log")
 
 
+def arming_path(state_base: str, pod_id: str) -> str:
+    """One line the switch writes when armed: ``ok: …`` or why it could not fire."""
+    return posixpath.join(pod_dir(state_base, pod_id), "arming")
+
+
 def heartbeat_command(state_base: str, pod_id: str) -> str:
     """The command ralph runs on the pod for each beat: the pod's clock, replaced atomically."""
     path = heartbeat_path(state_base, pod_id)
     tmp = path + ".tmp"
-    return (f"mkdir -p {remote_shell.quote(pod_dir(state_base, pod_id))} && "
-            f"date +%s > {remote_shell.quote(tmp)} && mv -f {remote_shell.quote(tmp)} {remote_shell.quote(path)}")
+    return (f"mkdir -p {quote(pod_dir(state_base, pod_id))} && "
+            f"date +%s > {quote(tmp)} && mv -f {quote(tmp)} {quote(path)}")
 
 
 def script(switch: Switch, base_start_command: str) -> str:
@@ -80,40 +93,69 @@ from_pid1() {{ tr '\\000' '\\n' < /proc/1/environ 2>/dev/null | sed -n "s/^$1=//
 [ -n "$RUNPOD_POD_ID" ] || RUNPOD_POD_ID=$(from_pid1 RUNPOD_POD_ID)
 [ -n "$RUNPOD_API_KEY" ] || RUNPOD_API_KEY=$(from_pid1 RUNPOD_API_KEY)
 export RUNPOD_POD_ID RUNPOD_API_KEY
-DIR={remote_shell.quote(switch.state_base)}/"${{RUNPOD_POD_ID:-unknown}}"
+DIR={quote(switch.state_base)}/"${{RUNPOD_POD_ID:-unknown}}"
 mkdir -p "$DIR"
 HB="$DIR/heartbeat"
 LOG="$DIR/deadman.log"
 rm -f "$HB"  # a restarted container starts a new grace period
 log() {{ echo "$(date -u '+%Y-%m-%d %H:%M:%S') $*" >> "$LOG"; }}
-terminate() {{
-  url="${{RUNPOD_API_BASE_URL:-https://api.runpod.io}}/graphql"
-  body='{{"query": "mutation {{ podTerminate(input: {{ podId: \\"'"$RUNPOD_POD_ID"'\\" }}) }}"}}'
-  auth="Authorization: Bearer $RUNPOD_API_KEY"
-  answer=
+http() {{  # METHOD URL [BODY]: prints the HTTP status, then the body
   if command -v curl >/dev/null 2>&1; then
-    answer=$(curl -sS -m 30 -H "Content-Type: application/json" -H "$auth" -d "$body" "$url" 2>&1)
-  elif command -v wget >/dev/null 2>&1; then
-    answer=$(wget -q -T 30 -O - --header="Content-Type: application/json" --header="$auth" --post-data="$body" "$url" 2>&1)
+    curl -sS -m 30 -X "$1" -H "Authorization: Bearer $RUNPOD_API_KEY" -H "Content-Type: application/json" \
+      ${{3:+-d "$3"}} -o "$DIR/answer" -w '%{{http_code}}' "$2" 2>>"$LOG"; echo; head -c 300 "$DIR/answer" 2>/dev/null
   elif command -v python3 >/dev/null 2>&1; then
-    answer=$(BODY="$body" URL="$url" python3 -c '
-import os, urllib.request
-r = urllib.request.Request(os.environ["URL"], data=os.environ["BODY"].encode(), headers={{
+    M="$1" U="$2" B="${{3:-}}" python3 -c '
+import os, urllib.request, urllib.error
+body = os.environ["B"].encode() or None
+r = urllib.request.Request(os.environ["U"], data=body, method=os.environ["M"], headers={{
     "Content-Type": "application/json", "Authorization": "Bearer " + os.environ["RUNPOD_API_KEY"]}})
-print(urllib.request.urlopen(r, timeout=30).read().decode())' 2>&1)
+try:
+    a = urllib.request.urlopen(r, timeout=30); print(a.status); print(a.read(300).decode(errors="replace"))
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read(300).decode(errors="replace"))
+except Exception as e:
+    print(0); print(type(e).__name__, e)'
+  elif command -v wget >/dev/null 2>&1; then
+    if wget -q -T 30 -O "$DIR/answer" --method="$1" ${{3:+--body-data="$3"}} --header="Content-Type: application/json" \
+        --header="Authorization: Bearer $RUNPOD_API_KEY" "$2" 2>>"$LOG"; then echo 200; else echo 0; fi
+    head -c 300 "$DIR/answer" 2>/dev/null
+  else
+    echo 0; echo "no curl, python3 or wget"
   fi
-  case "$answer" in
-    *'"podTerminate"'*) log "podTerminate acknowledged"; return 0 ;;
-  esac
-  log "podTerminate over HTTP failed: $(echo "$answer" | tail -c 200)"
+}}
+status_of() {{ echo "$1" | head -n 1; }}
+API="${{RUNPOD_API_BASE_URL:-https://api.runpod.io}}"
+terminate() {{
+  answer=$(http DELETE "$API/v2/pods/$RUNPOD_POD_ID")
+  log "v2 DELETE: $(echo $answer | head -c 300)"
+  case "$(status_of "$answer")" in 2??|404) return 0 ;; esac
+  answer=$(http POST "$API/v2/pods/$RUNPOD_POD_ID/action" '{{"action": "terminate"}}')
+  log "v2 terminate action: $(echo $answer | head -c 300)"
+  case "$(status_of "$answer")" in 2??|404) return 0 ;; esac
+  answer=$(http POST "$API/graphql" '{{"query": "mutation {{ podTerminate(input: {{ podId: \"'"$RUNPOD_POD_ID"'\" }}) }}"}}')
+  log "GraphQL podTerminate: $(echo $answer | head -c 300)"
+  case "$answer" in 2??*'"podTerminate"'*) return 0 ;; esac
   if command -v runpodctl >/dev/null 2>&1; then
-    runpodctl remove pod "$RUNPOD_POD_ID" >> "$LOG" 2>&1 || runpodctl pod delete "$RUNPOD_POD_ID" >> "$LOG" 2>&1
+    log "runpodctl: $(runpodctl remove pod "$RUNPOD_POD_ID" 2>&1 | tail -c 300)"
   fi
+  return 1
+}}
+arm_check() {{
+  answer=$(http GET "$API/v2/pods/$RUNPOD_POD_ID")
+  code=$(status_of "$answer")
+  case "$code" in
+    200) echo "ok: the pod key reads its own pod (HTTP 200)" ;;
+    0) echo "cannot reach the API at $API" ;;
+    *) echo "the pod key cannot read its own pod: HTTP $code" ;;
+  esac
 }}
 (
   trap '' HUP
   start=$(date +%s)
   log "armed: heartbeat timeout ${{HB_TIMEOUT}}s, grace ${{GRACE}}s, max lifetime ${{MAX_LIFETIME}}s"
+  report=$(arm_check)
+  log "arming check: $report"
+  echo "$report" > "$DIR/arming.tmp" && mv -f "$DIR/arming.tmp" "$DIR/arming"
   while :; do
     now=$(date +%s)
     reason=
@@ -138,6 +180,7 @@ exec {base}
 
 
 def start_command(switch: Switch, base_start_command: str) -> str:
-    """The pod's start command (dockerArgs): the script base64-wrapped, so no quote of it reaches
-    the GraphQL text or the container's argument splitting."""
-    return script_start_command(script(switch, base_start_command), shell="sh")
+    """The pod's start command (``args``): the script base64-wrapped, so none of its quotes,
+    newlines or ``$`` meet the container's argument splitting."""
+    encoded = base64.b64encode(script(switch, base_start_command).encode()).decode()
+    return f"sh -c 'echo {encoded} | base64 -d | sh'"

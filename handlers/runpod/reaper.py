@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ralph.handlers.runpod.api import APIError, AuthError, RunPodAPI, TransientAPIError
+from ralph.handlers.runpod.api import APIError, AuthError, NotFound, RunPodAPI, TransientAPIError
 
 PREFIX = "ralph-"
 _NAME = re.compile(r"ralph-([0-9a-f]{8})-")
@@ -155,39 +155,54 @@ def lock_held(lock: Path) -> bool:
 class Termination:
     pod_id: str
     gone: bool
-    requests: int
+    acknowledged: int  # terminate requests RunPod answered 2xx (or 404: already gone)
+    errors: list[str]  # the other answers, in order
     seconds: float
-    last_error: str = ""
+
+    @property
+    def requests(self) -> int:
+        return self.acknowledged + len(self.errors)
+
+    def describe(self) -> str:
+        """``3 terminate requests: 1 acknowledged, 2 errors (last: …)`` — never "acknowledged" for an error."""
+        text = f"{self.requests} terminate request(s): {self.acknowledged} acknowledged"
+        if self.errors:
+            text += f", {len(self.errors)} failed (last: {self.errors[-1]})"
+        return text
 
 
 def terminate_and_confirm(api: RunPodAPI, pod_id: str, *, timeout_s: float, poll_s: float = 2.0,
-                          resend_s: float = 10.0) -> Termination:
+                          first_resend_s: float = 5.0) -> Termination:
     """Ask RunPod to delete the pod until a read says it is gone, or ``timeout_s`` passes.
 
     An acknowledged terminate is not a done one (dstack#1551 kept billing): only ``get_pod`` →
-    None counts, and the request is sent again every ``resend_s`` while the pod still reads.
+    None counts. While the pod still reads, the request is sent again with backoff (5 s, 10 s,
+    20 s… at most 60 s apart).
     """
     started = time.monotonic()
     deadline = started + timeout_s
-    requests, last_sent, error = 0, float("-inf"), ""
+    acknowledged, errors = 0, []
+    resend_s, next_send = first_resend_s, started
     while True:
-        now = time.monotonic()
-        if now - last_sent >= resend_s:
-            last_sent = now
-            requests += 1
+        if time.monotonic() >= next_send:
             try:
                 api.terminate_pod(pod_id)
+                acknowledged += 1
             except AuthError:
                 raise
-            except APIError as exc:  # "Pod not found" when already gone; the read below decides
-                error = str(exc)
+            except NotFound:
+                acknowledged += 1  # already gone; the read below confirms
+            except APIError as exc:
+                errors.append(str(exc))
+            next_send = time.monotonic() + resend_s
+            resend_s = min(60.0, resend_s * 2)
         try:
             if api.get_pod(pod_id) is None:
-                return Termination(pod_id, True, requests, time.monotonic() - started)
+                return Termination(pod_id, True, acknowledged, errors, time.monotonic() - started)
         except TransientAPIError as exc:
-            error = str(exc)
+            errors.append(f"reading the pod: {exc}")
         if time.monotonic() >= deadline:
-            return Termination(pod_id, False, requests, time.monotonic() - started, error)
+            return Termination(pod_id, False, acknowledged, errors, time.monotonic() - started)
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
 
@@ -228,6 +243,5 @@ def reap(api: RunPodAPI, *, current_state_dir: Path | None, ledger: Ledger | Non
             ledger.gone(pod.name)
             report.reaped.append(f"{label}: orphan of {entry.task_file}, terminated and confirmed gone")
         else:
-            report.failed.append(f"{label}: still there {done.seconds:.0f} s after {done.requests} "
-                                 f"terminate requests {done.last_error}".rstrip())
+            report.failed.append(f"{label}: still there {done.seconds:.0f} s after {done.describe()}")
     return report

@@ -44,6 +44,8 @@ class TerminatePod(PodHandler):
             raise blocked_by_auth(error) from None
         except TransientAPIError as error:
             raise TransientError(str(error)) from None
+        finally:
+            api.close()
 
     def _run(self, ctx: Context, api: RunPodAPI) -> Result:
         prefix = reaper.owner_prefix(task_file(ctx))
@@ -59,7 +61,7 @@ class TerminatePod(PodHandler):
         stuck = [r for r in results if not r.gone]
         if stuck:
             raise TaskFailed("; ".join(
-                f"pod {r.pod_id} still exists {r.seconds:.0f} s after {r.requests} acknowledged terminate requests"
+                f"pod {r.pod_id} still exists {r.seconds:.0f} s after {r.describe()}"
                 for r in stuck) + f": it may still bill — check {CONSOLE} (ralph will retry on the next run)")
         active = [p for p in api.list_pods() if p.name.startswith(prefix)]
         if active:
@@ -84,7 +86,8 @@ class TerminatePod(PodHandler):
                    f"pod time {hours * 60:.1f} min ≈ ${total:.4f} in all" if targets else "no pod to terminate")
         return Result(
             summary=summary,
-            data={"terminated": [{"id": r.pod_id, "requests": r.requests, "seconds": round(r.seconds, 1)} for r in results],
+            data={"terminated": [{"id": r.pod_id, "requests": r.requests, "acknowledged": r.acknowledged,
+                                  "seconds": round(r.seconds, 1)} for r in results],
                   "prefix": prefix, "confirmed_at": confirmed_at, "pod_hours": round(hours, 4),
                   "pod_total_usd": round(total, 4)},
             cost_usd=cost if targets else None,
@@ -94,28 +97,35 @@ class TerminatePod(PodHandler):
 
     @criterion(r"\bpods?\b.*\b(termine|terminated|deleted|supprime|detruit)|\bterminer?\b.*\bpods?\b")
     def terminated(self, ctx: Context, result: Result, text: str) -> Evidence:
-        api = RunPodAPI.from_env()
         gone = result.data.get("terminated")
         if gone is None:
             return Evidence(False, "the terminate task did not run")
         if not gone:
             return Evidence(True, f"no pod of this file existed (none named {result.data.get('prefix')}*): nothing to terminate")
-        left = [g["id"] for g in gone if api.get_pod(g["id"]) is not None]
+        api = RunPodAPI.from_env()
+        try:
+            left = [g["id"] for g in gone if api.get_pod(g["id"]) is not None]
+        finally:
+            api.close()
         if left:
             return Evidence(False, f"still exists: {', '.join(left)}")
-        return Evidence(True, "; ".join(f"pod {g['id']}: get_pod reads null at {now()} (deleted, not stopped) after "
-                                        f"{g['requests']} terminate request(s)" for g in gone))
+        return Evidence(True, "; ".join(f"pod {g['id']}: GET /v2/pods/{g['id']} reads 404 at {now()} (deleted, not "
+                                        f"stopped) after {g['requests']} terminate request(s)" for g in gone))
 
     @criterion(r"aucun pod|no (active |running )?pods?\b|none (active|running)|confirm.*\bapi\b")
     def none_active(self, ctx: Context, result: Result, text: str) -> Evidence:
         prefix = result.data.get("prefix")
         if not prefix:
             return Evidence(False, "the terminate task did not run")
-        pods = RunPodAPI.from_env().list_pods()
+        api = RunPodAPI.from_env()
+        try:
+            pods = api.list_pods()
+        finally:
+            api.close()
         mine = [p for p in pods if p.name.startswith(prefix)]
         others = [p for p in pods if not p.name.startswith(prefix)]
         ralphs = [p for p in others if p.name.startswith(reaper.PREFIX)]
-        detail = f"list_pods at {now()}: {len(mine)} pod(s) named {prefix}*"
+        detail = f"GET /v2/pods at {now()}: {len(mine)} pod(s) named {prefix}*"
         if others:
             detail += f"; {len(others)} other pod(s) on the account, not this file's"
             if ralphs:
