@@ -293,6 +293,23 @@ def test_setup_places_every_file_starts_comfyui_and_a_rerun_skips_everything(
     assert "7 files (7 already done, 0 bytes sent)" in pod.result()["result"]["summary"]
 
 
+def test_a_later_experiment_on_the_same_workspace_links_its_models_from_the_cache(
+        pod: Pod, models: dict[str, Any], stand_in_comfyui: Path, tmp_path: Path) -> None:
+    """The workspace on a network volume outlives the pod: the next experiment's files, whatever
+    their names, come from the content-hash cache there — 0 bytes cross the link."""
+    params = {**base_params(tmp_path, stand_in_comfyui), **models}
+    pod.run(params)
+    checkpoint = Path(models["models"]["checkpoints"][0]["path"])
+    renamed = {**models["models"], "checkpoints": [{"path": str(checkpoint), "name": "experiment2.safetensors"}]}
+    summary = pod.run({**params, "models": renamed})
+    assert all(e.verified is True for e in verdicts(summary).values())
+    [linked] = [f for f in pod.result()["result"]["data"]["files"] if f["name"] == "experiment2.safetensors"]
+    assert (linked["how"], linked["bytes_sent"]) == ("linked from the model cache", 0)
+    copy = placed(pod, "models/checkpoints", "experiment2.safetensors")
+    original = placed(pod, "models/checkpoints", "bigLove_xl1.safetensors")
+    assert copy.read_bytes() == checkpoint.read_bytes() and copy.stat().st_ino == original.stat().st_ino
+
+
 def test_changed_sha256_reruns_only_that_step_and_a_wrong_one_fails_clearly(
         pod: Pod, models: dict[str, Any], stand_in_comfyui: Path, files_server: Any, tmp_path: Path) -> None:
     _, served, requests = files_server

@@ -242,6 +242,11 @@ class Layout:
     def dest(self, spec: FileSpec) -> str:
         return posixpath.join(self.comfyui, spec.folder, spec.name)
 
+    def blob(self, sha256: str) -> str:
+        """The model cache: every uploaded file also lives here under its content hash, so a
+        workspace on a network volume serves the next experiment's files, whatever their names."""
+        return posixpath.join(self.state, "blobs", sha256)
+
 
 # -- steps ------------------------------------------------------------------------------------------
 def install_comfyui(provider: Machine, layout: Layout, markers: Markers, command: str, python: str,
@@ -330,7 +335,7 @@ def place_file(ctx: Context, provider: Machine, layout: Layout, markers: Markers
     if done is not None and info is not None and [info.size, info.mtime] == [done["size"], done["mtime"]]:
         return {**record, **done, "skipped": True, "bytes_sent": 0}
     if spec.path is not None:
-        outcome = _upload(ctx, provider, spec, dest)
+        outcome = _upload(ctx, provider, layout, spec, dest, params["content"])
     else:
         outcome = _download(ctx, provider, spec, dest, info is not None, download_timeout)
     after = provider.file_info(dest)
@@ -340,14 +345,26 @@ def place_file(ctx: Context, provider: Machine, layout: Layout, markers: Markers
     return {**record, **outcome, "skipped": False}
 
 
-def _upload(ctx: Context, provider: Machine, spec: FileSpec, dest: str) -> dict[str, Any]:
+def _upload(ctx: Context, provider: Machine, layout: Layout, spec: FileSpec, dest: str,
+            content: list[Any]) -> dict[str, Any]:
+    """Link the file from the model cache when it holds the same bytes, else upload it and add it
+    there (a hard link: no second copy on the disk)."""
     assert spec.path is not None
-    size = spec.path.stat().st_size
+    size, sha = content
+    blob = layout.blob(sha)
+    cached = provider.file_info(blob)
+    if cached is not None and cached.size == size:
+        linked = _sh(provider, 'mkdir -p -- "$(dirname -- "$f")" && ln -f -- "$b" "$f" && echo linked',
+                     b=blob, f=dest, check=False)
+        if linked.strip() == "linked":
+            return {"sha256": sha, "bytes_sent": 0, "how": "linked from the model cache", "resumed_from": 0}
     with ctx.progress(f"upload {spec.name}", size) as bar:
         try:
             sent = provider.put(spec.path, dest, progress=lambda done, total: bar.update(done, total))
         except TransferFailed as e:
             raise TaskFailed(f"upload of {spec.path} failed verification: {e}") from None
+    # A cache entry that cannot be made (another file system) only costs the next run an upload.
+    _sh(provider, 'mkdir -p -- "$(dirname -- "$b")" && ln -f -- "$f" "$b"', b=blob, f=dest, check=False)
     how = "already there" if sent.skipped else f"uploaded ({sent.method})"
     return {"sha256": sent.sha256, "bytes_sent": sent.bytes_sent, "how": how, "resumed_from": sent.resumed_from}
 
