@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
@@ -72,7 +73,7 @@ class Contract:
         return node
 
     def path_templates(self, path: str) -> list[tuple[str, dict[str, str]]]:
-        """Templates matching a concrete path, most literal first, with the path parameters."""
+        """Templates matching a concrete path, most literal first, with the (decoded) path parameters."""
         segments = path.rstrip("/").split("/") if path != "/" else [""]
         found: list[tuple[int, str, dict[str, str]]] = []
         for template in self.document["paths"]:
@@ -85,7 +86,7 @@ class Contract:
                 if part.startswith("{") and part.endswith("}"):
                     if not segment:
                         break
-                    params[part[1:-1]] = segment
+                    params[part[1:-1]] = unquote(segment)
                 elif part == segment:
                     literal += 1
                 else:
