@@ -94,6 +94,14 @@ def ssh(pod: EmulatedPod, key: Path, port: int, command: str) -> subprocess.Comp
     )
 
 
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def refuses(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -137,10 +145,35 @@ def test_a_pod_goes_to_running_with_direct_ssh_to_a_real_sshd(emu, api, client_k
     assert result.stdout.split() == [created["id"], "test", str(pod.workspace)]
 
 
+def test_terminating_takes_every_process_of_the_pod_with_it(emu, api, client_key):
+    """A daemon started over SSH with setsid leaves sshd's tree, but not the container."""
+    public_key = client_key.with_name(client_key.name + ".pub").read_text().strip()
+    pod = read_until(api, create(api, env={"PUBLIC_KEY": public_key})["id"], "RUNNING")
+    started = ssh(emu.pod(pod["id"]), client_key, pod["ssh"]["direct"]["port"],
+                  "setsid sh -c 'echo $$ > daemon.pid; exec sleep 300' > /dev/null 2>&1 < /dev/null &")
+    assert started.returncode == 0, started.stderr
+    pid = int(wait_for(lambda: file_text(emu.pod(pod["id"]).workspace / "daemon.pid")))
+    assert alive(pid)
+    api.delete(f"/pods/{pod['id']}")
+    wait_for(lambda: not alive(pid))  # SIGKILLed; a moment until init reaps it
+    assert emu.leftover_processes() == []
+
+
+def test_a_workspace_link_finds_the_pod_before_it_exists(tmp_path):
+    link = tmp_path / "pod-workspace"
+    with RunPodEmulator(tmp_path / "rp", workspace_link=link) as emulator:
+        with httpx.Client(base_url=emulator.url + "/v2", timeout=20,
+                          headers={"Authorization": f"Bearer {emulator.api_key}"}) as client:
+            pod_id = create(client, ports=[])["id"]
+        assert link.resolve() == emulator.pod(pod_id).workspace.resolve()
+
+
 def test_phases_advance_on_reads_one_per_phase(emu, api):
     pod_id = create(api)["id"]
     assert [api.get(f"/pods/{pod_id}").json()["status"] for _ in range(4)] == \
         ["PROVISIONING", "STARTING", "RUNNING", "RUNNING"]
+    emu.reads_per_phase = 0
+    assert api.get(f"/pods/{create(api)['id']}").json()["status"] == "RUNNING"
 
 
 def test_a_pod_that_never_finishes_starting(emu, api):
@@ -297,7 +330,8 @@ def test_catalog_queries_and_their_rules(emu, api):
     assert api.get("/catalog/gpus", params={"include": "AVAILABILITY"}).status_code == 400  # product needed
     assert api.get("/catalog/gpus", params={"minCudaVersion": "12.4"}).status_code == 400  # include needed
     bad = api.get("/catalog/gpus", params={"include": "AVAILABILITY", "product": "POD", "count": "two"})
-    assert bad.status_code == 422 and bad.json()["errors"] == ["query parameter count $: 'two' is not of type 'integer'"]
+    assert bad.status_code == 422
+    assert bad.json()["errors"] == ["query parameter count $: 'two' is not of type 'integer'"]
     assert availability(api, count=8)["availability"] == "MEDIUM"  # 16 free: two pods of 8
     assert availability(api, count=9)["availability"] == "NONE"  # above the per-pod ceiling
     assert availability(api, cloud="COMMUNITY")["availability"] == "NONE"  # L4: secure cloud only

@@ -82,7 +82,7 @@ class Contract:
                 continue
             params: dict[str, str] = {}
             literal = 0
-            for part, segment in zip(parts, segments):
+            for part, segment in zip(parts, segments, strict=True):
                 if part.startswith("{") and part.endswith("}"):
                     if not segment:
                         break

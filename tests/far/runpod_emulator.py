@@ -25,7 +25,9 @@ Constructor options: ``api_key``; ``gpus`` (``GpuModel``s, default ``DEFAULT_GPU
 RTX 4090, L4, A100 80GB PCIe); ``data_centers`` (``DataCenterModel``s, default EU-RO-1, US-TX-3,
 EU-SE-1); ``capacity`` ({(gpu id, data centre id, "SECURE"|"COMMUNITY"): free GPUs}, default
 ``default_capacity``: every GPU in every data centre, twice its per-pod ceiling); ``reads_per_phase``
-and ``seconds_per_phase`` (see Pods); ``page_size`` (see Pods); ``public_ip``; ``kill_grace_s``.
+and ``seconds_per_phase`` (see Pods); ``page_size`` (see Pods); ``public_ip``; ``kill_grace_s``;
+``workspace_link`` (a path the emulator points, as a symlink, at each launched pod's workspace: the pod's
+``/workspace`` at a path a test knows before the pod exists).
 ``reads_per_phase``, ``seconds_per_phase``, ``page_size`` and ``pod_keys_may_terminate`` are also plain
 attributes a test may change at any time.
 
@@ -79,7 +81,10 @@ user's ``env`` plus ``RUNPOD_POD_ID``, the pod's ``RUNPOD_API_KEY``, ``RUNPOD_AP
 ``RUNPOD_PUBLIC_IP``, ``RUNPOD_DC_ID``, ``RUNPOD_GPU_COUNT``, ``RUNPOD_TCP_PORT_22``, ``HOME`` and a
 ``PATH`` that starts with a stand-in ``runpodctl`` (``remove pod ID`` / ``stop pod ID``) which, like the
 real one of Sept 2026, calls REST v1 and so fails with 410, printing what it got. Never the account key.
-Stopping, ERROR and terminating kill the process group and sshd.
+Stopping, ERROR and terminating end the container: the start command's process group, sshd and its
+sessions, and every other process whose environment carries the pod's ``RUNPOD_POD_ID`` (a daemon an SSH
+session started with ``setsid``, say). An emulator failure (sshd would not start) answers 500 and is
+recorded as a response violation, so the fixture's teardown reports it.
 
 Test switches (thread-safe; they act on requests that arrive afterwards)
 ------------------------------------------------------------------------
@@ -141,7 +146,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .openapi_contract import Contract
+from .openapi_contract import Contract, Operation as ContractOperation
 from .sshd import SshServer, start_sshd
 
 CAPACITY_MESSAGE = (
@@ -502,6 +507,7 @@ class RunPodEmulator:
         page_size: int | None = None,
         public_ip: str = "127.0.0.1",
         kill_grace_s: float = 1.0,
+        workspace_link: Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.api_key = api_key or "rpa_emulated_" + secrets.token_hex(16)
@@ -512,6 +518,7 @@ class RunPodEmulator:
         self.page_size = page_size
         self.public_ip = public_ip
         self.kill_grace_s = kill_grace_s
+        self.workspace_link = workspace_link
         self.pod_keys_may_terminate = True
         self.contract = Contract.load()
         self._capacity: Capacity = dict(capacity if capacity is not None else default_capacity(gpus, data_centers))
@@ -570,7 +577,8 @@ class RunPodEmulator:
         """Pids of pod processes or sshds still running (none after stop())."""
         procs = [p for pod in self.all_pods for p in (pod.process, pod.sshd.process if pod.sshd else None)
                  if p is not None]
-        return [p.pid for p in procs if p.poll() is None]
+        return [p.pid for p in procs if p.poll() is None] + [pid for pod in self.all_pods
+                                                                for pid in _processes_of(pod.id)]
 
     # ---- test switches -----------------------------------------------------------------------------
 
@@ -731,8 +739,11 @@ class RunPodEmulator:
             else:
                 checked = self.contract.operation(method, path) is not None
                 reply = self._v2(method, path, query, content_type, body, principal, authorization, request_id)
-        except Exception as exc:  # noqa: BLE001 (an emulator failure, e.g. sshd would not start: a 500)
-            reply = _problem(500, f"emulator failure: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 (e.g. sshd would not start)
+            # RunPod's 500 for the client; for the test, a failure the fixture's teardown reports
+            failure = f"emulator failure: {type(exc).__name__}: {exc}"
+            reply = _problem(500, failure)
+            self._violation("response", method, path, 500, request_id, failure)
         reply.headers["x-request-id"] = request_id
         if principal is not None:
             reply.headers.update(self._rate_headers(reply))
@@ -767,6 +778,13 @@ class RunPodEmulator:
         rule = self._take_fault(method, path, operation.template)
         if rule is not None and rule.fault is not Fault.LOST_ANSWER:
             return _fault_reply(rule)
+        reply = self._operate(operation, method, path, query, content_type, body, principal, request_id)
+        if rule is not None:  # LOST_ANSWER: the work is done, the answer never leaves
+            reply.fault, reply.lost = rule.fault, True
+        return reply
+
+    def _operate(self, operation: ContractOperation, method: str, path: str, query: dict[str, list[str]],
+                 content_type: str | None, body: bytes, principal: str, request_id: str) -> _Reply:
         violations = self.contract.check_request(method, path, query, content_type, body)
         for message in violations:
             self._violation("request", method, path, 422, request_id, message)
@@ -775,14 +793,10 @@ class RunPodEmulator:
         handler = _OPERATIONS.get(operation.operation_id)
         if handler is None:
             return _problem(501, f"{operation.operation_id} is not emulated")
-        request = _Request(method, path, operation.path_params, query, _parsed(body), principal)
         try:
-            reply = handler(self, request)
+            return handler(self, _Request(method, path, operation.path_params, query, _parsed(body), principal))
         except _Refusal as refusal:
-            reply = refusal.reply
-        if rule is not None:  # LOST_ANSWER: the work is done, the answer never leaves
-            reply.fault, reply.lost = rule.fault, True
-        return reply
+            return refusal.reply
 
     def _principal(self, authorization: str | None) -> str | None:
         if not authorization or not authorization.startswith("Bearer "):
@@ -804,8 +818,9 @@ class RunPodEmulator:
             return False
         if operation_id == "getPod":
             return True
+        action = _parsed(body)
         terminating = operation_id == "deletePod" or (
-            operation_id == "podAction" and isinstance(_parsed(body), dict) and _parsed(body).get("action") == "terminate")
+            operation_id == "podAction" and isinstance(action, dict) and action.get("action") == "terminate")
         return terminating and self.pod_keys_may_terminate
 
     def _take_fault(self, method: str, path: str, template: str) -> _FaultRule | None:
@@ -916,7 +931,6 @@ class RunPodEmulator:
                     pod.holds_capacity = True
                 pod.doomed = False
                 self._enter(pod, "PROVISIONING")
-            self._halt(pod)
             self._launch(pod)
         with self._lock:
             return _json(200, self._record(pod))
@@ -1012,7 +1026,8 @@ class RunPodEmulator:
             pod_id = _new_id(14)
         directory = self.root / "pods" / pod_id
         mounts = spec.get("mounts") or {}
-        workspace = volume.directory if volume else directory / ("persistent" if "persistent" in mounts else "container")
+        own = directory / ("persistent" if "persistent" in mounts else "container")
+        workspace = volume.directory if volume else own
         pod = EmulatedPod(
             id=pod_id, name=spec["name"], image=spec.get("image", ""), args=spec.get("args", ""),
             disk=spec.get("disk", 20), ports=list(spec.get("ports", [])), env=dict(spec.get("env", {})),
@@ -1034,8 +1049,7 @@ class RunPodEmulator:
         """A read of the pod: it may move on a phase first, and the read counts towards the next."""
         halt = False
         with self._lock:
-            now = time.monotonic()
-            while self._phase_over(pod, now):
+            while self._phase_over(pod):
                 if pod.status == "PROVISIONING":
                     self._enter(pod, "STARTING")
                 elif pod.doomed:
@@ -1051,12 +1065,13 @@ class RunPodEmulator:
                 record = self._record(pod)
         return record
 
-    def _phase_over(self, pod: EmulatedPod, now: float) -> bool:
+    def _phase_over(self, pod: EmulatedPod) -> bool:
         if pod.status not in ("PROVISIONING", "STARTING"):
             return False
         if pod.status == "STARTING" and not pod.sandbox_ready:
             return False
-        return pod.phase_reads >= self.reads_per_phase and now - pod.phase_since >= self.seconds_per_phase
+        elapsed = time.monotonic() - pod.phase_since
+        return pod.phase_reads >= self.reads_per_phase and elapsed >= self.seconds_per_phase
 
     def _enter(self, pod: EmulatedPod, status: str) -> None:
         pod.status, pod.phase_since, pod.phase_reads = status, time.monotonic(), 0
@@ -1149,6 +1164,10 @@ class RunPodEmulator:
         env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
         env["HOME"] = str(home)
         pod.container_env = env
+        if self.workspace_link is not None:  # the pod's /workspace at a path known before it exists
+            self.workspace_link.unlink(missing_ok=True)
+            self.workspace_link.parent.mkdir(parents=True, exist_ok=True)
+            self.workspace_link.symlink_to(pod.workspace, target_is_directory=True)
         if pod.args.strip():
             with pod.log_path.open("ab") as log:
                 pod.process = subprocess.Popen(
@@ -1158,13 +1177,19 @@ class RunPodEmulator:
         pod.sandbox_ready = True
 
     def _halt(self, pod: EmulatedPod) -> None:
-        """Kill the start command's process group (SIGTERM, SIGKILL after the grace) and sshd."""
+        """Take every process of the pod down, as a container's end does: the start command's process
+        group (SIGTERM, SIGKILL after the grace), sshd and its sessions, then whatever else carries the
+        pod's RUNPOD_POD_ID (a daemon an SSH session started with setsid, say)."""
         pod.sandbox_ready = False
-        process, sshd = pod.process, pod.sshd
-        if process is not None:
-            _kill_group(process, self.kill_grace_s)
-        if sshd is not None:
-            sshd.stop()
+        if pod.process is not None:
+            _kill_group(pod.process, self.kill_grace_s)
+        if pod.sshd is not None:
+            pod.sshd.stop()
+        for pid in _processes_of(pod.id):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     # ---- catalog -------------------------------------------------------------------------------------
 
@@ -1345,6 +1370,23 @@ def _parsed(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         return body.decode(errors="replace")
+
+
+def _processes_of(pod_id: str) -> list[int]:
+    """Live processes whose environment names this pod (everything started inside it inherits it)."""
+    marker = f"RUNPOD_POD_ID={pod_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
 
 
 def _kill_group(process: subprocess.Popen, grace_s: float) -> None:
