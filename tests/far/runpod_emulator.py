@@ -90,6 +90,8 @@ Test switches (thread-safe; they act on requests that arrive afterwards)
 ------------------------------------------------------------------------
 - ``set_capacity(free, gpu_id=None, data_center=None, cloud=None)`` / ``no_capacity(gpu_id=None,
   data_center=None, cloud=None)``: free GPUs per (GPU, data centre, cloud); None matches all.
+  ``capacity(gpu_id, data_center, cloud="SECURE")`` reads it. A pod holds its GPUs until stopped or
+  terminated (an ERROR pod still holds them, and still costs).
 - ``advertise(level, gpu_id=None, data_center=None)``: the catalog says ``level`` whatever the capacity
   (``advertise("HIGH", GPU)`` + ``no_capacity(GPU)``: HIGH while creates fail); ``advertise(None)`` stops.
 - ``fail(fault, times=1, method=None, path=None, retry_after=2)``: the next ``times`` (None: every)
@@ -114,7 +116,7 @@ Records
 path_prefix="")``, ``creates_sent`` (POST /v2/pods requests), ``pods_created``, ``all_pods`` (terminated
 included, creation order), ``live_pods()``, ``pod(id)`` (``EmulatedPod``: status, workspace, directory,
 process, sshd, log_path, container_env, pod_key, data_center_id, volume_id, terminate_requests, ...),
-``volumes``, ``volume(id)`` / ``create_volume(name, size, data_center, type=None)`` (``EmulatedVolume``:
+``volumes``, ``volume(id)`` / ``create_volume(name, size, data_center, volume_type=None)`` (``EmulatedVolume``:
 ``directory``, ``snapshot()`` -> ``VolumeSnapshot``; ``later.bytes_written_since(earlier)`` is the size of
 every file new or changed in between, so a test can assert a repeat run uploaded 0 bytes),
 ``violations`` / ``request_violations`` / ``response_violations`` (``Violation``: kind, method, path,
@@ -646,12 +648,13 @@ class RunPodEmulator:
         with self._lock:
             self._graphql = True
 
-    def create_volume(self, name: str, size: int, data_center: str, type: str | None = None) -> EmulatedVolume:  # noqa: A002
-        """A network volume, as ``POST /v2/network-volumes`` makes one."""
+    def create_volume(self, name: str, size: int, data_center: str, volume_type: str | None = None) -> EmulatedVolume:
+        """A network volume, as ``POST /v2/network-volumes`` makes one (refused for an unknown data
+        centre or a type it does not offer)."""
         dc = self.data_centers.get(data_center)
         if dc is None:
             raise _Refusal(400, f"unknown data center {data_center!r}")
-        volume_type = type or dc.volume_types[0]
+        volume_type = volume_type or dc.volume_types[0]
         if volume_type not in dc.volume_types:
             raise _Refusal(400, f"data center {data_center} offers no {volume_type} network volumes")
         with self._lock:
