@@ -1,300 +1,262 @@
-"""RunPod's far side for tests: the GraphQL API the pinned runpod SDK (1.12.0) talks to, served over real
-HTTP on 127.0.0.1, with every pod a local sandbox (a workspace directory, its start command as a real
-process, a real OpenSSH server on a loopback port).
+"""RunPod's far side for tests: the REST API v2 on 127.0.0.1, faithful to RunPod's OpenAPI document
+(``runpod-openapi-v2.json`` here; see README.md), with every pod a local sandbox.
 
-Point the SDK at it with ``RUNPOD_API_BASE_URL=emulator.url``. The SDK pastes values into the query text
-(no GraphQL variables), so the emulator parses that text with a small GraphQL parser, the way the real
-server does: an unescaped ``"`` in a value is a syntax error here as there, and an escaped one round-trips.
-Responses carry exactly the fields the query selects; asking for a field the emulator does not model is a
-GraphQL error, so a new SDK query shape fails loudly instead of being answered wrongly.
+Manual
+======
 
-Pod life follows /work/shared/notes/runpod.md: ``desiredStatus`` is RUNNING at once, ``runtime`` stays
-null for ``runtime_after_polls`` reads and ``runtime_after_s`` seconds (or forever), then lists the ports
-with a public tcp entry for port 22; stopped pods read EXITED with stale ports; terminated pods read null
-and leave ``myself.pods``.
+Start and point ralph at it
+---------------------------
+``RunPodEmulator(root, **options)`` serves on a free loopback port once started (``start()``/``stop()``
+or ``with``). ``emulator.url`` is the value for ``RUNPOD_API_BASE_URL`` (no ``/v2``: the client adds it);
+``emulator.api_key`` is the account key. The fixture helpers do both and tear everything down::
+
+    from tests.far.runpod_emulator import runpod_emulator  # noqa: F401 (a fixture: defaults)
+
+    @pytest.fixture                                        # or with options
+    def emu(tmp_path, monkeypatch):
+        yield from emulated_runpod(tmp_path / "runpod", monkeypatch, reads_per_phase=0)
+
+``emulated_runpod`` sets ``RUNPOD_API_BASE_URL`` and ``RUNPOD_API_KEY`` with monkeypatch, stops the
+emulator at teardown, then asserts that no pod process or sshd is left and that every response the
+emulator sent kept the contract (``response_violations``). Request violations are for the test to assert
+on: ralph's client must send none (``assert emu.request_violations == []``).
+
+Constructor options: ``api_key``; ``gpus`` (``GpuModel``s, default ``DEFAULT_GPUS``: RTX A5000, RTX 3090,
+RTX 4090, L4, A100 80GB PCIe); ``data_centers`` (``DataCenterModel``s, default EU-RO-1, US-TX-3,
+EU-SE-1); ``capacity`` ({(gpu id, data centre id, "SECURE"|"COMMUNITY"): free GPUs}, default
+``default_capacity``: every GPU in every data centre, twice its per-pod ceiling); ``reads_per_phase``
+and ``seconds_per_phase`` (see Pods); ``page_size`` (see Pods); ``public_ip``; ``kill_grace_s``;
+``workspace_link`` (a path the emulator points, as a symlink, at each launched pod's workspace: the pod's
+``/workspace`` at a path a test knows before the pod exists).
+``reads_per_phase``, ``seconds_per_phase``, ``page_size`` and ``pod_keys_may_terminate`` are also plain
+attributes a test may change at any time.
+
+What it serves (under ``/v2``; anything else of the contract answers 501, unknown paths 404, other
+methods 405 with ``Allow``)
+----------------------------------------------------------------------------------------------
+- Auth: ``Authorization: Bearer <key>``. The account key may do everything. Each pod gets its own key
+  (``RUNPOD_API_KEY`` in its env): it may ``GET`` its own pod and, while ``pod_keys_may_terminate`` (default
+  True), ``DELETE`` it or ``POST .../action {"action": "terminate"}``; anything else is 403. No or an
+  unknown key (a terminated pod's included) is 401.
+- Pods: ``POST /v2/pods`` (strict: a body off the contract is 422 whose ``errors`` name each violation,
+  e.g. ``body $: additional properties 'bogus' not allowed``; exactly one of ``gpu``/``cpu``, else 400;
+  ``cloud`` defaults to SECURE; ``dataCenterIds`` is enforced; ``ports`` has no default; ``mounts`` none,
+  ``persistent`` or ``network``), ``GET /v2/pods`` (``{"pods": [...]}``; with ``page_size`` set, pages of
+  that size with ``pagination: {nextCursor, hasNextPage}`` and a ``cursor`` query parameter; unknown query
+  parameters are ignored), ``GET /v2/pods/{id}`` (404 once terminated), ``DELETE /v2/pods/{id}`` (204),
+  ``POST /v2/pods/{id}/action`` (terminate 204; stop/start/restart 200 with the pod; invalid for the
+  status 409). A create places the pod in the allowed data centre with the most free capacity for its GPU
+  and cloud (400 with ``CAPACITY_MESSAGE`` when none has ``count`` free); a network volume pins the pod to
+  the volume's data centre (400 if ``dataCenterIds`` excludes it).
+  Status goes PROVISIONING -> STARTING -> RUNNING: a pod stays in each phase for ``reads_per_phase``
+  reads of it (GET or list; default 1) and ``seconds_per_phase`` seconds (default 0; ``math.inf``: never
+  RUNNING); the create's own answer says PROVISIONING. ``ssh.direct`` appears only when ``22/tcp`` is in
+  ``ports``, the pod is RUNNING and its sshd is up; ``cost`` is the catalog price for its cloud times
+  ``count`` (0 when EXITED); ``actions`` is what the status allows; ``runtime`` is null unless RUNNING.
+- Catalog: ``GET /v2/catalog/gpus`` and ``/v2/catalog/gpus/{id}`` (``include=AVAILABILITY`` needs
+  ``product``, else 400; ``count``, ``cloud``, ``minCudaVersion``, ``cudaVersions``, ``countryCodes``),
+  ``GET /v2/catalog/datacenters`` and ``/{id}`` (``include=GPU_AVAILABILITY``; ``regions``,
+  ``networkVolumeTypes``, ``compliance``, ``globalNetwork``). Availability is derived from free capacity
+  (``availability_level``: units of ``count`` free: 0 NONE, 1 LOW, 2-3 MEDIUM, 4+ HIGH) unless a test
+  makes the catalog lie with ``advertise``.
+- Network volumes: ``GET/POST /v2/network-volumes``, ``GET/PATCH/DELETE /v2/network-volumes/{id}``.
+  Each is a directory under ``root/volumes``; a pod mounting one works in that directory, so its files
+  outlive the pod. Deleting a volume a live pod mounts is 400; its size only grows.
+- Every response has ``x-request-id``; authenticated ones ``RateLimit-Policy`` and ``RateLimit``
+  (structured-field lists as in the document's examples: ``"minute";r=59;t=60, "hour";...``), counted
+  over fixed windows from the emulator's start (reported, not enforced: use the RATE_LIMITED fault).
+  Errors are RFC 9457 ``application/problem+json`` ``{title, status, detail, errors?}``.
+- ``/graphql`` answers 410 Gone (problem+json) until ``enable_graphql()``; then it serves only
+  ``mutation { podTerminate(input: {podId: "..."}) }`` for that pod's own key or the account key (the
+  dead-man's switch's last resort). ``/v1/...`` answers 410 Gone (REST v1 retired 2026-11-15).
+
+Pods are local sandboxes
+------------------------
+Each pod has ``root/pods/<id>/``. Its workspace is the mounted network volume's directory, or a
+``persistent`` or ``container`` directory of its own (local paths: the mount ``path`` is recorded, not
+created). With ``22/tcp`` in ``ports`` a real OpenSSH server (tests/far/sshd.py) listens on a free
+loopback port trusting exactly ``env.PUBLIC_KEY``; sessions start in the workspace. ``args`` runs as
+``/bin/sh -c args`` in the workspace, in its own process group, output to ``pod.log_path``, with the
+user's ``env`` plus ``RUNPOD_POD_ID``, the pod's ``RUNPOD_API_KEY``, ``RUNPOD_API_BASE_URL``,
+``RUNPOD_PUBLIC_IP``, ``RUNPOD_DC_ID``, ``RUNPOD_GPU_COUNT``, ``RUNPOD_TCP_PORT_22``, ``HOME`` and a
+``PATH`` that starts with a stand-in ``runpodctl`` (``remove pod ID`` / ``stop pod ID``) which, like the
+real one of Sept 2026, calls REST v1 and so fails with 410, printing what it got. Never the account key.
+Stopping, ERROR and terminating end the container: the start command's process group, sshd and its
+sessions, and every other process whose environment carries the pod's ``RUNPOD_POD_ID`` (a daemon an SSH
+session started with ``setsid``, say). An emulator failure (sshd would not start) answers 500 and is
+recorded as a response violation, so the fixture's teardown reports it.
+
+Test switches (thread-safe; they act on requests that arrive afterwards)
+------------------------------------------------------------------------
+- ``set_capacity(free, gpu_id=None, data_center=None, cloud=None)`` / ``no_capacity(gpu_id=None,
+  data_center=None, cloud=None)``: free GPUs per (GPU, data centre, cloud); None matches all.
+  ``capacity(gpu_id, data_center, cloud="SECURE")`` reads it. A pod holds its GPUs until stopped or
+  terminated (an ERROR pod still holds them, and still costs).
+- ``advertise(level, gpu_id=None, data_center=None)``: the catalog says ``level`` whatever the capacity
+  (``advertise("HIGH", GPU)`` + ``no_capacity(GPU)``: HIGH while creates fail); ``advertise(None)`` stops.
+- ``fail(fault, times=1, method=None, path=None, retry_after=2)``: the next ``times`` (None: every)
+  matching /v2 request gets a ``Fault``: RATE_LIMITED (429, ``Retry-After``, ``RateLimit`` r=0),
+  SERVER_ERROR (500 problem), BAD_GATEWAY (502 HTML page), UNAVAILABLE (503 problem), GARBAGE (200, not
+  JSON), WRONG_SHAPE (200 JSON of the wrong shape), INSUFFICIENT_BALANCE (402), FORBIDDEN (403), or
+  LOST_ANSWER (the work is done — a pod really is created or terminated — then the connection drops
+  without an answer). ``path`` is a concrete path or the contract's template (``/v2/pods/{id}``).
+  ``clear_faults()``.
+- ``forbid_gpu(*gpu_ids)``: creates of these GPU types are 403 (no access to the pool).
+- ``error_next_pods(times=1)``: the next created pods go STARTING -> ERROR instead of RUNNING;
+  ``error_pod(pod_id)``: that pod goes to ERROR now.
+- ``ignore_terminations(times=1)`` (None: all until ``ignore_terminations(0)``): terminations are
+  acknowledged (204, or GraphQL's null) but nothing happens.
+- ``pod_keys_may_terminate = False``: a pod's key is refused (403) for DELETE and action terminate.
+- ``enable_graphql()``.
+
+Records
+-------
+``requests`` (``RecordedRequest``: at, method, path, query, body (parsed JSON), principal ``"account"`` /
+``"pod:<id>"`` / None, status, request_id, fault, answered; never a key), ``calls(method=None,
+path_prefix="")``, ``creates_sent`` (POST /v2/pods requests), ``pods_created``, ``all_pods`` (terminated
+included, creation order), ``live_pods()``, ``pod(id)`` (``EmulatedPod``: status, workspace, directory,
+process, sshd, log_path, container_env, pod_key, data_center_id, volume_id, terminate_requests, ...),
+``volumes``, ``volume(id)`` / ``create_volume(name, size, data_center, volume_type=None)`` (``EmulatedVolume``:
+``directory``, ``snapshot()`` -> ``VolumeSnapshot``; ``later.bytes_written_since(earlier)`` is the size of
+every file new or changed in between, so a test can assert a repeat run uploaded 0 bytes),
+``violations`` / ``request_violations`` / ``response_violations`` (``Violation``: kind, method, path,
+status, request_id, message). Requests that break the contract are answered 422, as RunPod does.
 """
 
 from __future__ import annotations
 
+import http
 import json
+import math
 import os
 import re
 import secrets
-import shlex
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
-# --------------------------------------------------------------------------------------------------
-# GraphQL: just the executable-document subset the SDK writes (one operation, fields, arguments,
-# literal values). Variables, fragments, aliases and directives are not used by runpod 1.12.0.
-# --------------------------------------------------------------------------------------------------
+import pytest
 
-
-class GraphQLError(Exception):
-    """A request the real server would reject with HTTP 400 and a message in ``errors``."""
-
-
-class EnumValue(str):
-    """A bare enum literal such as ``ALL`` (kept apart from the string ``"ALL"``)."""
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    args: dict[str, Any]
-    selections: tuple[Field, ...]
-
-
-@dataclass(frozen=True)
-class Operation:
-    kind: str  # "query" or "mutation"
-    name: str | None
-    fields: tuple[Field, ...]
-
-
-_TOKEN = re.compile(
-    r"""(?P<ws>[\s,\ufeff]+|\#[^\n]*)
-      | (?P<punct>[{}()\[\]:!$=@]|\.\.\.)
-      | (?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
-      | (?P<name>[_A-Za-z][_0-9A-Za-z]*)
-      | (?P<string>")""",
-    re.VERBOSE,
-)
-_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-
-
-def _read_string(text: str, start: int) -> tuple[str, int]:
-    """Read a string literal whose opening quote is at ``start - 1``; return (value, next index)."""
-    if text.startswith('""', start):
-        raise GraphQLError("Syntax Error: block strings are not used by the SDK.")
-    out: list[str] = []
-    i = start
-    while i < len(text):
-        c = text[i]
-        if c == '"':
-            return "".join(out), i + 1
-        if c in "\n\r":
-            raise GraphQLError("Syntax Error: Unterminated string.")
-        if c == "\\":
-            nxt = text[i + 1 : i + 2]
-            if nxt in _ESCAPES:
-                out.append(_ESCAPES[nxt])
-                i += 2
-                continue
-            if nxt == "u" and re.fullmatch(r"[0-9A-Fa-f]{4}", text[i + 2 : i + 6]):
-                out.append(chr(int(text[i + 2 : i + 6], 16)))
-                i += 6
-                continue
-            raise GraphQLError(f"Syntax Error: Invalid character escape sequence: \\{nxt}.")
-        out.append(c)
-        i += 1
-    raise GraphQLError("Syntax Error: Unterminated string.")
-
-
-def _tokenize(text: str) -> list[tuple[str, Any]]:
-    tokens: list[tuple[str, Any]] = []
-    i = 0
-    while i < len(text):
-        m = _TOKEN.match(text, i)
-        if not m:
-            raise GraphQLError(f"Syntax Error: Unexpected character: {text[i]!r}.")
-        kind = m.lastgroup
-        i = m.end()
-        if kind == "ws":
-            continue
-        if kind == "string":
-            value, i = _read_string(text, i)
-            tokens.append(("string", value))
-        elif kind == "number":
-            raw = m.group()
-            tokens.append(("number", float(raw) if any(c in raw for c in ".eE") else int(raw)))
-        else:
-            tokens.append((kind, m.group()))
-    tokens.append(("eof", None))
-    return tokens
-
-
-class _Parser:
-    def __init__(self, text: str) -> None:
-        self.tokens = _tokenize(text)
-        self.pos = 0
-
-    def peek(self) -> tuple[str, Any]:
-        return self.tokens[self.pos]
-
-    def take(self, kind: str, value: Any = None) -> Any:
-        tok_kind, tok_value = self.tokens[self.pos]
-        if tok_kind != kind or (value is not None and tok_value != value):
-            shown = "<EOF>" if tok_kind == "eof" else repr(tok_value)
-            raise GraphQLError(f"Syntax Error: Expected {value or kind}, found {shown}.")
-        self.pos += 1
-        return tok_value
-
-    def at(self, kind: str, value: Any = None) -> bool:
-        tok_kind, tok_value = self.peek()
-        return tok_kind == kind and (value is None or tok_value == value)
-
-    def document(self) -> Operation:
-        kind, name = "query", None
-        if self.at("name", "query") or self.at("name", "mutation"):
-            kind = self.take("name")
-            if self.at("name"):
-                name = self.take("name")
-        fields = self.selection_set()
-        self.take("eof")
-        return Operation(kind, name, fields)
-
-    def selection_set(self) -> tuple[Field, ...]:
-        self.take("punct", "{")
-        fields = []
-        while not self.at("punct", "}"):
-            fields.append(self.field())
-        self.take("punct", "}")
-        if not fields:
-            raise GraphQLError("Syntax Error: Expected Name, found '}'.")
-        return tuple(fields)
-
-    def field(self) -> Field:
-        name = self.take("name")
-        args: dict[str, Any] = {}
-        if self.at("punct", "("):
-            self.take("punct", "(")
-            while not self.at("punct", ")"):
-                key = self.take("name")
-                self.take("punct", ":")
-                args[key] = self.value()
-            self.take("punct", ")")
-        selections = self.selection_set() if self.at("punct", "{") else ()
-        return Field(name, args, selections)
-
-    def value(self) -> Any:
-        kind, value = self.peek()
-        if kind in ("string", "number"):
-            self.pos += 1
-            return value
-        if kind == "name":
-            self.pos += 1
-            return {"true": True, "false": False, "null": None}.get(value, EnumValue(value))
-        if self.at("punct", "["):
-            self.take("punct", "[")
-            items = []
-            while not self.at("punct", "]"):
-                items.append(self.value())
-            self.take("punct", "]")
-            return items
-        if self.at("punct", "{"):
-            self.take("punct", "{")
-            obj = {}
-            while not self.at("punct", "}"):
-                key = self.take("name")
-                self.take("punct", ":")
-                obj[key] = self.value()
-            self.take("punct", "}")
-            return obj
-        shown = "<EOF>" if kind == "eof" else repr(value)
-        raise GraphQLError(f"Syntax Error: Unexpected {shown}.")
-
-
-def parse_operation(text: str) -> Operation:
-    """Parse one GraphQL operation as the SDK writes it; GraphQLError on malformed text."""
-    return _Parser(text).document()
-
-
-def _project(value: Any, selections: tuple[Field, ...], type_name: str) -> Any:
-    """Keep only the selected fields, resolving callables (fields that take arguments) on the way."""
-    if value is None or not selections:
-        return value
-    if isinstance(value, list):
-        return [_project(v, selections, type_name) for v in value]
-    out = {}
-    for f in selections:
-        if f.name not in value:
-            raise GraphQLError(f'Cannot query field "{f.name}" on type "{type_name}".')
-        v = value[f.name]
-        if callable(v):
-            v = v(f.args)
-        out[f.name] = _project(v, f.selections, f"{type_name}.{f.name}")
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# The account, its GPU catalogue and its pods
-# --------------------------------------------------------------------------------------------------
+from .openapi_contract import Contract, Operation as ContractOperation
+from .sshd import SshServer, start_sshd
 
 CAPACITY_MESSAGE = (
     "There are no longer any instances available with the requested specifications. "
     "Please refresh and try again."
 )
 RESUME_CAPACITY_MESSAGE = "There are not enough free GPUs on the host machine to start this pod."
+CLOUDS = ("SECURE", "COMMUNITY")
+LEVELS = ("NONE", "LOW", "MEDIUM", "HIGH")
+# RunPod's example policy: (window, quota, seconds)
+RATE_LIMIT_POLICY = (("minute", 60, 60), ("hour", 3000, 3600), ("day", 50000, 86400))
+
+# --------------------------------------------------------------------------------------------------
+# The catalog
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class GpuType:
+class GpuModel:
+    id: str  # what a create names
+    name: str
+    memory: int  # GB
+    price_secure: float  # USD per GPU-hour
+    price_community: float | None  # None: not offered on community cloud
+    cuda_versions: tuple[str, ...]
+    max_count_secure: int = 8
+    max_count_community: int = 4
+
+    def price(self, cloud: str) -> float | None:
+        return self.price_secure if cloud == "SECURE" else self.price_community
+
+    def max_count(self, cloud: str) -> int:
+        return self.max_count_secure if cloud == "SECURE" else self.max_count_community
+
+
+@dataclass(frozen=True)
+class DataCenterModel:
     id: str
-    display_name: str
-    memory_gb: int
-    price_per_hr: float  # on-demand price of one GPU; a pod's costPerHr is this times gpuCount
-    max_gpu_count: int = 8
+    name: str
+    region: str
+    country: str  # ISO 3166-1 alpha-2
+    volume_types: tuple[str, ...] = ("STANDARD",)  # the first is the default for a new volume
+    compliance: tuple[str, ...] = ()
+    global_network: bool = False
 
 
-DEFAULT_GPU_TYPES: tuple[GpuType, ...] = (
-    GpuType("NVIDIA GeForce RTX 4090", "RTX 4090", 24, 0.69),
-    GpuType("NVIDIA RTX A5000", "RTX A5000", 24, 0.27),
-    GpuType("NVIDIA L40S", "L40S", 48, 0.86),
-    GpuType("NVIDIA A100 80GB PCIe", "A100 PCIe", 80, 1.64),
-    GpuType("NVIDIA H100 80GB HBM3", "H100 SXM", 80, 2.99),
+_CUDA = ("12.1", "12.2", "12.4", "12.6", "12.8")
+DEFAULT_GPUS: tuple[GpuModel, ...] = (
+    GpuModel("NVIDIA RTX A5000", "RTX A5000", 24, 0.27, 0.16, _CUDA),
+    GpuModel("NVIDIA GeForce RTX 3090", "RTX 3090", 24, 0.43, 0.22, _CUDA),
+    GpuModel("NVIDIA GeForce RTX 4090", "RTX 4090", 24, 0.69, 0.34, _CUDA),
+    GpuModel("NVIDIA L4", "L4", 24, 0.43, None, _CUDA[2:], max_count_community=0),
+    GpuModel("NVIDIA A100 80GB PCIe", "A100 PCIe", 80, 1.64, 1.19, _CUDA, max_count_community=2),
 )
+DEFAULT_DATA_CENTERS: tuple[DataCenterModel, ...] = (
+    DataCenterModel("EU-RO-1", "EU Romania 1", "EUROPE", "RO", ("STANDARD", "HIGH_PERFORMANCE"),
+                    ("GDPR", "ISO_IEC_27001"), True),
+    DataCenterModel("US-TX-3", "US Texas 3", "NORTH_AMERICA", "US", ("STANDARD",), ("SOC_2_TYPE_2",), True),
+    DataCenterModel("EU-SE-1", "EU Sweden 1", "EUROPE", "SE", ("STANDARD",), ("GDPR", "RENEWABLE")),
+)
+_CPU_PRICE_PER_VCPU = {"cpu3c": 0.03, "cpu3g": 0.025, "cpu5c": 0.04}  # CPU pods: no capacity modelled
+
+Capacity = dict[tuple[str, str, str], int]  # (gpu id, data centre id, cloud) -> free GPUs
+
+
+def default_capacity(gpus: Sequence[GpuModel], data_centers: Sequence[DataCenterModel]) -> Capacity:
+    """Every GPU in every data centre, for each cloud it is sold on: twice its per-pod ceiling free."""
+    return {(g.id, dc.id, cloud): 2 * g.max_count(cloud)
+            for g in gpus for dc in data_centers for cloud in CLOUDS if g.price(cloud) is not None}
+
+
+def availability_level(units: int) -> str:
+    """Catalog stock level for ``units`` pods of the asked count that would fit now."""
+    return "NONE" if units <= 0 else "LOW" if units == 1 else "MEDIUM" if units <= 3 else "HIGH"
+
+
+def _cuda_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults and records
+# --------------------------------------------------------------------------------------------------
 
 
 class Fault(str, Enum):
-    """What a faulty response looks like; the SDK turns each into a different exception."""
+    RATE_LIMITED = "rate_limited"  # 429 problem, Retry-After, RateLimit r=0
+    SERVER_ERROR = "server_error"  # 500 problem
+    BAD_GATEWAY = "bad_gateway"  # 502, an HTML page from the gateway
+    UNAVAILABLE = "unavailable"  # 503 problem
+    GARBAGE = "garbage"  # 200, not JSON
+    WRONG_SHAPE = "wrong_shape"  # 200, JSON of the wrong shape
+    INSUFFICIENT_BALANCE = "insufficient_balance"  # 402 problem
+    FORBIDDEN = "forbidden"  # 403 problem
+    LOST_ANSWER = "lost_answer"  # the work is done, then the connection drops unanswered
 
-    UNAUTHORIZED = "unauthorized"  # HTTP 401 -> runpod.error.AuthenticationError
-    SERVER_ERROR = "server_error"  # HTTP 502, an HTML gateway page -> requests.JSONDecodeError
-    SERVER_ERROR_JSON = "server_error_json"  # HTTP 500, JSON errors "Something went wrong" -> QueryError
-    RATE_LIMITED = "rate_limited"  # HTTP 429, plain text -> requests.JSONDecodeError
-    RATE_LIMITED_JSON = "rate_limited_json"  # HTTP 429, JSON errors -> QueryError
-    GARBAGE = "garbage"  # HTTP 200, not JSON -> requests.JSONDecodeError
-    NO_DATA = "no_data"  # HTTP 200, JSON without "data" -> KeyError
-    NULL_DATA = "null_data"  # HTTP 200, {"data": null} -> TypeError
 
-
-_FAULT_RESPONSES: dict[Fault, tuple[int, str, bytes]] = {
-    Fault.UNAUTHORIZED: (401, "text/plain", b"Unauthorized"),
-    Fault.SERVER_ERROR: (502, "text/html", b"<html><body><h1>502 Bad Gateway</h1></body></html>"),
-    Fault.SERVER_ERROR_JSON: (
-        500,
-        "application/json",
-        json.dumps({"errors": [{"message": "Something went wrong. Please try again later."}]}).encode(),
-    ),
-    Fault.RATE_LIMITED: (429, "text/plain", b"Too Many Requests"),
-    Fault.RATE_LIMITED_JSON: (
-        429,
-        "application/json",
-        json.dumps({"errors": [{"message": "Too many requests, please slow down."}]}).encode(),
-    ),
-    Fault.GARBAGE: (200, "text/html", b"<!doctype html><title>maintenance</title>"),
-    Fault.NO_DATA: (200, "application/json", b'{"extensions": {}}'),
-    Fault.NULL_DATA: (200, "application/json", b'{"data": null}'),
-}
+# Faults whose answer is off the contract on purpose (a gateway's page, a broken body, none at all).
+_OFF_CONTRACT = {Fault.BAD_GATEWAY, Fault.GARBAGE, Fault.WRONG_SHAPE, Fault.LOST_ANSWER}
 
 
 @dataclass
 class _FaultRule:
     fault: Fault
     remaining: int | None  # None: for ever
-    operation: str | None  # a root field name such as "podFindAndDeployOnDemand"; None: any request
-    after: bool  # True: the request takes effect, then its response is replaced
+    method: str | None
+    path: str | None  # concrete path or contract template
+    retry_after: int
 
 
 @dataclass(frozen=True)
@@ -304,93 +266,201 @@ class RecordedRequest:
     at: float  # time.monotonic()
     method: str
     path: str
+    query: dict[str, list[str]]
+    body: Any  # parsed JSON, the raw text when it was not JSON, None when empty
     principal: str | None  # "account", "pod:<id>", or None for a missing or unknown key
-    query: str | None
-    kind: str | None  # "query" / "mutation" when the text parsed
-    fields: tuple[str, ...]  # root field names, e.g. ("podFindAndDeployOnDemand",)
-    args: dict[str, Any]  # arguments of the first root field
-    status: int
+    status: int  # what was (or, for a lost answer, would have been) sent
+    request_id: str
     fault: Fault | None
+    answered: bool  # False when the connection dropped without an answer
 
 
-# (pod_id, workspace, env) -> (host, port, stop) or an object with .host, .port and .stop()
-StartSsh = Callable[[str, Path, dict[str, str]], Any]
+@dataclass(frozen=True)
+class Violation:
+    kind: str  # "request" or "response"
+    method: str
+    path: str
+    status: int
+    request_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class VolumeSnapshot:
+    """A volume's files at one moment: relative path -> (size, mtime_ns)."""
+
+    files: dict[str, tuple[int, int]]
+
+    def bytes_written_since(self, earlier: VolumeSnapshot) -> int:
+        """Bytes of every file that is new or changed (size or mtime) since ``earlier``."""
+        return sum(size for path, (size, mtime) in self.files.items() if earlier.files.get(path) != (size, mtime))
+
+
+@dataclass
+class EmulatedVolume:
+    id: str
+    name: str
+    size: int
+    data_center: str
+    type: str
+    directory: Path
+
+    def record(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "size": self.size, "dataCenter": self.data_center,
+                "type": self.type}
+
+    def snapshot(self) -> VolumeSnapshot:
+        files = {}
+        for path in self.directory.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                stat = path.stat()
+                files[str(path.relative_to(self.directory))] = (stat.st_size, stat.st_mtime_ns)
+        return VolumeSnapshot(files)
 
 
 @dataclass
 class EmulatedPod:
-    """One pod: its API-visible record and the local sandbox standing in for the container."""
+    """One pod: what the API shows of it and the local sandbox standing in for its container."""
 
     id: str
     name: str
     image: str
-    gpu: GpuType
+    args: str
+    disk: int
+    ports: list[str]
+    env: dict[str, str]  # as the create sent it
+    mounts: dict[str, Any]
+    cloud: str
+    gpu_id: str | None
     gpu_count: int
-    cloud_type: str
-    docker_args: str
-    ports: str
-    env: dict[str, str]
-    volume_mount_path: str
-    container_disk_gb: int
-    volume_gb: int
-    data_center_id: str | None
-    network_volume_id: str | None
-    directory: Path  # everything of this pod lives under it
-    workspace: Path  # the pod's /workspace stand-in
-    pod_key: str = field(repr=False)  # pod-scoped RUNPOD_API_KEY
-    machine_id: str = ""
-    pod_host_id: str = ""
-    created_at: float = 0.0
-    desired_status: str = "RUNNING"
-    runtime_after_polls: int = 0
-    runtime_after_s: float = 0.0
-    runtime_never: bool = False
-    polls: int = 0  # reads of this pod (get or list) since it last started
-    started_at: float = 0.0
-    runtime_since: float | None = None
-    stale_ports: list[dict[str, Any]] | None = None  # what an EXITED pod still shows
-    terminated: bool = False
-    terminate_requests: int = 0
-    ssh: Any = None  # what start_ssh returned (the tests' SshServer: client_key, known_hosts_line())
-    ssh_host: str | None = None
-    ssh_port: int | None = None
+    cpu: dict[str, Any] | None  # CPU pods: {id, vcpuCount, memory}
+    price: float  # USD per hour while it holds its machine
+    data_center_id: str
+    cuda_version: str | None
+    volume_id: str | None
+    directory: Path
+    workspace: Path
+    pod_key: str = field(repr=False)
+    created_at: str = ""
+    status: str = "PROVISIONING"
+    phase_since: float = 0.0  # time.monotonic() when the current status began
+    phase_reads: int = 0  # reads that reported the current status
+    started_at: str | None = None
+    running_since: float | None = None
+    doomed: bool = False  # goes to ERROR instead of RUNNING
+    holds_capacity: bool = True
+    terminate_requests: list[str | None] = field(default_factory=list)  # principal of each request
+    container_env: dict[str, str] = field(default_factory=dict, repr=False)  # what the container got
     process: subprocess.Popen | None = field(default=None, repr=False)
-    _ssh_stop: Callable[[], None] | None = field(default=None, repr=False)
+    sshd: SshServer | None = field(default=None, repr=False)
+    sandbox_ready: bool = False
+    proxy_user: str = ""
 
     @property
     def log_path(self) -> Path:
         """Where the start command's stdout and stderr go."""
         return self.directory / "container.log"
 
-    def pod_env(self, api_url: str, public_ip: str) -> dict[str, str]:
-        """The variables RunPod puts into every container, over the user's env."""
-        return {
-            **self.env,
-            "RUNPOD_POD_ID": self.id,
-            "RUNPOD_API_KEY": self.pod_key,
-            "RUNPOD_API_BASE_URL": api_url,
-            "RUNPOD_PUBLIC_IP": public_ip,
-            "RUNPOD_GPU_COUNT": str(self.gpu_count),
-            "RUNPOD_POD_HOSTNAME": self.pod_host_id,
-        }
+    @property
+    def terminated(self) -> bool:
+        return self.status == "TERMINATED"
+
+    def actions(self) -> list[str]:
+        return {"RUNNING": ["stop", "restart", "terminate"], "EXITED": ["start", "terminate"],
+                "ERROR": ["start", "terminate"], "PROVISIONING": ["stop", "terminate"],
+                "STARTING": ["stop", "terminate"]}.get(self.status, [])
 
 
-def _default_start_ssh() -> StartSsh | None:
-    """The real OpenSSH helper when tests/far/sshd.py is there (it is written alongside this file)."""
-    if not Path(__file__).with_name("sshd.py").exists():
-        return None
-    from .sshd import start_sshd
-
-    def start(pod_id: str, workspace: Path, env: dict[str, str]) -> Any:
-        # sshd's SetEnv cannot carry quotes, backslashes or newlines; real pods often lack
-        # these variables in SSH sessions anyway (notes/runpod.md), so such values are left out.
-        safe = {k: v for k, v in env.items() if not any(c in v for c in '"\\\n')}
-        return start_sshd(workspace.parent / "sshd", env=safe, start_dir=workspace)
-
-    return start
+# --------------------------------------------------------------------------------------------------
+# HTTP answers
+# --------------------------------------------------------------------------------------------------
 
 
-_USE_DEFAULT: Any = object()
+@dataclass
+class _Reply:
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    fault: Fault | None = None
+    lost: bool = False
+
+
+class _Refusal(Exception):
+    """Raised by an operation to answer with a problem instead."""
+
+    def __init__(self, status: int, detail: str, errors: list[str] | None = None) -> None:
+        super().__init__(detail)
+        self.reply = _problem(status, detail, errors)
+
+
+def _json(status: int, value: Any) -> _Reply:
+    return _Reply(status, json.dumps(value).encode(), "application/json")
+
+
+def _problem(status: int, detail: str, errors: list[str] | None = None) -> _Reply:
+    problem: dict[str, Any] = {"title": http.HTTPStatus(status).phrase, "status": status, "detail": detail}
+    if errors:
+        problem["errors"] = errors
+    return _Reply(status, json.dumps(problem).encode(), "application/problem+json")
+
+
+def _fault_reply(rule: _FaultRule) -> _Reply:
+    fault = rule.fault
+    if fault is Fault.RATE_LIMITED:
+        reply = _problem(429, "rate limit exceeded for the minute window")
+        reply.headers["Retry-After"] = str(rule.retry_after)
+    elif fault is Fault.SERVER_ERROR:
+        reply = _problem(500, "internal server error")
+    elif fault is Fault.BAD_GATEWAY:
+        reply = _Reply(502, b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad "
+                            b"Gateway</h1></center><hr><center>cloudflare</center></body></html>", "text/html")
+    elif fault is Fault.UNAVAILABLE:
+        reply = _problem(503, "upstream unavailable, try again")
+    elif fault is Fault.GARBAGE:
+        reply = _Reply(200, b"<!doctype html><title>Maintenance</title><p>Back soon.", "text/html")
+    elif fault is Fault.WRONG_SHAPE:
+        reply = _json(200, {"data": None, "message": "ok"})
+    elif fault is Fault.INSUFFICIENT_BALANCE:
+        reply = _problem(402, "insufficient balance: add funds to deploy")
+    elif fault is Fault.FORBIDDEN:
+        reply = _problem(403, "access denied")
+    else:
+        raise ValueError(fault)
+    reply.fault = fault
+    return reply
+
+
+_RUNPODCTL = '''#!{python}
+"""Stand-in runpodctl: its pod commands call REST v1 (as the real one's did in Sept 2026)."""
+import os, sys, urllib.error, urllib.request
+args = sys.argv[1:]
+if args[:2] in (["remove", "pod"], ["pod", "delete"], ["pod", "remove"]) and len(args) == 3:
+    method, path = "DELETE", "/v1/pods/" + args[2]
+elif args[:2] == ["stop", "pod"] and len(args) == 3:
+    method, path = "POST", "/v1/pods/" + args[2] + "/stop"
+else:
+    sys.exit("usage: runpodctl remove pod POD_ID | stop pod POD_ID")
+url = os.environ["RUNPOD_API_BASE_URL"] + path
+request = urllib.request.Request(url, method=method,
+                                 headers={{"Authorization": "Bearer " + os.environ["RUNPOD_API_KEY"]}})
+try:
+    with urllib.request.urlopen(request, timeout=30) as response:
+        status, body = response.status, response.read().decode(errors="replace")
+except urllib.error.HTTPError as error:
+    status, body = error.code, error.read().decode(errors="replace")
+print("runpodctl: %s %s -> %d %s" % (method, path, status, body), file=sys.stderr)
+sys.exit(0 if status < 300 else 1)
+'''
+
+_GRAPHQL_TERMINATE = re.compile(
+    r'^\s*mutation\b[^{]*\{\s*podTerminate\s*\(\s*input\s*:\s*\{\s*podId\s*:\s*"([^"\\]+)"\s*\}\s*\)\s*\}\s*$')
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
@@ -398,80 +468,75 @@ def _new_id(n: int) -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(n))
 
 
-def _refused_port() -> int:
-    """A loopback port nothing listens on: what a pod's exposed SSH port looks like without sshd."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# --------------------------------------------------------------------------------------------------
+# The emulator
+# --------------------------------------------------------------------------------------------------
+
+_OperationHandler = Callable[["RunPodEmulator", "_Request"], _Reply]
 
 
-_RUNPODCTL = '''#!{python}
-"""Emulated runpodctl (the subset a dead-man's switch uses): remove pod ID / pod delete ID / stop pod ID."""
-import json, os, sys, urllib.request
-args = sys.argv[1:]
-if args[:2] in (["remove", "pod"], ["pod", "delete"], ["pod", "remove"]) and len(args) == 3:
-    query = 'mutation {{ podTerminate(input: {{ podId: "%s" }}) }}' % args[2]
-elif args[:2] == ["stop", "pod"] and len(args) == 3:
-    query = 'mutation {{ podStop(input: {{ podId: "%s" }}) {{ id desiredStatus }} }}' % args[2]
-else:
-    sys.exit("usage: runpodctl remove pod POD_ID")
-req = urllib.request.Request(os.environ["RUNPOD_API_BASE_URL"] + "/graphql",
-    data=json.dumps({{"query": query}}).encode(),
-    headers={{"Content-Type": "application/json",
-             "Authorization": "Bearer " + os.environ["RUNPOD_API_KEY"]}})
-with urllib.request.urlopen(req, timeout=30) as resp:
-    body = json.load(resp)
-if body.get("errors"):
-    sys.exit(body["errors"][0]["message"])
-print('pod "%s" removed' % args[2])
-'''
+@dataclass
+class _Request:
+    method: str
+    path: str
+    params: dict[str, str]  # path parameters
+    query: dict[str, list[str]]
+    body: Any
+    principal: str
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def list_arg(self, name: str) -> list[str]:
+        value = self.arg(name)
+        return [v for v in value.split(",") if v] if value else []
 
 
 class RunPodEmulator:
-    """RunPod's GraphQL API on 127.0.0.1 with local pods. Use as a context manager or start()/stop().
-
-    Knobs (all thread-safe, effective for requests that arrive afterwards):
-    ``no_capacity(*gpu_ids)`` / ``restore_capacity(*gpu_ids)``, ``fail(fault, times=, operation=, after=)``,
-    ``clear_faults()``, ``ignore_terminations(times=)``, and the attributes ``runtime_after_polls``,
-    ``runtime_after_s``, ``runtime_never`` (for pods created or resumed later; each EmulatedPod has its
-    own copies), ``zero_cost`` (costPerHr reads 0, runpod-python#438).
-    """
+    """RunPod's REST API v2 on 127.0.0.1 with local pods (see the module docstring)."""
 
     def __init__(
         self,
         root: Path,
         *,
         api_key: str | None = None,
-        gpu_types: Sequence[GpuType] = DEFAULT_GPU_TYPES,
-        network_volumes: Sequence[dict[str, Any]] = (),
-        runtime_after_polls: int = 0,
-        runtime_after_s: float = 0.0,
-        runtime_never: bool = False,
-        start_ssh: StartSsh | None = _USE_DEFAULT,
-        run_start_command: bool = True,
+        gpus: Sequence[GpuModel] = DEFAULT_GPUS,
+        data_centers: Sequence[DataCenterModel] = DEFAULT_DATA_CENTERS,
+        capacity: Mapping[tuple[str, str, str], int] | None = None,
+        reads_per_phase: int = 1,
+        seconds_per_phase: float = 0.0,
+        page_size: int | None = None,
         public_ip: str = "127.0.0.1",
         kill_grace_s: float = 1.0,
+        workspace_link: Path | None = None,
     ) -> None:
         self.root = Path(root)
-        self.api_key = api_key or "rp_emulated_" + secrets.token_hex(16)
-        self.gpu_types = {g.id: g for g in gpu_types}
-        self.network_volumes = [dict(v) for v in network_volumes]
-        self.runtime_after_polls = runtime_after_polls
-        self.runtime_after_s = runtime_after_s
-        self.runtime_never = runtime_never
-        self.start_ssh: StartSsh | None = _default_start_ssh() if start_ssh is _USE_DEFAULT else start_ssh
-        self.run_start_command = run_start_command
+        self.api_key = api_key or "rpa_emulated_" + secrets.token_hex(16)
+        self.gpus = {g.id: g for g in gpus}
+        self.data_centers = {dc.id: dc for dc in data_centers}
+        self.reads_per_phase = reads_per_phase
+        self.seconds_per_phase = seconds_per_phase
+        self.page_size = page_size
         self.public_ip = public_ip
         self.kill_grace_s = kill_grace_s
-        self.zero_cost = False
-        self.user_id = "user_" + _new_id(10)
-        self.pub_key = ""
+        self.workspace_link = workspace_link
+        self.pod_keys_may_terminate = True
+        self.contract = Contract.load()
+        self._capacity: Capacity = dict(capacity if capacity is not None else default_capacity(gpus, data_centers))
+        self._advertised: dict[tuple[str | None, str | None], str] = {}
+        self._forbidden_gpus: set[str] = set()
+        self._faults: list[_FaultRule] = []
+        self._doomed_creates = 0
+        self._ignored_terminations: int | None = 0  # None: every termination is ignored
+        self._graphql = False
         self._lock = threading.RLock()
         self._pods: dict[str, EmulatedPod] = {}  # every pod ever created, terminated ones included
+        self._volumes: dict[str, EmulatedVolume] = {}
         self._requests: list[RecordedRequest] = []
-        self._faults: list[_FaultRule] = []
-        self._no_capacity: set[str] = set()
-        self._ignored_terminations: int | None = 0  # None: every termination is ignored
+        self._violations: list[Violation] = []
+        self._window_counts: dict[tuple[str, int], int] = {}
+        self._started = time.monotonic()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -479,7 +544,7 @@ class RunPodEmulator:
 
     @property
     def url(self) -> str:
-        """The value for RUNPOD_API_BASE_URL (the SDK appends /graphql)."""
+        """The value for RUNPOD_API_BASE_URL (the client appends /v2)."""
         if self._server is None:
             raise RuntimeError("emulator not started")
         host, port = self._server.server_address[:2]
@@ -501,9 +566,7 @@ class RunPodEmulator:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-        with self._lock:
-            pods = list(self._pods.values())
-        for pod in pods:
+        for pod in self.all_pods:
             self._halt(pod)
 
     def __enter__(self) -> RunPodEmulator:
@@ -512,124 +575,236 @@ class RunPodEmulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # ---- knobs -----------------------------------------------------------------------------------
+    def leftover_processes(self) -> list[int]:
+        """Pids of pod processes or sshds still running (none after stop())."""
+        procs = [p for pod in self.all_pods for p in (pod.process, pod.sshd.process if pod.sshd else None)
+                 if p is not None]
+        return [p.pid for p in procs if p.poll() is None] + [pid for pod in self.all_pods
+                                                                for pid in _processes_of(pod.id)]
 
-    def no_capacity(self, *gpu_type_ids: str) -> None:
-        """Creating (or resuming) a pod of these GPU types fails with RunPod's capacity message."""
-        with self._lock:
-            self._no_capacity.update(gpu_type_ids)
+    # ---- test switches -----------------------------------------------------------------------------
 
-    def restore_capacity(self, *gpu_type_ids: str) -> None:
-        """Undo no_capacity for these GPU types, or for all when none are named."""
+    def set_capacity(self, free: int, gpu_id: str | None = None, data_center: str | None = None,
+                     cloud: str | None = None) -> None:
+        """Free GPUs for every (GPU, data centre, cloud) matching the given ones (None: all)."""
         with self._lock:
-            if gpu_type_ids:
-                self._no_capacity.difference_update(gpu_type_ids)
+            for g in self.gpus.values():
+                for dc in self.data_centers:
+                    for c in CLOUDS:
+                        if (gpu_id in (None, g.id) and data_center in (None, dc) and cloud in (None, c)
+                                and g.price(c) is not None):
+                            self._capacity[(g.id, dc, c)] = free
+
+    def no_capacity(self, gpu_id: str | None = None, data_center: str | None = None,
+                    cloud: str | None = None) -> None:
+        self.set_capacity(0, gpu_id, data_center, cloud)
+
+    def capacity(self, gpu_id: str, data_center: str, cloud: str = "SECURE") -> int:
+        with self._lock:
+            return self._capacity.get((gpu_id, data_center, cloud), 0)
+
+    def advertise(self, level: str | None, gpu_id: str | None = None, data_center: str | None = None) -> None:
+        """Make the catalog say ``level`` for this GPU / data centre (None: all); ``None`` level: stop
+        lying there (``advertise(None)`` stops every lie)."""
+        with self._lock:
+            if level is None:
+                if gpu_id is None and data_center is None:
+                    self._advertised.clear()
+                else:
+                    self._advertised.pop((gpu_id, data_center), None)
             else:
-                self._no_capacity.clear()
+                if level not in LEVELS:
+                    raise ValueError(f"availability is one of {LEVELS}")
+                self._advertised[(gpu_id, data_center)] = level
 
-    def fail(self, fault: Fault | str, *, times: int | None = 1, operation: str | None = None,
-             after: bool = False) -> None:
-        """Answer the next ``times`` requests (None: all) whose root field is ``operation`` (None: any)
-        with ``fault``. With ``after=True`` the request takes effect first (a pod really is created or
-        terminated) and only its response is lost, the case that leaks pods."""
+    def fail(self, fault: Fault | str, *, times: int | None = 1, method: str | None = None,
+             path: str | None = None, retry_after: int = 2) -> None:
         with self._lock:
-            self._faults.append(_FaultRule(Fault(fault), times, operation, after))
+            self._faults.append(_FaultRule(Fault(fault), times, method and method.upper(), path, retry_after))
 
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
 
-    def ignore_terminations(self, times: int | None = None) -> None:
-        """Acknowledge the next ``times`` podTerminate calls (None: all, until reset with 0) without
-        terminating anything, as a flaky API would."""
+    def forbid_gpu(self, *gpu_ids: str) -> None:
+        with self._lock:
+            self._forbidden_gpus.update(gpu_ids)
+
+    def error_next_pods(self, times: int = 1) -> None:
+        with self._lock:
+            self._doomed_creates += times
+
+    def error_pod(self, pod_id: str) -> None:
+        with self._lock:
+            pod = self._pods[pod_id]
+            self._enter(pod, "ERROR")
+        self._halt(pod)
+
+    def ignore_terminations(self, times: int | None = 1) -> None:
         with self._lock:
             self._ignored_terminations = times
 
-    # ---- inspection ------------------------------------------------------------------------------
+    def enable_graphql(self) -> None:
+        with self._lock:
+            self._graphql = True
+
+    def create_volume(self, name: str, size: int, data_center: str, volume_type: str | None = None) -> EmulatedVolume:
+        """A network volume, as ``POST /v2/network-volumes`` makes one (refused for an unknown data
+        centre or a type it does not offer)."""
+        dc = self.data_centers.get(data_center)
+        if dc is None:
+            raise _Refusal(400, f"unknown data center {data_center!r}")
+        volume_type = volume_type or dc.volume_types[0]
+        if volume_type not in dc.volume_types:
+            raise _Refusal(400, f"data center {data_center} offers no {volume_type} network volumes")
+        with self._lock:
+            volume_id = _new_id(10)
+            volume = EmulatedVolume(volume_id, name, size, data_center, volume_type,
+                                    self.root / "volumes" / volume_id)
+            volume.directory.mkdir(parents=True)
+            self._volumes[volume_id] = volume
+        return volume
+
+    # ---- records -----------------------------------------------------------------------------------
 
     @property
     def requests(self) -> list[RecordedRequest]:
         with self._lock:
             return list(self._requests)
 
-    def calls(self, operation: str) -> list[RecordedRequest]:
-        """Recorded requests whose root fields include ``operation`` (e.g. "podTerminate")."""
-        return [r for r in self.requests if operation in r.fields]
+    def calls(self, method: str | None = None, path_prefix: str = "") -> list[RecordedRequest]:
+        return [r for r in self.requests
+                if (method is None or r.method == method.upper()) and r.path.startswith(path_prefix)]
+
+    @property
+    def creates_sent(self) -> list[RecordedRequest]:
+        return [r for r in self.calls("POST") if r.path == "/v2/pods"]
 
     @property
     def pods_created(self) -> int:
-        """How many pods were ever created (successful podFindAndDeployOnDemand)."""
         with self._lock:
             return len(self._pods)
 
     @property
     def all_pods(self) -> list[EmulatedPod]:
-        """Every pod ever created, in creation order, terminated ones included."""
         with self._lock:
             return list(self._pods.values())
 
     def live_pods(self) -> list[EmulatedPod]:
-        """Pods that exist (running or stopped): the ones that still bill."""
+        """Pods that exist (in any status but TERMINATED)."""
         return [p for p in self.all_pods if not p.terminated]
 
     def pod(self, pod_id: str) -> EmulatedPod:
         with self._lock:
             return self._pods[pod_id]
 
-    # ---- HTTP entry ------------------------------------------------------------------------------
+    @property
+    def volumes(self) -> list[EmulatedVolume]:
+        with self._lock:
+            return list(self._volumes.values())
 
-    def handle(self, method: str, path: str, authorization: str | None, body: bytes) -> tuple[int, str, bytes]:
-        """Answer one HTTP request: (status, content type, body). Records it."""
+    def volume(self, volume_id: str) -> EmulatedVolume:
+        with self._lock:
+            return self._volumes[volume_id]
+
+    @property
+    def violations(self) -> list[Violation]:
+        with self._lock:
+            return list(self._violations)
+
+    @property
+    def request_violations(self) -> list[Violation]:
+        return [v for v in self.violations if v.kind == "request"]
+
+    @property
+    def response_violations(self) -> list[Violation]:
+        return [v for v in self.violations if v.kind == "response"]
+
+    # ---- one HTTP exchange ---------------------------------------------------------------------------
+
+    def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> _Reply:
+        """Answer one request; records it and checks both sides against the contract."""
+        request_id = "req_" + secrets.token_hex(8)
+        split = urlsplit(target)
+        path = split.path
+        query = parse_qs(split.query, keep_blank_values=True)
+        authorization = headers.get("Authorization")
         principal = self._principal(authorization)
-        query: str | None = None
-        op: Operation | None = None
-        status, ctype, payload, fault = 400, "application/json", b"", None
+        content_type = headers.get("Content-Type")
+        checked = False
         try:
-            if method != "POST" or path != "/graphql":
-                status, ctype, payload = 404, "text/plain", b"Not Found"
-                return status, ctype, payload
-            try:
-                query = json.loads(body)["query"]
-                if not isinstance(query, str):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):
-                payload = _errors("Must provide query string.")
-                return status, ctype, payload
-            try:
-                op = parse_operation(query)
-            except GraphQLError as exc:
-                op = None
-                payload = _errors(str(exc))
-                return status, ctype, payload
-            rule = self._take_fault(op)
-            if rule is not None and not rule.after:
-                fault = rule.fault
-                status, ctype, payload = _FAULT_RESPONSES[fault]
-                return status, ctype, payload
-            if principal is None or not self._allowed(principal, op):
-                status, ctype, payload = 401, "text/plain", b"Unauthorized"
-                return status, ctype, payload
-            try:
-                status, payload = self._execute(op)
-            except Exception as exc:  # noqa: BLE001 (an emulator fault, e.g. sshd would not start: a 500)
-                status, payload = 500, _errors(f"Internal server error: {type(exc).__name__}: {exc}")
-            if rule is not None:
-                fault = rule.fault
-                status, ctype, payload = _FAULT_RESPONSES[fault]
-            return status, ctype, payload
-        finally:
-            record = RecordedRequest(
-                at=time.monotonic(), method=method, path=path, principal=principal, query=query,
-                kind=op.kind if op else None, fields=tuple(f.name for f in op.fields) if op else (),
-                args=dict(op.fields[0].args) if op else {}, status=status, fault=fault,
-            )
-            with self._lock:
-                self._requests.append(record)
+            if path == "/graphql":
+                reply = self._graphql_answer(principal, body)
+            elif path == "/v1" or path.startswith("/v1/"):
+                reply = _problem(410, "REST API v1 was retired on 2026-11-15; use /v2")
+            elif not path.startswith("/v2/"):
+                reply = _problem(404, f"no such path {path}")
+            else:
+                checked = self.contract.operation(method, path) is not None
+                reply = self._v2(method, path, query, content_type, body, principal, authorization, request_id)
+        except Exception as exc:  # noqa: BLE001 (e.g. sshd would not start)
+            # RunPod's 500 for the client; for the test, a failure the fixture's teardown reports
+            failure = f"emulator failure: {type(exc).__name__}: {exc}"
+            reply = _problem(500, failure)
+            self._violation("response", method, path, 500, request_id, failure)
+        reply.headers["x-request-id"] = request_id
+        if principal is not None:
+            reply.headers.update(self._rate_headers(reply))
+        if checked and reply.fault not in _OFF_CONTRACT and not reply.lost:
+            response_headers = {**reply.headers}
+            if reply.content_type:
+                response_headers["Content-Type"] = reply.content_type
+            for message in self.contract.check_response(method, path, reply.status, response_headers, reply.body):
+                self._violation("response", method, path, reply.status, request_id, message)
+        with self._lock:
+            self._requests.append(RecordedRequest(
+                at=time.monotonic(), method=method, path=path, query=query, body=_parsed(body),
+                principal=principal, status=reply.status, request_id=request_id, fault=reply.fault,
+                answered=not reply.lost,
+            ))
+        return reply
+
+    def _v2(self, method: str, path: str, query: dict[str, list[str]], content_type: str | None,
+            body: bytes, principal: str | None, authorization: str | None, request_id: str) -> _Reply:
+        if principal is None:
+            return _problem(401, "invalid API key" if authorization else "missing bearer token")
+        operation = self.contract.operation(method, path)
+        if operation is None:
+            allowed = self.contract.allowed_methods(path)
+            if not allowed:
+                return _problem(404, f"no such path {path}")
+            reply = _problem(405, "The requested method is not allowed for this path.")
+            reply.headers["Allow"] = ", ".join(allowed)
+            return reply
+        if not self._pod_key_allows(principal, operation.operation_id, operation.path_params, body):
+            return _problem(403, "access denied")
+        rule = self._take_fault(method, path, operation.template)
+        if rule is not None and rule.fault is not Fault.LOST_ANSWER:
+            return _fault_reply(rule)
+        reply = self._operate(operation, method, path, query, content_type, body, principal, request_id)
+        if rule is not None:  # LOST_ANSWER: the work is done, the answer never leaves
+            reply.fault, reply.lost = rule.fault, True
+        return reply
+
+    def _operate(self, operation: ContractOperation, method: str, path: str, query: dict[str, list[str]],
+                 content_type: str | None, body: bytes, principal: str, request_id: str) -> _Reply:
+        violations = self.contract.check_request(method, path, query, content_type, body)
+        for message in violations:
+            self._violation("request", method, path, 422, request_id, message)
+        if violations:
+            return _problem(422, "Request validation failed.", violations)
+        handler = _OPERATIONS.get(operation.operation_id)
+        if handler is None:
+            return _problem(501, f"{operation.operation_id} is not emulated")
+        try:
+            return handler(self, _Request(method, path, operation.path_params, query, _parsed(body), principal))
+        except _Refusal as refusal:
+            return refusal.reply
 
     def _principal(self, authorization: str | None) -> str | None:
         if not authorization or not authorization.startswith("Bearer "):
             return None
-        key = authorization[len("Bearer "):]
+        key = authorization.removeprefix("Bearer ").strip()
         if secrets.compare_digest(key, self.api_key):
             return "account"
         with self._lock:
@@ -638,271 +813,583 @@ class RunPodEmulator:
                     return f"pod:{pod.id}"
         return None
 
-    def _allowed(self, principal: str, op: Operation) -> bool:
-        """The account key may do anything; a pod's key only reads or terminates that pod."""
+    def _pod_key_allows(self, principal: str, operation_id: str, params: dict[str, str], body: bytes) -> bool:
+        """The account may do anything; a pod's key reads its own pod and may terminate it."""
         if principal == "account":
             return True
-        own = principal.removeprefix("pod:")
-        return all(
-            f.name in ("pod", "podTerminate") and (f.args.get("input") or {}).get("podId") == own
-            for f in op.fields
-        )
+        if params.get("id") != principal.removeprefix("pod:"):
+            return False
+        if operation_id == "getPod":
+            return True
+        action = _parsed(body)
+        terminating = operation_id == "deletePod" or (
+            operation_id == "podAction" and isinstance(action, dict) and action.get("action") == "terminate")
+        return terminating and self.pod_keys_may_terminate
 
-    def _take_fault(self, op: Operation) -> _FaultRule | None:
-        names = {f.name for f in op.fields}
+    def _take_fault(self, method: str, path: str, template: str) -> _FaultRule | None:
         with self._lock:
             for rule in self._faults:
-                if rule.operation is None or rule.operation in names:
-                    if rule.remaining is not None:
-                        rule.remaining -= 1
-                        if rule.remaining <= 0:
-                            self._faults.remove(rule)
-                    return rule
+                if rule.method not in (None, method) or rule.path not in (None, path, template):
+                    continue
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+                    if rule.remaining <= 0:
+                        self._faults.remove(rule)
+                return rule
         return None
 
-    def _execute(self, op: Operation) -> tuple[int, bytes]:
-        roots = self._mutation_root() if op.kind == "mutation" else self._query_root()
-        type_name = "Mutation" if op.kind == "mutation" else "Query"
-        try:
-            data = _project(roots, op.fields, type_name)
-        except GraphQLError as exc:
-            return 400, _errors(str(exc))
-        except _APIFailure as exc:
-            return 200, json.dumps({"errors": [{"message": str(exc), "path": [exc.path]}], "data": None}).encode()
-        except (ValueError, TypeError, KeyError) as exc:  # a literal of the wrong type, e.g. gpuCount: "two"
-            return 400, _errors(f"Invalid value: {exc}")
-        return 200, json.dumps({"data": data}).encode()
+    def _rate_headers(self, reply: _Reply) -> dict[str, str]:
+        """RateLimit-Policy and RateLimit over fixed windows since start (counted, not enforced)."""
+        elapsed = time.monotonic() - self._started
+        remaining = []
+        with self._lock:
+            for name, quota, seconds in RATE_LIMIT_POLICY:
+                window = (name, int(elapsed // seconds))
+                self._window_counts[window] = self._window_counts.get(window, 0) + 1
+                reset = max(1, math.ceil(seconds - elapsed % seconds))
+                left = max(0, quota - self._window_counts[window])
+                if reply.fault is Fault.RATE_LIMITED and name == "minute":
+                    left, reset = 0, int(reply.headers["Retry-After"])
+                remaining.append(f'"{name}";r={left};t={reset}')
+        return {"RateLimit-Policy": ", ".join(f'"{n}";q={q};w={w}' for n, q, w in RATE_LIMIT_POLICY),
+                "RateLimit": ", ".join(remaining)}
 
-    # ---- resolvers -------------------------------------------------------------------------------
+    def _violation(self, kind: str, method: str, path: str, status: int, request_id: str, message: str) -> None:
+        with self._lock:
+            self._violations.append(Violation(kind, method, path, status, request_id, message))
 
-    def _query_root(self) -> dict[str, Any]:
-        return {
-            "gpuTypes": self._resolve_gpu_types,
-            "myself": lambda args: self._myself(),
-            "pod": self._resolve_pod,
-        }
+    # ---- GraphQL: retired, except the switch's last resort -----------------------------------------
 
-    def _mutation_root(self) -> dict[str, Any]:
-        return {
-            "podFindAndDeployOnDemand": self._create,
-            "podStop": self._stop_pod,
-            "podResume": self._resume_pod,
-            "podTerminate": self._terminate,
-        }
-
-    def _resolve_gpu_types(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        wanted = (args.get("input") or {}).get("id")
-        return [self._gpu_record(g) for g in self.gpu_types.values() if wanted is None or g.id == wanted]
-
-    @staticmethod
-    def _gpu_record(g: GpuType) -> dict[str, Any]:
-        def lowest_price(args: dict[str, Any]) -> dict[str, Any]:
-            count = int((args.get("input") or {}).get("gpuCount", 1))
-            return {"minimumBidPrice": round(g.price_per_hr * 0.5 * count, 3),
-                    "uninterruptablePrice": round(g.price_per_hr * count, 3)}
-
-        return {
-            "id": g.id, "displayName": g.display_name, "manufacturer": "Nvidia", "memoryInGb": g.memory_gb,
-            "maxGpuCount": g.max_gpu_count, "cudaCores": 0, "secureCloud": True, "communityCloud": True,
-            "securePrice": g.price_per_hr, "communityPrice": round(g.price_per_hr * 0.8, 3),
-            "oneMonthPrice": None, "threeMonthPrice": None, "oneWeekPrice": None,
-            "communitySpotPrice": round(g.price_per_hr * 0.4, 3), "secureSpotPrice": round(g.price_per_hr * 0.5, 3),
-            "lowestPrice": lowest_price,
-        }
-
-    def _myself(self) -> dict[str, Any]:
-        def pods(args: dict[str, Any]) -> list[dict[str, Any]]:
-            return [self._read_pod(p) for p in self.live_pods()]
-
-        return {"id": self.user_id, "pubKey": self.pub_key, "networkVolumes": self.network_volumes,
-                "pods": pods}
-
-    def _resolve_pod(self, args: dict[str, Any]) -> dict[str, Any] | None:
-        pod_id = _required(args.get("input") or {}, "podId", "pod")
+    def _graphql_answer(self, principal: str | None, body: bytes) -> _Reply:
+        if not self._graphql:
+            return _problem(410, "The GraphQL API is retired; use the REST API at /v2")
+        if principal is None:
+            return _json(401, {"errors": [{"message": "Unauthorized"}]})
+        request = _parsed(body)
+        query = request.get("query") if isinstance(request, dict) else None
+        match = _GRAPHQL_TERMINATE.match(query) if isinstance(query, str) else None
+        if match is None:
+            return _json(400, {"errors": [{"message": "only podTerminate(input: {podId}) is served here"}]})
+        pod_id = match.group(1)
+        if principal not in ("account", f"pod:{pod_id}"):
+            return _json(403, {"errors": [{"message": "access denied"}]})
         with self._lock:
             pod = self._pods.get(pod_id)
         if pod is None or pod.terminated:
-            return None
-        return self._read_pod(pod)
+            return _json(200, {"errors": [{"message": "pod not found", "path": ["podTerminate"]}], "data": None})
+        self._terminate(pod, principal)
+        return _json(200, {"data": {"podTerminate": None}})
 
-    def _read_pod(self, pod: EmulatedPod) -> dict[str, Any]:
-        """The pod as a read shows it; every read counts as one poll towards its runtime appearing."""
+    # ---- pods ------------------------------------------------------------------------------------------
+
+    def _list_pods(self, request: _Request) -> _Reply:
+        pods = self.live_pods()
+        answer: dict[str, Any] = {}
+        if self.page_size is not None:
+            cursor = request.arg("cursor")
+            ids = [p.id for p in pods]
+            start = ids.index(cursor) + 1 if cursor in ids else 0
+            page = pods[start:start + self.page_size]
+            more = start + self.page_size < len(pods)
+            answer["pagination"] = {"nextCursor": page[-1].id if more else None, "hasNextPage": more}
+            pods = page
+        answer["pods"] = [self._observe(p) for p in pods]
+        return _json(200, answer)
+
+    def _get_pod(self, request: _Request) -> _Reply:
+        return _json(200, self._observe(self._live_pod(request.params["id"])))
+
+    def _delete_pod(self, request: _Request) -> _Reply:
+        self._terminate(self._live_pod(request.params["id"]), request.principal)
+        return _Reply(204)
+
+    def _pod_action(self, request: _Request) -> _Reply:
+        pod = self._live_pod(request.params["id"])
+        action = request.body["action"]
         with self._lock:
-            now = time.monotonic()
-            if pod.desired_status == "RUNNING":
-                pod.polls += 1
-                if (pod.runtime_since is None and not pod.runtime_never
-                        and pod.polls > pod.runtime_after_polls
-                        and now - pod.started_at >= pod.runtime_after_s):
-                    pod.runtime_since = now
-                runtime = {"ports": self._ports(pod), "uptimeInSeconds": int(now - pod.runtime_since)} \
-                    if pod.runtime_since is not None else None
-            else:
-                runtime = {"ports": pod.stale_ports, "uptimeInSeconds": 0} if pod.stale_ports else None
-            return {
-                "id": pod.id, "name": pod.name, "imageName": pod.image, "desiredStatus": pod.desired_status,
-                "containerDiskInGb": pod.container_disk_gb, "volumeInGb": pod.volume_gb,
-                "volumeMountPath": pod.volume_mount_path, "dockerArgs": pod.docker_args, "dockerId": None,
-                "env": [f"{k}={v}" for k, v in pod.env.items()], "gpuCount": pod.gpu_count,
-                "costPerHr": 0 if self.zero_cost else round(pod.gpu.price_per_hr * pod.gpu_count, 3),
-                "lastStatusChange": "Rented by User" if pod.desired_status == "RUNNING" else "Exited by User",
-                "machineId": pod.machine_id, "memoryInGb": 62, "vcpuCount": 16, "podType": "RESERVED",
-                "port": None, "ports": pod.ports,
-                "uptimeSeconds": int(now - pod.runtime_since) if runtime and pod.runtime_since else 0,
-                "runtime": runtime,
-                "machine": {"gpuDisplayName": pod.gpu.display_name, "podHostId": pod.pod_host_id},
-            }
-
-    def _ports(self, pod: EmulatedPod) -> list[dict[str, Any]]:
-        """runtime.ports as RunPod lists them: http ports behind the proxy (private entries), and for
-        22/tcp both the container-side private entry and the public mapping."""
-        entries: list[dict[str, Any]] = []
-        for spec in filter(None, pod.ports.split(",")):
-            number, _, proto = spec.partition("/")
-            private = int(number)
-            if proto == "tcp" and private == 22:
-                entries.append({"ip": "100.65.0.2", "isIpPublic": False, "privatePort": 22,
-                                "publicPort": 22, "type": "tcp"})
-                if pod.ssh_port is not None:
-                    entries.append({"ip": pod.ssh_host or self.public_ip, "isIpPublic": True,
-                                    "privatePort": 22, "publicPort": pod.ssh_port, "type": "tcp"})
-            else:
-                entries.append({"ip": "100.65.0.2", "isIpPublic": False, "privatePort": private,
-                                "publicPort": 60000 + private % 5000, "type": proto or "tcp"})
-        return entries
-
-    def _create(self, args: dict[str, Any]) -> dict[str, Any]:
-        spec = args.get("input") or {}
-        name = _required(spec, "name", "podFindAndDeployOnDemand")
-        image = _required(spec, "imageName", "podFindAndDeployOnDemand")
-        gpu_id = _required(spec, "gpuTypeId", "podFindAndDeployOnDemand")
-        gpu = self.gpu_types.get(gpu_id)
-        count = int(spec.get("gpuCount", 1))
-        volume_id = spec.get("networkVolumeId")
-        data_center = spec.get("dataCenterId")
-        if volume_id is not None:
-            volume = next((v for v in self.network_volumes if v["id"] == volume_id), None)
-            if volume is None:
-                raise _APIFailure("Network volume not found.", "podFindAndDeployOnDemand")
-            if data_center is not None and data_center != volume["dataCenterId"]:
-                raise _APIFailure(CAPACITY_MESSAGE, "podFindAndDeployOnDemand")
-            data_center = volume["dataCenterId"]
+            if action not in pod.actions():
+                raise _Refusal(409, f"action {action} is not valid for a pod in status {pod.status}; "
+                                    f"valid now: {', '.join(pod.actions())}")
+        if action == "terminate":
+            self._terminate(pod, request.principal)
+            return _Reply(204)
+        if action == "stop":
+            with self._lock:
+                self._release(pod)
+                self._enter(pod, "EXITED")
+            self._halt(pod)
+        elif action == "restart":
+            self._halt(pod)
+            with self._lock:
+                self._enter(pod, "STARTING")
+            self._launch(pod)
+        else:  # start
+            with self._lock:
+                if not pod.holds_capacity:
+                    if pod.gpu_id is not None:
+                        key = (pod.gpu_id, pod.data_center_id, pod.cloud)
+                        if self._capacity.get(key, 0) < pod.gpu_count:
+                            raise _Refusal(400, RESUME_CAPACITY_MESSAGE)
+                        self._capacity[key] -= pod.gpu_count
+                    pod.holds_capacity = True
+                pod.doomed = False
+                self._enter(pod, "PROVISIONING")
+            self._launch(pod)
         with self._lock:
-            if gpu is None or gpu_id in self._no_capacity or count > gpu.max_gpu_count:
-                raise _APIFailure(CAPACITY_MESSAGE, "podFindAndDeployOnDemand")
-            pod_id = _new_id(14)
-            while pod_id in self._pods:
-                pod_id = _new_id(14)
-            directory = self.root / pod_id
-            env = {str(e["key"]): str(e["value"]) for e in spec.get("env") or []}
-            pod = EmulatedPod(
-                id=pod_id, name=name, image=image, gpu=gpu, gpu_count=count,
-                cloud_type=str(spec.get("cloudType", "ALL")), docker_args=str(spec.get("dockerArgs") or ""),
-                ports=str(spec.get("ports") or ""), env=env,
-                volume_mount_path=str(spec.get("volumeMountPath") or "/runpod-volume"),
-                container_disk_gb=int(spec.get("containerDiskInGb") or 0), volume_gb=int(spec.get("volumeInGb") or 0),
-                data_center_id=data_center, network_volume_id=volume_id,
-                directory=directory, workspace=directory / "workspace",
-                pod_key="rpa_pod_" + secrets.token_hex(16), machine_id=_new_id(12),
-                pod_host_id=f"{pod_id}-{secrets.token_hex(4)}", created_at=time.monotonic(),
-            )
-            self._pods[pod_id] = pod
-        pod.workspace.mkdir(parents=True, exist_ok=True)
-        self._launch(pod)
-        return {"id": pod.id, "imageName": pod.image, "env": [f"{k}={v}" for k, v in pod.env.items()],
-                "machineId": pod.machine_id, "machine": {"podHostId": pod.pod_host_id}, "desiredStatus": "RUNNING"}
+            return _json(200, self._record(pod))
 
-    def _stop_pod(self, args: dict[str, Any]) -> dict[str, Any]:
-        pod = self._existing(_required(args.get("input") or {}, "podId", "podStop"), "podStop")
-        with self._lock:
-            pod.stale_ports = self._ports(pod) if pod.runtime_since is not None else None
-            pod.desired_status = "EXITED"
-            pod.runtime_since = None
-        self._halt(pod)
-        return {"id": pod.id, "desiredStatus": pod.desired_status}
-
-    def _resume_pod(self, args: dict[str, Any]) -> dict[str, Any]:
-        pod = self._existing(_required(args.get("input") or {}, "podId", "podResume"), "podResume")
-        with self._lock:
-            if pod.gpu.id in self._no_capacity:
-                raise _APIFailure(RESUME_CAPACITY_MESSAGE, "podResume")
-            if pod.desired_status == "RUNNING":
-                raise _APIFailure("Pod is already running.", "podResume")
-            pod.desired_status = "RUNNING"
-            pod.stale_ports = None
-        self._launch(pod)
-        return {"id": pod.id, "desiredStatus": pod.desired_status, "imageName": pod.image,
-                "env": [f"{k}={v}" for k, v in pod.env.items()], "machineId": pod.machine_id,
-                "machine": {"podHostId": pod.pod_host_id}}
-
-    def _terminate(self, args: dict[str, Any]) -> None:
-        pod = self._existing(_required(args.get("input") or {}, "podId", "podTerminate"), "podTerminate")
-        with self._lock:
-            pod.terminate_requests += 1
-            if self._ignored_terminations is None:
-                return None
-            if self._ignored_terminations > 0:
-                self._ignored_terminations -= 1
-                return None
-            pod.terminated = True
-            pod.desired_status = "TERMINATED"
-        self._halt(pod)
-        return None
-
-    def _existing(self, pod_id: str, path: str) -> EmulatedPod:
+    def _live_pod(self, pod_id: str) -> EmulatedPod:
         with self._lock:
             pod = self._pods.get(pod_id)
         if pod is None or pod.terminated:
-            raise _APIFailure("Pod not found.", path)
+            raise _Refusal(404, f"pod {pod_id} not found")
         return pod
 
-    # ---- the sandbox -----------------------------------------------------------------------------
+    def _create_pod(self, request: _Request) -> _Reply:
+        spec: dict[str, Any] = request.body
+        if ("gpu" in spec) == ("cpu" in spec):
+            raise _Refusal(400, "exactly one of gpu or cpu must be set")
+        if "templateId" in spec:
+            raise _Refusal(404, f"template {spec['templateId']} not found")
+        mounts = spec.get("mounts") or {}
+        if "persistent" in mounts and mounts.get("network"):
+            raise _Refusal(400, "mounts.persistent and mounts.network are mutually exclusive")
+        if "cpu" in spec and "persistent" in mounts:
+            raise _Refusal(400, "mounts.persistent is invalid for CPU pods")
+        cloud = spec.get("cloud", "SECURE")
+        wanted = spec.get("dataCenterIds") or list(self.data_centers)
+        unknown = [dc for dc in wanted if dc not in self.data_centers]
+        if unknown:
+            raise _Refusal(400, f"unknown data center {unknown[0]!r}")
+        volume = None
+        if mounts.get("network"):
+            volume_id = mounts["network"][0]["volumeId"]
+            with self._lock:
+                volume = self._volumes.get(volume_id)
+            if volume is None:
+                raise _Refusal(400, f"network volume {volume_id} not found")
+            if volume.data_center not in wanted:
+                raise _Refusal(400, f"network volume {volume.id} is in {volume.data_center}, which "
+                                    f"dataCenterIds does not allow: a pod mounts a volume in its data center")
+            wanted = [volume.data_center]
+        with self._lock:
+            if "gpu" in spec:
+                placement = self._place_gpu(spec["gpu"], cloud, wanted)
+            else:
+                placement = self._place_cpu(spec["cpu"], wanted)
+            pod = self._new_pod(spec, cloud, volume, *placement)
+        try:
+            self._launch(pod)
+        except Exception:
+            with self._lock:
+                self._release(pod)
+                del self._pods[pod.id]
+            self._halt(pod)
+            raise
+        with self._lock:
+            return _json(201, self._record(pod))
+
+    def _place_gpu(self, gpu: dict[str, Any], cloud: str, wanted: list[str]) -> tuple[Any, ...]:
+        """(gpu id, count, None, price, data centre, cuda version); takes the capacity. Under the lock."""
+        model = self.gpus.get(gpu["id"])
+        if model is None:
+            raise _Refusal(400, f"unknown GPU type {gpu['id']!r}; see GET /v2/catalog/gpus")
+        if model.id in self._forbidden_gpus:
+            raise _Refusal(403, f"access denied: your account cannot deploy {model.id}")
+        count = gpu.get("count", 1)
+        price = model.price(cloud)
+        if count > model.max_count(cloud) and price is not None:
+            raise _Refusal(400, f"gpu.count {count} exceeds {model.max_count(cloud)} for {model.id} on {cloud}")
+        allowed, floor = gpu.get("allowedCudaVersions") or [], gpu.get("minCudaVersion")
+        if allowed and floor:
+            raise _Refusal(400, "allowedCudaVersions and minCudaVersion are mutually exclusive")
+        versions = [v for v in model.cuda_versions
+                    if (not allowed or v in allowed) and (not floor or _cuda_key(v) >= _cuda_key(floor))]
+        free = {dc: self._capacity.get((model.id, dc, cloud), 0) for dc in wanted}
+        best = max(wanted, key=lambda dc: free[dc])
+        if price is None or not versions or free[best] < count:
+            raise _Refusal(400, CAPACITY_MESSAGE)
+        self._capacity[(model.id, best, cloud)] -= count
+        return model.id, count, None, round(price * count, 4), best, versions[-1]
+
+    def _place_cpu(self, cpu: dict[str, Any], wanted: list[str]) -> tuple[Any, ...]:
+        per_vcpu = _CPU_PRICE_PER_VCPU.get(cpu["id"])
+        if per_vcpu is None:
+            raise _Refusal(400, f"unknown CPU flavor {cpu['id']!r}")
+        vcpus = cpu["vcpuCount"]
+        record = {"id": cpu["id"], "vcpuCount": vcpus, "memory": 2 * vcpus}
+        return None, 0, record, round(per_vcpu * vcpus, 4), wanted[0], None
+
+    def _new_pod(self, spec: dict[str, Any], cloud: str, volume: EmulatedVolume | None, gpu_id: str | None,
+                 count: int, cpu: dict[str, Any] | None, price: float, data_center: str,
+                 cuda: str | None) -> EmulatedPod:
+        """Record a placed pod in PROVISIONING. Under the lock."""
+        pod_id = _new_id(14)
+        while pod_id in self._pods:
+            pod_id = _new_id(14)
+        directory = self.root / "pods" / pod_id
+        mounts = spec.get("mounts") or {}
+        own = directory / ("persistent" if "persistent" in mounts else "container")
+        workspace = volume.directory if volume else own
+        pod = EmulatedPod(
+            id=pod_id, name=spec["name"], image=spec.get("image", ""), args=spec.get("args", ""),
+            disk=spec.get("disk", 20), ports=list(spec.get("ports", [])), env=dict(spec.get("env", {})),
+            mounts=mounts, cloud=cloud, gpu_id=gpu_id, gpu_count=count, cpu=cpu, price=price,
+            data_center_id=data_center, cuda_version=cuda, volume_id=volume.id if volume else None,
+            directory=directory, workspace=workspace, pod_key="rpa_pod_" + secrets.token_hex(16),
+            created_at=_now_iso(), phase_since=time.monotonic(), proxy_user=f"{pod_id}-{secrets.token_hex(4)}",
+        )
+        if self._doomed_creates > 0:
+            self._doomed_creates -= 1
+            pod.doomed = True
+        workspace.mkdir(parents=True, exist_ok=True)
+        self._pods[pod_id] = pod
+        return pod
+
+    # ---- pod life ------------------------------------------------------------------------------------
+
+    def _observe(self, pod: EmulatedPod) -> dict[str, Any]:
+        """A read of the pod: it may move on a phase first, and the read counts towards the next."""
+        halt = False
+        with self._lock:
+            while self._phase_over(pod):
+                if pod.status == "PROVISIONING":
+                    self._enter(pod, "STARTING")
+                elif pod.doomed:
+                    self._enter(pod, "ERROR")
+                    halt = True
+                else:
+                    self._enter(pod, "RUNNING")
+            pod.phase_reads += 1
+            record = self._record(pod)
+        if halt:
+            self._halt(pod)
+            with self._lock:
+                record = self._record(pod)
+        return record
+
+    def _phase_over(self, pod: EmulatedPod) -> bool:
+        if pod.status not in ("PROVISIONING", "STARTING"):
+            return False
+        if pod.status == "STARTING" and not pod.sandbox_ready:
+            return False
+        elapsed = time.monotonic() - pod.phase_since
+        return pod.phase_reads >= self.reads_per_phase and elapsed >= self.seconds_per_phase
+
+    def _enter(self, pod: EmulatedPod, status: str) -> None:
+        pod.status, pod.phase_since, pod.phase_reads = status, time.monotonic(), 0
+        if status == "RUNNING":
+            pod.running_since, pod.started_at = time.monotonic(), _now_iso()
+        else:
+            pod.running_since = None
+
+    def _release(self, pod: EmulatedPod) -> None:
+        """Give the pod's GPUs back to the data centre. Under the lock."""
+        if pod.holds_capacity and pod.gpu_id is not None:
+            key = (pod.gpu_id, pod.data_center_id, pod.cloud)
+            self._capacity[key] = self._capacity.get(key, 0) + pod.gpu_count
+        pod.holds_capacity = False
+
+    def _terminate(self, pod: EmulatedPod, principal: str | None) -> None:
+        with self._lock:
+            pod.terminate_requests.append(principal)
+            if self._ignored_terminations is None:
+                return
+            if self._ignored_terminations > 0:
+                self._ignored_terminations -= 1
+                return
+            self._release(pod)
+            self._enter(pod, "TERMINATED")
+        self._halt(pod)
+
+    def _record(self, pod: EmulatedPod) -> dict[str, Any]:
+        """The pod as the API shows it (every required field of the contract's Pod). Under the lock."""
+        running = pod.status == "RUNNING"
+        direct = None
+        if running and "22/tcp" in pod.ports and pod.sshd is not None:
+            port = pod.sshd.port
+            direct = {"host": self.public_ip, "port": port, "username": "root",
+                      "command": f"ssh root@{self.public_ip} -p {port}"}
+        proxy = None if pod.status == "PROVISIONING" else {
+            "host": "ssh.runpod.io", "port": 22, "username": pod.proxy_user,
+            "command": f"ssh {pod.proxy_user}@ssh.runpod.io"}
+        record: dict[str, Any] = {
+            "id": pod.id, "name": pod.name, "status": pod.status, "actions": pod.actions(),
+            "image": pod.image, "args": pod.args, "disk": pod.disk, "mounts": pod.mounts, "ports": pod.ports,
+            "env": pod.env, "registry": None, "cloud": pod.cloud, "dataCenterId": pod.data_center_id,
+            "cudaVersion": pod.cuda_version, "ssh": {"proxy": proxy, "direct": direct}, "template": None,
+            "cost": 0.0 if pod.status in ("EXITED", "TERMINATED") else pod.price, "locked": False,
+            "runtime": self._runtime(pod) if running else None, "createdAt": pod.created_at,
+            "startedAt": pod.started_at, "globalNetworking": {"enabled": False},
+        }
+        if pod.gpu_id is not None:
+            record["gpu"] = {"id": pod.gpu_id, "count": pod.gpu_count}
+        else:
+            record["cpu"] = pod.cpu
+        return record
+
+    def _runtime(self, pod: EmulatedPod) -> dict[str, Any]:
+        ports = []
+        for spec in pod.ports:
+            number, _, kind = spec.partition("/")
+            if spec == "22/tcp" and pod.sshd is not None:
+                ports.append({"private": 22, "public": pod.sshd.port, "type": "tcp", "ip": self.public_ip})
+            else:
+                ports.append({"private": int(number), "public": None, "type": kind or "tcp", "ip": None})
+        return {"uptime": int(time.monotonic() - (pod.running_since or time.monotonic())), "ports": ports}
+
+    # ---- the sandbox ---------------------------------------------------------------------------------
 
     def _launch(self, pod: EmulatedPod) -> None:
         """Start the container stand-in: sshd on a loopback port, then the start command."""
-        with self._lock:
-            pod.started_at = time.monotonic()
-            pod.polls = 0
-            pod.runtime_since = None
-            pod.runtime_after_polls = self.runtime_after_polls
-            pod.runtime_after_s = self.runtime_after_s
-            pod.runtime_never = self.runtime_never
-        env = pod.pod_env(self.url, self.public_ip)
-        if self.start_ssh is not None and "22/tcp" in pod.ports.split(","):
-            handle = self.start_ssh(pod.id, pod.workspace, dict(env))
-            host, port, stop = handle if isinstance(handle, tuple) else (handle.host, handle.port, handle.stop)
-            pod.ssh, pod.ssh_host, pod.ssh_port, pod._ssh_stop = handle, host, int(port), stop
-        elif "22/tcp" in pod.ports.split(","):
-            pod.ssh_host, pod.ssh_port = "127.0.0.1", _refused_port()
-        if pod.ssh_port is not None:
-            env["RUNPOD_TCP_PORT_22"] = str(pod.ssh_port)
-        if self.run_start_command and pod.docker_args.strip():
-            bin_dir = pod.directory / "bin"
-            bin_dir.mkdir(exist_ok=True)
-            ctl = bin_dir / "runpodctl"
-            ctl.write_text(_RUNPODCTL.format(python=sys.executable))
-            ctl.chmod(0o755)
-            env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
-            env.setdefault("HOME", os.environ.get("HOME", "/root"))
+        env = {
+            **pod.env, "RUNPOD_POD_ID": pod.id, "RUNPOD_API_KEY": pod.pod_key, "RUNPOD_API_BASE_URL": self.url,
+            "RUNPOD_PUBLIC_IP": self.public_ip, "RUNPOD_DC_ID": pod.data_center_id,
+            "RUNPOD_GPU_COUNT": str(pod.gpu_count),
+        }
+        home = pod.directory / "home"
+        if "22/tcp" in pod.ports:
+            workdir = pod.directory / "sshd"
+            host_key = workdir / "ssh_host_ed25519_key"  # kept across restarts, as the container's
+            # sshd's SetEnv cannot carry quotes, backslashes or newlines; such values stay out of sessions
+            safe = {k: v for k, v in env.items() if not any(c in v for c in '"\\\n') and k.isidentifier()}
+            pod.sshd = start_sshd(workdir, env=safe, start_dir=pod.workspace,
+                                  host_key=host_key if host_key.exists() else None,
+                                  authorized_keys=pod.env.get("PUBLIC_KEY", ""))
+            env["RUNPOD_TCP_PORT_22"] = str(pod.sshd.port)
+            home = pod.sshd.home
+        home.mkdir(parents=True, exist_ok=True)
+        bin_dir = pod.directory / "bin"
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        runpodctl = bin_dir / "runpodctl"
+        runpodctl.write_text(_RUNPODCTL.format(python=sys.executable))
+        runpodctl.chmod(0o755)
+        env["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
+        env["HOME"] = str(home)
+        pod.container_env = env
+        if self.workspace_link is not None:  # the pod's /workspace at a path known before it exists
+            self.workspace_link.unlink(missing_ok=True)
+            self.workspace_link.parent.mkdir(parents=True, exist_ok=True)
+            self.workspace_link.symlink_to(pod.workspace, target_is_directory=True)
+        if pod.args.strip():
             with pod.log_path.open("ab") as log:
-                try:
-                    pod.process = subprocess.Popen(
-                        shlex.split(pod.docker_args), cwd=pod.workspace, env=env, stdout=log,
-                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                    )
-                except OSError as exc:  # a bad start command: the container just dies
-                    log.write(f"start command failed: {exc}\n".encode())
+                pod.process = subprocess.Popen(
+                    ["/bin/sh", "-c", pod.args], cwd=pod.workspace, env=env, stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                )
+        pod.sandbox_ready = True
 
     def _halt(self, pod: EmulatedPod) -> None:
-        """Kill the start command's process group (SIGTERM, then SIGKILL after the grace) and sshd."""
-        process, stop = pod.process, pod._ssh_stop
-        pod.process, pod._ssh_stop = None, None
-        if process is not None:
-            _kill_group(process, self.kill_grace_s)
-        if stop is not None:
-            stop()
-        if pod.terminated:
-            pod.ssh_port = None
+        """Take every process of the pod down, as a container's end does: the start command's process
+        group (SIGTERM, SIGKILL after the grace), sshd and its sessions, then whatever else carries the
+        pod's RUNPOD_POD_ID (a daemon an SSH session started with setsid, say)."""
+        pod.sandbox_ready = False
+        if pod.process is not None:
+            _kill_group(pod.process, self.kill_grace_s)
+        if pod.sshd is not None:
+            pod.sshd.stop()
+        for pid in _processes_of(pod.id):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # ---- catalog -------------------------------------------------------------------------------------
+
+    def _list_gpus(self, request: _Request) -> _Reply:
+        options = self._availability_options(request)
+        gpus = []
+        with self._lock:
+            for model in self.gpus.values():
+                record = self._gpu_record(model, options)
+                if options and options["countries"] and not self._stocked_in_countries(model, options["countries"]):
+                    continue  # the list drops a GPU type with no data center in those countries
+                gpus.append(record)
+        return _json(200, {"gpus": gpus})
+
+    def _get_gpu(self, request: _Request) -> _Reply:
+        model = self.gpus.get(request.params["id"])
+        if model is None:
+            raise _Refusal(404, f"GPU type {request.params['id']} not found")
+        options = self._availability_options(request)
+        with self._lock:
+            return _json(200, self._gpu_record(model, options))
+
+    def _availability_options(self, request: _Request) -> dict[str, Any] | None:
+        """The availability query (None when not asked for); 400 for what needs include=AVAILABILITY."""
+        include, products = request.list_arg("include"), request.list_arg("product")
+        if not include:
+            for name in ("product", "countryCodes", "cudaVersions", "minCudaVersion"):
+                if request.arg(name) is not None:
+                    raise _Refusal(400, f"{name} is valid only with include=AVAILABILITY")
+            return None
+        if not products:
+            raise _Refusal(400, "product is required with include=AVAILABILITY")
+        exact, floor = request.list_arg("cudaVersions"), request.arg("minCudaVersion")
+        if exact and floor:
+            raise _Refusal(400, "cudaVersions and minCudaVersion are mutually exclusive")
+        return {"count": int(request.arg("count") or 1), "cloud": request.arg("cloud") or "SECURE",
+                "countries": set(request.list_arg("countryCodes")), "exact": exact, "floor": floor}
+
+    def _stocked_in_countries(self, model: GpuModel, countries: set[str]) -> bool:
+        return any(self.data_centers[dc].country in countries for gpu, dc, _ in self._capacity if gpu == model.id)
+
+    def _gpu_record(self, model: GpuModel, options: dict[str, Any] | None) -> dict[str, Any]:
+        """One GpuType; with availability from the capacity (or the lie) when asked. Under the lock."""
+        record: dict[str, Any] = {
+            "id": model.id, "name": model.name, "pool": None, "manufacturer": "NVIDIA", "memory": model.memory,
+            "secure": True, "community": model.price_community is not None,
+            "price": {"secure": model.price_secure, "community": model.price_community or 0.0},
+            "maxCount": {"secure": model.max_count_secure, "community": model.max_count_community},
+        }
+        if options is None:
+            return record
+        count, cloud = options["count"], options["cloud"]
+        versions = [v for v in model.cuda_versions
+                    if (not options["exact"] or v in options["exact"])
+                    and (not options["floor"] or _cuda_key(v) >= _cuda_key(options["floor"]))]
+        levels = {}
+        for dc in self.data_centers.values():
+            if options["countries"] and dc.country not in options["countries"]:
+                continue
+            if (model.id, dc.id, cloud) not in self._capacity:
+                continue  # not stocked there
+            fits = versions and count <= model.max_count(cloud)
+            units = self._capacity[(model.id, dc.id, cloud)] // count if fits else 0
+            levels[dc.id] = self._advertised_level(model.id, dc.id, availability_level(units))
+        overall = max(levels.values(), key=LEVELS.index, default="NONE")
+        record["availability"] = overall
+        listed = [{"id": dc, "name": self.data_centers[dc].name, "availability": level}
+                  for dc, level in levels.items() if level != "NONE"]
+        if listed:
+            record["dataCenters"] = listed
+        if versions:
+            really_free = any(self._capacity.get((model.id, dc, cloud), 0) >= count for dc in levels)
+            record["cudaVersions"] = [{"version": v, "available": really_free} for v in versions]
+        return record
+
+    def _advertised_level(self, gpu_id: str, data_center: str | None, actual: str) -> str:
+        for key in ((gpu_id, data_center), (gpu_id, None), (None, data_center), (None, None)):
+            if key in self._advertised:
+                return self._advertised[key]
+        return actual
+
+    def _list_data_centers(self, request: _Request) -> _Reply:
+        regions, volume_types = request.list_arg("regions"), request.list_arg("networkVolumeTypes")
+        compliance, global_network = request.list_arg("compliance"), request.arg("globalNetwork")
+        with_gpus = "GPU_AVAILABILITY" in request.list_arg("include")
+        with self._lock:
+            found = [self._data_center_record(dc, with_gpus) for dc in self.data_centers.values()
+                     if (not regions or dc.region in regions)
+                     and all(t in dc.volume_types for t in volume_types)
+                     and all(c in dc.compliance for c in compliance)
+                     and (global_network is None or dc.global_network == (global_network == "true"))]
+        return _json(200, {"dataCenters": found})
+
+    def _get_data_center(self, request: _Request) -> _Reply:
+        dc = self.data_centers.get(request.params["id"])
+        if dc is None:
+            raise _Refusal(404, f"data center {request.params['id']} not found")
+        with self._lock:
+            return _json(200, self._data_center_record(dc, "GPU_AVAILABILITY" in request.list_arg("include")))
+
+    def _data_center_record(self, dc: DataCenterModel, with_gpus: bool) -> dict[str, Any]:
+        record: dict[str, Any] = {"id": dc.id, "name": dc.name, "region": dc.region,
+                                  "globalNetwork": dc.global_network, "networkVolumeTypes": list(dc.volume_types),
+                                  "compliance": list(dc.compliance)}
+        if with_gpus:
+            offered = []
+            for model in self.gpus.values():
+                free = [self._capacity[(model.id, dc.id, c)] for c in CLOUDS if (model.id, dc.id, c) in self._capacity]
+                if free:
+                    level = self._advertised_level(model.id, dc.id, availability_level(max(free)))
+                    offered.append({"id": model.id, "name": model.name, "availability": level})
+            if offered:
+                record["gpuAvailability"] = offered
+        return record
+
+    # ---- network volumes -----------------------------------------------------------------------------
+
+    def _list_volumes(self, request: _Request) -> _Reply:
+        return _json(200, {"networkVolumes": [v.record() for v in self.volumes]})
+
+    def _create_volume(self, request: _Request) -> _Reply:
+        spec = request.body
+        volume = self.create_volume(spec["name"], spec["size"], spec["dataCenter"], spec.get("type"))
+        return _json(201, volume.record())
+
+    def _get_volume(self, request: _Request) -> _Reply:
+        return _json(200, self._existing_volume(request.params["id"]).record())
+
+    def _update_volume(self, request: _Request) -> _Reply:
+        volume = self._existing_volume(request.params["id"])
+        with self._lock:
+            size = request.body.get("size", volume.size)
+            if size < volume.size:
+                raise _Refusal(400, f"network volume storage cannot be reduced (now {volume.size} GB)")
+            volume.size, volume.name = size, request.body.get("name", volume.name)
+            return _json(200, volume.record())
+
+    def _delete_volume(self, request: _Request) -> _Reply:
+        volume = self._existing_volume(request.params["id"])
+        with self._lock:
+            users = [p.id for p in self._pods.values() if p.volume_id == volume.id and not p.terminated]
+            if users:
+                raise _Refusal(400, f"network volume {volume.id} is in use by pod {users[0]}")
+            del self._volumes[volume.id]
+        shutil.rmtree(volume.directory, ignore_errors=True)
+        return _Reply(204)
+
+    def _existing_volume(self, volume_id: str) -> EmulatedVolume:
+        with self._lock:
+            volume = self._volumes.get(volume_id)
+        if volume is None:
+            raise _Refusal(404, f"network volume {volume_id} not found")
+        return volume
+
+
+_OPERATIONS: dict[str, _OperationHandler] = {
+    "listPods": RunPodEmulator._list_pods,
+    "createPod": RunPodEmulator._create_pod,
+    "getPod": RunPodEmulator._get_pod,
+    "deletePod": RunPodEmulator._delete_pod,
+    "podAction": RunPodEmulator._pod_action,
+    "listGpuTypes": RunPodEmulator._list_gpus,
+    "getGpuType": RunPodEmulator._get_gpu,
+    "listDataCenters": RunPodEmulator._list_data_centers,
+    "getDataCenter": RunPodEmulator._get_data_center,
+    "listNetworkVolumes": RunPodEmulator._list_volumes,
+    "createNetworkVolume": RunPodEmulator._create_volume,
+    "getNetworkVolume": RunPodEmulator._get_volume,
+    "updateNetworkVolume": RunPodEmulator._update_volume,
+    "deleteNetworkVolume": RunPodEmulator._delete_volume,
+}
+
+
+def _parsed(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace")
+
+
+def _processes_of(pod_id: str) -> list[int]:
+    """Live processes whose environment names this pod (everything started inside it inherits it)."""
+    marker = f"RUNPOD_POD_ID={pod_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
 
 
 def _kill_group(process: subprocess.Popen, grace_s: float) -> None:
@@ -915,8 +1402,7 @@ def _kill_group(process: subprocess.Popen, grace_s: float) -> None:
             process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             continue
-        # the leader is gone; make sure nothing else of its group lingers
-        try:
+        try:  # the leader is gone; make sure nothing else of its group lingers
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
@@ -925,63 +1411,58 @@ def _kill_group(process: subprocess.Popen, grace_s: float) -> None:
         process.wait()
 
 
-class _APIFailure(Exception):
-    """A resolver error RunPod reports with HTTP 200 and ``errors`` (capacity, unknown pod)."""
-
-    def __init__(self, message: str, path: str) -> None:
-        super().__init__(message)
-        self.path = path
-
-
-def _required(args: dict[str, Any], key: str, path: str) -> Any:
-    if args.get(key) is None:
-        raise GraphQLError(f'Field "{key}" of required type was not provided ({path}).')
-    return args[key]
-
-
-def _errors(message: str) -> bytes:
-    return json.dumps({"errors": [{"message": message}]}).encode()
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        self._answer("POST")
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._answer()
 
-    def do_GET(self) -> None:  # noqa: N802
-        self._answer("GET")
+    do_POST = do_PATCH = do_PUT = do_DELETE = do_GET  # noqa: N815
 
-    def _answer(self, method: str) -> None:
+    def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         emulator: RunPodEmulator = self.server.emulator  # type: ignore[attr-defined]
-        status, ctype, payload = emulator.handle(method, self.path, self.headers.get("Authorization"), body)
+        reply = emulator.handle(self.command, self.path, self.headers, body)
+        if reply.lost:
+            self.close_connection = True  # nothing was written: the client sees the connection drop
+            return
         try:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(payload)))
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            if reply.status != 204:
+                self.send_header("Content-Type", reply.content_type or "application/octet-stream")
+                self.send_header("Content-Length", str(len(reply.body)))
             self.end_headers()
-            self.wfile.write(payload)
+            self.wfile.write(reply.body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the caller died, e.g. a pod's switch killed by its own termination
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature from http.server)
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
         pass
 
 
-def emulated_runpod(root: Path, monkeypatch: Any, **kwargs: Any) -> Iterator[RunPodEmulator]:
-    """Generator for a pytest fixture: a started emulator with RUNPOD_API_BASE_URL pointing at it.
+# --------------------------------------------------------------------------------------------------
+# pytest
+# --------------------------------------------------------------------------------------------------
 
-    In a conftest or test module::
 
-        @pytest.fixture
-        def runpod_emu(tmp_path, monkeypatch):
-            yield from emulated_runpod(tmp_path / "runpod", monkeypatch, runtime_after_polls=1)
-    """
-    emulator = RunPodEmulator(root, **kwargs).start()
+def emulated_runpod(root: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Iterator[RunPodEmulator]:
+    """Generator for a fixture: a started emulator, RUNPOD_API_BASE_URL and RUNPOD_API_KEY set; at
+    teardown everything stops, no process may be left and every response must have kept the contract."""
+    emulator = RunPodEmulator(root, **options).start()
     monkeypatch.setenv("RUNPOD_API_BASE_URL", emulator.url)
+    monkeypatch.setenv("RUNPOD_API_KEY", emulator.api_key)
     try:
         yield emulator
     finally:
         emulator.stop()
+    assert emulator.leftover_processes() == [], "pod processes outlived the emulator"
+    assert emulator.response_violations == [], "the emulator broke the contract"
+
+
+@pytest.fixture
+def runpod_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunPodEmulator]:
+    """The emulator with its defaults (see the module docstring)."""
+    yield from emulated_runpod(tmp_path / "runpod", monkeypatch)

@@ -53,11 +53,16 @@ class SshServer:
     host: str
     port: int
     user: str
-    client_key: Path
+    client_key: Path | None  # None when the caller named the authorized keys itself
     host_key_pub: Path
     start_dir: Path
     workdir: Path
     process: subprocess.Popen = field(repr=False)
+
+    @property
+    def home(self) -> Path:
+        """$HOME of every session (see the module docstring)."""
+        return self.workdir / "userhome"
 
     def known_hosts_line(self) -> str:
         keytype, blob = self.host_key_pub.read_text().split()[:2]
@@ -161,21 +166,25 @@ def _wait_for_banner(port: int, process: subprocess.Popen, log: Path, deadline: 
 
 def start_sshd(workdir: Path, *, env: dict[str, str] | None = None, host_key: Path | None = None,
                port: int | None = None, client_key: Path | None = None,
-               start_dir: Path | None = None) -> SshServer:
+               start_dir: Path | None = None, authorized_keys: str | None = None) -> SshServer:
     """Start ``sshd -D -e`` on 127.0.0.1 and wait until it sends its banner.
 
     ``host_key`` and ``client_key`` default to fresh keys in ``workdir``; pass the same
     ``port`` and ``client_key`` with a new ``host_key`` to emulate a server whose key changed.
+    ``authorized_keys`` (OpenSSH public key lines) replaces the client key: the server trusts
+    exactly those, as a pod trusts its ``PUBLIC_KEY``, and ``client_key`` is None.
     """
     ensure_packages()
     workdir.mkdir(parents=True, exist_ok=True)
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     host_key = host_key or keygen(workdir / "ssh_host_ed25519_key")
-    client_key = client_key or keygen(workdir / "id_ed25519")
+    if authorized_keys is None:
+        client_key = client_key or keygen(workdir / "id_ed25519")
+        authorized_keys = client_key.with_name(client_key.name + ".pub").read_text()
     start_dir = start_dir or workdir / "home"
     start_dir.mkdir(parents=True, exist_ok=True)
     authorized = workdir / "authorized_keys"
-    authorized.write_text(client_key.with_name(client_key.name + ".pub").read_text())
+    authorized.write_text(authorized_keys if authorized_keys.endswith("\n") else authorized_keys + "\n")
     config = workdir / "sshd_config"
     log = workdir / "sshd.log"
     for attempt in range(5):
