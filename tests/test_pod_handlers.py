@@ -1,13 +1,15 @@
-"""runpod.create, pod.shell and runpod.terminate through the engine, against the RunPod emulator
-(the real pinned SDK over HTTP, each pod a real process with a real sshd that trusts the
-PUBLIC_KEY ralph hands it, as RunPod images do). The task file is the repository's own
-roadmap/ralph/RALPH-002-pod-lifecycle.md with its ralph.yaml, given fast timeouts."""
+"""runpod.create, pod.shell and runpod.terminate through the engine, against the REST v2 RunPod emulator
+(real HTTP, each pod a real process with a real sshd that trusts the PUBLIC_KEY ralph hands it, as
+RunPod images do). The task file is the repository's own roadmap/ralph/RALPH-002-pod-lifecycle.md with
+its ralph.yaml, given fast timeouts. Every request ralph sends is checked against RunPod's OpenAPI
+document."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -29,33 +31,23 @@ from ralph.handlers.runpod.api import RunPodAPI
 from ralph.parser import parse_file
 from ralph.runner import Runner, RunSummary
 from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_runpod
-from tests.far.sshd import start_sshd
 
 ROADMAP = Path(__file__).resolve().parents[1] / "roadmap" / "ralph"
 TASK_FILE = "RALPH-002-pod-lifecycle.md"
 A5000, RTX4090 = "NVIDIA RTX A5000", "NVIDIA GeForce RTX 4090"
 
 
-def sshd_trusting_public_key(pod_id: str, workspace: Path, env: dict[str, str]) -> Any:
-    """The emulator's pod sshd, authorising the PUBLIC_KEY the pod was created with (RunPod's
-    images append it to root's authorized_keys at start); no PUBLIC_KEY, nobody gets in."""
-    keys = workspace.parent / "authorized"
-    keys.mkdir(exist_ok=True)
-    (keys / "ralph.pub").write_text(env.get("PUBLIC_KEY", "") + "\n")
-    safe = {k: v for k, v in env.items() if not any(c in v for c in '"\\\n')}
-    return start_sshd(workspace.parent / "sshd", env=safe, start_dir=workspace, client_key=keys / "ralph")
-
-
 @pytest.fixture
 def emu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunPodEmulator]:
-    generator = emulated_runpod(tmp_path / "runpod", monkeypatch, start_ssh=sshd_trusting_public_key,
-                                kill_grace_s=0.3)
-    emulator = next(generator)
-    monkeypatch.setenv("RUNPOD_API_KEY", emulator.api_key)
     monkeypatch.setenv("RALPH_STATE_HOME", str(tmp_path / "ralph-state"))
-    yield emulator
-    emulator.ignore_terminations(0)
-    yield from generator
+    emulator: RunPodEmulator
+    for emulator in emulated_runpod(tmp_path / "runpod", monkeypatch, kill_grace_s=0.3):
+        # ralph paces itself by the RateLimit headers; these tests poll every 0.1 s to stay fast, so
+        # their account gets a quota that such polling does not use up (RunPod's example: 60/min).
+        emulator.rate_limit_policy = (("minute", 100_000, 60),)
+        yield emulator
+        emulator.ignore_terminations(0)
+        assert emulator.request_violations == [], "ralph sent a request off RunPod's contract"
 
 
 def fast_params(tmp_path: Path, **create: Any) -> dict[str, Any]:
@@ -117,6 +109,10 @@ def ralph_process(file: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def creates(emu: RunPodEmulator) -> list[str]:
+    return [c.body["gpu"]["id"] for c in emu.calls("POST", "/v2/pods")]
+
+
 def test_create_shell_terminate_run_and_tick_their_boxes(emu: RunPodEmulator, tmp_path: Path) -> None:
     file = pod_project(tmp_path / "project", fast_params(tmp_path))
     summary, output = run(file)
@@ -125,54 +121,102 @@ def test_create_shell_terminate_run_and_tick_their_boxes(emu: RunPodEmulator, tm
     assert all(ticked(file, 1)) and all(ticked(file, 2)) and all(ticked(file, 5))
     text = file.read_text()
     [pod] = emu.all_pods
-    assert pod.gpu.id == A5000 and pod.terminated and emu.live_pods() == []
-    assert "with GPU RTX A5000" in text and re.search(r"`ssh root@127\.0\.0\.1:\d+ true` answered in", text)
+    assert pod.gpu_id == A5000 and pod.status == "TERMINATED" and emu.live_pods() == []
+    assert "with GPU NVIDIA RTX A5000" in text and re.search(r"`ssh root@127\.0\.0\.1:\d+ true` answered in", text)
     assert (pod.workspace / "ComfyUI" / "models" / "checkpoints").is_dir()  # pod.shell ran on the pod
-    assert pod.name.startswith(reaper.owner_prefix(file)) and pod.ports == "22/tcp"  # no public ComfyUI port
+    [create] = emu.calls("POST", "/v2/pods")
+    assert pod.name.startswith(reaper.owner_prefix(file)) and create.body["ports"] == ["22/tcp"]  # no public ComfyUI port
     # The start command carries the switch and ralph's public key, never the account's key.
-    script = base64.b64decode(re.search(r"echo (\S+) \| base64", pod.docker_args).group(1)).decode()
-    assert "podTerminate" in script and emu.api_key not in script and emu.api_key not in json.dumps(pod.env)
-    assert pod.env["PUBLIC_KEY"].startswith("ssh-ed25519 ")
-    [terminate] = emu.calls("podTerminate")
-    assert terminate.principal == "account"
+    script = base64.b64decode(re.search(r"echo (\S+) \| base64", create.body["args"]).group(1)).decode()
+    assert "/v2/pods/$RUNPOD_POD_ID" in script and emu.api_key not in script
+    assert emu.api_key not in json.dumps(create.body) and create.body["env"]["PUBLIC_KEY"].startswith("ssh-ed25519 ")
+    assert [c.principal for c in emu.calls("DELETE", "/v2/pods/")] == ["account"]
+    assert not emu.calls("PUT", "/v2/account/ssh-keys"), "never replace the account's keys"
     assert "$" in text and "in all" in text  # the pod's cost, written into the file
-    assert state(file)["resources"].get("pod", {}).get("released") or "pod" not in state(file)["resources"]
+    assert "machine" not in state(file)["resources"] or state(file)["resources"]["machine"].get("released")
     assert emu.api_key not in text and emu.api_key not in (file.parent / ".ralph").joinpath(file.stem, "state.json").read_text()
+    assert str(tmp_path) not in text, "paths written for people are relative"
 
 
-def test_no_capacity_for_the_first_gpu_type_uses_the_second(emu: RunPodEmulator, tmp_path: Path) -> None:
+def test_the_catalog_places_the_pod_no_create_is_sent_where_it_says_none(emu: RunPodEmulator, tmp_path: Path) -> None:
     emu.no_capacity(A5000)
     file = pod_project(tmp_path / "project", fast_params(tmp_path))
     summary, output = run(file)
     assert summary.exit_code == 0, output
-    [pod] = emu.all_pods
-    assert pod.gpu.id == RTX4090
-    creates = emu.calls("podFindAndDeployOnDemand")
-    assert [c.args["input"]["gpuTypeId"] for c in creates] == [A5000, RTX4090]
-    assert "with GPU RTX 4090" in file.read_text() and all(ticked(file, 1))
+    assert creates(emu) == [RTX4090] and emu.all_pods[0].gpu_id == RTX4090
+    assert "with GPU NVIDIA GeForce RTX 4090" in file.read_text() and all(ticked(file, 1))
+
+
+def test_a_catalog_that_says_high_while_creates_fail_moves_to_the_next_candidate(emu: RunPodEmulator,
+                                                                              tmp_path: Path) -> None:
+    emu.no_capacity(A5000)
+    emu.advertise("HIGH", A5000)
+    file = pod_project(tmp_path / "project", fast_params(tmp_path, cloud_types=["SECURE"]))
+    summary, output = run(file)
+    assert summary.exit_code == 0, output
+    assert creates(emu) == [A5000, RTX4090] and emu.pods_created == 1
+
+
+def test_no_room_anywhere_sends_no_create_and_fails_when_the_budget_runs_out(emu: RunPodEmulator,
+                                                                            tmp_path: Path) -> None:
+    emu.no_capacity()
+    file = pod_project(tmp_path / "project", fast_params(tmp_path, create_budget_s=20))
+    started = time.monotonic()
+    summary, output = run(file, only=1)
+    took = time.monotonic() - started
+    [outcome] = summary.outcomes
+    assert outcome.status == "FAILED" and "the catalog never showed room" in outcome.error, outcome.error
+    assert emu.creates_sent == []
+    reads = emu.calls("GET", "/v2/catalog/gpus")
+    gaps = [b.at - a.at for a, b in zip(reads[1:], reads[2:])]  # the first read is `ralph check`'s
+    assert len(reads) <= 1 + 3 and all(g >= 9.5 for g in gaps), gaps  # 0 s, 10 s, 20 s: a few a minute
+    assert 19 <= took < 40, took
+    assert output.count("no room now") == len(reads) - 2, output
 
 
 def test_a_lost_create_answer_finds_the_pod_by_name_instead_of_making_a_second(emu: RunPodEmulator,
                                                                               tmp_path: Path) -> None:
-    emu.fail(Fault.SERVER_ERROR, operation="podFindAndDeployOnDemand", after=True)
+    emu.fail(Fault.LOST_ANSWER, method="POST", path="/v2/pods")
     file = pod_project(tmp_path / "project", fast_params(tmp_path))
     summary, output = run(file)
     assert summary.exit_code == 0, output
+    assert len(emu.creates_sent) == 1 and emu.pods_created == 1 and emu.live_pods() == []
+
+
+def test_a_pod_that_goes_to_error_fails_fast_and_is_deleted(emu: RunPodEmulator, tmp_path: Path) -> None:
+    emu.error_next_pods(1)
+    file = pod_project(tmp_path / "project", fast_params(tmp_path, ready_timeout_s=60))
+    started = time.monotonic()
+    summary, output = run(file)
+    [first] = [o for o in summary.outcomes if o.number == 1]
+    assert first.status == "FAILED" and "went to ERROR while starting" in first.error
+    assert "terminated (confirmed gone)" in first.error and time.monotonic() - started < 30
     assert emu.pods_created == 1 and emu.live_pods() == []
 
 
+def test_a_switch_that_cannot_check_itself_is_a_warning_in_the_results(emu: RunPodEmulator, tmp_path: Path) -> None:
+    emu.pod_keys_may_read = False
+    file = pod_project(tmp_path / "project", fast_params(tmp_path))
+    summary, output = run(file)
+    assert summary.exit_code == 0, output
+    text = file.read_text()
+    assert "WARNING: the pod's dead-man's switch may not be able to delete it" in text
+    assert "the pod key cannot read its own pod: HTTP 403" in text
+
+
 def test_sigkill_while_waiting_for_ssh_then_rerun_reuses_the_same_pod(emu: RunPodEmulator, tmp_path: Path) -> None:
-    emu.runtime_after_s = 3.0  # the API shows no ports for 3 s: ralph is polling when killed
+    emu.seconds_per_phase = math.inf  # the pod stays PROVISIONING: ralph is polling when killed
     file = pod_project(tmp_path / "project", fast_params(tmp_path))
     process = ralph_process(file)
     try:
         pod_id = wait_for(lambda: state(file).get("tasks", {}).get("1", {}).get("memory", {}).get("pod_id"))
-        wait_for(lambda: emu.pod(pod_id).polls > 0)  # ralph is polling the API for the pod's ports
+        wait_for(lambda: len(emu.calls("GET", f"/v2/pods/{pod_id}")) > 1)  # ralph is polling the pod
         assert statuses(file)[1] == "IN_PROGRESS"
     finally:
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=10)
-    assert emu.pod(pod_id).runtime_since is None  # killed before SSH could have been reached
+    assert emu.pod(pod_id).status != "RUNNING"  # killed before SSH could have been reached
+    emu.seconds_per_phase = 0
     summary, output = run(file)
     assert summary.exit_code == 0, output
     events = (file.parent / ".ralph" / file.stem / "events.jsonl").read_text()
@@ -195,13 +239,13 @@ def test_ralph_killed_and_never_rerun_the_pod_deletes_itself(emu: RunPodEmulator
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=10)
     killed = time.monotonic()
-    wait_for(lambda: pod.terminated, timeout=hb_timeout + 8)
+    wait_for(lambda: pod.status == "TERMINATED", timeout=hb_timeout + 8)
     took = time.monotonic() - killed
-    [call] = wait_for(lambda: emu.calls("podTerminate"))  # recorded once answered
+    [call] = wait_for(lambda: emu.calls("DELETE", f"/v2/pods/{pod.id}"))
     assert call.principal == f"pod:{pod.id}"  # the pod's own key: ralph was dead
     assert took <= hb_timeout + 4
     log = (tmp_path / "pod-tmp" / pod.id / "deadman.log").read_text()
-    assert "firing: heartbeat stale" in log
+    assert "firing: heartbeat stale" in log  # (the DELETE ends the pod, the switch with it: no line after)
 
 
 def test_a_terminate_acknowledged_but_not_done_fails_unticked_and_the_next_run_finishes_it(
@@ -209,13 +253,13 @@ def test_a_terminate_acknowledged_but_not_done_fails_unticked_and_the_next_run_f
     params = fast_params(tmp_path)
     params["runpod.terminate"]["terminate_timeout_s"] = 1.0
     file = pod_project(tmp_path / "project", params)
-    emu.ignore_terminations()
+    emu.ignore_terminations(None)
     summary, output = run(file)
     assert summary.exit_code == 1
     assert statuses(file)[5] == "FAILED" and ticked(file, 5) == [False, False]
-    assert "still exists" in file.read_text() and "acknowledged terminate" in file.read_text()
+    assert "still exists" in file.read_text() and "acknowledged" in file.read_text()
     [pod] = emu.all_pods
-    assert not pod.terminated and pod.terminate_requests >= 1
+    assert pod.status != "TERMINATED" and len(pod.terminate_requests) >= 1
     assert state(file)["resources"]["machine"].get("released") is None  # not released without confirmation
     emu.ignore_terminations(0)
     summary, output = run(file)
@@ -223,37 +267,47 @@ def test_a_terminate_acknowledged_but_not_done_fails_unticked_and_the_next_run_f
     assert emu.pods_created == 1
 
 
-def test_missing_key_blocks_with_one_line_and_creates_nothing(emu: RunPodEmulator, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RUNPOD_API_KEY")
-    file = pod_project(tmp_path / "project", fast_params(tmp_path))
+def test_terminate_is_resent_until_the_pod_is_gone_and_tells_errors_from_acknowledgements(
+        emu: RunPodEmulator, tmp_path: Path) -> None:
+    emu.ignore_terminations(2)
+    params = fast_params(tmp_path, heartbeat_timeout_s=120)  # the switch stays out of it
+    params["runpod.terminate"]["terminate_timeout_s"] = 30
+    file = pod_project(tmp_path / "project", params)
     summary, output = run(file)
-    assert summary.exit_code == 1
-    assert statuses(file)[1] == "BLOCKED"
-    [outcome] = [o for o in summary.outcomes if o.number == 1]
-    assert "set RUNPOD_API_KEY" in outcome.error and "\n" not in outcome.error
-    assert emu.requests == [] and emu.pods_created == 0
+    assert statuses(file)[5] == "DONE", output
+    deletes = [c for c in emu.calls("DELETE", "/v2/pods/") if c.principal == "account"]
+    assert len(deletes) == 3 and deletes[2].at - deletes[1].at > deletes[1].at - deletes[0].at  # backoff
+    emu.fail(Fault.BAD_GATEWAY, times=None, method="DELETE", path="/v2/pods/{id}")
+    params["runpod.terminate"]["terminate_timeout_s"] = 7  # sends at 0 s and 5 s, both answered 502
+    file = pod_project(tmp_path / "project2", params)
+    summary, output = run(file)
+    [outcome] = [o for o in summary.outcomes if o.number == 5]
+    assert outcome.status == "FAILED" and "0 acknowledged" in outcome.error and "failed (last: " in outcome.error
+    assert "HTTP 502" in outcome.error and "2 terminate request(s)" in outcome.error
+    emu.clear_faults()
+    run(file)
+    assert emu.live_pods() == []
 
 
 def test_ssh_that_never_comes_fails_at_the_deadline_and_terminates_the_pod(emu: RunPodEmulator,
                                                                           tmp_path: Path) -> None:
-    emu.runtime_never = True
+    emu.seconds_per_phase = math.inf
     file = pod_project(tmp_path / "project", fast_params(tmp_path, ready_timeout_s=1.5))
     summary, output = run(file)
     assert statuses(file)[1] == "FAILED" and statuses(file)[2] == "SKIPPED" and statuses(file)[5] == "DONE"
     [outcome] = [o for o in summary.outcomes if o.number == 1]
-    assert "no working `ssh true` 1.5 s after create (runtime is null" in outcome.error
+    assert "no working `ssh true` 1.5 s after create (status PROVISIONING" in outcome.error
     assert emu.pods_created == 1 and emu.live_pods() == []
 
 
 def test_a_pod_that_vanishes_while_starting_is_a_clear_failure(emu: RunPodEmulator, tmp_path: Path) -> None:
-    emu.runtime_never = True
+    emu.seconds_per_phase = math.inf
     file = pod_project(tmp_path / "project", fast_params(tmp_path))
 
     def kill_it() -> None:
         pod = wait_for(lambda: emu.all_pods and emu.all_pods[0])
-        wait_for(lambda: pod.polls >= 2)
-        RunPodAPI(emu.api_key).terminate_pod(pod.id)
+        wait_for(lambda: len(emu.calls("GET", f"/v2/pods/{pod.id}")) >= 2)
+        RunPodAPI(emu.api_key, emu.url).terminate_pod(pod.id)
 
     killer = threading.Thread(target=kill_it)
     killer.start()

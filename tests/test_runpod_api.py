@@ -1,261 +1,200 @@
-"""ralph's RunPod adapter over the real, pinned SDK against the emulator: the pod life cycle, values
-that would break the SDK's pasted GraphQL, and every failure mapped to ralph's exceptions without
-ever showing the key."""
+"""ralph's RunPod client (handlers/runpod/api.py) against the REST v2 emulator over real sockets: every
+verb, every fault turned into ralph's own error with RunPod's detail and request id (never the key), rate
+limits honoured, and every request ralph sends valid against RunPod's OpenAPI document."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import subprocess
-import sys
-import threading
-import traceback
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-import runpod
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from ralph.handlers.runpod.api import (
-    SDK_VERSION,
-    APIError,
-    AuthError,
-    CapacityError,
-    RunPodAPI,
-    SshEndpoint,
-    TransientAPIError,
-    graphql_string,
-    script_start_command,
-)
+from ralph.handlers.runpod.api import (APIError, AuthError, BadRequest, BalanceError, CapacityError, NoAccess,
+                                       PodSpec, RunPodAPI, TransientAPIError)
 from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_runpod
 
-GPU = "NVIDIA GeForce RTX 4090"
-OTHER_GPU = "NVIDIA RTX A5000"
-IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
+A5000, L4 = "NVIDIA RTX A5000", "NVIDIA L4"
 
 
 @pytest.fixture
-def emu(tmp_path, monkeypatch):
-    yield from emulated_runpod(tmp_path / "runpod", monkeypatch, kill_grace_s=0.3)
+def emu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunPodEmulator]:
+    emulator: RunPodEmulator
+    for emulator in emulated_runpod(tmp_path / "runpod", monkeypatch, kill_grace_s=0.3, reads_per_phase=0):
+        yield emulator
+        assert emulator.request_violations == [], "ralph sent a request off RunPod's contract"
 
 
 @pytest.fixture
-def api(emu):
-    return RunPodAPI(emu.api_key)
+def api(emu: RunPodEmulator) -> Iterator[RunPodAPI]:
+    client = RunPodAPI.from_env()
+    yield client
+    client.close()
 
 
-def create(api: RunPodAPI, name: str = "ralph-run1-a", **kwargs) -> str:
-    kwargs.setdefault("gpu_type_id", GPU)
-    return api.create_pod(name=name, image=IMAGE, **kwargs)
+def spec(**fields: object) -> PodSpec:
+    values: dict[str, object] = {"name": "ralph-test", "image": "runpod/pytorch:test", "gpu_id": A5000, "ports": ()}
+    values.update(fields)
+    return PodSpec(**values)  # type: ignore[arg-type]
 
 
-def test_the_sdk_is_the_pinned_version():
-    assert SDK_VERSION == "1.12.0"
-    assert runpod.__version__ == SDK_VERSION == importlib.metadata.version("runpod")
+def test_from_env_reads_the_key_and_the_host_and_never_shows_the_key(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    assert api.base_url == emu.url + "/v2"
+    assert emu.api_key not in repr(api)
 
 
-def test_gpu_types_and_price(api):
-    ids = [g.id for g in api.gpu_types()]
-    assert GPU in ids and OTHER_GPU in ids
-    gpu = api.gpu_type(GPU, gpu_count=2)
-    assert (gpu.display_name, gpu.memory_gb, gpu.max_gpu_count) == ("RTX 4090", 24, 8)
-    assert gpu.price_per_hr == pytest.approx(1.38)
+def test_the_catalog_gives_prices_availability_data_centres_and_cuda(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    offers = {o.id: o for o in api.gpu_offers()}
+    a5000 = offers[A5000]
+    assert a5000.prices == {"SECURE": 0.27, "COMMUNITY": 0.16} and a5000.memory_gb == 24
+    assert a5000.availability == "HIGH" and set(a5000.data_centers) == {"EU-RO-1", "US-TX-3", "EU-SE-1"}
+    assert "COMMUNITY" not in offers[L4].prices  # not sold there
+    assert a5000.price_per_hr("SECURE", 2) == pytest.approx(0.54)
+    emu.no_capacity(A5000, data_center="EU-RO-1")
+    emu.no_capacity(A5000, data_center="US-TX-3")
+    a5000 = {o.id: o for o in api.gpu_offers()}[A5000]
+    assert a5000.data_centers.get("EU-RO-1", "NONE") == "NONE" and a5000.data_centers["EU-SE-1"] != "NONE"
+    [call] = [c for c in emu.calls("GET", "/v2/catalog/gpus")][:1]
+    assert call.query["include"] == ["AVAILABILITY"] and call.query["product"] == ["POD"]
+    assert {dc.id: dc.volume_types for dc in api.data_centers()}["US-TX-3"] == ("STANDARD",)
 
 
-def test_life_cycle_create_wait_ssh_stop_terminate(emu, api):
-    emu.runtime_after_polls = 2
-    pod_id = create(api, ports="8188/http,22/tcp", env={"HF_HOME": "/workspace/hf"})
-    first = api.get_pod(pod_id)
-    assert first.running and first.ssh is None and first.ports == ()
-    assert first.cost_per_hr == pytest.approx(0.69) and first.gpu == "RTX 4090" and first.name == "ralph-run1-a"
-    assert api.get_pod(pod_id).ssh is None
-    ready = api.get_pod(pod_id)
-    assert ready.ssh == SshEndpoint("127.0.0.1", emu.pod(pod_id).ssh_port, "root")
-    server = emu.pod(pod_id).ssh
-    known = emu.pod(pod_id).directory / "known_hosts"
-    known.write_text(server.known_hosts_line() + "\n")
-    done = subprocess.run(
-        ["ssh", "-i", str(server.client_key), "-p", str(ready.ssh.port), "-o", "BatchMode=yes",
-         "-o", f"UserKnownHostsFile={known}", f"{ready.ssh.user}@{ready.ssh.host}", "echo $HF_HOME"],
-        capture_output=True, text=True, timeout=20)
-    assert done.stdout.strip() == "/workspace/hf", done.stderr
-    assert [p.id for p in api.list_pods()] == [pod_id]
-
-    assert api.stop_pod(pod_id) == "EXITED"
-    stopped = api.get_pod(pod_id)
-    assert stopped.desired_status == "EXITED" and stopped.ports and stopped.ssh is None  # stale ports ignored
-    assert api.resume_pod(pod_id) == "RUNNING"
-
-    api.terminate_pod(pod_id)
-    assert api.get_pod(pod_id) is None and api.list_pods() == []
-    assert emu.pods_created == 1
+def test_a_pod_is_created_read_listed_and_terminated(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    made = api.create_pod(spec(cloud="COMMUNITY", data_centers=("EU-SE-1",), env={"A": "1"}, args="sleep 60",
+                               persistent_gb=20, min_cuda="12.4"))
+    assert made.status == "PROVISIONING" and made.name == "ralph-test"
+    pod = emu.pod(made.id)
+    assert pod.data_center_id == "EU-SE-1" and pod.container_env["A"] == "1"
+    [create] = emu.calls("POST", "/v2/pods")
+    assert create.body["gpu"] == {"id": A5000, "count": 1, "minCudaVersion": "12.4"}
+    assert create.body["mounts"] == {"persistent": {"size": 20, "path": "/workspace"}}
+    read = api.get_pod(made.id)
+    assert read is not None and read.running and read.cost_per_hr == pytest.approx(0.16)
+    assert read.ssh is None  # no 22/tcp asked: no direct SSH
+    assert [p.id for p in api.list_pods()] == [made.id]
+    api.terminate_pod(made.id)
+    assert api.get_pod(made.id) is None and api.list_pods() == []
 
 
-def test_create_sends_workspace_mount_and_the_asked_choice(emu, api):
-    create(api, gpu_type_id=OTHER_GPU, gpu_count=2, cloud_type="SECURE", data_center_id="EU-RO-1",
-           container_disk_gb=30, volume_gb=5, ports="22/tcp")
-    [pod] = emu.all_pods
-    assert pod.volume_mount_path == "/workspace"
-    assert (pod.gpu.id, pod.gpu_count, pod.cloud_type, pod.data_center_id) == (OTHER_GPU, 2, "SECURE", "EU-RO-1")
-    assert (pod.container_disk_gb, pod.volume_gb, pod.ports) == (30, 5, "22/tcp")
-    assert api.get_pod(pod.id).cost_per_hr == pytest.approx(0.54)
+def test_a_running_pod_with_22_tcp_has_a_direct_ssh_endpoint(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    made = api.create_pod(spec(ports=("22/tcp",), env={"PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE ralph"}))
+    deadline = time.monotonic() + 20
+    while (pod := api.get_pod(made.id)) is not None and pod.ssh is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pod is not None and pod.ssh is not None
+    assert (pod.ssh.host, pod.ssh.port, pod.ssh.user) == ("127.0.0.1", emu.pod(made.id).sshd.port, "root")
 
 
-HOSTILE = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+def test_a_network_volume_is_created_listed_and_pins_the_pod(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    volume = api.create_network_volume(name="models", size_gb=20, data_center="US-TX-3", type="STANDARD")
+    assert [v.id for v in api.network_volumes()] == [volume.id] and volume.data_center == "US-TX-3"
+    made = api.create_pod(spec(volume_id=volume.id))
+    assert emu.pod(made.id).data_center_id == "US-TX-3"
+    assert emu.pod(made.id).workspace.resolve() == emu.volume(volume.id).directory.resolve()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=HOSTILE, value=HOSTILE, command=HOSTILE)
-def test_pasted_values_reach_runpod_unchanged(tmp_path_factory, monkeypatch, name, value, command):
-    """Quotes, backslashes, newlines, braces and unicode in any pasted value round-trip exactly."""
-    root = tmp_path_factory.mktemp("rp")
-    with RunPodEmulator(root, start_ssh=None, run_start_command=False) as emulator:
-        monkeypatch.setenv("RUNPOD_API_BASE_URL", emulator.url)
-        api = RunPodAPI(emulator.api_key)
-        pod_id = create(api, name=name, env={"V": value}, start_command=command)
-        pod = emulator.pod(pod_id)
-        assert (pod.name, pod.env, pod.docker_args) == (name, {"V": value}, command)
-        assert api.get_pod(pod_id).name == name
+def test_every_page_of_the_pod_list_is_read(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    emu.page_size = 2
+    made = {api.create_pod(spec(name=f"ralph-page-{i}")).id for i in range(5)}
+    assert {p.id for p in api.list_pods()} == made
+    assert len(emu.calls("GET", "/v2/pods")) == 3
 
 
-def test_script_start_command_runs_the_script_verbatim(emu, api):
-    script = 'set -e\nmsg="it\'s \\"quoted\\" $RUNPOD_POD_ID"\nprintf "%s\\n" "$msg" > boot.txt\nsleep 30\n'
-    pod_id = create(api, start_command=script_start_command(script))
-    boot = emu.pod(pod_id).workspace / "boot.txt"
-    for _ in range(200):
-        if boot.exists() and boot.read_text():
-            break
-        threading.Event().wait(0.02)
-    assert boot.read_text() == f'it\'s "quoted" {pod_id}\n'
-
-
-def test_graphql_string_escapes_what_would_end_or_break_a_literal():
-    assert graphql_string('a"b\\c\nd\te\x01') == 'a\\"b\\\\c\\nd\\te\\u0001'
-
-
-# ---- failures ------------------------------------------------------------------------------------
-
-
-def test_capacity_is_a_capacity_error_and_the_next_choice_works(emu, api):
-    emu.no_capacity(GPU)
-    with pytest.raises(CapacityError, match="no longer any instances"):
-        create(api)
-    assert create(api, gpu_type_id=OTHER_GPU)
-    assert emu.pods_created == 1
-
-
-def test_resume_without_free_gpus_is_a_capacity_error(emu, api):
-    pod_id = create(api)
-    api.stop_pod(pod_id)
-    emu.no_capacity(GPU)
-    with pytest.raises(CapacityError, match="not enough free GPUs"):
-        api.resume_pod(pod_id)
-
-
-@pytest.mark.parametrize(("fault", "expected"), [
-    (Fault.UNAUTHORIZED, AuthError),
-    (Fault.SERVER_ERROR, TransientAPIError),
-    (Fault.SERVER_ERROR_JSON, TransientAPIError),
-    (Fault.RATE_LIMITED, TransientAPIError),
-    (Fault.RATE_LIMITED_JSON, TransientAPIError),
-    (Fault.GARBAGE, TransientAPIError),
-    (Fault.NO_DATA, TransientAPIError),
-    (Fault.NULL_DATA, TransientAPIError),
+@pytest.mark.parametrize("fault, expected, status", [
+    (Fault.SERVER_ERROR, TransientAPIError, 500),
+    (Fault.BAD_GATEWAY, TransientAPIError, 502),
+    (Fault.UNAVAILABLE, TransientAPIError, 503),
+    (Fault.GARBAGE, TransientAPIError, 200),
+    (Fault.INSUFFICIENT_BALANCE, BalanceError, 402),
+    (Fault.FORBIDDEN, NoAccess, 403),
 ])
-@pytest.mark.parametrize("call", ["gpu_types", "create", "get", "list", "terminate"])
-def test_every_fault_becomes_ralphs_exception_without_the_key(emu, api, fault, expected, call):
-    pod_id = create(api) if call in ("get", "terminate") else None
-    emu.fail(fault, times=None)
-    action = {
-        "gpu_types": api.gpu_types,
-        "create": lambda: create(api),
-        "get": lambda: api.get_pod(pod_id),
-        "list": api.list_pods,
-        "terminate": lambda: api.terminate_pod(pod_id),
-    }[call]
-    key_before = runpod.api_key
-    with pytest.raises(expected) as info:
-        action()
-    assert type(info.value) is expected
-    shown = str(info.value) + repr(info.value) + "".join(traceback.format_exception(info.value))
-    assert emu.api_key not in shown
-    assert info.value.__cause__ is None and info.value.__context__ is None
-    assert runpod.api_key == key_before != emu.api_key  # the key does not linger in the SDK's global
-
-
-def test_unknown_key_is_an_auth_error(emu):
-    with pytest.raises(AuthError) as info:
-        RunPodAPI("rp_not_a_real_key_123").list_pods()
-    assert "rp_not_a_real_key_123" not in str(info.value) + repr(info.value)
-
-
-def test_missing_key_and_from_env(emu, monkeypatch):
-    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
-    with pytest.raises(AuthError):
-        RunPodAPI.from_env()
-    monkeypatch.setenv("RUNPOD_API_KEY", emu.api_key)
-    api = RunPodAPI.from_env()
-    assert api.gpu_types() and emu.api_key not in repr(api)
-
-
-def test_unknown_gpu_and_missing_pod_are_plain_api_errors(emu, api):
-    with pytest.raises(APIError) as unknown:
-        create(api, gpu_type_id="NVIDIA GeForce GTX 280")
-    with pytest.raises(APIError, match="not found") as missing:
-        api.terminate_pod("nosuchpod00000")
-    for info in (unknown, missing):
-        assert not isinstance(info.value, (CapacityError, TransientAPIError, AuthError))
+def test_each_fault_is_ralphs_error_with_runpods_detail_and_request_id_never_the_key(
+        emu: RunPodEmulator, api: RunPodAPI, fault: Fault, expected: type[APIError], status: int) -> None:
+    emu.fail(fault, method="POST", path="/v2/pods")
+    with pytest.raises(expected) as caught:
+        api.create_pod(spec())
+    message = str(caught.value)
+    [call] = emu.calls("POST", "/v2/pods")
+    assert message.startswith("create_pod: ") and call.request_id in message and "\n" not in message
+    assert emu.api_key not in message and caught.value.request_id == call.request_id
+    if status != 200:
+        assert f"HTTP {status}" in message
     assert emu.pods_created == 0
 
 
-def test_lost_create_response_is_transient_and_the_pod_is_findable_by_name(emu, api):
-    emu.fail(Fault.GARBAGE, operation="podFindAndDeployOnDemand", after=True)
+def test_no_capacity_is_a_capacity_error_with_runpods_words(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    emu.no_capacity(A5000)
+    with pytest.raises(CapacityError, match="no longer any instances available"):
+        api.create_pod(spec())
+
+
+def test_a_body_off_the_contract_is_a_bad_request_naming_the_field(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    for emu in emulated_runpod(tmp_path / "runpod", monkeypatch):  # this test breaks the contract on purpose
+        with pytest.raises(BadRequest, match=r"HTTP 422 .*mounts.persistent.size: 5 is less than the minimum of 10"):
+            RunPodAPI.from_env().create_pod(spec(persistent_gb=5))
+        [violation] = emu.request_violations
+        assert violation.status == 422 and emu.pods_created == 0
+
+
+def test_a_wrong_key_is_an_auth_error_and_a_missing_one_is_refused_before_any_request(
+        emu: RunPodEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(AuthError) as caught:
+        RunPodAPI("rpa_not-a-key-of-this-account", emu.url).list_pods()
+    assert "rpa_not-a-key" not in str(caught.value)
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    with pytest.raises(AuthError, match="set RUNPOD_API_KEY"):
+        RunPodAPI.from_env()
+    assert len(emu.requests) == 1
+
+
+def test_429_waits_retry_after_and_sends_the_same_request_again(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    emu.fail(Fault.RATE_LIMITED, method="GET", path="/v2/pods", retry_after=1)
+    assert api.list_pods() == []
+    first, second = emu.calls("GET", "/v2/pods")
+    assert (first.status, second.status) == (429, 200)
+    assert second.at - first.at >= 0.95
+
+
+def test_a_used_up_window_makes_the_next_call_wait_for_its_reset(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    emu.rate_limit_policy = (("burst", 3, 2),)  # 3 requests per 2 s window
+    for _ in range(7):
+        api.list_pods()
+    calls = emu.calls("GET", "/v2/pods")
+    said = [c.at for c in calls]
+    # Each answer's RateLimit told the client how many were left; at r=0 it waited for the reset.
+    windows = [int((c.at - said[0]) // 2) for c in calls]
+    assert max(b - a for a, b in zip(said, said[1:])) >= 0.9
+    assert all(windows.count(w) <= 4 for w in set(windows)), windows
+
+
+def test_a_lost_create_answer_is_transient_and_the_pod_is_findable_by_its_name(emu: RunPodEmulator,
+                                                                             api: RunPodAPI) -> None:
+    emu.fail(Fault.LOST_ANSWER, method="POST", path="/v2/pods")
     with pytest.raises(TransientAPIError):
-        create(api, name="ralph-run7-a")
-    assert [p.name for p in api.list_pods()] == ["ralph-run7-a"]
+        api.create_pod(spec(name="ralph-lost-answer"))
+    assert [p.name for p in api.list_pods()] == ["ralph-lost-answer"] and emu.pods_created == 1
 
 
-def test_unreachable_api_is_transient(tmp_path, monkeypatch):
-    with RunPodEmulator(tmp_path / "rp") as emulator:
-        url, key = emulator.url, emulator.api_key
-    monkeypatch.setenv("RUNPOD_API_BASE_URL", url)
-    with pytest.raises(TransientAPIError, match="ConnectionError"):
-        RunPodAPI(key).list_pods()
+def test_an_unreachable_api_is_transient(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    with pytest.raises(TransientAPIError, match="talking to RunPod"):
+        RunPodAPI("rpa_key", f"http://127.0.0.1:{port}", timeout_s=2).list_pods()
 
 
-def test_bad_pod_ids_are_refused_before_any_request(emu, api):
-    for bad in ['x" }) { id } }', "", "a b"]:
+def test_ids_that_are_not_runpod_ids_are_refused_before_any_request(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    for bad in ("../account", "a b", "", "x" * 65):
         with pytest.raises(ValueError):
             api.get_pod(bad)
     assert emu.requests == []
 
 
-def test_concurrent_callers_keep_their_own_keys(emu, api):
-    """The SDK's key is a module global; two keys used from two threads must never cross."""
-    pod_id = create(api)
-    pod_api = RunPodAPI(emu.pod(pod_id).pod_key)
-    errors: list[BaseException] = []
-
-    def loop(fn):
-        try:
-            for _ in range(150):
-                fn()
-        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
-            errors.append(exc)
-
-    threads = [threading.Thread(target=loop, args=(api.list_pods,)),
-               threading.Thread(target=loop, args=(lambda: pod_api.get_pod(pod_id),))]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads often, so an unguarded global would be caught crossing
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
-    assert errors == []
-    reads = emu.requests[2:]
-    assert {r.principal for r in reads if r.fields == ("myself",)} == {"account"}
-    assert {r.principal for r in reads if r.fields == ("pod",)} == {f"pod:{pod_id}"}
-    assert all(r.status == 200 for r in reads) and len(reads) == 300
-
+def test_terminating_a_pod_that_is_gone_is_not_found(emu: RunPodEmulator, api: RunPodAPI) -> None:
+    made = api.create_pod(spec())
+    api.terminate_pod(made.id)
+    with pytest.raises(APIError) as caught:
+        api.terminate_pod(made.id)
+    assert caught.value.status == 404

@@ -64,7 +64,9 @@ methods 405 with ``Allow``)
   outlive the pod. Deleting a volume a live pod mounts is 400; its size only grows.
 - Every response has ``x-request-id``; authenticated ones ``RateLimit-Policy`` and ``RateLimit``
   (structured-field lists as in the document's examples: ``"minute";r=59;t=60, "hour";...``), counted
-  over fixed windows from the emulator's start (reported, not enforced: use the RATE_LIMITED fault).
+  over fixed windows from the emulator's start (reported, not enforced: use the RATE_LIMITED fault);
+  ``rate_limit_policy`` (an attribute: ``(window, quota, seconds)`` triples, RunPod's example by default)
+  sets the windows — a test that polls fast raises the quota, one about pacing shortens a window.
   Errors are RFC 9457 ``application/problem+json`` ``{title, status, detail, errors?}``.
 - ``/graphql`` answers 410 Gone (problem+json) until ``enable_graphql()``; then it serves only
   ``mutation { podTerminate(input: {podId: "..."}) }`` for that pod's own key or the account key (the
@@ -106,7 +108,8 @@ Test switches (thread-safe; they act on requests that arrive afterwards)
   ``error_pod(pod_id)``: that pod goes to ERROR now.
 - ``ignore_terminations(times=1)`` (None: all until ``ignore_terminations(0)``): terminations are
   acknowledged (204, or GraphQL's null) but nothing happens.
-- ``pod_keys_may_terminate = False``: a pod's key is refused (403) for DELETE and action terminate.
+- ``pod_keys_may_terminate = False``: a pod's key is refused (403) for DELETE and action terminate;
+  ``pod_keys_may_read = False``: for GET of its own pod (a switch that cannot check itself).
 - ``enable_graphql()``.
 
 Records
@@ -518,10 +521,12 @@ class RunPodEmulator:
         self.reads_per_phase = reads_per_phase
         self.seconds_per_phase = seconds_per_phase
         self.page_size = page_size
+        self.rate_limit_policy: Sequence[tuple[str, int, int]] = RATE_LIMIT_POLICY  # (window, quota, seconds)
         self.public_ip = public_ip
         self.kill_grace_s = kill_grace_s
         self.workspace_link = workspace_link
         self.pod_keys_may_terminate = True
+        self.pod_keys_may_read = True
         self.contract = Contract.load()
         self._capacity: Capacity = dict(capacity if capacity is not None else default_capacity(gpus, data_centers))
         self._advertised: dict[tuple[str | None, str | None], str] = {}
@@ -820,7 +825,7 @@ class RunPodEmulator:
         if params.get("id") != principal.removeprefix("pod:"):
             return False
         if operation_id == "getPod":
-            return True
+            return self.pod_keys_may_read
         action = _parsed(body)
         terminating = operation_id == "deletePod" or (
             operation_id == "podAction" and isinstance(action, dict) and action.get("action") == "terminate")
@@ -843,7 +848,7 @@ class RunPodEmulator:
         elapsed = time.monotonic() - self._started
         remaining = []
         with self._lock:
-            for name, quota, seconds in RATE_LIMIT_POLICY:
+            for name, quota, seconds in self.rate_limit_policy:
                 window = (name, int(elapsed // seconds))
                 self._window_counts[window] = self._window_counts.get(window, 0) + 1
                 reset = max(1, math.ceil(seconds - elapsed % seconds))
@@ -851,7 +856,7 @@ class RunPodEmulator:
                 if reply.fault is Fault.RATE_LIMITED and name == "minute":
                     left, reset = 0, int(reply.headers["Retry-After"])
                 remaining.append(f'"{name}";r={left};t={reset}')
-        return {"RateLimit-Policy": ", ".join(f'"{n}";q={q};w={w}' for n, q, w in RATE_LIMIT_POLICY),
+        return {"RateLimit-Policy": ", ".join(f'"{n}";q={q};w={w}' for n, q, w in self.rate_limit_policy),
                 "RateLimit": ", ".join(remaining)}
 
     def _violation(self, kind: str, method: str, path: str, status: int, request_id: str, message: str) -> None:
