@@ -19,7 +19,12 @@ from ralph.handlers.machines import session
 from ralph.handlers.runpod import deadman
 from ralph.handlers.runpod.api import PodSpec, RunPodAPI
 
-from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_runpod
+from tests.far.runpod_emulator import (
+    Fault,
+    RecordedRequest,
+    RunPodEmulator,
+    emulated_runpod,
+)
 
 A5000 = "NVIDIA RTX A5000"
 NAME = "ralph-0000aaaa-t1-test"
@@ -74,7 +79,7 @@ def arming_report(state_base: str, pod_id: str) -> str:
     return wait_for(lambda: text_of(deadman.arming_path(state_base, pod_id)).strip())
 
 
-def terminations(emu: RunPodEmulator, pod_id: str) -> list[Any]:
+def terminations(emu: RunPodEmulator, pod_id: str) -> list[RecordedRequest]:
     """Every request of the switch's that asked for the pod's end, in order (v2, GraphQL, v1)."""
     return [r for r in emu.requests if (r.method, r.path) in {
         ("DELETE", f"/v2/pods/{pod_id}"), ("POST", f"/v2/pods/{pod_id}/action"), ("POST", "/graphql"),
