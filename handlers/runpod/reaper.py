@@ -28,13 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ralph.handlers.runpod.api import (
-    APIError,
-    AuthError,
-    NotFound,
-    RunPodAPI,
-    TransientAPIError,
-)
+from ralph.handlers.runpod.api import APIError, AuthError, NotFound, RunPodAPI, TransientAPIError
 
 PREFIX = "ralph-"
 _NAME = re.compile(r"ralph-([0-9a-f]{8})-")
