@@ -100,6 +100,7 @@ LOG="$DIR/deadman.log"
 rm -f "$HB"  # a restarted container starts a new grace period
 log() {{ echo "$(date -u '+%Y-%m-%d %H:%M:%S') $*" >> "$LOG"; }}
 http() {{  # METHOD URL [BODY]: prints the HTTP status, then the body
+  rm -f "$DIR/answer"  # no stale body under a failed request's status
   if command -v curl >/dev/null 2>&1; then
     curl -sS -m 30 -X "$1" -H "Authorization: Bearer $RUNPOD_API_KEY" -H "Content-Type: application/json" \
       ${{3:+-d "$3"}} -o "$DIR/answer" -w '%{{http_code}}' "$2" 2>>"$LOG"; echo; head -c 300 "$DIR/answer" 2>/dev/null
@@ -115,15 +116,19 @@ except urllib.error.HTTPError as e:
     print(e.code); print(e.read(300).decode(errors="replace"))
 except Exception as e:
     print(0); print(type(e).__name__, e)'
-  elif command -v wget >/dev/null 2>&1; then
-    if wget -q -T 30 -O "$DIR/answer" --method="$1" ${{3:+--body-data="$3"}} --header="Content-Type: application/json" \
-        --header="Authorization: Bearer $RUNPOD_API_KEY" "$2" 2>>"$LOG"; then echo 200; else echo 0; fi
-    head -c 300 "$DIR/answer" 2>/dev/null
+  elif command -v wget >/dev/null 2>&1; then  # its exit code hides the status: read it from -S
+    wget -q -S -T 30 -O "$DIR/answer" --content-on-error --method="$1" ${{3:+--body-data="$3"}} \
+      --header="Content-Type: application/json" --header="Authorization: Bearer $RUNPOD_API_KEY" "$2" 2>"$DIR/headers"
+    code=$(sed -n 's|^ *HTTP/[0-9.]* \\([0-9][0-9][0-9]\\).*|\\1|p' "$DIR/headers" | tail -n 1)
+    echo "${{code:-0}}"; head -c 300 "$DIR/answer" 2>/dev/null
   else
     echo 0; echo "no curl, python3 or wget"
   fi
 }}
-status_of() {{ echo "$1" | head -n 1; }}
+status_of() {{  # the HTTP status, 0 when no answer came (curl says 000)
+  code=$(echo "$1" | head -n 1)
+  case "$code" in ''|000) echo 0 ;; *) echo "$code" ;; esac
+}}
 API="${{RUNPOD_API_BASE_URL:-https://api.runpod.io}}"
 terminate() {{
   answer=$(http DELETE "$API/v2/pods/$RUNPOD_POD_ID")
@@ -132,7 +137,7 @@ terminate() {{
   answer=$(http POST "$API/v2/pods/$RUNPOD_POD_ID/action" '{{"action": "terminate"}}')
   log "v2 terminate action: $(echo $answer | head -c 300)"
   case "$(status_of "$answer")" in 2??|404) return 0 ;; esac
-  answer=$(http POST "$API/graphql" '{{"query": "mutation {{ podTerminate(input: {{ podId: \"'"$RUNPOD_POD_ID"'\" }}) }}"}}')
+  answer=$(http POST "$API/graphql" '{{"query": "mutation {{ podTerminate(input: {{ podId: \\"'"$RUNPOD_POD_ID"'\\" }}) }}"}}')
   log "GraphQL podTerminate: $(echo $answer | head -c 300)"
   case "$answer" in 2??*'"podTerminate"'*) return 0 ;; esac
   if command -v runpodctl >/dev/null 2>&1; then

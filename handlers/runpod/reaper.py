@@ -156,18 +156,21 @@ class Termination:
     pod_id: str
     gone: bool
     acknowledged: int  # terminate requests RunPod answered 2xx (or 404: already gone)
-    errors: list[str]  # the other answers, in order
+    errors: list[str]  # the other answers to terminate requests, in order
     seconds: float
+    read_errors: list[str] = field(default_factory=list)  # reads of the pod that failed meanwhile
 
     @property
     def requests(self) -> int:
         return self.acknowledged + len(self.errors)
 
     def describe(self) -> str:
-        """``3 terminate requests: 1 acknowledged, 2 errors (last: …)`` — never "acknowledged" for an error."""
+        """``3 terminate requests: 1 acknowledged, 2 failed (last: …)`` — never "acknowledged" for an error."""
         text = f"{self.requests} terminate request(s): {self.acknowledged} acknowledged"
         if self.errors:
             text += f", {len(self.errors)} failed (last: {self.errors[-1]})"
+        if self.read_errors:
+            text += f"; {len(self.read_errors)} read(s) of the pod failed (last: {self.read_errors[-1]})"
         return text
 
 
@@ -181,7 +184,7 @@ def terminate_and_confirm(api: RunPodAPI, pod_id: str, *, timeout_s: float, poll
     """
     started = time.monotonic()
     deadline = started + timeout_s
-    acknowledged, errors = 0, []
+    acknowledged, errors, read_errors = 0, [], []
     resend_s, next_send = first_resend_s, started
     while True:
         if time.monotonic() >= next_send:
@@ -198,11 +201,11 @@ def terminate_and_confirm(api: RunPodAPI, pod_id: str, *, timeout_s: float, poll
             resend_s = min(60.0, resend_s * 2)
         try:
             if api.get_pod(pod_id) is None:
-                return Termination(pod_id, True, acknowledged, errors, time.monotonic() - started)
+                return Termination(pod_id, True, acknowledged, errors, time.monotonic() - started, read_errors)
         except TransientAPIError as exc:
-            errors.append(f"reading the pod: {exc}")
+            read_errors.append(str(exc))
         if time.monotonic() >= deadline:
-            return Termination(pod_id, False, acknowledged, errors, time.monotonic() - started)
+            return Termination(pod_id, False, acknowledged, errors, time.monotonic() - started, read_errors)
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
 
