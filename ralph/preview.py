@@ -87,7 +87,7 @@ class Preview:
         else:
             out.append(f"  cost: ~{units.usd(seconds / 3600 * rate.value)} at ${rate.value:.3f}/h ({rate.basis})")
         if rental is not None and rental.worst_case_usd is not None and rental.highest_per_hour is not None:
-            out.append(f"  worst case: {units.usd(rental.worst_case_usd)}: the pod's whole lifetime, "
+            out.append(f"  worst case: {units.usd(rental.worst_case_usd)}: the machine's whole lifetime, "
                        f"{units.duration(rental.max_hours * 3600)} (max_lifetime_s), "
                        f"at ${rental.highest_per_hour:.3f}/h, the dearest candidate")
         elif rental is not None:

@@ -8,8 +8,8 @@ but clean-up tasks (terminating a pod) still run.
 
 from __future__ import annotations
 
-import _thread
 import signal
+import threading
 import time
 import traceback
 import uuid
@@ -196,7 +196,9 @@ class Runner:
         """The cost watcher's call, from its thread: stop the task at hand as a Ctrl-C would."""
         self.cost_stop = reason
         self._cost_interrupt = True
-        _thread.interrupt_main(signal.SIGINT)
+        # A real signal, not _thread.interrupt_main: it must also wake a main thread that sleeps or
+        # waits on a socket.
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     def _run(self, plan: Plan, steps: list[Step], state: RunState, events: EventLog,
              watch: CostWatch | None = None) -> RunSummary:

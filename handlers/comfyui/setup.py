@@ -64,7 +64,7 @@ _CURL_FATAL = {3, 22, 23, 127}
 DEFAULT_UPLOAD_MB_PER_S = 5.0  # a home or office uplink
 POD_DOWNLOAD_MB_PER_S = 50.0  # a data centre fetching from Hugging Face
 SETUP_ALLOWANCE_S = 300  # install ComfyUI and its packages, start it
-MEASURED_UPLOAD_MIN_BYTES = 8_000_000  # smaller transfers measure latency, not bandwidth
+MEASURED_UPLOAD_MIN_BYTES = 4_000_000  # smaller transfers measure latency more than bandwidth
 
 
 # -- parameters ----------------------------------------------------------------------------------
