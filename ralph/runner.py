@@ -237,8 +237,8 @@ class Runner:
         self._flush()
         file = self._current(plan.file)
         code = _exit_code(file, interrupted=interrupted)
-        if self.cost_stop and not interrupted:
-            code = EXIT_FAILED  # stopped by its limit: the work was not done
+        if self.cost_stop and stop_reason == self.cost_stop and not interrupted:
+            code = EXIT_FAILED  # its limit stopped the work: it was not done
         events.write("run_finished", exit_code=code)
         summary = RunSummary(file, outcomes, code, final, stale, self.unwritten)
         self.reporter.finish(summary)
