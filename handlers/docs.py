@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from ralph.context import Context
-from ralph.handler import Evidence, Handler, Param, Result, criterion
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Handler, Param, Result, criterion
+from ralph.model import Task, TaskFile
 from ralph.state import now
 
 DEFAULT_FOLDER = "docs/sessions"
@@ -35,13 +36,13 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _doc_path(ctx: Context) -> str:
-    if ctx.params["path"]:
-        return str(ctx.params["path"])
-    found = ctx.task.fields.get("session doc")
+def _doc_path(file: TaskFile, task: Task, params: dict[str, Any]) -> str:
+    if params["path"]:
+        return str(params["path"])
+    found = task.fields.get("session doc")
     if found and found.value.strip():
         return found.value.strip().strip("`")
-    return f"{DEFAULT_FOLDER}/{ctx.file.path.stem}.md"
+    return f"{DEFAULT_FOLDER}/{file.path.stem}.md"
 
 
 def _state_tasks(ctx: Context) -> dict[str, Any]:
@@ -136,8 +137,11 @@ class SessionDoc(Handler):
     cleanup = True  # a failed experiment is documented too: that is where the next lead is written
     params = {"path": Param((str, type(None)), None, "the session document (relative to the task file)")}
 
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        return Estimate((f"appends the session to {_doc_path(context.file, task, params)}",))
+
     def run(self, ctx: Context) -> Result:
-        relative = _doc_path(ctx)
+        relative = _doc_path(ctx.file, ctx.task, ctx.params)
         doc = ctx.path(relative)
         pending = ctx.memory.get("section")
         if ctx.task.status == "IN_PROGRESS" and pending and pending.get("path") == relative and _found(doc, pending):

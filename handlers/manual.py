@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from ralph.context import Context
-from ralph.handler import Handler, Result
+from typing import Any
+
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Handler, Result
+from ralph.model import Task
 
 
 class ManualHandler(Handler):
@@ -13,6 +16,9 @@ class ManualHandler(Handler):
     """
 
     name = "manual"
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        return Estimate(("a person's task: nothing runs; its criteria are left for review",))
 
     def run(self, ctx: Context) -> Result:
         return Result(summary="nothing to run: the criteria are for a person to review")

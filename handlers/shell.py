@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ralph.context import Context
-from ralph.handler import Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
 from ralph.model import Task, TaskFile
 from ralph.secrets import redact
 
@@ -37,6 +37,9 @@ class ShellHandler(Handler):
         if task.code("bash", "sh", "shell") is None:
             return [Problem(task.line, f"{task.label}: the shell handler needs a ```bash block")]
         return []
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        return Estimate((f"runs {script_summary(task)} here",))
 
     def run(self, ctx: Context) -> Result:
         if "exit_code" not in ctx.memory:
@@ -80,6 +83,18 @@ class ShellHandler(Handler):
     @criterion(r"sans erreur|without (an )?error|exit code 0|succeeds|runs")
     def script_succeeded(self, ctx: Context, result: Result, text: str) -> Evidence:
         return Evidence(result.data.get("exit_code") == 0, f"the script exited {result.data.get('exit_code')}")
+
+
+def script_summary(task: Task) -> str:
+    """``its bash block (line 30, 3 lines): `mkdir -p out` …``: what a plan says a script does."""
+    block = task.code("bash", "sh", "shell")
+    if block is None:
+        return "no bash block"
+    commands = [line.strip() for line in block.text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    first = commands[0] if commands else ""
+    first = first if len(first) <= 60 else first[:59] + "…"
+    more = f" … (+{len(commands) - 1} more)" if len(commands) > 1 else ""
+    return f"its bash block (line {block.line}): `{first}`{more}"
 
 
 def _run_logged(script: str, ctx: Context, log: Path) -> int:

@@ -10,10 +10,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from .errors import RalphError
 
+if TYPE_CHECKING:
+    from .plan import Plan, Step
+
 EXIT_USAGE = 2
+
+
+class Declined(Exception):
+    """The person answered no to the plan: nothing was run or written."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--only", type=int, metavar="N", help="run task N only (even if done)")
     run.add_argument("--from", dest="start_from", type=int, metavar="N", help="start at task N")
     run.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    run.add_argument("--yes", action="store_true", help="do not ask before renting a machine")
+    run.add_argument("--max-cost-usd", type=_positive_usd, metavar="USD",
+                     help="stop the run before it costs more (overrides ralph.yaml's max_cost_usd)")
     run.set_defaults(command=_run)
 
     status = commands.add_parser("status", help="show the tasks of a file and where they stand")
@@ -67,31 +78,65 @@ def _run(args: argparse.Namespace) -> int:
     reporter = ConsoleReporter()
     worst = 0
     for path in args.files:
-        code = Runner(path, reporter, only=args.only, start_from=args.start_from).run().exit_code
+        runner = Runner(path, reporter, only=args.only, start_from=args.start_from, max_cost_usd=args.max_cost_usd,
+                        before_start=_show_plan(args))
+        try:
+            code = runner.run().exit_code
+        except Declined:
+            print("ralph: not confirmed: nothing was run or written", file=sys.stderr)
+            return 1
         worst = code if code in (130, 1) else max(worst, code)
         if code == 130:
             break
     return worst
 
 
+def _positive_usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive amount of US dollars, not {text!r}")
+    return value
+
+
+def _show_plan(args: argparse.Namespace) -> Callable[[Plan, list[Step]], None]:
+    """What a real run does once its input is valid, before anything is written: print the plan and,
+    when it rents a machine and a person is at the terminal, ask (``--yes`` does not)."""
+
+    def show(plan: Plan, steps: list[Step]) -> None:
+        from .preview import preview
+
+        if not steps:
+            return
+        shown = preview(plan, steps, max_cost_usd=args.max_cost_usd)
+        print("\n".join(shown.lines()), flush=True)
+        if shown.rents and not args.yes and sys.stdin.isatty() and sys.stdout.isatty():
+            try:
+                answer = input("Proceed? [y/N] ")
+            except EOFError:
+                answer = ""
+            if answer.strip().lower() not in ("y", "yes"):
+                raise Declined
+
+    return show
+
+
 def _dry_run(path: Path, args: argparse.Namespace) -> int:
-    from .plan import make_plan
+    from .plan import make_plan, missing_env
+    from .preview import preview
     from .runner import select
     from .state import RunState, state_dir_for
 
     plan = make_plan(path)
     steps = select(plan, RunState(state_dir_for(path)), only=args.only, start_from=args.start_from)
-    problems = [p for s in steps for p in s.problems]
+    problems = sorted([p for s in steps for p in s.problems] + missing_env(steps), key=lambda p: p.line)
     for problem in problems:
         print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
     if any(p.severity == "error" for p in problems):
         return 2
-    print(f"{plan.file.title} — {len(steps)} task(s) would run:")
-    for step in steps:
-        cleanup = " (clean-up)" if step.handler and step.handler.cleanup else ""
-        print(f"  {step.task.number}. {step.task.title} [{step.task.status}] → {step.handler_name}{cleanup}")
-        for key, value in sorted(step.params.items()):
-            print(f"       {key} = {value!r}")
+    print("\n".join(preview(plan, steps, max_cost_usd=args.max_cost_usd).lines()))
     return 0
 
 
@@ -128,9 +173,10 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .plan import make_plan
+    from .plan import make_plan, missing_env
 
     failed = False
+    unset = False  # a variable a handler needs is not set: exit 2, as run and --dry-run do
     for path in args.files:
         try:
             plan = make_plan(path)
@@ -138,12 +184,14 @@ def _check(args: argparse.Namespace) -> int:
             print(error if error.path else f"{path}:{error.line or 1}: {error.message}")
             failed = True
             continue
-        for problem in sorted(plan.problems, key=lambda p: p.line):
+        missing = missing_env(plan.steps)
+        unset = unset or bool(missing)
+        for problem in sorted(plan.problems + missing, key=lambda p: p.line):
             print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
             failed = failed or problem.severity == "error"
-        if not plan.problems:
+        if not plan.problems and not missing:
             print(f"{path}: ok ({len(plan.file.tasks)} tasks)")
-    return 1 if failed else 0
+    return EXIT_USAGE if unset else 1 if failed else 0
 
 
 def _new(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ It lets files written with no ralph-specific lines run unchanged, by mapping tas
       "Créer pod RunPod":     # a task title, as written after its number
         handler: runpod.create
         params: {cloud_type: SECURE}
+    max_cost_usd: 2.50        # a run stops (and its clean-up runs) before its machine costs more
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Config:
     handlers: dict[str, str] = field(default_factory=dict)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # by normalised title or number
+    max_cost_usd: float | None = None
 
     def for_task(self, number: int, title: str) -> TaskConfig | None:
         return self.tasks.get(str(number)) or self.tasks.get(normalise(title))
@@ -71,7 +73,7 @@ def load_config(task_file: Path) -> Config:
     if root is None:
         return Config(path)
     if not isinstance(root, yaml.MappingNode):
-        raise fail("expected a mapping with keys handlers, params, tasks", root.start_mark.line + 1)
+        raise fail("expected a mapping with keys handlers, params, tasks, max_cost_usd", root.start_mark.line + 1)
     config = Config(path)
     for key_node, value_node in root.value:
         key = key_node.value
@@ -99,6 +101,10 @@ def load_config(task_file: Path) -> Config:
                 if not isinstance(params, dict):
                     raise fail("params: expected a mapping", entry_line)
                 config.tasks[normalise(str(title_node.value))] = TaskConfig(entry.get("handler"), params, entry_line)
+        elif key == "max_cost_usd":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise fail(f"max_cost_usd: expected a positive number of US dollars, not {value!r}", line)
+            config.max_cost_usd = float(value)
         else:
-            raise fail(f"unknown key {key!r}; expected handlers, params or tasks", line)
+            raise fail(f"unknown key {key!r}; expected handlers, params, tasks or max_cost_usd", line)
     return config

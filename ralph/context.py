@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .measures import Measures
 from .model import Task, TaskFile
 from .state import EventLog, Resources, TaskMemory
 
@@ -37,6 +38,16 @@ class RunInfo:
     run_id: str
     reporter: Reporter
     events: EventLog
+
+
+@dataclass(frozen=True)
+class EstimateContext:
+    """What a handler's ``estimate`` sees: the file, where it lives, and this machine's measures."""
+
+    file: TaskFile
+    workdir: Path  # the folder of the task file: relative paths are relative to it
+    state_dir: Path  # read only: an estimate writes nothing
+    measures: Measures
 
 
 @dataclass

@@ -23,6 +23,11 @@ text to read paths or numbers from) and returns evidence; a criterion
 that no check matches is left for a person to review.  A handler with ``cleanup = True``
 runs even after an earlier task failed or the run was interrupted.
 
+``needs_env`` names the environment variables a handler cannot work without (a provider's
+API key): a run, a dry run and ``ralph check`` refuse a file whose tasks need one that is not
+set, before anything is written.  ``estimate`` tells, before anything runs, what the task will
+do and what it will cost: the plan ``ralph run --dry-run`` prints and a real run shows first.
+
 Handlers are found through the ``ralph.handlers`` entry-point group (see registry.py).
 """
 
@@ -35,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 if TYPE_CHECKING:
-    from .context import Context, RunInfo
+    from .context import Context, EstimateContext, RunInfo
     from .model import Task, TaskFile
 
 
@@ -102,6 +107,45 @@ class Problem:
     severity: str = "error"  # or "warning"
 
 
+@dataclass(frozen=True)
+class Figure:
+    """A number ralph estimated and how: "measured on 2026-11-20", "default: 5 MB/s (…)"."""
+
+    value: float
+    basis: str
+
+
+@dataclass(frozen=True)
+class Rental:
+    """A machine that bills from its creation until it is deleted: what prices the run."""
+
+    per_hour: Figure | None  # the rate the estimate uses (its basis names the offer); None: unknown
+    max_hours: float  # the machine deletes itself after this long, whatever happens
+    highest_per_hour: float | None  # the dearest candidate the create may end up with
+
+    @property
+    def worst_case_usd(self) -> float | None:
+        """The most it can cost: its whole lifetime at the dearest candidate's rate."""
+        return None if self.highest_per_hour is None else self.max_hours * self.highest_per_hour
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a task will do and consume, told before it runs (no network but a provider's prices).
+
+    ``lines`` are for people; the numbers are what the plan adds up over the tasks.
+    ``machine_seconds`` is the time the task keeps the machine busy, which a rented one bills.
+    """
+
+    lines: tuple[str, ...] = ()
+    upload_bytes: int = 0  # from this machine to the machine that works
+    download_bytes: int = 0  # fetched by that machine itself (sizes known)
+    unknown_downloads: int = 0  # downloads whose size nobody gave
+    images: int = 0
+    machine_seconds: Figure | None = None
+    rental: Rental | None = None  # set by a handler that rents a machine
+
+
 def fold(text: str) -> str:
     """Lower-case, accents removed, spaces collapsed: what criterion patterns match against."""
     decomposed = unicodedata.normalize("NFKD", text)
@@ -128,6 +172,8 @@ class Handler:
     params: ClassVar[Mapping[str, Param]] = {}
     cleanup: ClassVar[bool] = False
     attempts: ClassVar[int] = 3  # tries when run raises TransientError
+    # Environment variables the handler needs → what each is and where to get it.
+    needs_env: ClassVar[Mapping[str, str]] = {}
 
     def run(self, ctx: Context) -> Result | None:
         raise NotImplementedError
@@ -142,6 +188,10 @@ class Handler:
     def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
         """Problems ``ralph check`` can find without running anything (none by default)."""
         return []
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate | None:
+        """What the task will do and consume, from its parameters (None: nothing worth telling)."""
+        return None
 
     @classmethod
     def help(cls) -> str:

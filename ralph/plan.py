@@ -6,6 +6,8 @@ that would stop a run is found without touching any file.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,22 @@ def make_plan(path: Path, *, deep: bool = True) -> Plan:
         if deep and not param_problems:
             problems.extend(step.handler.validate(file, task, step.params))
     return Plan(file, config, steps)
+
+
+def missing_env(steps: Iterable[Step], environ: Mapping[str, str] = os.environ) -> list[Problem]:
+    """One error per environment variable the steps' handlers need and that is not set (empty
+    counts as not set), at the first task that needs it.  The value itself is never shown."""
+    problems: list[Problem] = []
+    reported: set[str] = set()
+    for step in steps:
+        if step.handler is None:
+            continue
+        for variable, what in step.handler.needs_env.items():
+            if variable not in reported and not environ.get(variable, "").strip():
+                reported.add(variable)
+                where = f"task {step.task.number} ({step.handler.name})"
+                problems.append(Problem(step.task.line, f"{where}: set {variable} ({what})"))
+    return problems
 
 
 def _params(handler: Handler, task: Task, config: Config) -> tuple[dict[str, Any], list[Problem]]:

@@ -9,6 +9,7 @@ but clean-up tasks (terminating a pod) still run.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import traceback
 import uuid
@@ -16,18 +17,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from .budget import CostWatch
 from .context import Context, RunInfo
 from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
 from .errors import RalphError
 from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
 from .parser import ParseError, normalise
-from .plan import Plan, Step, make_plan
+from .plan import Plan, Step, make_plan, missing_env
 from .secrets import redact
 from .state import EventLog, RunLock, RunState, now, state_dir_for
 
@@ -94,6 +96,11 @@ def _is_cleanup(step: Step) -> bool:
     return step.handler is not None and step.handler.cleanup
 
 
+class CostLimitReached(Interrupted):
+    """The run's machine would cost more than ``max_cost_usd``: the task stops as on Ctrl-C
+    (a handler cancels its remote work the same way) but ends FAILED, with the reason."""
+
+
 class Runner:
     def __init__(
         self,
@@ -103,12 +110,22 @@ class Runner:
         only: int | None = None,
         start_from: int | None = None,
         retry_wait: float = 1.0,
+        max_cost_usd: float | None = None,
+        cost_check_s: float = 2.0,
+        before_start: Callable[[Plan, list[Step]], None] | None = None,
     ) -> None:
         self.path = path
         self.reporter = reporter
         self.only = only
         self.start_from = start_from
         self.retry_wait = retry_wait
+        self.max_cost_usd = max_cost_usd  # overrides ralph.yaml's
+        self.cost_check_s = cost_check_s
+        # Shown the plan once the input is valid, before anything is written; raises to stop.
+        self.before_start = before_start
+        self.cost_stop = ""  # why the cost watcher stopped the run
+        self._cost_interrupt = False  # the next SIGINT is the watcher's, not a person's
+        self._working = False  # a task that is work, not clean-up, is running: a cost stop ends it
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.writer = TaskFileWriter(path)
         self.pending_edits: list[Edit] = []
@@ -122,11 +139,14 @@ class Runner:
         directory = state_dir_for(self.path)
         # Bad input is refused before anything is created on disk (not even the lock)...
         chosen = select(plan, RunState(directory), only=self.only, start_from=self.start_from)
-        errors = [p for s in chosen for p in s.problems if p.severity == "error"]
+        errors = [p for s in chosen for p in s.problems if p.severity == "error"] + missing_env(chosen)
+        errors.sort(key=lambda p: p.line)
         if errors:
             first = errors[0]
             more = f" (and {len(errors) - 1} more: ralph check {self.path})" if len(errors) > 1 else ""
             raise RalphError(first.message + more, self.path, first.line)
+        if self.before_start is not None:
+            self.before_start(plan, chosen)
         lock = RunLock(directory, self.path)
         lock.acquire()
         state = RunState(directory)  # ...and the plan is made again from the state the lock protects
@@ -135,10 +155,16 @@ class Runner:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         run = RunInfo(plan.file, state.resources, self.path.resolve().parent, directory, self.run_id, self.reporter, events)
         handlers = list({type(s.handler): s.handler for s in plan.steps if s.handler is not None}.values())
+        limit = self.max_cost_usd if self.max_cost_usd is not None else plan.config.max_cost_usd
+        watch = CostWatch(limit, state.resources, self._over_budget, interval_s=self.cost_check_s) if limit else None
         try:
             self._hooks(handlers, "before_run", run)
-            return self._run(plan, chosen, state, events)
+            if watch is not None:
+                watch.start()
+            return self._run(plan, chosen, state, events, watch)
         finally:
+            if watch is not None:
+                watch.finish()
             self.cleaning = True  # a Ctrl-C now only warns: the after-run hooks reap pods
             self._hooks(handlers, "after_run", run)
             for sig, handler in previous.items():
@@ -155,13 +181,27 @@ class Runner:
                 self.reporter.warn(f"{handler.name} {name}: {type(error).__name__}: {error}")
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._cost_interrupt:  # outside work, the loop sees cost_stop before the next task
+            self._cost_interrupt = False
+            if self._working and not self.cleaning:
+                raise CostLimitReached(self.cost_stop)
+            return
         if self.cleaning and not self.warned:
             self.warned = True
             self.reporter.warn("cleaning up (e.g. terminating a pod): Ctrl-C once more abandons it")
             return
         raise Interrupted(signal.Signals(signum).name)
 
-    def _run(self, plan: Plan, steps: list[Step], state: RunState, events: EventLog) -> RunSummary:
+    def _over_budget(self, reason: str) -> None:
+        """The cost watcher's call, from its thread: stop the task at hand as a Ctrl-C would."""
+        self.cost_stop = reason
+        self._cost_interrupt = True
+        # A real signal, not _thread.interrupt_main: it must also wake a main thread that sleeps or
+        # waits on a socket.
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    def _run(self, plan: Plan, steps: list[Step], state: RunState, events: EventLog,
+             watch: CostWatch | None = None) -> RunSummary:
         stale = self._stale(plan, state, steps)
         events.write("run_started", file=str(self.path), tasks=[s.task.number for s in steps])
         self.reporter.start(plan, steps, stale)
@@ -169,6 +209,8 @@ class Runner:
         stop_reason = ""
         interrupted = False
         for step in steps:
+            if self.cost_stop and not stop_reason:
+                stop_reason = self._stopped_for_cost(events)
             if stop_reason and not _is_cleanup(step):
                 outcomes.append(self._skip(step, stop_reason, events))
                 continue
@@ -183,6 +225,10 @@ class Runner:
                 stop_reason = "the run was interrupted"
                 continue
             outcomes.append(outcome)
+            if watch is not None:
+                watch.spent(step.task.number, outcome.cost_usd)
+            if self.cost_stop and not stop_reason:
+                stop_reason = self._stopped_for_cost(events)
             if outcome.status in ("FAILED", "BLOCKED") and not stop_reason:
                 stop_reason = f"task {step.task.number} {outcome.status.lower()}"
         self.cleaning = False
@@ -191,10 +237,17 @@ class Runner:
         self._flush()
         file = self._current(plan.file)
         code = _exit_code(file, interrupted=interrupted)
+        if self.cost_stop and stop_reason == self.cost_stop and not interrupted:
+            code = EXIT_FAILED  # its limit stopped the work: it was not done
         events.write("run_finished", exit_code=code)
         summary = RunSummary(file, outcomes, code, final, stale, self.unwritten)
         self.reporter.finish(summary)
         return summary
+
+    def _stopped_for_cost(self, events: EventLog) -> str:
+        events.write("cost_limit", reason=self.cost_stop)
+        self.reporter.warn(self.cost_stop)
+        return self.cost_stop
 
     # -- one task ------------------------------------------------------------------------
 
@@ -211,6 +264,7 @@ class Runner:
         ctx = self._context(plan, step, state, events)
         started = time.monotonic()
         outcome = Outcome(task.number, task.title, "FAILED")
+        self._working = not handler.cleanup
         try:
             result = self._run_handler(handler, ctx, events) or Result()
             outcome.summary, outcome.cost_usd, outcome.files = result.summary, result.cost_usd, result.files
@@ -224,11 +278,15 @@ class Runner:
             outcome.status, outcome.error = "BLOCKED", str(error)
         except TaskFailed as error:
             outcome.error = str(error)
+        except CostLimitReached as error:
+            outcome.error = f"stopped: {error}"
         except Interrupted:
             raise
         except Exception as error:  # a handler's bug must not leave the task IN_PROGRESS
             outcome.error = f"{type(error).__name__}: {error}"
             events.write("traceback", task=task.number, text=traceback.format_exc())
+        finally:
+            self._working = False
         outcome.seconds = time.monotonic() - started
         outcome.error = redact(outcome.error)
         record.update(status=outcome.status, finished=now(), seconds=round(outcome.seconds, 3), error=outcome.error)

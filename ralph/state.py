@@ -6,6 +6,9 @@
   so what a handler saves survives a SIGKILL the instant ``save`` returns.
 * ``events.jsonl`` — an append-only log of what happened, one JSON object a line.
 * ``lock`` — held while a run goes on; the OS releases it when the process dies.
+
+What is not one file's but this machine's (the pod ledger, measured speeds) lives in
+``state_home()``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ from .textfile import write_atomically
 def now() -> str:
     """The time in UTC, as people read it in task files and logs."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def state_home() -> Path:
+    """ralph's machine-wide state folder: ``$RALPH_STATE_HOME``, else ``$XDG_STATE_HOME/ralph``,
+    else ``~/.local/state/ralph``."""
+    if os.environ.get("RALPH_STATE_HOME"):
+        return Path(os.environ["RALPH_STATE_HOME"])
+    if os.environ.get("XDG_STATE_HOME"):
+        return Path(os.environ["XDG_STATE_HOME"]) / "ralph"
+    return Path.home() / ".local" / "state" / "ralph"
 
 
 def state_dir_for(task_file: Path) -> Path:
@@ -118,6 +131,10 @@ class Resources:
         if entry is not None and not entry.get("released"):
             entry["released"] = now()
             self._state.save()
+
+    def held(self) -> list[tuple[Any, int]]:
+        """(value, task that holds it) of each resource not released."""
+        return [(e["value"], e["owner"]) for e in list(self._data.values()) if not e.get("released")]
 
     def released_users(self) -> set[int]:
         """Tasks that held or used a resource that has since been released."""

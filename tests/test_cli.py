@@ -37,8 +37,8 @@ def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
     before = project.file.read_bytes()
     result = project.cli("run", "--dry-run", project.file.name)
     assert result.returncode == 0, result.stderr
-    assert "1. Create [PENDING] → step" in result.stdout
-    assert "pause = 1" in result.stdout
+    assert "  1. Create → step\n     with pause=1\n  2. Second → step\n" in result.stdout
+    assert "{'" not in result.stdout and "= " not in result.stdout  # no Python reprs
     assert project.file.read_bytes() == before
     assert not (tmp_path / ".ralph").exists()
     assert not project.ledger.exists()

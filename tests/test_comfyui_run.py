@@ -9,6 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from ralph.measures import SECONDS_PER_IMAGE, Measures
 from ralph.parser import parse_file
 from tests.engine.project import Project
 from tests.far.comfyui_server import ComfyServer, comfyui_server  # noqa: F401  (fixture)
@@ -101,6 +102,13 @@ def test_a_sweep_runs_every_variant_in_one_session_and_records_its_parameters(
     assert seen == {(5.0, 1), (5.0, 2), (9.0, 1), (9.0, 2)}
     state = json.loads((tmp_path / ".ralph" / project.file.stem / "state.json").read_text())
     assert len(state["tasks"]["3"]["result"]["data"]["images"]) == 4
+    # ComfyUI's time per image is remembered: the next plan says so instead of a default.
+    pace = Measures().get(SECONDS_PER_IMAGE)
+    assert pace is not None and pace.value > 0 and "image(s) of RALPH-001-grain-reduction.md task 3" in pace.detail
+    plan = project.cli("run", "--dry-run", "--only", "3", project.file.name)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "4 images: 4 variants (cfg 5.0, 9.0 × seeds 1, 2), into output/comfyui/" in plan.stdout
+    assert f"(measured on {pace.at}: " in plan.stdout and "images: 4" in plan.stdout
 
 
 @pytest.mark.slow

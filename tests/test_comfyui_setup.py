@@ -36,6 +36,7 @@ from ralph.handlers.comfyui import setup
 from ralph.handlers.machines import session
 from ralph.handlers.machines.ssh import SshMachine, SshTarget
 from ralph.handlers.machines.tunnel import forward
+from ralph.measures import UPLOAD_SPEED, Measures
 from ralph.parser import parse_file
 from ralph.plan import make_plan
 from ralph.runner import Runner, RunSummary
@@ -275,6 +276,8 @@ def test_setup_places_every_file_starts_comfyui_and_a_rerun_skips_everything(
         assert dest.read_bytes() == src.read_bytes(), dest
     first = pod.result()["result"]["data"]
     assert sum(f["bytes_sent"] for f in first["files"]) >= 5 * 1024 * 1024 + 700_001 + 50_000
+    speed = Measures().get(UPLOAD_SPEED)  # the checkpoint's upload, remembered for the next estimate
+    assert speed is not None and speed.value > 0 and "bigLove_xl1.safetensors" in speed.detail
     assert first["install"] == {"installed": True, "found": False, "skipped": False}
     assert first["service"]["started"] is True
     assert len(requests) == 4

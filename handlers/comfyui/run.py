@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -13,10 +14,13 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from ralph import units
 from ralph.config import load_config
-from ralph.context import Context
+from ralph.context import Context, EstimateContext
 from ralph.handler import (
+    Estimate,
     Evidence,
+    Figure,
     Handler,
     Interrupted,
     Param,
@@ -28,6 +32,7 @@ from ralph.handler import (
     criterion,
 )
 from ralph.handlers.comfyui import workflow as wf
+from ralph.measures import SECONDS_PER_IMAGE, Measures
 from ralph.model import Task, TaskFile
 from ralph.state import state_dir_for
 
@@ -35,6 +40,7 @@ if TYPE_CHECKING:  # httpx and websockets load when a workflow runs, not for `ra
     from ralph.handlers.comfyui.client import ComfyClient
 
 PNG_KEY = "ralph"  # the PNG text chunk holding a variant's parameters
+DEFAULT_SECONDS_PER_IMAGE = 60.0  # SDXL with a refiner pass on a 24 GB card, roughly
 
 
 class ComfyRun(Handler):
@@ -60,11 +66,32 @@ class ComfyRun(Handler):
         "output_dir": Param(str, "output/comfyui", "where images are downloaded (relative to the task file)"),
         "stall_timeout": Param((int, float), 600, "seconds without progress before giving up"),
         "strict_lint": Param(bool, False, "treat lint warnings as errors"),
+        "seconds_per_image": Param((int, float, type(None)), None, "generation time the estimate assumes; "
+                                   "default: the last one measured on this machine"),
     }
 
     def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
         flow = wf.build(file, task, params, wf.snapshot_schemas(state_dir_for(file.path)), _provided_files(file))
         return [_as_problem(p, flow.fallback_line, params["strict_lint"]) for p in flow.problems]
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir), _provided_files(context.file))
+        source = f"template {params['template']}" if params["template"] else f"the task's node list ({len(flow.graph)} nodes)"
+        lines = [f"runs {source} on ComfyUI" + (f" at {params['server']}" if params["server"] else "")]
+        if params["overrides"]:
+            lines.append("overrides: " + ", ".join(f"{k}={v}" for k, v in params["overrides"].items()))
+        sweep, seeds = params["sweep"], params["seeds"]
+        variants = math.prod(len(values) for values in sweep.values()) * max(1, len(seeds))
+        per_variant = _images_per_variant(flow.graph)
+        images = variants * per_variant
+        axes = [f"{name} {', '.join(map(str, values))}" for name, values in sweep.items()]
+        axes += [f"seeds {', '.join(map(str, seeds))}"] if seeds else []
+        shape = f": {units.count(variants, 'variant')} ({' × '.join(axes)})" if axes else ""
+        shape += f", {per_variant} images each" if per_variant > 1 else ""
+        lines.append(f"{units.count(images, 'image')}{shape}, into {params['output_dir']}/")
+        pace = seconds_per_image(params, context.measures)
+        basis = f"{units.count(images, 'image')} × {units.duration(pace.value)} ({pace.basis})"
+        return Estimate(tuple(lines), images=images, machine_seconds=Figure(images * pace.value, basis))
 
     def run(self, ctx: Context) -> Result:
         from ralph.handlers.comfyui.client import ComfyClient, ComfyError
@@ -143,6 +170,11 @@ class ComfyRun(Handler):
         record["images"] = images
         done[variant.label] = record
         ctx.memory["variants"] = done
+        if images and result.server_seconds:
+            machine = ctx.resources.get("machine") or {}
+            on = f" on {machine['gpu']}" if machine.get("gpu") else ""
+            Measures().record(SECONDS_PER_IMAGE, result.server_seconds / len(images),
+                              f"{len(images)} image(s) of {ctx.file.path.name} task {ctx.task.number}{on}")
         return images
 
     @criterion(r"workflow .*(sans erreur|without error)|workflow (ran|runs|executed)")
@@ -167,6 +199,26 @@ class ComfyRun(Handler):
             return Evidence(False, f"saved as {where}, not under {named}")
         where = ", ".join(f"{i['server_path']} → {i['path']}" for i in images)
         return Evidence(True, f"saved {where}")
+
+
+def seconds_per_image(params: dict[str, Any], measures: Measures) -> Figure:
+    """ComfyUI's time per image: configured, else measured on an earlier run, else a default."""
+    if params.get("seconds_per_image"):
+        return Figure(float(params["seconds_per_image"]), "seconds_per_image")
+    measured = measures.get(SECONDS_PER_IMAGE)
+    if measured is not None:
+        return Figure(measured.value, f"measured on {measured.at}: {measured.detail}")
+    return Figure(DEFAULT_SECONDS_PER_IMAGE, "default: no image measured yet; set seconds_per_image in "
+                                             "comfyui.run's params")
+
+
+def _images_per_variant(graph: dict[str, Any]) -> int:
+    """SaveImage nodes × the latent batch: what one prompt brings home."""
+    saves = sum(1 for node in graph.values() if node.get("class_type") == "SaveImage")
+    batches = [node.get("inputs", {}).get("batch_size") for node in graph.values()
+               if node.get("class_type") == "EmptyLatentImage"]
+    batch = max((b for b in batches if isinstance(b, int)), default=1)
+    return max(1, saves) * batch
 
 
 def _named_folder(text: str) -> str | None:

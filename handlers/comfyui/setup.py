@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from ralph.context import Context
-from ralph.handler import (Evidence, Handler, Param, Problem, Result, TaskBlocked, TaskFailed,
+from ralph import units
+from ralph.context import Context, EstimateContext
+from ralph.handler import (Estimate, Evidence, Figure, Handler, Param, Problem, Result, TaskBlocked, TaskFailed,
                            TransientError, criterion)
 from ralph.handlers.machines import remote_shell
 from ralph.handlers.machines.base import (CommandFailed, CommandTimeout, Machine, MachineError,
                                           TransferFailed)
+from ralph.measures import UPLOAD_SPEED, Measures
 from ralph.model import Task, TaskFile
 
 # Where each ``models:`` key goes under ComfyUI; any other key goes to ``models/<key>``.
@@ -58,6 +60,11 @@ _FILE_NAME = re.compile(r"\b[\w.+-]+\.(?:safetensors|bin|onnx|ckpt|pth|pt|jpe?g|
 _BACKTICKED = re.compile(r"`([^`]+)`")
 # curl exits that no retry can fix: bad URL, HTTP error (404, 403), write error, no such tool.
 _CURL_FATAL = {3, 22, 23, 127}
+# What the estimate assumes where nothing was measured or configured.
+DEFAULT_UPLOAD_MB_PER_S = 5.0  # a home or office uplink
+POD_DOWNLOAD_MB_PER_S = 50.0  # a data centre fetching from Hugging Face
+SETUP_ALLOWANCE_S = 300  # install ComfyUI and its packages, start it
+MEASURED_UPLOAD_MIN_BYTES = 4_000_000  # smaller transfers measure latency more than bandwidth
 
 
 # -- parameters ----------------------------------------------------------------------------------
@@ -366,6 +373,9 @@ def _upload(ctx: Context, provider: Machine, layout: Layout, spec: FileSpec, des
     # A cache entry that cannot be made (another file system) only costs the next run an upload.
     _sh(provider, 'mkdir -p -- "$(dirname -- "$b")" && ln -f -- "$f" "$b"', b=blob, f=dest, check=False)
     how = "already there" if sent.skipped else f"uploaded ({sent.method})"
+    if sent.method != "copy" and sent.bytes_sent >= MEASURED_UPLOAD_MIN_BYTES and sent.seconds > 0:
+        Measures().record(UPLOAD_SPEED, sent.bytes_sent / sent.seconds,
+                          f"{units.size(sent.bytes_sent)} of {spec.name} over {sent.method}")
     return {"sha256": sent.sha256, "bytes_sent": sent.bytes_sent, "how": how, "resumed_from": sent.resumed_from}
 
 
@@ -543,6 +553,8 @@ class ComfyUISetup(Handler):
         "port": Param(int, 8188, "ComfyUI's port on the pod's 127.0.0.1"),
         "comfyui_args": Param(list, [], "extra arguments for ComfyUI's main.py (e.g. --cpu)"),
         "start_timeout": Param((int, float), 300, "seconds ComfyUI may take to answer after starting"),
+        "upload_mb_per_s": Param((int, float, type(None)), None, "upload speed (megabytes/s) the estimate "
+                                 "assumes; default: the last upload measured on this machine"),
     }
 
     def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
@@ -557,6 +569,40 @@ class ComfyUISetup(Handler):
         except ValueError as e:
             problems.append(Problem(task.line, f"{task.label}: min_torch: {e}"))
         return problems
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        try:
+            specs = file_specs(params, context.workdir)
+        except ValueError as e:
+            return Estimate((f"cannot tell which files: {e}",))
+        where = f"{params['workspace'].rstrip('/')}/ComfyUI" if params["workspace"] else "the machine's workspace"
+        lines = [f"installs ComfyUI in {where} unless it is there, checks torch >= {params['min_torch']}, "
+                 f"starts it on 127.0.0.1:{params['port']}"]
+        uploads = [(s, s.path.stat().st_size) for s in specs if s.path is not None and s.path.is_file()]
+        sent = sum(n for _, n in uploads)
+        if uploads:
+            lines.append(f"uploads {units.count(len(uploads), 'file')}, {units.size(sent)}: "
+                         + ", ".join(f"{s.name} {units.size(n)}" for s, n in uploads)
+                         + " (a file already on the machine is confirmed, not sent again)")
+        downloads = [s for s in specs if s.url is not None]
+        known = sum(s.size for s in downloads if s.size is not None)
+        unknown = [s for s in downloads if s.size is None]
+        if downloads:
+            sizes = [units.size(known)] if known else []
+            sizes += [f"{len(unknown)} of unknown size (no size: given)"] if unknown else []
+            unverified = sum(1 for s in downloads if s.sha256 is None)
+            sizes += [f"{unverified} with no sha256: given, so not verified"] if unverified else []
+            lines.append(f"the machine downloads {units.count(len(downloads), 'file')} itself: " + "; ".join(sizes))
+        speed = upload_speed(params, context.measures)
+        seconds = sent / speed.value + known / (POD_DOWNLOAD_MB_PER_S * 1e6) + SETUP_ALLOWANCE_S
+        basis = [f"upload {units.size(sent)} at {units.size(speed.value)}/s ({speed.basis})"] if sent else []
+        if known:
+            basis.append(f"downloads at {POD_DOWNLOAD_MB_PER_S:g} MB/s (default)")
+        if unknown:
+            basis.append("downloads of unknown size not counted")
+        basis.append(f"{units.duration(SETUP_ALLOWANCE_S)} to install and start (default)")
+        return Estimate(tuple(lines), upload_bytes=sent, download_bytes=known, unknown_downloads=len(unknown),
+                        machine_seconds=Figure(seconds, "; ".join(basis)))
 
     def run(self, ctx: Context) -> Result:
         p = ctx.params
@@ -660,20 +706,22 @@ class ComfyUISetup(Handler):
                  for f in files if found[f["dest"]] is None or found[f["dest"]].size != f["size"]]  # type: ignore[union-attr]
         if wrong:
             return Evidence(False, "; ".join(wrong))
-        return Evidence(True, "; ".join(f"{f['name']} in {posixpath.dirname(f['dest'])}/ ({_size(f['size'])}, "
+        return Evidence(True, "; ".join(f"{f['name']} in {posixpath.dirname(f['dest'])}/ ({units.size(f['size'])}, "
                                         f"sha256 {f['sha256'][:12]}…, {f['how']})" for f in files))
+
+
+def upload_speed(params: dict[str, Any], measures: Measures) -> Figure:
+    """Bytes/s this machine uploads at: configured, else measured on an earlier upload, else a default."""
+    if params.get("upload_mb_per_s"):
+        return Figure(params["upload_mb_per_s"] * 1e6, "upload_mb_per_s")
+    measured = measures.get(UPLOAD_SPEED)
+    if measured is not None:
+        return Figure(measured.value, f"measured on {measured.at}: {measured.detail}")
+    return Figure(DEFAULT_UPLOAD_MB_PER_S * 1e6, "default: no upload measured yet; set upload_mb_per_s in "
+                                                 "comfyui.setup's params")
 
 
 def _torch_text(torch: dict[str, Any]) -> str:
     if torch.get("version") is None:
         return f"torch not importable by {torch.get('python')} ({torch.get('error')})"
     return f"torch {torch['version']} ({'ok' if torch['ok'] else 'below ' + torch['min']})"
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
-

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ralph.context import Context
-from ralph.handler import Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
 from ralph.handlers.machines.base import MachineError
+from ralph.model import Task
 from ralph.state import now
 
 from . import face
@@ -143,6 +144,16 @@ class EvaluateImages(Handler):
         "python": Param(str, "python3", "the pod's Python that has insightface (ComfyUI's)"),
         "face_remote_dir": Param(str, "/tmp/ralph-face", "where images are copied on the pod for the face measure"),
     }
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        images = params["images"] or "the images of the task before"
+        if isinstance(images, list):
+            images = ", ".join(images)
+        previous = params["previous"] or next(
+            (_field_path(f.value) for key in ("previous", "baseline") if (f := task.fields.get(key)) and f.value.strip()),
+            "the best image of the last run")
+        return Estimate((f"measures grain, detail and colour of {images} against {previous}; "
+                         "face identity on the machine if it has insightface",))
 
     def run(self, ctx: Context) -> Result:
         folder = ctx.path(ctx.params["dir"] or _named_folder(ctx) or DEFAULT_DIR)

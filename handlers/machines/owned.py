@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
-from ralph.context import Context
-from ralph.handler import Evidence, Handler, Param, Result, TaskBlocked, TaskFailed, criterion
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, TaskFailed, criterion
 from ralph.handlers.machines import session
+from ralph.model import Task
 
 _ADDRESS = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>[^:@\s]+)(?::(?P<port>\d{1,5}))?$")
 
@@ -52,6 +54,10 @@ class UseSshHost(Handler):
         "key": Param(str, "~/.ssh/id_ed25519", "private key to log in with"),
         "workspace": Param(str, "", "working folder on the machine (default: the login folder)"),
     }
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        where = f", in {params['workspace']}" if params["workspace"] else ""
+        return Estimate((f"uses {params['host']} over SSH{where}: your machine, not billed",))
 
     def run(self, ctx: Context) -> Result:
         found = _ADDRESS.match(ctx.params["host"])
@@ -91,6 +97,9 @@ class UseThisMachine(Handler):
     name = "machine.local"
     params = {"workspace": Param(str, "workspace", "working folder (relative to the task file)")}
 
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        return Estimate((f"uses this machine, in {params['workspace']}/: not billed",))
+
     def run(self, ctx: Context) -> Result:
         workspace = ctx.path(ctx.params["workspace"])
         workspace.mkdir(parents=True, exist_ok=True)
@@ -116,6 +125,9 @@ class ReleaseMachine(Handler):
 
     name = "machine.release"
     cleanup = True
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        return Estimate(("stops the ComfyUI ralph started and lets your machine go",))
 
     def run(self, ctx: Context) -> Result:
         handle = session.held(ctx)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ralph.context import Context
-from ralph.handler import Evidence, Param, Problem, Result, TaskFailed, criterion
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, criterion
 from ralph.handlers.machines import remote_shell, session
 from ralph.handlers.machines.base import CommandTimeout, MachineError
 from ralph.handlers.runpod.common import PodHandler
+from ralph.handlers.shell import script_summary
 from ralph.model import Task, TaskFile
 from ralph.secrets import redact
 
@@ -33,6 +34,7 @@ class PodShell(PodHandler):
     """
 
     name = "pod.shell"
+    needs_env = {}  # it runs on whichever machine is held, a RunPod pod or not
     params = {
         "timeout": Param((int, float), 3600, "seconds before the script is given up"),
         "env": Param(dict, {}, "environment variables for the script (not for secrets: they would reach the pod)"),
@@ -42,6 +44,9 @@ class PodShell(PodHandler):
         if task.code("bash", "sh", "shell") is None:
             return [Problem(task.line, f"{task.label}: pod.shell needs a ```bash block")]
         return []
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        return Estimate((f"runs {script_summary(task)} on the machine",))
 
     def run(self, ctx: Context) -> Result:
         handle, ssh = session.connect(ctx)

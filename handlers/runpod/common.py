@@ -78,6 +78,8 @@ def run_hook(run: RunInfo, phase: str) -> None:
 class PodHandler(Handler):
     """Base of the handlers that touch pods: the run hooks."""
 
+    needs_env = {KEY_VARIABLE: f"a RunPod API key, from {SETTINGS}"}
+
     def before_run(self, run: RunInfo) -> None:
         run_hook(run, "before")
 

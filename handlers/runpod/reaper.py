@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ralph.handlers.runpod.api import APIError, AuthError, NotFound, RunPodAPI, TransientAPIError
+from ralph.state import state_home
 
 PREFIX = "ralph-"
 _NAME = re.compile(r"ralph-([0-9a-f]{8})-")
@@ -52,14 +53,6 @@ def new_pod_name(task_file: Path, task_number: int) -> str:
 def owner_of(name: str) -> str | None:
     match = _NAME.match(name)
     return match.group(1) if match else None
-
-
-def state_home() -> Path:
-    if os.environ.get("RALPH_STATE_HOME"):
-        return Path(os.environ["RALPH_STATE_HOME"])
-    if os.environ.get("XDG_STATE_HOME"):
-        return Path(os.environ["XDG_STATE_HOME"]) / "ralph"
-    return Path.home() / ".local" / "state" / "ralph"
 
 
 @dataclass

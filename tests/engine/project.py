@@ -110,7 +110,9 @@ def make_project(root: Path, *tasks: str, config: str = "") -> Project:
         "handlers:\n"
         "  step: recording_handlers:Step\n"
         "  release: recording_handlers:Release\n"
-        "  edits-the-file: recording_handlers:EditsTheFile\n" + config,
+        "  edits-the-file: recording_handlers:EditsTheFile\n"
+        "  needs-token: recording_handlers:NeedsToken\n"
+        "  rent: recording_handlers:Rent\n" + config,
         encoding="utf-8",
     )
     file = root / "RALPH-001-engine.md"

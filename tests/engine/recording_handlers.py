@@ -13,8 +13,12 @@ import time
 import uuid
 from pathlib import Path
 
-from ralph.context import Context
-from ralph.handler import Evidence, Handler, Param, Result, TaskBlocked, TaskFailed, TransientError, criterion
+from typing import Any
+
+from ralph.context import Context, EstimateContext
+from ralph.handler import (Estimate, Evidence, Figure, Handler, Param, Rental, Result, TaskBlocked, TaskFailed,
+                           TransientError, criterion)
+from ralph.model import Task
 
 
 def _ledger() -> Path:
@@ -75,6 +79,36 @@ class Step(Handler):
     @criterion(r"never true")
     def never(self, ctx: Context, result: Result, text: str) -> Evidence:
         return Evidence(False, "this check always finds the criterion unmet")
+
+
+class NeedsToken(Step):
+    """A step that cannot work without RALPH_TEST_TOKEN (as the RunPod handlers need their key)."""
+
+    name = "needs-token"
+    needs_env = {"RALPH_TEST_TOKEN": "a token the test gives"}
+
+
+class Rent(Handler):
+    """Holds a ``machine`` that bills ``cost_per_hr`` from now on, as runpod.create holds a pod."""
+
+    name = "rent"
+    params = {"cost_per_hr": Param((int, float), 3.6, "US dollars an hour")}
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        rate = float(params["cost_per_hr"])
+        return Estimate(("rents a test machine",), machine_seconds=Figure(600, "the test's guess"),
+                        rental=Rental(Figure(rate, "the test's rate"), 2.0, rate * 2))
+
+    def run(self, ctx: Context) -> Result:
+        token = ctx.memory.get("token") or uuid.uuid4().hex
+        ctx.memory["token"] = token
+        ctx.hold("machine", {"id": token, "token": token, "cost_per_hr": ctx.params["cost_per_hr"],
+                             "created_at": time.time()})
+        return Result(summary=f"rented {token[:8]}", data={"token": token})
+
+    @criterion(r"rented")
+    def rented(self, ctx: Context, result: Result, text: str) -> Evidence:
+        return Evidence(ctx.resources.get("machine") is not None, result.summary)
 
 
 class Release(Handler):
