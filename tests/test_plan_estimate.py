@@ -11,7 +11,6 @@ import select
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from ralph.context import EstimateContext
 from ralph.handler import Figure
 from ralph.handlers.comfyui.setup import upload_speed
 from ralph.handlers.runpod import estimate
+from ralph.handlers.runpod.api import GpuOffer
 from ralph.measures import SECONDS_PER_IMAGE, UPLOAD_SPEED, Measures
 from ralph.parser import parse_file
 from tests.engine.project import Project, make_project, task
@@ -64,8 +64,9 @@ def test_the_examples_plan_reads_as_sizes_images_time_and_how_each_was_estimated
     assert "  upload: 6.7 GB from this machine\n" in totals
     assert "  downloads on the machine: 7 files of unknown size\n" in totals
     assert "  images: 1\n" in totals
-    # 6.7 GB at 5 MB/s (22 min) + 5 min to install + 1 image: the setup dominates.
-    assert re.search(r"  machine time: ~2\d min \(task 2 2\d min, task 3 1 min; how: under each task\)", totals), totals
+    # 5 min to reach the pod + 6.7 GB at 5 MB/s (22 min) + 5 min to install + 1 image: the setup dominates.
+    assert re.search(r"  machine time: ~3\d min \(task 1 5 min, task 2 2\d min, task 3 1 min; how: under each task\)",
+                     totals), totals
     assert project.file.read_bytes() == before and not (project.root / ".ralph").exists()
 
 
@@ -102,23 +103,11 @@ def test_upload_speed_is_configured_else_measured_else_a_stated_default(tmp_path
 
 
 # -- runpod.create's estimate, from offers shaped as the REST v2 catalog gives them ---------------
-@dataclass(frozen=True)
-class Offer:
-    """The contract's ``GpuOffer`` (handlers/runpod/api.py), field for field."""
-
-    id: str
-    name: str
-    memory_gb: int
-    prices: dict[str, float]
-    availability: str
-    data_centers: dict[str, str] = field(default_factory=dict)
-    cuda_versions: dict[str, bool] = field(default_factory=dict)
-
-
 OFFERS = [
-    Offer("NVIDIA RTX A5000", "RTX A5000", 24, {"SECURE": 0.27, "COMMUNITY": 0.16}, "NONE",
-          {"EU-RO-1": "NONE", "US-TX-3": "NONE"}),
-    Offer("NVIDIA GeForce RTX 4090", "RTX 4090", 24, {"SECURE": 0.69}, "HIGH", {"EU-RO-1": "LOW", "US-TX-3": "HIGH"}),
+    GpuOffer("NVIDIA RTX A5000", "RTX A5000", 24, {"SECURE": 0.27, "COMMUNITY": 0.16}, "NONE",
+             {"EU-RO-1": "NONE", "US-TX-3": "NONE"}, {}),
+    GpuOffer("NVIDIA GeForce RTX 4090", "RTX 4090", 24, {"SECURE": 0.69}, "HIGH",
+             {"EU-RO-1": "LOW", "US-TX-3": "HIGH"}, {}),
 ]
 PARAMS = {"gpu_types": ["NVIDIA RTX A5000", "NVIDIA Imaginary 9000", "NVIDIA GeForce RTX 4090"],
           "cloud_types": ["ALL"], "data_centers": [], "gpu_count": 2, "max_lifetime_s": 10800,
@@ -137,9 +126,9 @@ def test_each_candidate_has_its_price_and_availability_and_the_worst_case_the_de
     assert result.lines[2:] == (
         "RTX A5000 (24 GB), SECURE: $0.540/h, availability NONE",
         "RTX A5000 (24 GB), COMMUNITY: $0.320/h, availability NONE",
-        "NVIDIA Imaginary 9000: not in RunPod's catalog; the create will not find it",
         "RTX 4090 (24 GB), SECURE: $1.380/h, availability HIGH",
         "RTX 4090 (24 GB), COMMUNITY: not offered",
+        "NVIDIA Imaginary 9000: not in RunPod's catalog; the create will not find it",
     )
     assert result.lines[0].startswith("creates a pod of 2 GPU(s): the first of 3 GPU type(s) × ALL with capacity")
     assert result.lines[1] == "deletes itself after 3 h whatever happens (max_lifetime_s), or 10 min after ralph goes silent"
@@ -155,8 +144,8 @@ def test_data_centres_narrow_availability_to_where_the_pod_may_go(tmp_path: Path
     params = {**PARAMS, "gpu_types": ["NVIDIA GeForce RTX 4090", "NVIDIA RTX A5000"], "cloud_types": ["SECURE"],
               "data_centers": ["EU-RO-1"], "gpu_count": 1}
     result = estimate.create_estimate(params, context(tmp_path), gpu_offers=lambda n: OFFERS)
-    assert result.lines[2:] == ("RTX 4090 (24 GB), SECURE: $0.690/h, availability EU-RO-1 LOW",
-                                "RTX A5000 (24 GB), SECURE: $0.270/h, availability EU-RO-1 NONE")
+    assert result.lines[2:] == ("RTX 4090 (24 GB), SECURE in EU-RO-1: $0.690/h, availability LOW",
+                                "RTX A5000 (24 GB), SECURE in EU-RO-1: $0.270/h, availability NONE")
     none_free = {**params, "gpu_types": ["NVIDIA RTX A5000"]}
     rental = estimate.create_estimate(none_free, context(tmp_path), gpu_offers=lambda n: OFFERS).rental
     assert rental is not None and rental.per_hour is not None

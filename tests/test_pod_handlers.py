@@ -316,3 +316,17 @@ def test_a_pod_that_vanishes_while_starting_is_a_clear_failure(emu: RunPodEmulat
     [outcome] = summary.outcomes
     assert outcome.status == "FAILED" and "disappeared" in outcome.error and "before SSH worked" in outcome.error
     assert emu.pods_created == 1
+
+
+def test_a_missing_key_is_refused_before_anything_is_written(emu: RunPodEmulator, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNPOD_API_KEY")
+    file = pod_project(tmp_path / "project", fast_params(tmp_path))
+    before = file.read_bytes()
+    for command in (["run"], ["run", "--dry-run"], ["check"]):
+        done = subprocess.run([sys.executable, "-m", "ralph", *command, file.name], cwd=file.parent,
+                              env=dict(os.environ), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert re.search(rf"{TASK_FILE}:\d+: (error: )?task 1 \(runpod\.create\): set RUNPOD_API_KEY", done.stdout + done.stderr)
+    assert file.read_bytes() == before and not (file.parent / ".ralph").exists()
+    assert emu.requests == []

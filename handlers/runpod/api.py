@@ -405,6 +405,22 @@ class RunPodAPI:
             self._sleep(wait)
 
 
+_catalogs: dict[tuple[str, int], list[GpuOffer]] = {}
+
+
+def catalog(gpu_count: int = 1) -> list[GpuOffer]:
+    """The catalog for the environment's key, read once per process and API host: ``ralph check``,
+    the plan and its estimate share one read (a create reads it afresh). AuthError without a key."""
+    api = RunPodAPI.from_env()
+    try:
+        key = (api.base_url, gpu_count)
+        if key not in _catalogs:
+            _catalogs[key] = api.gpu_offers(gpu_count=gpu_count)
+        return _catalogs[key]
+    finally:
+        api.close()
+
+
 def _rid(request_id: str) -> str:
     return f" [request {request_id}]" if request_id else ""
 

@@ -27,14 +27,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ralph.context import Context
-from ralph.handler import Evidence, Param, Problem, Result, TaskFailed, TransientError, criterion
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, TransientError, criterion
 from ralph.handlers.machines import session
-from ralph.handlers.runpod import deadman, placement, reaper
+from ralph.handlers.runpod import deadman, estimate, placement, reaper
 from ralph.handlers.runpod.api import (KEY_VARIABLE, VOLUME_TYPES, APIError, AuthError, BalanceError, BadRequest, CapacityError,
-                                       GpuOffer, NetworkVolume, NoAccess, Pod, PodSpec, RateLimited, RunPodAPI,
-                                       TransientAPIError)
+                                       NetworkVolume, NoAccess, Pod, PodSpec, RateLimited, RunPodAPI,
+                                       TransientAPIError, catalog)
 from ralph.handlers.runpod.common import PodHandler, api_for_task, blocked_by_auth, task_file
+from ralph.measures import POD_READY_SECONDS, Measures
 from ralph.model import Task, TaskFile
 from ralph.state import now
 
@@ -102,13 +103,18 @@ class CreatePod(PodHandler):
     def _catalog_problems(self, task: Task, params: dict[str, Any]) -> list[Problem]:
         """A GPU type RunPod's catalog does not know is a typo found before paying. Needs the key
         (a missing key is reported as such); an unreachable API is a warning, not an error."""
-        offers = catalog_offers(int(params["gpu_count"]))
-        if isinstance(offers, str):
-            return [Problem(task.line, f"{task.label}: could not read RunPod's GPU catalog: {offers}", "warning")] \
-                if offers else []
+        if not os.environ.get(KEY_VARIABLE, "").strip():
+            return []  # reported as a missing key (needs_env)
+        try:
+            offers = catalog(int(params["gpu_count"]))
+        except APIError as error:
+            return [Problem(task.line, f"{task.label}: could not read RunPod's GPU catalog: {error}", "warning")]
         known = {o.id for o in offers}
         return [Problem(task.line, f"{task.label}: gpu_types: RunPod's catalog has no GPU type {gpu!r}")
                 for gpu in params["gpu_types"] if isinstance(gpu, str) and gpu not in known]
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        return estimate.create_estimate(params, context)
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -386,6 +392,8 @@ class CreatePod(PodHandler):
         ctx.memory["cost_per_hr"] = cost
         ctx.hold(session.RESOURCE, handle.as_resource())
         session.attach(handle)  # the heartbeat starts now, well inside the switch's grace period
+        Measures().record(POD_READY_SECONDS, handle.ready_at - handle.created_at,
+                          f"{handle.gpu or 'a pod'}, create to `ssh true`")
         ctx.log(f"pod {handle.id} answers ssh at {handle.address}; heartbeat every {handle.heartbeat_interval_s:g} s")
         return handle
 
@@ -462,25 +470,6 @@ class CreatePod(PodHandler):
             return Evidence(False, detail)
         return Evidence(True, f"`ssh {handle.address} true` answered in {time.monotonic() - started:.2f} s at {now()} "
                               "(host key pinned in ralph's state folder)")
-
-
-_catalogs: dict[tuple[str, int], list[GpuOffer]] = {}
-
-
-def catalog_offers(gpu_count: int) -> list[GpuOffer] | str:
-    """The catalog, read once per process and API host; "" without a key, else why it failed."""
-    if not os.environ.get(KEY_VARIABLE, "").strip():
-        return ""
-    api = RunPodAPI.from_env()
-    try:
-        cache_key = (api.base_url, gpu_count)
-        if cache_key not in _catalogs:
-            _catalogs[cache_key] = api.gpu_offers(gpu_count=gpu_count)
-        return _catalogs[cache_key]
-    except APIError as error:
-        return str(error)
-    finally:
-        api.close()
 
 
 _UNKNOWN: Any = object()  # a poll whose answer was lost: neither "gone" nor "there"

@@ -8,108 +8,67 @@ estimate makes; when it cannot be read the plan says so in a line and prices not
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ralph import units
 from ralph.context import EstimateContext
 from ralph.handler import Estimate, Figure, Rental
+from ralph.handlers.runpod import placement
+from ralph.handlers.runpod.api import GpuOffer, catalog
+from ralph.handlers.runpod.placement import Candidate, Placement
 from ralph.measures import POD_READY_SECONDS
 from ralph.secrets import redact
 
-if TYPE_CHECKING:
-    from ralph.handlers.runpod.api import GpuOffer
-
 DEFAULT_READY_S = 300.0  # create → `ssh true`, the image pull included
-CLOUDS = ("SECURE", "COMMUNITY")  # what "ALL" stands for, in the order they are tried
+VOLUME_USD_PER_GB_MONTH = 0.07  # RunPod's list price for network volumes (first TB); the API gives none
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One (GPU type, cloud) the create may land on, in the order it tries them."""
-
-    gpu: str
-    cloud: str
-    offer: GpuOffer | None  # None: the catalog does not know this GPU type
-    per_hour: float | None  # for the whole pod (gpu_count GPUs); None: not offered on this cloud
-    availability: str  # NONE | LOW | MEDIUM | HIGH, in the asked data centres when there are some
-
-    @property
-    def available(self) -> bool:
-        return self.per_hour is not None and self.availability not in ("NONE", "")
+def volume_line(volume: Any) -> str:
+    """What the model cache costs: by the month, until its owner deletes it (ralph never does)."""
+    if isinstance(volume, dict) and volume.get("size_gb"):
+        size = int(volume["size_gb"])
+        return (f"network volume {volume.get('name')}: {size} GB ≈ ${size * VOLUME_USD_PER_GB_MONTH:.2f} a month if "
+                f"ralph creates it (about ${VOLUME_USD_PER_GB_MONTH}/GB-month, RunPod's list price), billed until "
+                "you delete it")
+    return (f"network volume {volume}: billed by the month at its size (about ${VOLUME_USD_PER_GB_MONTH}/GB-month) "
+            "until you delete it")
 
 
-def candidates(params: Mapping[str, Any], offers: list[GpuOffer]) -> list[Candidate]:
-    by_id = {offer.id: offer for offer in offers}
-    clouds = [c for cloud in params.get("cloud_types") or ["ALL"]
-              for c in (CLOUDS if str(cloud).upper() == "ALL" else (str(cloud).upper(),))]
-    count = int(params.get("gpu_count") or 1)
-    found = []
-    for gpu in params.get("gpu_types") or []:
-        offer = by_id.get(gpu)
-        if offer is None:
-            found.append(Candidate(gpu, "", None, None, "NONE"))
-            continue
-        for cloud in dict.fromkeys(clouds):
-            price = offer.prices.get(cloud)
-            found.append(Candidate(gpu, cloud, offer, price * count if price else None,
-                                   _availability(offer, params.get("data_centers") or [])))
-    return found
-
-
-def _availability(offer: GpuOffer, data_centers: list[str]) -> str:
-    """The catalog's availability, or the best of the asked data centres' (a create goes there only)."""
-    if not data_centers:
-        return offer.availability
-    order = ["NONE", "LOW", "MEDIUM", "HIGH"]
-    levels = [offer.data_centers.get(dc, "NONE") for dc in data_centers]
-    return max(levels, key=lambda level: order.index(level) if level in order else 0)
-
-
-def candidate_line(candidate: Candidate, data_centers: list[str]) -> str:
-    if candidate.offer is None:
-        return f"{candidate.gpu}: not in RunPod's catalog; the create will not find it"
+def candidate_line(candidate: Candidate) -> str:
     name = f"{candidate.offer.name} ({candidate.offer.memory_gb} GB), {candidate.cloud}"
-    if candidate.per_hour is None:
+    if candidate.data_center:
+        name += f" in {candidate.data_center}"
+    if candidate.price_per_hr is None:
         return f"{name}: not offered"
-    if data_centers:
-        where = ", ".join(f"{dc} {candidate.offer.data_centers.get(dc, 'NONE')}" for dc in data_centers)
-        return f"{name}: ${candidate.per_hour:.3f}/h, availability {where}"
-    return f"{name}: ${candidate.per_hour:.3f}/h, availability {candidate.availability}"
+    cuda = "" if candidate.cuda_ok else " (no host with CUDA >= min_cuda has room)"
+    return f"{name}: ${candidate.price_per_hr:.3f}/h, availability {candidate.availability}{cuda}"
 
 
-def rental(params: Mapping[str, Any], found: list[Candidate]) -> Rental:
+def rental(params: Mapping[str, Any], found: Placement) -> Rental:
     """The rate of the candidate the create will most likely get (the first with capacity now),
     and the dearest one's, which bounds the worst case."""
-    prices = [(c, c.per_hour) for c in found if c.per_hour is not None]
+    priced = [c for c in found.candidates if c.price_per_hr is not None]
     max_hours = float(params.get("max_lifetime_s") or 0) / 3600
-    if not prices:
+    if not priced:
         return Rental(None, max_hours, None)
-    likely = next(((c, p) for c, p in prices if c.available), None)
-    why = "the first candidate with capacity now"
-    if likely is None:
-        likely, why = prices[0], "no candidate has capacity now: priced as the first"
-    candidate, per_hour = likely
-    basis = f"{candidate.offer.name if candidate.offer else candidate.gpu} on {candidate.cloud}, {why}"
-    return Rental(Figure(per_hour, basis), max_hours, max(p for _, p in prices))
-
-
-def _catalog(gpu_count: int) -> list[GpuOffer]:
-    from ralph.handlers.runpod.api import RunPodAPI
-
-    return RunPodAPI.from_env().gpu_offers(gpu_count=gpu_count)
+    likely, why = next(((c, "the first candidate with capacity now") for c in priced if c.available),
+                       (priced[0], "no candidate has capacity now: priced as the first"))
+    assert likely.price_per_hr is not None
+    return Rental(Figure(likely.price_per_hr, f"{likely.offer.name} on {likely.cloud}, {why}"), max_hours,
+                  max(c.price_per_hr for c in priced if c.price_per_hr is not None))
 
 
 def create_estimate(params: Mapping[str, Any], context: EstimateContext,
-                    gpu_offers: Callable[[int], list[GpuOffer]] = _catalog) -> Estimate:
+                    gpu_offers: Callable[[int], Sequence[GpuOffer]] = catalog) -> Estimate:
     """``runpod.create``'s estimate: ``CreatePod.estimate`` returns this."""
     count = int(params.get("gpu_count") or 1)
     gpus = params.get("gpu_types") or []
     clouds = ", ".join(params.get("cloud_types") or ["ALL"])
     disk = f"{params.get('container_disk_gb', 0)} GB disk"
-    if params.get("network_volume_id"):
-        disk += f", network volume {params['network_volume_id']}"
+    volume = params.get("volume")
+    if volume:
+        disk += f", network volume {volume['name'] if isinstance(volume, dict) else volume} at the workspace"
     elif params.get("volume_gb"):
         disk += f" + {params['volume_gb']} GB volume"
     lines = [f"creates a pod of {count} GPU(s): the first of {len(gpus)} GPU type(s) × {clouds} with capacity; "
@@ -117,6 +76,8 @@ def create_estimate(params: Mapping[str, Any], context: EstimateContext,
              f"deletes itself after {units.duration(float(params.get('max_lifetime_s') or 0))} whatever happens "
              f"(max_lifetime_s), or {units.duration(float(params.get('heartbeat_timeout_s') or 0))} after ralph "
              "goes silent"]
+    if volume:
+        lines.append(volume_line(volume))
     ready = _ready_time(context)
     try:
         offers = gpu_offers(count)
@@ -124,9 +85,11 @@ def create_estimate(params: Mapping[str, Any], context: EstimateContext,
         lines.append(redact(f"prices could not be read from RunPod ({type(error).__name__}: {error}): cost unknown"))
         return Estimate(tuple(lines), machine_seconds=ready,
                         rental=Rental(None, float(params.get("max_lifetime_s") or 0) / 3600, None))
-    found = candidates(params, offers)
-    data_centers = list(params.get("data_centers") or [])
-    lines += [candidate_line(c, data_centers) for c in found]
+    found = placement.place(offers, gpu_types=params.get("gpu_types") or [], cloud_types=params.get("cloud_types") or [],
+                            data_centers=params.get("data_centers") or [], gpu_count=count,
+                            min_cuda=params.get("min_cuda") or None)
+    lines += [candidate_line(c) for c in found.candidates]
+    lines += [f"{gpu}: not in RunPod's catalog; the create will not find it" for gpu in found.unknown_gpus]
     return Estimate(tuple(lines), machine_seconds=ready, rental=rental(params, found))
 
 

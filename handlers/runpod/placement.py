@@ -25,8 +25,14 @@ class Candidate:
     gpu_id: str
     cloud: str
     data_center: str | None  # None: RunPod's scheduler chooses among all
-    price_per_hr: float | None  # for the whole pod (gpu_count GPUs)
-    availability: str
+    price_per_hr: float | None  # for the whole pod (gpu_count GPUs); None: not sold on this cloud
+    availability: str  # the catalog's, in this data centre when one is named
+    offer: GpuOffer
+    cuda_ok: bool = True  # a host with CUDA >= min_cuda has room
+
+    @property
+    def available(self) -> bool:
+        return self.price_per_hr is not None and self.availability != "NONE" and self.cuda_ok
 
     @property
     def label(self) -> str:
@@ -35,9 +41,18 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Placement:
-    available: list[Candidate]  # to try, in order
-    full: list[Candidate]  # known, but the catalog says NONE (or no CUDA recent enough) now
+    candidates: list[Candidate]  # every (GPU, cloud, data centre) asked for that the catalog knows, in order
     unknown_gpus: list[str]  # not in the catalog at all: a typo or a retired type
+
+    @property
+    def available(self) -> list[Candidate]:
+        """To try, in order."""
+        return [c for c in self.candidates if c.available]
+
+    @property
+    def full(self) -> list[Candidate]:
+        """Sold, but the catalog says NONE (or no CUDA recent enough) now."""
+        return [c for c in self.candidates if c.price_per_hr is not None and not c.available]
 
 
 def clouds(cloud_types: Sequence[str]) -> list[str]:
@@ -62,20 +77,14 @@ def cuda_at_least(version: str, floor: str) -> bool:
 def place(offers: Sequence[GpuOffer], *, gpu_types: Sequence[str], cloud_types: Sequence[str],
           data_centers: Sequence[str], gpu_count: int = 1, min_cuda: str | None = None) -> Placement:
     by_id = {o.id: o for o in offers}
-    available: list[Candidate] = []
-    full: list[Candidate] = []
-    unknown = [g for g in gpu_types if g not in by_id]
+    found: list[Candidate] = []
     for gpu in gpu_types:
         offer = by_id.get(gpu)
         if offer is None:
             continue
         cuda_ok = min_cuda is None or any(ok and cuda_at_least(v, min_cuda) for v, ok in offer.cuda_versions.items())
         for cloud in clouds(cloud_types):
-            price = offer.price_per_hr(cloud, gpu_count)
-            if price is None:
-                continue  # not offered on this cloud
             places = [(dc, offer.data_centers.get(dc, "NONE")) for dc in data_centers] or [(None, offer.availability)]
-            for dc, level in places:
-                candidate = Candidate(gpu, cloud, dc, price, level)
-                (available if level != "NONE" and cuda_ok else full).append(candidate)
-    return Placement(available, full, unknown)
+            found += [Candidate(gpu, cloud, dc, offer.price_per_hr(cloud, gpu_count), level, offer, cuda_ok)
+                      for dc, level in places]
+    return Placement(found, [g for g in gpu_types if g not in by_id])

@@ -11,13 +11,15 @@ The resource is released only after that confirmation.
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from ralph.context import Context
-from ralph.handler import Evidence, Param, Result, TaskFailed, TransientError, criterion
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Param, Result, TaskFailed, TransientError, criterion
 from ralph.handlers.machines import session
-from ralph.handlers.runpod import reaper
+from ralph.handlers.runpod import estimate, reaper
 from ralph.handlers.runpod.api import AuthError, RunPodAPI, TransientAPIError
 from ralph.handlers.runpod.common import CONSOLE, PodHandler, api_for_task, blocked_by_auth, task_file
+from ralph.model import Task
 from ralph.state import now
 
 
@@ -35,6 +37,9 @@ class TerminatePod(PodHandler):
         "terminate_timeout_s": Param((int, float), 120, "seconds to keep re-sending terminate until the pod reads gone"),
         "poll_s": Param((int, float), 2, "seconds between reads while confirming"),
     }
+
+    def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
+        return estimate.terminate_estimate()
 
     def run(self, ctx: Context) -> Result:
         api = api_for_task()
