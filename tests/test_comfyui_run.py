@@ -12,8 +12,8 @@ from PIL import Image
 from ralph.parser import parse_file
 from tests.engine.project import Project
 from tests.far.comfyui_server import ComfyServer, comfyui_server  # noqa: F401  (fixture)
+from tests.repo_files import EXAMPLE
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "examples" / "RALPH-001-grain-reduction.md"
 TASK_3 = "Générer avec workflow optimisé (Refiner Pass)"
 TINY = {"width": 64, "height": 64, "steps": 3, "steps2": 2}
 

@@ -42,8 +42,8 @@ from ralph.runner import Runner, RunSummary
 from tests.far import tiny_models
 from tests.far.comfyui_server import free_port, require_install
 from tests.far.sshd import SshServer
+from tests.repo_files import EXAMPLE
 
-EXAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "examples" / "RALPH-001-grain-reduction.md"
 TASK2 = [
     "ComfyUI installé et running",
     "torch >= 2.4.0",

@@ -42,10 +42,9 @@ from tests.far import tiny_models
 from tests.far.comfyui_server import NODES_DIR, ComfyServer, comfyui_server, refiner_graph  # noqa: F401
 from tests.far.comfyui_server import require_install
 from tests.far.runpod_emulator import RunPodEmulator, emulated_runpod
+from tests.repo_files import EXAMPLE, REPO
 from tests.test_pod_handlers import A5000, RTX4090, sshd_trusting_public_key
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO.parent / "shared" / "examples" / "RALPH-001-grain-reduction.md"
 SHIPPED_CONFIG = REPO / "roadmap" / "ralph" / "ralph.yaml"
 NAME = EXAMPLE.name
 COMFYUI_PORT = 8188  # task 2's criterion says "(port 8188)"; comfyui.run reaches the pod's 8188
