@@ -45,7 +45,7 @@ def test_check_finds_the_denoise_on_empty_latent_pattern_and_a_planted_bad_sampl
         encoding="utf-8",
     )
     planted = project.cli("check", project.file.name)
-    assert planted.returncode == 1
+    assert planted.returncode == 2
     bad = [line for line in planted.stdout.splitlines() if "sampler_name" in line and "error" in line]
     assert len(bad) == 1
     assert bad[0].startswith(f"{project.file.name}:{denoise_line + 5}: error: node 12 (KSampler) input sampler_name:")
