@@ -81,7 +81,7 @@ class PodShell(PodHandler):
         done = ssh.run(f"test -e {remote_shell.quote(path)} && ls -ld {remote_shell.quote(path)}", check=False)
         if done.ok:
             return Evidence(True, f"on the pod: {done.stdout.strip()}")
-        return Evidence(False, f"{ctx.display_path(path)} does not exist on the pod")
+        return Evidence(False, f"{path} does not exist on the pod")
 
     @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
     def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:
