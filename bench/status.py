@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ralph.parser import parse_file
 
-EXAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "examples" / "RALPH-001-grain-reduction.md"
+EXAMPLE = Path(__file__).resolve().parents[1] / "roadmap" / "ralph" / "RALPH-001-grain-reduction.md"
 
 
 def big_file(tasks: int) -> str:

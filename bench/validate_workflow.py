@@ -17,11 +17,13 @@ from ralph.handlers.comfyui.nodelist import parse_node_list
 from ralph.handlers.comfyui.schema import load_object_info
 from ralph.handlers.comfyui.validate import validate
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "roadmap" / "ralph" / "RALPH-001-grain-reduction.md"
+SCHEMAS = REPO / "tests" / "data" / "comfyui-object-info-subset.json"  # the 12 node types the example uses
 
 
 def example_block() -> tuple[str, int]:
-    lines = (SHARED / "examples" / "RALPH-001-grain-reduction.md").read_text(encoding="utf-8").splitlines()
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
     start = next(i for i, l in enumerate(lines) if "Workflow Order" in l) + 1
     end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("```"))
     return "\n".join(lines[start + 1:end]), start + 2
@@ -34,7 +36,7 @@ def best_us(fn, number: int) -> float:
 
 def main() -> None:
     text, first = example_block()
-    schema_path = SHARED / "data" / "comfyui-object-info-subset.json"
+    schema_path = SCHEMAS
     schemas = load_object_info(schema_path)
     prompts = {"positive": ("elena, a portrait", 111), "negative": ("grainy", 112)}
     parsed = parse_node_list(text, first)

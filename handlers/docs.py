@@ -141,7 +141,7 @@ class SessionDoc(Handler):
         return Estimate((f"appends the session to {_doc_path(context.file, task, params)}",))
 
     def run(self, ctx: Context) -> Result:
-        relative = _doc_path(ctx.file, ctx.task, ctx.params)
+        relative = ctx.display_path(_doc_path(ctx.file, ctx.task, ctx.params))
         doc = ctx.path(relative)
         pending = ctx.memory.get("section")
         if ctx.task.status == "IN_PROGRESS" and pending and pending.get("path") == relative and _found(doc, pending):
@@ -286,7 +286,7 @@ class SessionDoc(Handler):
             return Evidence(False, f"the picture link {link} is not in the section")
         target = (ctx.path(where).parent / unquote(link)).resolve()
         if not target.is_file():
-            return Evidence(False, f"the linked picture {target} does not exist")
+            return Evidence(False, f"the linked picture {ctx.display_path(target)} does not exist")
         return Evidence(True, f"{where} links {link} ({target.stat().st_size} bytes)")
 
     @criterion(r"parametres optimaux|optimal param|best param")

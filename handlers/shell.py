@@ -47,7 +47,7 @@ class ShellHandler(Handler):
             if block is None:
                 raise TaskFailed("no ```bash block to run")
             log = ctx.state_dir / f"task-{ctx.task.number}.log"
-            ctx.log(f"running the bash block of line {block.line} (log: {log})")
+            ctx.log(f"running the bash block of line {block.line} (log: {ctx.display_path(log)})")
             code = _run_logged(block.text, ctx, log)
             ctx.memory["exit_code"] = code
             ctx.memory["tail"] = _tail(log)
@@ -59,11 +59,12 @@ class ShellHandler(Handler):
     @criterion(r"`[^`]+`.*\b(exist|cree|created|present|saved|sauvegard|ecrit|written|genere)")
     def path_exists(self, ctx: Context, result: Result, text: str) -> Evidence:
         path = ctx.path(_BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
+        shown = ctx.display_path(path)
         if path.is_file():
-            return Evidence(True, f"{path} exists ({path.stat().st_size} bytes)")
+            return Evidence(True, f"{shown} exists ({path.stat().st_size} bytes)")
         if path.is_dir():
-            return Evidence(True, f"{path} exists (a folder)")
-        return Evidence(False, f"{path} does not exist")
+            return Evidence(True, f"{shown} exists (a folder)")
+        return Evidence(False, f"{shown} does not exist")
 
     @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
     def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:

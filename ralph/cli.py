@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from . import __version__
 from .errors import RalphError
 
 if TYPE_CHECKING:
@@ -27,18 +29,31 @@ class Declined(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
-        return int(args.command(args))
+        code = int(args.command(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except RalphError as error:
         print(f"ralph: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `ralph status FILE --json | head`: the reader has what it wanted. Python's last flush
+        # of stdout at exit would fail again, so stdout goes to /dev/null first; exit 1, as
+        # Python's documentation advises and rich does for the tables.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ralph", description="Run RALPH markdown task files.")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"ralph {__version__}")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the pending tasks of task files, resuming where they stopped")
     run.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -191,7 +206,7 @@ def _check(args: argparse.Namespace) -> int:
             failed = failed or problem.severity == "error"
         if not plan.problems and not missing:
             print(f"{path}: ok ({len(plan.file.tasks)} tasks)")
-    return EXIT_USAGE if unset else 1 if failed else 0
+    return EXIT_USAGE if failed or unset else 0
 
 
 def _new(args: argparse.Namespace) -> int:

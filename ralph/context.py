@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any, Protocol
 
 from .measures import Measures
 from .model import Task, TaskFile
+from .paths import display_path
 from .state import EventLog, Resources, TaskMemory
 
 
@@ -93,4 +95,11 @@ class Context:
         self.resources.release(name)
 
     def path(self, relative: str) -> Path:
-        return (self.workdir / relative).resolve()
+        """A path as people write it (and as ``display_path`` writes it): relative to the task
+        file's folder, ``~/…``, or absolute."""
+        return (self.workdir / Path(relative).expanduser()).resolve()
+
+    def display_path(self, path: str | os.PathLike[str]) -> str:
+        """``path`` as ralph writes it for people (task file, documents, messages): relative to
+        the task file's folder, or ``~/…`` under the home folder, else as given."""
+        return display_path(path, self.workdir)

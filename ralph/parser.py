@@ -137,6 +137,9 @@ class _Reader:
             # Such a block may sit in any section: its lines are ralph's, not the section's.
             file.constraints = [c for c in file.constraints if not _inside(c.line, file.results)]
             file.success_criteria = [c for c in file.success_criteria if not _inside(c.line, file.results)]
+        if not file.tasks and not re.match(r"RALPH-TASK:", title["text"].strip()):
+            raise self.error("not a RALPH task file: no '# RALPH-TASK: <title>' line and no task "
+                             "('### 1. <title>')", file.title_line)
         seen: dict[int, Task] = {}
         for task in file.tasks:
             if task.number in seen:

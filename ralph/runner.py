@@ -76,7 +76,14 @@ def select(plan: Plan, state: RunState, *, only: int | None, start_from: int | N
     Unfinished tasks (from ``start_from``), plus the finished ones whose pod a clean-up task has
     since released (the work that remains needs it again), plus every clean-up task.  With no
     work left, only clean-up tasks that did not finish run: a finished file stays finished.
+    A task number that names no task is bad input.
     """
+    numbers = [s.task.number for s in plan.steps]
+    if only is not None and only not in numbers:
+        raise RalphError(f"--only {only}: there is no task {only} (tasks: {_listed(numbers)})", plan.file.path)
+    if start_from is not None and not any(n >= start_from for n in numbers):
+        raise RalphError(f"--from {start_from}: there is no task {start_from} or after (tasks: {_listed(numbers)})",
+                         plan.file.path)
     if only is not None:
         return [s for s in plan.steps if s.task.number == only]
     unfinished = {
@@ -90,6 +97,10 @@ def select(plan: Plan, state: RunState, *, only: int | None, start_from: int | N
         return [s for s in plan.steps if _is_cleanup(s) and s.task.status not in FINISHED]
     redo = state.resources.released_users()
     return [s for s in plan.steps if s.task.number in unfinished | redo or _is_cleanup(s)]
+
+
+def _listed(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers)) or "none"
 
 
 def _is_cleanup(step: Step) -> bool:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
+
+import pytest
 
 from ralph.parser import parse_file
 from tests.engine.project import make_project, task
+from tests.repo_files import EXAMPLE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,12 +49,13 @@ def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
     assert not project.ledger.exists()
 
 
-def test_check_reports_each_problem_as_file_line_message_and_exits_1(tmp_path: Path) -> None:
+def test_check_reports_each_problem_as_file_line_message_and_exits_2(tmp_path: Path) -> None:
     project = make_project(
         tmp_path, task(1, "Bad handler", handler="nope"), task(2, "Bad param", params={"pause": "long"})
     )
     result = project.cli("check", project.file.name)
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input, as `run --dry-run` says of the same file
+    assert project.cli("run", "--dry-run", project.file.name).returncode == 2
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
     for line in lines:
@@ -64,7 +70,7 @@ def test_check_reports_a_malformed_file_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "RALPH-001-x.md"
     path.write_text("# RALPH-TASK: x\n\n## Tasks\n\n### 1. One\n**Status**: MAYBE\n")
     result = ralph("check", path.name, cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout.strip() == (
         "RALPH-001-x.md:6: unknown status 'MAYBE'; "
         "expected one of PENDING, IN_PROGRESS, DONE, FAILED, BLOCKED, SKIPPED, NEEDS_REVIEW"
@@ -96,3 +102,60 @@ def test_status_shows_a_table_without_touching_the_file(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert re.search(r"1\s+│\s+Create\s+│\s+HIGH\s+│\s+DONE\s+│\s+1/1\s+│\s+step", result.stdout), result.stdout
     assert project.file.read_bytes() == before
+
+
+def test_version_is_the_installed_distributions() -> None:
+    result = ralph("--version", cwd=REPO)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ralph {version('ralph')}"
+
+
+def test_no_command_lists_the_commands(tmp_path: Path) -> None:
+    result = ralph(cwd=tmp_path)
+    assert result.returncode == 2
+    for command in ("run", "status", "check", "new", "handlers"):
+        assert re.search(rf"^\s+{command}\s+\S", result.stderr, re.M), (command, result.stderr)
+
+
+@pytest.mark.parametrize("args", [("status", "--json"), ("status",), ("run", "--dry-run"), ("check",)])
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """`ralph status FILE --json | head`: the reader is gone before ralph writes (the pipe's read
+    end is closed first, so every write fails and nothing is left to timing)."""
+    path = tmp_path / EXAMPLE.name
+    path.write_bytes(EXAMPLE.read_bytes())
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "ralph", *args, path.name], cwd=tmp_path, stdout=write,
+                              stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write)
+    assert done.stderr == ""
+    assert done.returncode == 1  # Python's advice for a closed pipe, and what rich does for tables
+    assert path.read_bytes() == EXAMPLE.read_bytes() and not (tmp_path / ".ralph").exists()
+
+
+@pytest.mark.parametrize("command", [("status",), ("status", "--json"), ("check",), ("run",), ("run", "--dry-run")])
+def test_a_file_that_is_not_a_task_file_is_bad_input(tmp_path: Path, command: tuple[str, ...]) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Meeting notes\n\n- [ ] call Paul\n", encoding="utf-8")
+    result = ralph(*command, "notes.md", cwd=tmp_path)
+    assert result.returncode == 2
+    message = "notes.md:1: not a RALPH task file: no '# RALPH-TASK: <title>' line and no task ('### 1. <title>')"
+    assert message in (result.stdout + result.stderr).splitlines() or f"ralph: {message}" in result.stderr.splitlines()
+    assert "┏" not in result.stdout  # no empty table
+    assert notes.read_text(encoding="utf-8") == "# Meeting notes\n\n- [ ] call Paul\n"
+    assert not (tmp_path / ".ralph").exists()
+
+
+@pytest.mark.parametrize("option", ["--only", "--from"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_task_number_that_names_no_task_is_bad_input(tmp_path: Path, option: str, dry_run: bool) -> None:
+    project = make_project(tmp_path, task(1, "Create"), task(2, "Second"))
+    before = project.file.read_bytes()
+    result = project.cli("run", *(["--dry-run"] if dry_run else []), option, "99", project.file.name)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(f"ralph: {project.file.name}: {option} 99: there is no task 99")
+    assert "(tasks: 1, 2)" in result.stderr
+    assert project.file.read_bytes() == before and not project.ledger.exists()
+    assert not (tmp_path / ".ralph").exists()

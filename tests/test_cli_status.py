@@ -103,7 +103,7 @@ def test_status_and_check_import_no_network_library(
     if configured:
         (example.parent / "ralph.yaml").write_text(CONFIG, encoding="utf-8")
     done = ralph(*command, str(example), cwd=example.parent, python_flags=("-X", "importtime"))
-    assert done.returncode in (0, 1), done.stderr[-2000:]
+    assert done.returncode in (0, 2), done.stderr[-2000:]  # check: 2 when a task has no handler
     imported = set()
     for line in done.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:

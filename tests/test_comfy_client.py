@@ -9,11 +9,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.far.comfyui_server import ComfyServer, TcpRelay, comfyui_server, refiner_graph, require_install, start_server  # noqa: F401
+from tests.waiting import wait_for
 from ralph.handlers.comfyui.client import (
     ComfyClient,
     ExecutionFailed,
@@ -41,6 +44,24 @@ def _slow_graph(seconds: float, prefix: str) -> dict:
 
 def _outputs(server: ComfyServer, prefix: str) -> list[Path]:
     return sorted(server.output_dir.glob(f"{prefix}_*.png"))
+
+
+def _queue_empty(server: ComfyServer) -> bool:
+    queue = httpx.get(f"{server.url}/queue", timeout=30).json()
+    return not queue["queue_running"] and not queue["queue_pending"]
+
+
+def _once_running(url: str, action: Callable[[], object]) -> threading.Thread:
+    """Call ``action`` in a thread as soon as the server at ``url`` runs a prompt (not after a
+    fixed delay, which a loaded machine may spend before the prompt even starts)."""
+
+    def watch() -> None:
+        wait_for(lambda: httpx.get(f"{url}/queue", timeout=30).json()["queue_running"], what="a prompt to run")
+        action()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
 
 
 @slow
@@ -108,7 +129,8 @@ def test_partly_valid_prompt_is_a_failure_and_is_cancelled(comfyui_server: Comfy
         with pytest.raises(PromptRejected) as err:
             client.run(graph)
         assert "node 16 (KSampler) input cfg: Value 500.0 bigger than max of 100.0" in str(err.value)
-        time.sleep(3.0)
+        # Had the valid half been left to run, its image would be saved by the time the queue empties.
+        wait_for(lambda: _queue_empty(comfyui_server), what="ComfyUI's queue to empty")
     assert _outputs(comfyui_server, prefix) == []
 
 
@@ -123,14 +145,13 @@ def test_dropped_socket_still_sees_completion(comfyui_server: ComfyServer, tmp_p
         relay.refuse_websockets = not reconnect
         severed.append(relay.sever())
 
-    timer = threading.Timer(1.0, cut)
-    timer.start()
+    watcher = _once_running(comfyui_server.url, cut)
     try:
         with ComfyClient(relay.url, quiet_s=0.5) as client:
             result = client.run(_slow_graph(2.5, prefix))
             files = client.download(result, tmp_path)
     finally:
-        timer.cancel()
+        watcher.join(timeout=60)
         relay.close()
     assert severed == [1]  # the client's one socket was cut mid-run
     assert (relay.refused > 0) is (not reconnect)
@@ -171,10 +192,10 @@ def test_local_path_refuses_symlinked_escape(tmp_path: Path) -> None:
 def test_interrupt_stops_only_that_prompt(comfyui_server: ComfyServer) -> None:
     prompt_id = str(uuid.uuid4())
     with ComfyClient(comfyui_server.url) as client:
-        timer = threading.Timer(1.5, client.interrupt, args=(prompt_id,))
-        timer.start()
+        interrupting = _once_running(comfyui_server.url, lambda: client.interrupt(prompt_id))
         with pytest.raises(Interrupted):
-            client.run(_slow_graph(10.0, "interrupted"), prompt_id=prompt_id)
+            client.run(_slow_graph(120.0, "interrupted"), prompt_id=prompt_id)
+        interrupting.join(timeout=60)  # interrupt() also clears the queue: let it finish with the client
         assert client.find(prompt_id) == "error"
 
 
@@ -189,8 +210,7 @@ def test_resumed_run_finds_its_prompt_instead_of_resubmitting(comfyui_server: Co
         assert b.find(prompt_id) is None
         t = threading.Thread(target=lambda: first.update(result=a.run(graph, prompt_id=prompt_id)))
         t.start()
-        time.sleep(1.0)
-        assert b.find(prompt_id) == "running"
+        wait_for(lambda: b.find(prompt_id) == "running", what="a's prompt to run")
         resumed = b.run(graph, prompt_id=prompt_id)  # attaches to the running prompt
         t.join()
         again = b.run(graph, prompt_id=prompt_id)  # finished: answered from history
@@ -205,10 +225,10 @@ def test_stall_timeout_instead_of_a_fixed_one(comfyui_server: ComfyServer) -> No
         started = time.monotonic()
         try:
             with pytest.raises(Stalled, match="no progress for 1 s"):
-                client.run(_slow_graph(4.0, "stalled"), prompt_id=prompt_id)
+                client.run(_slow_graph(120.0, "stalled"), prompt_id=prompt_id)
         finally:
             client.interrupt(prompt_id)
-    assert time.monotonic() - started < 4.0
+    assert time.monotonic() - started < 60, "it waited for the prompt, not for its stall timeout"
 
 
 @slow
@@ -237,12 +257,11 @@ def test_server_killed_mid_run_fails_clearly(tmp_path: Path) -> None:
     server = start_server(tmp_path / "base", require_install())
     try:
         prompt_id = str(uuid.uuid4())
-        timer = threading.Timer(1.5, server.kill)
-        timer.start()
+        _once_running(server.url, server.kill)
         started = time.monotonic()
         with ComfyClient(server.url, quiet_s=0.5, gone_timeout=2.0) as client, pytest.raises(ServerGone) as err:
-            client.run(_slow_graph(20.0, "killed"), prompt_id=prompt_id)
-        assert time.monotonic() - started < 10
+            client.run(_slow_graph(120.0, "killed"), prompt_id=prompt_id)
+        assert time.monotonic() - started < 60, "it waited for the prompt, not for the server's end"
         assert server.url in str(err.value) and prompt_id in str(err.value)
     finally:
         server.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 
@@ -11,16 +10,15 @@ from ralph.handlers.comfyui.check import check_node_list
 from ralph.handlers.comfyui.lint import SDXL_BUCKETS, guess_family, lint, nearest_bucket
 from ralph.handlers.comfyui.schema import load_object_info
 from ralph.handlers.comfyui.template import load_template
+from tests.repo_files import EXAMPLE, OBJECT_INFO
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-EXAMPLE = SHARED / "examples" / "RALPH-001-grain-reduction.md"
 ALL_FILES = {"bigLove_xl1.safetensors", "elena_v4_cloud.safetensors", "ip-adapter.bin",
              "instantid_controlnet.safetensors", "elena_face_ref.jpg"}
 
 
 @pytest.fixture(scope="module")
 def schemas():
-    return load_object_info(SHARED / "data" / "comfyui-object-info-subset.json")
+    return load_object_info(OBJECT_INFO)
 
 
 def fixed():

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ralph.handlers.comfyui.nodelist import Link, PromptRef, Size, parse_node_list, parse_value
+from tests.repo_files import EXAMPLE
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-EXAMPLE = SHARED / "examples" / "RALPH-001-grain-reduction.md"
 
 
 def example_block() -> tuple[str, int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,10 +16,8 @@ from ralph.handlers.comfyui.schema import load_object_info, schemas_from_object_
 from ralph.handlers.comfyui.template import apply_overrides, load_template, parameter_paths
 from ralph.handlers.comfyui.validate import validate
 from tests.far.comfyui_server import comfyui_server  # noqa: F401  (fixture: a real ComfyUI, slow tests only)
+from tests.repo_files import EXAMPLE, OBJECT_INFO
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-EXAMPLE = SHARED / "examples" / "RALPH-001-grain-reduction.md"
-OBJECT_INFO = SHARED / "data" / "comfyui-object-info-subset.json"
 LINES = EXAMPLE.read_text(encoding="utf-8").splitlines()
 
 

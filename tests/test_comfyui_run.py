@@ -13,8 +13,8 @@ from ralph.measures import SECONDS_PER_IMAGE, Measures
 from ralph.parser import parse_file
 from tests.engine.project import Project
 from tests.far.comfyui_server import ComfyServer, comfyui_server  # noqa: F401  (fixture)
+from tests.repo_files import EXAMPLE
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "examples" / "RALPH-001-grain-reduction.md"
 TASK_3 = "Générer avec workflow optimisé (Refiner Pass)"
 TINY = {"width": 64, "height": 64, "steps": 3, "steps2": 2}
 
@@ -46,7 +46,7 @@ def test_check_finds_the_denoise_on_empty_latent_pattern_and_a_planted_bad_sampl
         encoding="utf-8",
     )
     planted = project.cli("check", project.file.name)
-    assert planted.returncode == 1
+    assert planted.returncode == 2
     bad = [line for line in planted.stdout.splitlines() if "sampler_name" in line and "error" in line]
     assert len(bad) == 1
     assert bad[0].startswith(f"{project.file.name}:{denoise_line + 5}: error: node 12 (KSampler) input sampler_name:")

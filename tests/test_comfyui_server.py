@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image, ImageStat
 
 from tests.far.comfyui_server import ComfyServer, comfyui_server, refiner_graph  # noqa: F401  (fixture)
+from tests.repo_files import OBJECT_INFO
 
 pytestmark = pytest.mark.slow
-
-SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "comfyui-object-info-subset.json"
 
 
 def _run(server: ComfyServer, graph: dict, timeout: float = 120) -> dict:
@@ -35,7 +33,7 @@ def _run(server: ComfyServer, graph: dict, timeout: float = 120) -> dict:
 
 
 def test_instantid_standins_have_the_recorded_schema(comfyui_server: ComfyServer) -> None:
-    recorded = json.loads(SUBSET.read_text())
+    recorded = json.loads(OBJECT_INFO.read_text())
     for name in ("InstantIDModelLoader", "InstantIDFaceAnalysis", "ApplyInstantID"):
         live = httpx.get(f"{comfyui_server.url}/object_info/{name}").json()[name]
         want = recorded[name]

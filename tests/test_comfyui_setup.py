@@ -10,6 +10,7 @@ slow test runs the real test ComfyUI (v0.3.75, CPU).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import io
@@ -32,7 +33,7 @@ from rich.console import Console
 from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, criterion
-from ralph.handlers.comfyui import setup
+from ralph.handlers.comfyui import run, setup
 from ralph.handlers.machines import session
 from ralph.handlers.machines.ssh import SshMachine, SshTarget
 from ralph.handlers.machines.tunnel import forward
@@ -40,11 +41,12 @@ from ralph.measures import UPLOAD_SPEED, Measures
 from ralph.parser import parse_file
 from ralph.plan import make_plan
 from ralph.runner import Runner, RunSummary
+from ralph.state import RunState
 from tests.far import tiny_models
 from tests.far.comfyui_server import free_port, require_install
 from tests.far.sshd import SshServer
+from tests.repo_files import EXAMPLE
 
-EXAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "examples" / "RALPH-001-grain-reduction.md"
 TASK2 = [
     "ComfyUI installé et running",
     "torch >= 2.4.0",
@@ -311,6 +313,23 @@ def test_a_later_experiment_on_the_same_workspace_links_its_models_from_the_cach
     copy = placed(pod, "models/checkpoints", "experiment2.safetensors")
     original = placed(pod, "models/checkpoints", "bigLove_xl1.safetensors")
     assert copy.read_bytes() == checkpoint.read_bytes() and copy.stat().st_ino == original.stat().st_ino
+
+
+def test_comfyui_run_reaches_comfyui_on_the_port_setup_started_it_on(
+        pod: Pod, stand_in_comfyui: Path, tmp_path: Path) -> None:
+    assert pod.port != session.COMFYUI_PORT
+    pod.run(base_params(tmp_path, stand_in_comfyui))  # no models: their criteria go to review
+    assert pod.result()["result"]["data"]["service"]["port"] == pod.port, pod.output
+    state = RunState(pod.file.parent / ".ralph" / pod.file.stem)
+    file = parse_file(pod.file)[0]
+    after_setup = dataclasses.replace(file.task(2), number=3)  # the example's task 3, comfyui.run
+    ctx = Context(file, after_setup, {"server": None}, state.memory(3), state.resources, pod.file.parent,
+                  state.directory, "test", reporter=None, events=None,  # type: ignore[arg-type]
+                  results={int(n): r["result"] for n, r in state.data["tasks"].items() if "result" in r})
+    with run.server_url(ctx) as url:
+        stats = httpx.get(f"{url}/system_stats", timeout=30).json()
+    assert stats["system"]["comfyui_version"] == "0.0.0-stand-in"
+    assert stats["system"]["argv"][-2:] == ["--port", str(pod.port)]
 
 
 def test_changed_sha256_reruns_only_that_step_and_a_wrong_one_fails_clearly(

@@ -4,7 +4,9 @@ Every far side is real or emulated at the network's far end only: the RunPod API
 emulator (real HTTP, the pinned SDK), the pod is a real sshd on loopback whose ``/workspace``
 is a folder here, ComfyUI is the real test install (v0.3.75, CPU, tiny random-weight models
 named like the example's, stand-in InstantID nodes) that comfyui.setup installs by copying and
-starts on the pod's 127.0.0.1:8188 over SSH. The mapping of titles to handlers is the shipped
+starts on the pod's 127.0.0.1 over SSH, on a free port given as its ``port`` parameter (the pod's
+loopback is this machine's, where 8188 may be taken); task 2's "(port 8188)" says that port, as
+a person who changed the port would write. The mapping of titles to handlers is the shipped
 roadmap/ralph/ralph.yaml's; only the parameters are the test's (tiny image, short timeouts).
 
 Task 4 needs the image to compare with. As the example's user had one from the session before
@@ -23,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,15 +41,13 @@ from ralph.model import RESULTS_BEGIN, RESULTS_END
 from ralph.parser import parse_file
 from tests.far import tiny_models
 from tests.far.comfyui_server import NODES_DIR, ComfyServer, comfyui_server, refiner_graph  # noqa: F401
-from tests.far.comfyui_server import require_install
+from tests.far.comfyui_server import free_port, require_install
 from tests.far.runpod_emulator import RunPodEmulator, emulated_runpod
+from tests.repo_files import EXAMPLE, REPO
 from tests.test_pod_handlers import A5000, RTX4090, sshd_trusting_public_key
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO.parent / "shared" / "examples" / "RALPH-001-grain-reduction.md"
 SHIPPED_CONFIG = REPO / "roadmap" / "ralph" / "ralph.yaml"
 NAME = EXAMPLE.name
-COMFYUI_PORT = 8188  # task 2's criterion says "(port 8188)"; comfyui.run reaches the pod's 8188
 TINY = {"width": 64, "height": 64, "steps": 3, "steps2": 2}
 PREVIOUS = "output/previous/elena_cfg3.png"
 DOC = "docs/sessions/RALPH-001-grain-reduction.md"
@@ -125,16 +124,6 @@ def emu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, container: Container) -
 
 
 # -- the project ------------------------------------------------------------------------------------
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def previous_session_image(server: ComfyServer, dest: Path, scratch: Path) -> Path:
     """What the example's user had before this session: the same prompt, seed (0, as
     comfyui.run uses) and size at CFG 3.0, one KSampler, no refiner pass."""
@@ -150,7 +139,7 @@ def previous_session_image(server: ComfyServer, dest: Path, scratch: Path) -> Pa
     return dest
 
 
-def example_params(tmp_path: Path, home: Path, models: Path, workspace: Path) -> dict[str, Any]:
+def example_params(tmp_path: Path, home: Path, models: Path, workspace: Path, port: int) -> dict[str, Any]:
     """The test's parameters for the shipped mapping: emulated pods with short timeouts, the
     test ComfyUI copied in (with the stand-in InstantID nodes), the tiny models, a tiny image."""
     antelope = tmp_path / "stand-ins" / "scrfd_10g_bnkps.onnx"  # checked as a file, never loaded
@@ -168,6 +157,7 @@ def example_params(tmp_path: Path, home: Path, models: Path, workspace: Path) ->
         "comfyui.setup": {
             "workspace": str(workspace),
             "python": python,
+            "port": port,
             # Nothing is installed from the network: the test ComfyUI is copied in without its
             # models, and the stand-in InstantID nodes go into custom_nodes/.
             "install_command": f"cp -r {source} {{dir}}.part && rm -rf {{dir}}.part/models {{dir}}.part/user "
@@ -194,7 +184,8 @@ def example_params(tmp_path: Path, home: Path, models: Path, workspace: Path) ->
 def make_project(root: Path, params: dict[str, Any]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     file = root / NAME
-    file.write_bytes(EXAMPLE.read_bytes())
+    port = params["comfyui.setup"]["port"]
+    file.write_bytes(EXAMPLE.read_bytes().replace(b"(port 8188)", f"(port {port})".encode()))
     config = yaml.safe_load(SHIPPED_CONFIG.read_text("utf-8"))
     config["params"] = params  # the shipped mapping, the test's parameters
     (root / "ralph.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
@@ -237,9 +228,9 @@ def verdict_line(block: str, criterion: str) -> str:
     return lines[0]
 
 
-def comfyui_answers() -> bool:
+def comfyui_answers(port: int) -> bool:
     try:
-        return httpx.get(f"http://127.0.0.1:{COMFYUI_PORT}/system_stats", timeout=2).status_code == 200
+        return httpx.get(f"http://127.0.0.1:{port}/system_stats", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
 
@@ -272,11 +263,11 @@ def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmula
                                                 comfyui_server: ComfyServer) -> None:  # noqa: F811
     home = require_install()
     models = tiny_models.ensure_models(home)
-    assert _port_free(COMFYUI_PORT), f"127.0.0.1:{COMFYUI_PORT} is taken: the pod's ComfyUI needs it"
+    port = free_port()
     project = tmp_path / "project"
     previous_session_image(comfyui_server, project / PREVIOUS, tmp_path / "baseline")
-    file = make_project(project, example_params(tmp_path, home, models, container.link))
-    original = EXAMPLE.read_bytes()
+    file = make_project(project, example_params(tmp_path, home, models, container.link, port))
+    original = file.read_bytes()
 
     first = ralph_run(file)
     out = first.stdout + first.stderr
@@ -294,7 +285,7 @@ def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmula
         for c in task.criteria:
             assert verdict_line(task_block(text, number), c.text).startswith("- ✔ verified: ")
     assert "with GPU RTX A5000" in task_block(text, 1)
-    assert f"answered /system_stats on 127.0.0.1:{COMFYUI_PORT}" in task_block(text, 2)
+    assert f"answered /system_stats on 127.0.0.1:{port}" in task_block(text, 2)
     assert "torch 2." in task_block(text, 2)
 
     # Every box left unticked has its line: a measured criterion (grain, colours) with its
@@ -338,7 +329,13 @@ def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmula
 
     # One pod, gone; its ComfyUI went with it.
     assert emu.pods_created == 1 and emu.live_pods() == []
-    assert emu.all_pods[0].terminated and not comfyui_answers()
+    assert emu.all_pods[0].terminated and not comfyui_answers(port)
+
+    # Paths for people are relative to the project (or ~/…): neither the project's folder nor the
+    # home folder appears. Task 1's block is runpod.create's, which the RunPod rewrite brings in line.
+    for_people = [task_block(text, n) for n in range(2, 7)] + [file_block(text), doc]
+    for home in (str(project), str(Path.home())):
+        assert not [part for part in for_people if home in part], home
 
     # The person's bytes: all but status words, checkboxes and ralph's results blocks unchanged.
     assert without_ralphs_edits(text).encode("utf-8") == original

@@ -25,8 +25,8 @@ from ralph.handlers.machines.local import LocalMachine
 from ralph.parser import parse_file
 from ralph.registry import Registry
 from ralph.runner import Runner, RunSummary
+from tests.repo_files import EXAMPLE
 
-EXAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "examples" / "RALPH-001-grain-reduction.md"
 POD = {"id": "pod-test-1", "gpu": "NVIDIA RTX A5000", "cost_per_hr": 0.27}
 WORKFLOW = {"cfg": 7.0, "denoise": 0.8, "denoise2": 0.25, "sampler": "dpmpp_2m", "scheduler": "karras", "seed": 42,
             "face_image": "elena_face_ref.jpg"}

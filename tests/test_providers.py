@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.far.sshd import SshServer, keygen, start_sshd
+from tests.waiting import wait_for
 from ralph.handlers.machines import remote_shell
 from ralph.handlers.machines.hostkeys import HostKeyChanged, HostKeyStore
 from ralph.handlers.machines.local import LocalMachine
@@ -65,8 +66,8 @@ def test_timeout_stops_waiting(machine) -> None:
     p, _ = machine
     t0 = time.monotonic()
     with pytest.raises(CommandTimeout):
-        p.run("echo started; sleep 20", timeout=0.5)
-    assert time.monotonic() - t0 < 5
+        p.run("echo started; sleep 60", timeout=0.5)
+    assert time.monotonic() - t0 < 30, "it waited for the command instead of its timeout"
 
 
 def test_nasty_values_reach_commands_literally(machine) -> None:
@@ -109,19 +110,26 @@ def test_ssh_workdir_and_reconnect_after_drop(sshd: SshServer, tmp_path: Path) -
         r = p.run("touch ran-anyway; true", check=False)
         assert r.exit_code == 1 and not list(sshd.start_dir.rglob("ran-anyway"))
     with ssh_provider(sshd, tmp_path, workdir=str(work)) as p:
-        assert sshd.drop_connections() >= 1  # earlier sessions may still be closing
-        time.sleep(0.2)
+        p.run("true")
+        assert sshd.drop_connections() >= 1
+        wait_for(lambda: not p.transport_alive(), what="the client to see its connection dropped")
         assert p.run("echo again").stdout == "again\n"  # a fresh connection, transparently
 
 
 def test_drop_during_command_is_reported_not_rerun(sshd: SshServer, tmp_path: Path) -> None:
     with ssh_provider(sshd, tmp_path) as p:
         p.run("true")
-        threading.Timer(0.5, sshd.drop_connections).start()
+        ran = sshd.start_dir / "ran"
+
+        def drop_once_running() -> None:
+            wait_for(ran.exists, what="the command to start")
+            sshd.drop_connections()
+
+        threading.Thread(target=drop_once_running, daemon=True).start()
         t0 = time.monotonic()
         with pytest.raises(ConnectionLost):
-            p.run("echo x >> ran; sleep 20")
-        assert time.monotonic() - t0 < 10
+            p.run("echo x >> ran; sleep 120")
+        assert time.monotonic() - t0 < 60, "it waited for the command instead of noticing the drop"
         assert (sshd.start_dir / "ran").read_text() == "x\n"
 
 

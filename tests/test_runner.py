@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from ralph.errors import LockedError, RalphError
 from ralph.parser import parse_file
 from ralph.state import RunLock, state_dir_for
 from tests.engine.project import make_project, task
+from tests.waiting import wait_for
 
 
 def test_a_run_does_each_task_ticks_verified_criteria_and_a_rerun_changes_nothing(tmp_path: Path) -> None:
@@ -189,8 +189,8 @@ def test_ctrl_c_keeps_the_task_in_progress_runs_clean_up_and_the_rerun_resumes(t
         task(3, "Terminate", handler="release", criteria=("Pod released",)),
     )
     process = project.popen("run", project.file.name)
-    _wait_for(lambda: any(e["event"] == "task_started" and e["task"] == 2 for e in project.events()))
-    time.sleep(0.3)
+    # Task 2 did its work and is in its pause: the moment to press Ctrl-C.
+    wait_for(lambda: any(line.startswith("task 2 ") for line in project.ledger_lines()), what="task 2's work")
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 130, output
@@ -202,14 +202,6 @@ def test_ctrl_c_keeps_the_task_in_progress_runs_clean_up_and_the_rerun_resumes(t
     assert project.statuses() == {1: "DONE", 2: "DONE", 3: "DONE"}
     task_2_work = [line for line in project.ledger_lines() if line.startswith("task 2 ")]
     assert len(task_2_work) == 1, "task 2's work was done once, then resumed, not redone"
-
-
-def _wait_for(condition, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.02)
 
 
 def test_a_finished_file_whose_pod_was_released_is_not_run_again(tmp_path: Path) -> None:

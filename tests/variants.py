@@ -12,10 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-EXAMPLE = SHARED / "examples" / "RALPH-001-grain-reduction.md"
+from tests.repo_files import EXAMPLE
 
 # What the example itself holds: criteria per task, priorities, success criteria, exit conditions.
 EXAMPLE_CRITERIA = (2, 7, 2, 3, 2, 3)

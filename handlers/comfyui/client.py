@@ -462,7 +462,7 @@ class ComfyClient:
         try:
             # Previews arrive as large binary frames: no size cap; ComfyUI does not ping.
             conn = connect(url, open_timeout=min(10.0, self.gone_timeout), max_size=None, ping_interval=None)
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError):
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed):  # closed mid-handshake
             return None
         return sockets.enter_context(conn)
 

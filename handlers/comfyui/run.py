@@ -96,7 +96,7 @@ class ComfyRun(Handler):
     def run(self, ctx: Context) -> Result:
         from ralph.handlers.comfyui.client import ComfyClient, ComfyError
 
-        with _server(ctx) as url, ComfyClient(url, stall_timeout=ctx.params["stall_timeout"]) as client:
+        with server_url(ctx) as url, ComfyClient(url, stall_timeout=ctx.params["stall_timeout"]) as client:
             try:
                 object_info = client.object_info()
                 schemas = wf.live_schemas(object_info)
@@ -158,7 +158,7 @@ class ComfyRun(Handler):
             _stamp_png(path, values)
             images.append(
                 {
-                    "path": str(path.relative_to(ctx.workdir)) if path.is_relative_to(ctx.workdir) else str(path),
+                    "path": ctx.display_path(path),
                     "server_path": "/".join(p for p in ("output", output.subfolder, output.filename) if p),
                     "params": values,
                     "variant": variant.label,
@@ -244,15 +244,18 @@ def _stamp_png(path: Path, values: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _server(ctx: Context) -> Iterator[str]:
+def server_url(ctx: Context) -> Iterator[str]:
+    """The ``server`` parameter, else ComfyUI on the held machine through an SSH tunnel, on the
+    port an earlier comfyui.setup started it on (its ``port`` parameter), else ComfyUI's 8188."""
     if ctx.params["server"]:
         yield ctx.params["server"].rstrip("/")
         return
     try:
-        from ralph.handlers.machines.session import comfyui_url
+        from ralph.handlers.machines.session import COMFYUI_PORT, comfyui_url
     except ImportError:
         raise TaskBlocked("no ComfyUI server: set the `server` parameter (pods are not available here)") from None
-    with comfyui_url(ctx) as url:
+    service = ctx.result_of("service") or {}
+    with comfyui_url(ctx, service.get("port", COMFYUI_PORT)) as url:
         yield url
 
 

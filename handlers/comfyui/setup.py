@@ -329,13 +329,15 @@ def place_file(ctx: Context, provider: Machine, layout: Layout, markers: Markers
     params: dict[str, Any] = {"dest": dest, "source": spec.source, "sha256": spec.sha256, "size": spec.size}
     if spec.path is not None:
         if not spec.path.is_file():
-            raise TaskBlocked(f"{spec.category} file {spec.path} does not exist on this machine")
+            raise TaskBlocked(f"{spec.category} file {ctx.display_path(spec.path)} does not exist on this machine")
         local_size = spec.path.stat().st_size
         local_sha = provider.hashes.sha256(spec.path)  # type: ignore[attr-defined]
         if spec.sha256 and local_sha != spec.sha256:
-            raise TaskFailed(f"{spec.path}: its sha256 is {local_sha}, but the sha256 given for it is {spec.sha256}")
+            raise TaskFailed(f"{ctx.display_path(spec.path)}: its sha256 is {local_sha}, but the sha256 given for it is "
+                             f"{spec.sha256}")
         if spec.size is not None and local_size != spec.size:
-            raise TaskFailed(f"{spec.path}: it is {local_size} bytes, but the size given for it is {spec.size}")
+            raise TaskFailed(f"{ctx.display_path(spec.path)}: it is {local_size} bytes, but the size given for it is "
+                             f"{spec.size}")
         params["content"] = [local_size, local_sha]  # a changed local file reruns the step
     info = provider.file_info(dest)
     done = markers.done(spec.step, params)
@@ -369,7 +371,7 @@ def _upload(ctx: Context, provider: Machine, layout: Layout, spec: FileSpec, des
         try:
             sent = provider.put(spec.path, dest, progress=lambda done, total: bar.update(done, total))
         except TransferFailed as e:
-            raise TaskFailed(f"upload of {spec.path} failed verification: {e}") from None
+            raise TaskFailed(f"upload of {ctx.display_path(spec.path)} failed verification: {e}") from None
     # A cache entry that cannot be made (another file system) only costs the next run an upload.
     _sh(provider, 'mkdir -p -- "$(dirname -- "$b")" && ln -f -- "$f" "$b"', b=blob, f=dest, check=False)
     how = "already there" if sent.skipped else f"uploaded ({sent.method})"
@@ -525,7 +527,7 @@ def _log_tail(provider: Machine, layout: Layout) -> str:
 # -- the handler ----------------------------------------------------------------------------------
 class ComfyUISetup(Handler):
     """Set up ComfyUI on the held pod: install it, check torch, upload or download the models and
-    the face reference into their folders, start it on the pod's 127.0.0.1:8188 and health-check
+    the face reference into their folders, start it on the pod's 127.0.0.1:<port> and health-check
     it through an SSH tunnel. Each step leaves a content-hashed "done" marker on the pod
     (<workspace>/.ralph/setup/), so a rerun skips what is done and redoes what changed.
 
@@ -622,15 +624,15 @@ class ComfyUISetup(Handler):
                 service = ensure_service(provider, layout, p["python"], p["port"],
                                          [str(a) for a in p["comfyui_args"]], p["start_timeout"], ctx.log)
             else:
-                service = {"port": p["port"], "error": f"not started: torch check failed ({_torch_text(torch)})"}
+                service = {"port": p["port"], "error": f"not started: torch check failed ({_torch_text(ctx, torch)})"}
         except (CommandFailed, TransferFailed) as e:
             raise TaskFailed(str(e)) from None
         except MachineError as e:  # a dropped connection or a timeout: a rerun resumes from the markers
             raise TransientError(str(e)) from None
         sent = sum(f.get("bytes_sent", 0) for f in files)
         skipped = [f["name"] for f in files if f["skipped"]]
-        summary = (f"ComfyUI {service.get('version') or '(not running)'} at {layout.comfyui}; "
-                   f"{_torch_text(torch)}; {len(files)} files ({len(skipped)} already done, {sent} bytes sent)")
+        summary = (f"ComfyUI {service.get('version') or '(not running)'} at {ctx.display_path(layout.comfyui)}; "
+                   f"{_torch_text(ctx, torch)}; {len(files)} files ({len(skipped)} already done, {sent} bytes sent)")
         return Result(summary=summary, data={"workspace": layout.workspace, "comfyui_dir": layout.comfyui,
                                              "install": install, "torch": torch, "files": files,
                                              "service": service})
@@ -643,9 +645,9 @@ class ComfyUISetup(Handler):
         minimum = m.group(2) if m else torch.get("min", "0")
         version = torch.get("version")
         if version is None:
-            return Evidence(False, f"torch not importable by {torch.get('python')}: {torch.get('error') or 'not checked'}")
+            return Evidence(False, f"torch not importable by {_python(ctx, torch)}: {torch.get('error') or 'not checked'}")
         ok = version_at_least(version, minimum)
-        return Evidence(ok, f"torch {version} {'>=' if ok else '<'} {minimum} (read with {torch.get('python')})")
+        return Evidence(ok, f"torch {version} {'>=' if ok else '<'} {minimum} (read with {_python(ctx, torch)})")
 
     @criterion(r"comfyui\b.*\b(install|running|demarr|lance|started|tourne)")
     def running(self, ctx: Context, result: Result, text: str) -> Evidence:
@@ -656,7 +658,7 @@ class ComfyUISetup(Handler):
         if port and int(port.group(1)) != service["port"]:
             return Evidence(False, f"ComfyUI runs on port {service['port']}, not {port.group(1)}")
         who = f"pid {service['pid']}" if service.get("ours") else "not started by ralph"
-        return Evidence(True, f"ComfyUI {service.get('version')} at {result.data.get('comfyui_dir')} answered "
+        return Evidence(True, f"ComfyUI {service.get('version')} at {ctx.display_path(result.data['comfyui_dir'])} answered "
                               f"/system_stats on 127.0.0.1:{service['port']} through the SSH tunnel ({who})")
 
     @criterion(r"(antelopev2|insightface)\b.*\b(model|fichier|file|telecharg|download|upload|present|place)")
@@ -701,13 +703,14 @@ class ComfyUISetup(Handler):
             found = {f["dest"]: provider.file_info(f["dest"]) for f in files}
         except (MachineError, TaskBlocked) as e:
             return Evidence(None, f"cannot reach the machine to look: {e}")
-        wrong = [f"{f['dest']} is missing" if found[f["dest"]] is None else
-                 f"{f['dest']} is {found[f['dest']].size} bytes, not {f['size']}"  # type: ignore[union-attr]
+        wrong = [f"{ctx.display_path(f['dest'])} is missing" if found[f["dest"]] is None else
+                 f"{ctx.display_path(f['dest'])} is {found[f['dest']].size} bytes, not {f['size']}"  # type: ignore[union-attr]
                  for f in files if found[f["dest"]] is None or found[f["dest"]].size != f["size"]]  # type: ignore[union-attr]
         if wrong:
             return Evidence(False, "; ".join(wrong))
-        return Evidence(True, "; ".join(f"{f['name']} in {posixpath.dirname(f['dest'])}/ ({units.size(f['size'])}, "
-                                        f"sha256 {f['sha256'][:12]}…, {f['how']})" for f in files))
+        return Evidence(True, "; ".join(f"{f['name']} in {ctx.display_path(posixpath.dirname(f['dest']))}/ "
+                                        f"({units.size(f['size'])}, sha256 {f['sha256'][:12]}…, {f['how']})"
+                                        for f in files))
 
 
 def upload_speed(params: dict[str, Any], measures: Measures) -> Figure:
@@ -721,7 +724,11 @@ def upload_speed(params: dict[str, Any], measures: Measures) -> Figure:
                                                  "comfyui.setup's params")
 
 
-def _torch_text(torch: dict[str, Any]) -> str:
+def _python(ctx: Context, torch: dict[str, Any]) -> str:
+    return ctx.display_path(torch["python"]) if torch.get("python") else "?"
+
+
+def _torch_text(ctx: Context, torch: dict[str, Any]) -> str:
     if torch.get("version") is None:
-        return f"torch not importable by {torch.get('python')} ({torch.get('error')})"
+        return f"torch not importable by {_python(ctx, torch)} ({torch.get('error')})"
     return f"torch {torch['version']} ({'ok' if torch['ok'] else 'below ' + torch['min']})"

@@ -158,7 +158,7 @@ class EvaluateImages(Handler):
     def run(self, ctx: Context) -> Result:
         folder = ctx.path(ctx.params["dir"] or _named_folder(ctx) or DEFAULT_DIR)
         folder.mkdir(parents=True, exist_ok=True)
-        records = [dict(r, path=_relative(ctx, _bring(ctx.path(r["path"]), folder))) for r in _sources(ctx)]
+        records = [dict(r, path=ctx.display_path(_bring(ctx.path(r["path"]), folder))) for r in _sources(ctx)]
         for record in records:
             record["size"] = ctx.path(record["path"]).stat().st_size
         previous, previous_note = _previous(ctx, records)
@@ -175,7 +175,7 @@ class EvaluateImages(Handler):
         if reference is not None and best.grain is not None:
             path = folder / f"{Path(best.record['path']).stem}-comparison.png"
             render_comparison(reference, best.pixels, best.grain, best.colour).save(path)
-            comparison = _relative(ctx, path)
+            comparison = ctx.display_path(path)
             files.append(comparison)
 
         rows = []
@@ -188,7 +188,7 @@ class EvaluateImages(Handler):
         success = grain.get("reduced") if previous and grain["verdict"] != "not measurable" else None
         _remember(ctx, records, rows[0])
         best_row = rows[0]
-        summary = f"{len(records)} image(s) in {_relative(ctx, folder)}; {grain['explanation']}"
+        summary = f"{len(records)} image(s) in {ctx.display_path(folder)}; {grain['explanation']}"
         return Result(
             summary=summary,
             files=files,
@@ -216,7 +216,7 @@ class EvaluateImages(Handler):
                 if provider is None:
                     return face.unavailable(reason).as_data()
                 placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
-                by_name = {_relative(ctx, Path(k)): v for k, v in placed.items()}
+                by_name = {ctx.display_path(Path(k)): v for k, v in placed.items()}
                 measure = face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"])
         except (TaskBlocked, MachineError, OSError) as error:  # the face measure is optional: no verdict, no failure
             return face.unavailable(f"the pod could not be reached for the face measure: {error}").as_data()
@@ -284,11 +284,6 @@ class EvaluateImages(Handler):
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _relative(ctx: Context, path: Path) -> str:
-    path = path.resolve()
-    return path.relative_to(ctx.workdir).as_posix() if path.is_relative_to(ctx.workdir) else str(path)
-
-
 def _size(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
 
@@ -311,8 +306,8 @@ def _sources(ctx: Context) -> list[dict[str, Any]]:
         for pattern in patterns:
             matches = sorted(glob.glob(str(ctx.workdir / pattern)))
             if not matches:
-                raise TaskBlocked(f"no image matches `{pattern}` (relative to {ctx.workdir})")
-            records += [{"path": _relative(ctx, Path(m)), "variant": Path(m).stem, "params": {}} for m in matches]
+                raise TaskBlocked(f"no image matches `{pattern}` (relative to the task file's folder)")
+            records += [{"path": ctx.display_path(Path(m)), "variant": Path(m).stem, "params": {}} for m in matches]
         return records
     images = ctx.result_of("images")
     if not images:
@@ -367,7 +362,7 @@ def _previous(ctx: Context, records: list[dict[str, Any]]) -> tuple[dict[str, An
         path = ctx.path(named)
         if not path.is_file():
             return None, f"the previous image `{named}` named by {source} was not found"
-        return {"path": _relative(ctx, path), "source": source}, ""
+        return {"path": ctx.display_path(path), "source": source}, ""
     current = {sha256(ctx.path(r["path"])) for r in records}
     for entry in reversed(_history(ctx)):
         best = entry["best"]

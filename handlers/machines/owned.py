@@ -65,7 +65,7 @@ class UseSshHost(Handler):
             raise TaskBlocked(f"host {ctx.params['host']!r} is not user@host:port")
         key = Path(ctx.params["key"]).expanduser()
         if not key.is_file():
-            raise TaskBlocked(f"no SSH key at {key}")
+            raise TaskBlocked(f"no SSH key at {ctx.display_path(key)}")
         user, host, port = found["user"] or "root", found["host"], int(found["port"] or 22)
         handle = session.MachineHandle(
             id=f"ssh-{user}@{host}-{port}",
