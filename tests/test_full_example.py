@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,7 +43,7 @@ from tests.far.comfyui_server import NODES_DIR, ComfyServer, comfyui_server, ref
 from tests.far.comfyui_server import free_port, require_install
 from tests.far.runpod_emulator import RunPodEmulator, emulated_runpod
 from tests.repo_files import EXAMPLE, REPO
-from tests.test_pod_handlers import A5000, RTX4090, sshd_trusting_public_key
+from tests.test_pod_handlers import A5000, RTX4090
 
 SHIPPED_CONFIG = REPO / "roadmap" / "ralph" / "ralph.yaml"
 NAME = EXAMPLE.name
@@ -53,74 +52,22 @@ PREVIOUS = "output/previous/elena_cfg3.png"
 DOC = "docs/sessions/RALPH-001-grain-reduction.md"
 
 
-# -- the pod's container ----------------------------------------------------------------------------
-def _processes_under(folder: Path) -> list[int]:
-    """Pids whose working directory is inside ``folder``: what lives in the pod's container."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cwd = Path(os.readlink(entry / "cwd"))
-        except OSError:
-            continue
-        if cwd == folder or folder in cwd.parents:
-            found.append(int(entry.name))
-    return found
-
-
-def _kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-class Container:
-    """The emulator's pod sshd, plus what a container gives a pod: ``/workspace`` at a path
-    known before the pod exists (here a link to the emulator's pod folder), and a teardown that
-    takes every process of the pod with it (the ComfyUI comfyui.setup started with setsid
-    included), as terminating a real pod does."""
-
-    def __init__(self, workspace_link: Path) -> None:
-        self.link = workspace_link
-        self.pods: list[Path] = []
-
-    def __call__(self, pod_id: str, workspace: Path, env: dict[str, str]) -> Any:
-        server = sshd_trusting_public_key(pod_id, workspace, env)
-        if self.link.is_symlink():
-            self.link.unlink()
-        self.link.symlink_to(workspace, target_is_directory=True)
-        self.pods.append(workspace.parent.resolve())
-        stop_sshd = server.stop
-
-        def stop() -> None:
-            stop_sshd()
-            _kill_all(_processes_under(workspace.parent.resolve()))
-
-        return server.host, server.port, stop
-
-    def teardown(self) -> None:
-        for folder in self.pods:
-            _kill_all(_processes_under(folder))
+# -- the pod --------------------------------------------------------------------------------------
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """The pod's ``/workspace`` at a path known before the pod exists: the emulator points this
+    link at each pod's workspace, as a container mounts its volume at the same path every time."""
+    return tmp_path / "pod-workspace"
 
 
 @pytest.fixture
-def container(tmp_path: Path) -> Iterator[Container]:
-    c = Container(tmp_path / "pod-workspace")
-    yield c
-    c.teardown()
-
-
-@pytest.fixture
-def emu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, container: Container) -> Iterator[RunPodEmulator]:
-    generator = emulated_runpod(tmp_path / "runpod", monkeypatch, start_ssh=container, kill_grace_s=0.3)
-    emulator = next(generator)
-    monkeypatch.setenv("RUNPOD_API_KEY", emulator.api_key)
+def emu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace: Path) -> Iterator[RunPodEmulator]:
     monkeypatch.setenv("RALPH_STATE_HOME", str(tmp_path / "ralph-state"))
-    yield emulator
-    yield from generator
+    emulator: RunPodEmulator
+    for emulator in emulated_runpod(tmp_path / "runpod", monkeypatch, kill_grace_s=0.3, workspace_link=workspace):
+        emulator.rate_limit_policy = (("minute", 100_000, 60),)  # the test polls every 0.1 s
+        yield emulator
+        assert emulator.request_violations == []
 
 
 # -- the project ------------------------------------------------------------------------------------
@@ -259,14 +206,14 @@ def assert_key_absent(key: str, *roots: Path) -> None:
 
 # -- the test ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmulator, container: Container,
+def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmulator, workspace: Path,
                                                 comfyui_server: ComfyServer) -> None:  # noqa: F811
     home = require_install()
     models = tiny_models.ensure_models(home)
     port = free_port()
     project = tmp_path / "project"
     previous_session_image(comfyui_server, project / PREVIOUS, tmp_path / "baseline")
-    file = make_project(project, example_params(tmp_path, home, models, container.link, port))
+    file = make_project(project, example_params(tmp_path, home, models, workspace, port))
     original = file.read_bytes()
 
     first = ralph_run(file)
@@ -284,7 +231,7 @@ def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmula
         assert all(c.checked for c in task.criteria), (number, task_block(text, number))
         for c in task.criteria:
             assert verdict_line(task_block(text, number), c.text).startswith("- ✔ verified: ")
-    assert "with GPU RTX A5000" in task_block(text, 1)
+    assert "with GPU NVIDIA RTX A5000" in task_block(text, 1)
     assert f"answered /system_stats on 127.0.0.1:{port}" in task_block(text, 2)
     assert "torch 2." in task_block(text, 2)
 
@@ -319,7 +266,7 @@ def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmula
     # Task 6: the session document stands on its own.
     doc = (project / DOC).read_text("utf-8")
     for expected in ("## Session ", f"`{NAME}`", "**Parameters**", "`cfg=7`", "`denoise2=0.25`", "`width=64`",
-                     "**Pod**: RTX A5000, $0.27/h", "**cost**: $", f"**Previous image**: `{PREVIOUS}`",
+                     "**Pod**: NVIDIA RTX A5000, $0.27/h", "**cost**: $", f"**Previous image**: `{PREVIOUS}`",
                      "### Measures", "**Grain**", "**Colours**", "**Face**", "### Verdict", "**Result**"):
         assert expected in doc, (expected, doc)
     links = re.findall(r"\]\(([^)]+)\)", doc)
@@ -329,7 +276,7 @@ def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmula
 
     # One pod, gone; its ComfyUI went with it.
     assert emu.pods_created == 1 and emu.live_pods() == []
-    assert emu.all_pods[0].terminated and not comfyui_answers(port)
+    assert emu.all_pods[0].status == "TERMINATED" and not comfyui_answers(port)
 
     # Paths for people are relative to the project (or ~/…): neither the project's folder nor the
     # home folder appears. Task 1's block is runpod.create's, which the RunPod rewrite brings in line.
