@@ -28,6 +28,7 @@ from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFa
 from .model import FINISHED, Task, TaskFile
 from .parser import ParseError, normalise
 from .plan import Plan, Step, make_plan
+from . import secrets
 from .secrets import redact
 from .state import EventLog, RunLock, RunState, now, state_dir_for
 
@@ -118,6 +119,7 @@ class Runner:
         self._latest: TaskFile | None = None  # the file as last written
 
     def run(self) -> RunSummary:
+        secrets.refresh()  # the secrets of the environment this run started in, read once
         plan = make_plan(self.path)
         directory = state_dir_for(self.path)
         # Bad input is refused before anything is created on disk (not even the lock)...

@@ -221,14 +221,6 @@ def connect(ctx: Context) -> tuple[MachineHandle, Machine]:
     return handle, attach(handle)
 
 
-@contextmanager
-def pod_provider(ctx: Context) -> Iterator[Machine]:
-    """``connect`` as a context manager, for handlers written that way; the connection stays
-    open for later tasks (it is the process's, closed when the pod is terminated or the run ends)."""
-    _, ssh = connect(ctx)
-    yield ssh
-
-
 COMFYUI_PORT = 8188
 
 
