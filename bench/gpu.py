@@ -228,7 +228,7 @@ def ralph_run(work: Path, name: str, comfyui_base: Path, size: tuple[int, int], 
     return RalphRun(len(images), t1 - t0, execution, tasks, *gpu.between(t0, t1))
 
 
-def import_seconds() -> tuple[float, float]:
+def import_seconds(cwd: Path) -> tuple[float, float]:
     """``python -c pass`` and the same importing what a run on machine.local imports (medians of 5)."""
     modules = ("ralph.cli, ralph.handlers.machines.owned, ralph.handlers.machines.pod_shell, "
                "ralph.handlers.comfyui.run, ralph.handlers.comfyui.client, ralph.handlers.images.evaluate")
@@ -237,7 +237,7 @@ def import_seconds() -> tuple[float, float]:
         times = []
         for _ in range(5):
             t0 = time.monotonic()
-            subprocess.run([sys.executable, "-c", code], check=True)
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=cwd)  # not beside a ralph/ source folder
             times.append(time.monotonic() - t0)
         return statistics.median(times)
 
@@ -381,7 +381,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(server.log, args.out / "comfyui.log")
     png = next((work / "single0" / "output").rglob("*.png"))
-    table, figures = report(gpu.name_of_card, cold, alone, single, sweep, import_seconds(), grain_seconds(png))
+    table, figures = report(gpu.name_of_card, cold, alone, single, sweep, import_seconds(work), grain_seconds(png))
     (args.out / "gpu-bench.json").write_text(json.dumps(figures, indent=1, default=str))
     print(table)
     if args.work is None:
