@@ -257,6 +257,7 @@ def grain_seconds(png: Path) -> dict[str, float]:
     luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     measures = {"ralph measure_grain": lambda: measure_grain(rgb)}
     try:
+        import pywt  # noqa: F401 (estimate_sigma needs it, and says so only when called)
         from skimage.restoration import estimate_sigma
 
         measures["skimage estimate_sigma (luma)"] = lambda: estimate_sigma(luma)
