@@ -317,8 +317,8 @@ def report(card: str, cold: Image_, alone: list[Image_], single: list[RalphRun],
                                                      f"{fmt(median([i.peak_gib for i in alone]), 'GiB', 1)}"),
         ("ralph, one image: ComfyUI execution", fmt(median([r.execution for r in single]))),
         ("  comfyui.run overhead (task − execution)", fmt(comfy_overhead(single), digits=3)),
-        ("    as a share of the execution", fmt(100 * comfy_overhead(single) / exec_alone, "%", 1)
-         if exec_alone and comfy_overhead(single) is not None else "—"),
+        ("    as a share of the execution", fmt(100 * comfy_overhead(single) / median([r.execution for r in single]), "%", 1)
+         if single and comfy_overhead(single) is not None else "—"),
         ("  whole `ralph run` overhead, without images.evaluate", fmt(whole(single, True), digits=3)),
         ("  images.evaluate", fmt(median([r.tasks.get("images.evaluate") for r in single]), digits=3)),
         ("  machine.local", fmt(median([r.tasks.get("machine.local") for r in single]), digits=3)),
