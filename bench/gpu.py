@@ -17,6 +17,13 @@ every figure to ``--out``/gpu-bench.json.
     python bench/gpu.py --comfyui PATH/TO/ComfyUI [--python PY] [-n 3] [--out DIR]
 
 ``--tiny`` uses the tests' tiny SD1.5 checkpoint at 64×64 on the CPU: a dry run of the script.
+
+On a GPU machine with no network (what the README's H100 figures were measured with): ComfyUI's
+source without its tests as a tarball; wheels for what the machine's Python lacks (ralph's own,
+mistune, websockets, tenacity, httpx and rich with their needs, torchsde, trampoline, PyWavelets)
+installed with ``pip install --no-index --no-deps --target``; ComfyUI without its frontend
+(``-- --front-end-root DIR`` holding a one-line index.html); and, where PyAV is absent, an import
+stub for ``av`` on PYTHONPATH (v0.3.75 imports it at start; this graph never uses it).
 """
 
 from __future__ import annotations
