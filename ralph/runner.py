@@ -29,6 +29,7 @@ from .errors import RalphError
 from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
 from .parser import ParseError, normalise
+from . import secrets
 from .plan import Plan, Step, make_plan, missing_env
 from .secrets import redact
 from .state import EventLog, RunLock, RunState, now, state_dir_for
@@ -146,6 +147,7 @@ class Runner:
         self._latest: TaskFile | None = None  # the file as last written
 
     def run(self) -> RunSummary:
+        secrets.refresh()  # the secrets of the environment this run started in, read once
         plan = make_plan(self.path)
         directory = state_dir_for(self.path)
         # Bad input is refused before anything is created on disk (not even the lock)...

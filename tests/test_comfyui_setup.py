@@ -36,7 +36,7 @@ from ralph.handler import Evidence, Handler, Param, Result, criterion
 from ralph.handlers.comfyui import run, setup
 from ralph.handlers.machines import session
 from ralph.handlers.machines.ssh import SshMachine, SshTarget
-from ralph.handlers.machines.tunnel import forward
+from ralph.handlers.machines.forwarding import forward
 from ralph.measures import UPLOAD_SPEED, Measures
 from ralph.parser import parse_file
 from ralph.plan import make_plan

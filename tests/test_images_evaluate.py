@@ -332,6 +332,26 @@ def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
         assert verdict.verified is None and "insightface not importable" in verdict.detail
 
 
+def test_whether_insightface_is_there_is_probed_once_per_machine_and_python(tmp_path: Path) -> None:
+    pod = tmp_path / "pod"
+    fake_insightface(pod / "site")
+    calls = tmp_path / "calls"
+    python = {}
+    for name, path in (("with", pod / "site"), ("without", tmp_path / "empty")):
+        python[name] = tmp_path / f"python-{name}"
+        python[name].write_text(f'#!/bin/sh\necho "$@" >> {calls}\nPYTHONPATH={path} exec {sys.executable} "$@"\n')
+        python[name].chmod(0o755)
+    with LocalMachine(pod, hash_cache=tmp_path / "cache.json") as provider:
+        for _ in range(2):
+            assert face.missing_insightface(provider, "machine-a", str(python["with"])) == ""
+            missing = face.missing_insightface(provider, "machine-a", str(python["without"]))
+            assert missing == f"insightface not importable by {python['without']} on the machine"
+        assert face.missing_insightface(provider, "machine-b", str(python["without"])) == missing
+        assert face.missing_insightface(provider, "machine-b", str(tmp_path / "nope")).startswith(
+            f"{tmp_path / 'nope'} did not run on the machine (exit 127)")
+    assert len(calls.read_text().splitlines()) == 3, "one probe per machine and Python"
+
+
 def test_copying_never_overwrites_a_different_file_of_the_same_name(tmp_path: Path) -> None:
     from ralph.handlers.images import evaluate
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from ralph.parser import parse_file
+from ralph.runner import EXIT_REVIEW
 from tests.engine.project import Project
 from tests.far.sshd import SshServer
 
@@ -91,3 +94,89 @@ def test_an_ssh_host_that_does_not_answer_fails_the_task_and_holds_nothing(tmp_p
     file, _ = parse_file(project.file)
     assert [t.status for t in file.tasks] == ["FAILED", "SKIPPED", "DONE"]
     assert "no machine to release" in project.file.read_text()
+
+
+WITHOUT_SSH = """\
+import sys
+
+class NoSshStack:  # as if paramiko, fabric and invoke were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("paramiko", "fabric", "invoke"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, NoSshStack())
+from ralph.cli import main
+sys.exit(main())
+"""
+
+LOCAL_EVALUATION = """# RALPH-TASK: Grain on my own machine
+
+## Tasks
+
+### 1. Use the machine
+**Priority**: HIGH
+**Status**: PENDING
+**Handler**: machine.local
+**Acceptance Criteria**:
+- [ ] Machine answers
+
+```yaml
+workspace: box
+```
+
+---
+
+### 2. Make a picture there
+**Priority**: HIGH
+**Status**: PENDING
+**Handler**: pod.shell
+**Acceptance Criteria**:
+- [ ] Script runs sans erreur
+
+```bash
+cp ref.png picture.png
+```
+
+---
+
+### 3. Evaluate it
+**Priority**: HIGH
+**Status**: PENDING
+**Handler**: images.evaluate
+**Acceptance Criteria**:
+- [ ] Image téléchargée dans `evaluated/`
+- [ ] Qualité visage maintenue
+
+```yaml
+images: [box/picture.png]
+face_reference: ref.png
+python: {python}
+```
+
+## Exit Conditions
+- Done
+"""
+
+
+def test_machine_local_shell_and_evaluate_run_without_the_ssh_stack(tmp_path: Path) -> None:
+    """paramiko, fabric and invoke made unimportable: this machine needs none of them, and the
+    face measure runs in its workspace (the images go to a folder inside it, not /tmp)."""
+    from tests.test_images_evaluate import fake_insightface, save, scene
+
+    save(tmp_path / "box" / "ref.png", scene(seed=3))
+    fake_insightface(tmp_path / "site")
+    python = tmp_path / "python-with-insightface"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={tmp_path / "site"} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    file = tmp_path / "RALPH-001-local.md"
+    file.write_text(LOCAL_EVALUATION.format(python=python), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-c", WITHOUT_SSH, "run", file.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == EXIT_REVIEW, done.stdout + done.stderr  # no check for "Machine answers"
+    parsed, _ = parse_file(file)
+    assert [t.status for t in parsed.tasks] == ["NEEDS_REVIEW", "DONE", "DONE"], file.read_text()
+    assert all(c.checked for c in parsed.task(3).criteria)  # type: ignore[union-attr]
+    text = file.read_text()
+    assert "ArcFace similarity to the reference 1.000" in text
+    assert (tmp_path / "box" / "ralph-face" / "picture.png").is_file(), "copied inside the workspace"

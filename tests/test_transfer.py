@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.far.sshd import SshServer, start_sshd
-from ralph.handlers.machines import transfer
+from ralph.handlers.machines import hashing
 from ralph.handlers.machines.ssh import SshMachine, SshTarget
 from ralph.handlers.machines.transfer import TransferInterrupted
 
@@ -76,7 +76,7 @@ def test_caches_spare_rehashing_and_track_changes(ssh, sshd, tmp_path) -> None:
     assert not ssh.put(src, "big.bin").skipped
     assert entries[0].read_text().split()[-1] == real.strip()
     # Local cache: reused while unchanged, recomputed once the file is rewritten.
-    cache = transfer.HashCache(tmp_path / "c.json")
+    cache = hashing.HashCache(tmp_path / "c.json")
     cache.record(src, "f" * 64)
     assert cache.sha256(src) == "f" * 64
     src.write_bytes(src.read_bytes())

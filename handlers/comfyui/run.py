@@ -11,9 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
-
 from ralph import units
 from ralph.config import load_config
 from ralph.context import Context, EstimateContext
@@ -32,6 +29,7 @@ from ralph.handler import (
     criterion,
 )
 from ralph.handlers.comfyui import workflow as wf
+from ralph.handlers.images import pngtext
 from ralph.measures import SECONDS_PER_IMAGE, Measures
 from ralph.model import Task, TaskFile
 from ralph.state import state_dir_for
@@ -233,14 +231,7 @@ def _stamp_png(path: Path, values: dict[str, Any]) -> None:
     """Record the variant's parameters in the PNG, keeping ComfyUI's own text chunks."""
     if path.suffix.lower() != ".png":
         return
-    with Image.open(path) as image:
-        info = PngInfo()
-        for key, value in image.text.items():
-            if key != PNG_KEY:
-                info.add_text(key, value)
-        info.add_text(PNG_KEY, json.dumps(values, sort_keys=True, default=str))
-        image.load()
-        image.save(path, pnginfo=info)
+    pngtext.set_text(path, PNG_KEY, json.dumps(values, sort_keys=True, default=str))
 
 
 @contextmanager

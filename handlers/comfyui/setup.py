@@ -488,7 +488,7 @@ def _stats(url: str) -> dict[str, Any] | None:
 
 def ensure_service(provider: Machine, layout: Layout, python: str, port: int, args: list[str],
                    timeout: float, log: Callable[[str], None]) -> dict[str, Any]:
-    from ralph.handlers.machines.tunnel import forward
+    from ralph.handlers.machines.forwarding import forward
 
     pid = service_pid(provider, layout)
     with forward(provider, remote_port=port) as tunnel:

@@ -17,8 +17,6 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from PIL import Image
 
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
-from ralph.handlers.machines.base import MachineError
+from ralph.handlers.machines.base import Machine, MachineError
 from ralph.model import Task
 from ralph.state import now
 
@@ -142,7 +140,8 @@ class EvaluateImages(Handler):
         "face_reference": Param((str, type(None)), None, "face reference on the pod; default: <comfyui_dir>/input/<face_image>"),
         "comfyui_dir": Param(str, "/workspace/ComfyUI", "ComfyUI's folder on the pod"),
         "python": Param(str, "python3", "the pod's Python that has insightface (ComfyUI's)"),
-        "face_remote_dir": Param(str, "/tmp/ralph-face", "where images are copied on the pod for the face measure"),
+        "face_remote_dir": Param(str, "ralph-face", "where images are copied on the machine for the face measure "
+                                 "(relative: in its working folder)"),
     }
 
     def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
@@ -212,12 +211,14 @@ class EvaluateImages(Handler):
         local = [ctx.path(r["path"]) for r in records] + ([ctx.path(previous["path"])] if previous else [])
         root = ctx.params["comfyui_dir"].rstrip("/") + "/models/insightface"
         try:
-            with pod_provider(ctx) as (provider, reason):
-                if provider is None:
-                    return face.unavailable(reason).as_data()
-                placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
-                by_name = {ctx.display_path(Path(k)): v for k, v in placed.items()}
-                measure = face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"])
+            provider, machine, reason = held_machine(ctx)
+            if provider is None:
+                return face.unavailable(reason).as_data()
+            if missing := face.missing_insightface(provider, machine, ctx.params["python"]):
+                return face.unavailable(missing).as_data()
+            placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
+            by_name = {ctx.display_path(Path(k)): v for k, v in placed.items()}
+            measure = face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"])
         except (TaskBlocked, MachineError, OSError) as error:  # the face measure is optional: no verdict, no failure
             return face.unavailable(f"the pod could not be reached for the face measure: {error}").as_data()
         return measure.as_data()
@@ -426,21 +427,17 @@ def _face_reference(ctx: Context) -> str | None:
     return name if name.startswith("/") else f"{ctx.params['comfyui_dir'].rstrip('/')}/input/{name}"
 
 
-@contextmanager
-def pod_provider(ctx: Context) -> Iterator[tuple[Any, str]]:
-    """A provider (SSH connection) for the pod an earlier task holds, or None and why not.
+def held_machine(ctx: Context) -> tuple[Machine | None, str, str]:
+    """A provider for the machine an earlier task holds and that machine's id, or None and why not.
 
-    The face measure is the only step here that needs the pod; this is its one door to it.
+    The face measure is the only step here that needs the machine; this is its one door to it.
     """
     from ralph.handlers.machines import session
 
     if ctx.resources.get(session.RESOURCE) is None:
-        yield None, "no machine is held; the face measure runs on the machine, where insightface is"
-        return
-    open_pod = session.pod_provider
-
-    with open_pod(ctx) as provider:  # records that this task used the pod
-        yield provider, ""
+        return None, "", "no machine is held; the face measure runs on the machine, where insightface is"
+    handle, provider = session.connect(ctx)  # records that this task used the machine
+    return provider, handle.id, ""
 
 
 # -- history: what a later run compares against ------------------------------------------

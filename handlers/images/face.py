@@ -77,6 +77,11 @@ print(json.dumps(out))
 """
 
 
+# Runs on the machine: is insightface there? Found, not imported (its import alone takes seconds).
+PROBE = "import importlib.util, sys; sys.exit(importlib.util.find_spec('insightface') is None)"
+_missing: dict[tuple[str, str], str] = {}  # (machine id, Python) → why the measure cannot run there
+
+
 @dataclass(frozen=True)
 class FaceMeasure:
     """Similarities of images to the reference; ``available`` False when nothing was measured."""
@@ -140,6 +145,25 @@ def measure_faces(
     if count == 0:
         return FaceMeasure(False, f"no face found in the reference {reference}", count, similarities, faces)
     return FaceMeasure(True, how, count, similarities, faces)
+
+
+def missing_insightface(provider: Machine, machine: str, python: str = "python3") -> str:
+    """Why the face measure cannot run on ``machine`` with ``python``, "" when it can.
+
+    Probed once per machine and Python in this process and remembered, so that a machine without
+    insightface costs one Python start on it, not an upload and a script at every evaluation.
+    Machine errors are not remembered: they propagate, and the next evaluation probes again.
+    """
+    key = (machine, python)
+    if key not in _missing:
+        answer = provider.run(remote_shell.join(python, "-c", PROBE), check=False, timeout=60)
+        if answer.exit_code == 1 and not answer.stderr.strip():
+            _missing[key] = f"insightface not importable by {python} on the machine"
+        elif not answer.ok:
+            _missing[key] = f"{python} did not run on the machine (exit {answer.exit_code}): {answer.stderr.strip()[-200:]}"
+        else:
+            _missing[key] = ""
+    return _missing[key]
 
 
 def upload_images(provider: Machine, local: list[Path], remote_dir: str) -> dict[str, str]:

@@ -9,9 +9,13 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from ralph.handlers.machines.base import (CommandFailed, CommandResult, CommandTimeout, FileInfo,
+from ralph.handlers.machines.base import (CommandFailed, CommandResult, CommandTimeout, FileInfo, MachineError,
                                           Progress, Machine, TransferFailed, TransferResult)
-from ralph.handlers.machines.transfer import CHUNK, HashCache, sha256_file
+from ralph.handlers.machines.hashing import CHUNK, HashCache, sha256_file
+
+
+class OutsideRoot(MachineError, ValueError):
+    """A path that would leave the machine's root: refused like any other machine refuses a path."""
 
 
 class LocalMachine(Machine):
@@ -25,7 +29,7 @@ class LocalMachine(Machine):
     def path(self, remote: str) -> Path:
         p = (self.root / remote).resolve()
         if p != self.root and self.root not in p.parents:
-            raise ValueError(f"{remote!r} is outside {self.root}")
+            raise OutsideRoot(f"{remote!r} is outside {self.root}")
         return p
 
     def run(self, command: str, *, check: bool = True, timeout: float | None = None,

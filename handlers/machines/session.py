@@ -221,14 +221,6 @@ def connect(ctx: Context) -> tuple[MachineHandle, Machine]:
     return handle, attach(handle)
 
 
-@contextmanager
-def pod_provider(ctx: Context) -> Iterator[Machine]:
-    """``connect`` as a context manager, for handlers written that way; the connection stays
-    open for later tasks (it is the process's, closed when the pod is terminated or the run ends)."""
-    _, ssh = connect(ctx)
-    yield ssh
-
-
 COMFYUI_PORT = 8188
 
 
@@ -237,7 +229,7 @@ def comfyui_url(ctx: Context, port: int = COMFYUI_PORT) -> Iterator[str]:
     """A local URL for ComfyUI on the held pod, through an SSH tunnel: the pod exposes no public
     port but 22/tcp, and ComfyUI listens on the pod's 127.0.0.1."""
     _, ssh = connect(ctx)
-    from ralph.handlers.machines import tunnel
+    from ralph.handlers.machines.forwarding import forward
 
-    with tunnel.forward(ssh, remote_port=port) as forwarded:
+    with forward(ssh, remote_port=port) as forwarded:
         yield forwarded.url

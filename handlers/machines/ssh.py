@@ -19,7 +19,7 @@ from pathlib import Path
 
 import paramiko
 
-from ralph.handlers.machines import remote_shell, transfer
+from ralph.handlers.machines import hashing, remote_shell, transfer
 from ralph.handlers.machines.hostkeys import HostKeyChanged, HostKeyStore, entry_name
 from ralph.handlers.machines.base import (CommandFailed, CommandResult, CommandTimeout,
                                           FileInfo, Progress, Machine, MachineError,
@@ -73,7 +73,7 @@ class SshMachine(Machine):
         defaults to ``sha256-cache.json`` beside ``known_hosts``)."""
         self.target = target
         self.host_keys = HostKeyStore(known_hosts)
-        self.hashes = transfer.HashCache(hash_cache or Path(known_hosts).with_name("sha256-cache.json"))
+        self.hashes = hashing.HashCache(hash_cache or Path(known_hosts).with_name("sha256-cache.json"))
         self.connect_timeout = connect_timeout
         self.connect_attempts = connect_attempts
         self.keepalive = keepalive

@@ -12,8 +12,6 @@ file costs a stat and one round trip instead of a full re-hash.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import posixpath
 import re
@@ -21,7 +19,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +28,11 @@ import paramiko
 
 from ralph.handlers.machines import remote_shell
 from ralph.handlers.machines.base import Progress, MachineError, TransferFailed, TransferResult
+from ralph.handlers.machines.hashing import CHUNK, sha256_file
 
 if TYPE_CHECKING:
     from ralph.handlers.machines.ssh import SshMachine
 
-CHUNK = 1 << 20
 Method = Literal["auto", "rsync", "sftp"]
 # rsync exit codes that mean the link or the far side went away: worth resuming.
 _RSYNC_INTERRUPTED = {10, 12, 20, 30, 35, 255}
@@ -54,64 +51,6 @@ class TransferInterrupted(MachineError):
 def part_name(path: str) -> str:
     head, tail = posixpath.split(path)
     return posixpath.join(head, f".{tail}.ralph-part")
-
-
-# -- local hashing ----------------------------------------------------------------------------
-def sha256_file(path: Path, progress: Progress | None = None, start: int = 0) -> str:
-    h = hashlib.sha256()
-    total = path.stat().st_size
-    done = 0
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK * 8):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(start + done, total)
-    return h.hexdigest()
-
-
-def _stamp(st: os.stat_result) -> list[int]:
-    # ctime cannot be set back by touch, so an in-place rewrite always invalidates the entry.
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
-class HashCache:
-    """sha256 of local files, reused while (size, mtime, ctime, inode) are unchanged."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-
-    def _load(self) -> dict[str, list]:
-        try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-
-    def lookup(self, path: Path) -> str | None:
-        entry = self._load().get(str(path.resolve()))
-        if entry and entry[:-1] == _stamp(path.stat()):
-            return entry[-1]
-        return None
-
-    def record(self, path: Path, sha256: str, stamp: list[int] | None = None) -> None:
-        with self._lock:
-            data = self._load()
-            data[str(path.resolve())] = [*(stamp or _stamp(path.stat())), sha256]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sha256-cache.")
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, self.path)
-
-    def sha256(self, path: Path) -> str:
-        if (known := self.lookup(path)) is not None:
-            return known
-        before = _stamp(path.stat())
-        digest = sha256_file(path)
-        if _stamp(path.stat()) == before:  # changed while hashing: do not cache a torn read
-            self.record(path, digest, before)
-        return digest
 
 
 # -- the remote side --------------------------------------------------------------------------

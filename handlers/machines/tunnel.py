@@ -3,10 +3,7 @@
 ComfyUI on a pod listens on 127.0.0.1 only, so it is reached through this tunnel and never
 through a public port. A listening socket on this machine's 127.0.0.1 accepts connections;
 each is carried in a paramiko ``direct-tcpip`` channel to ``remote_host:remote_port`` as the
-pod sees it, pumped both ways by one thread per connection::
-
-    with forward(provider, remote_port=8188) as tunnel:
-        httpx.get(f"{tunnel.url}/system_stats")
+pod sees it, pumped both ways by one thread per connection (``forwarding.forward`` makes one for an SSH machine).
 
 Each new connection asks the provider for its transport, so after the SSH connection drops
 the next connection reconnects; connections open at the drop are closed at once (their
@@ -19,19 +16,15 @@ from __future__ import annotations
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import paramiko
 
-from ralph.handlers.machines.base import Machine, MachineError
+from ralph.handlers.machines.base import MachineError
+from ralph.handlers.machines.forwarding import TunnelError
 
 _BUFFER = 1 << 16
 _POLL_S = 0.5  # how often an idle connection looks at the transport (drop detection)
-
-
-class TunnelError(MachineError):
-    """The tunnel could not carry a connection: the SSH link dropped or the far port refused."""
 
 
 class Tunnel:
@@ -201,43 +194,3 @@ class Tunnel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class Direct:
-    """The same interface as ``Tunnel`` for a machine that is this one: no forwarding needed."""
-
-    error: str | None = None
-
-    def __init__(self, port: int):
-        self.port = port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def check(self) -> None:
-        """Nothing can drop: there is no tunnel."""
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
-@contextmanager
-def forward(provider: Machine, remote_port: int, *, remote_host: str = "127.0.0.1",
-            local_port: int = 0) -> Iterator[Tunnel | Direct]:
-    """Forward a 127.0.0.1 port here to ``remote_host:remote_port`` on ``provider``'s machine.
-
-    An ``SshMachine`` gets a real tunnel over its SSH connection; a provider without
-    ``transport()`` (``LocalMachine``) is this machine, so the port is used as it is.
-    """
-    transport = getattr(provider, "transport", None)
-    if transport is None:
-        yield Direct(remote_port)
-        return
-    target = getattr(provider, "target", None)
-    where = f"{target.user}@{target.host}:{target.port}" if target is not None else "the SSH server"
-    tunnel = Tunnel(transport, remote_port, remote_host=remote_host, local_port=local_port, where=where)
-    try:
-        yield tunnel
-    finally:
-        tunnel.close()

@@ -88,7 +88,7 @@ class ComfyServer:
             self._log = None
 
 
-def _prepare_base(base: Path, models: Path) -> None:
+def prepare_base(base: Path, models: Path) -> None:
     base.mkdir(parents=True, exist_ok=True)
     (base / "models").symlink_to(models / "models", target_is_directory=True)
     # Copied, not linked: ComfyUI writes __pycache__ beside them, and uploads into input/.
@@ -105,7 +105,7 @@ def start_server(base: Path, home: Path | None = None, port: int | None = None,
     process dies or does not answer within ``timeout`` seconds."""
     home = home or tiny_models.comfyui_home()
     models = tiny_models.ensure_models(home)
-    _prepare_base(base, models)
+    prepare_base(base, models)
     port = port or free_port()
     log_path = base / "server.log"
     log = open(log_path, "wb")
