@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,9 +132,11 @@ class ComfyRun(Handler):
         done[variant.label] = record
         ctx.memory["variants"] = done  # saved before submitting: a resume finds this prompt
         ctx.log(f"{variant.label}: prompt {record['prompt_id']}")
+        first_step: list[float] = []  # when the server reported its first step (bench/volume_cache.py)
         with ctx.progress(f"ComfyUI {variant.label}", None) as bar:
 
             def progress(node: str, value: int, maximum: int) -> None:
+                first_step[:] = first_step or [time.time()]
                 kind = variant.graph.get(node, {}).get("class_type", "?")
                 bar.update(value, maximum, f"{variant.label}: node {node} ({kind}) step {value}/{maximum}")
 
@@ -163,6 +166,7 @@ class ComfyRun(Handler):
                     "prompt_id": result.prompt_id,
                     "seed": values.get("seed"),
                     "server_seconds": result.server_seconds,
+                    "first_step_at": first_step[0] if first_step else None,
                 }
             )
         record["images"] = images
