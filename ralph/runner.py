@@ -168,10 +168,13 @@ class Runner:
         outcomes: list[Outcome] = []
         stop_reason = ""
         interrupted = False
+        skipped: list[Step] = []  # marked together, in one write, before the next clean-up task
         for step in steps:
             if stop_reason and not _is_cleanup(step):
-                outcomes.append(self._skip(step, stop_reason, events))
+                skipped.append(step)
                 continue
+            outcomes += self._skip(skipped, stop_reason, events)
+            skipped = []
             self.cleaning = bool(stop_reason)
             try:
                 outcome = self._execute(plan, step, state, events)
@@ -185,6 +188,7 @@ class Runner:
             outcomes.append(outcome)
             if outcome.status in ("FAILED", "BLOCKED") and not stop_reason:
                 stop_reason = f"task {step.task.number} {outcome.status.lower()}"
+        outcomes += self._skip(skipped, stop_reason, events)
         self.cleaning = False
         # --only runs one task: judging the whole file from it would say little.
         final = self._final(plan, state, events) if outcomes and self.only is None else []
@@ -289,12 +293,18 @@ class Runner:
             results={int(n): r["result"] for n, r in state.data["tasks"].items() if "result" in r},
         )
 
-    def _skip(self, step: Step, reason: str, events: EventLog) -> Outcome:
-        outcome = Outcome(step.task.number, step.task.title, "SKIPPED", error=f"skipped: {reason}")
-        self._write([SetStatus(step.task.number, "SKIPPED"), SetResults(step.task.number, tuple(_results_lines(outcome)))])
-        events.write("task_skipped", task=step.task.number, reason=reason)
-        self.reporter.task_finished(step.task, outcome)
-        return outcome
+    def _skip(self, steps: list[Step], reason: str, events: EventLog) -> list[Outcome]:
+        """Mark ``steps`` SKIPPED in one write: after Ctrl-C, a thousand tasks cost no more than one."""
+        if not steps:
+            return []
+        outcomes = [Outcome(s.task.number, s.task.title, "SKIPPED", error=f"skipped: {reason}") for s in steps]
+        edits: list[Edit] = []
+        for outcome in outcomes:
+            edits += [SetStatus(outcome.number, "SKIPPED"), SetResults(outcome.number, tuple(_results_lines(outcome)))]
+        self._write(edits)
+        events.write("tasks_skipped", tasks=[o.number for o in outcomes], reason=reason)
+        self.reporter.tasks_skipped([s.task for s in steps], outcomes)
+        return outcomes
 
     def _interrupted(self, step: Step, events: EventLog) -> Outcome:
         """The task stays IN_PROGRESS: the next run resumes it with what its handler saved."""

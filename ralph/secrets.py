@@ -6,6 +6,7 @@ variables whose names say they are secret are replaced by ``***``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
@@ -20,19 +21,33 @@ def secret_values() -> list[str]:
     return sorted(values, key=len, reverse=True)  # longest first: one may contain another
 
 
-def redact(text: str) -> str:
-    for value in secret_values():
+def redact(text: str, values: list[str] | None = None) -> str:
+    for value in secret_values() if values is None else values:
         if value in text:
             text = text.replace(value, MASK)
     return text
 
 
-def redact_data(data: Any) -> Any:
+def redact_data(data: Any, values: list[str] | None = None) -> Any:
     """``redact`` applied to every string inside JSON-like data."""
+    values = secret_values() if values is None else values
     if isinstance(data, str):
-        return redact(data)
+        return redact(data, values)
     if isinstance(data, dict):
-        return {redact_data(k): redact_data(v) for k, v in data.items()}
+        return {redact_data(k, values): redact_data(v, values) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [redact_data(v) for v in data]
+        return [redact_data(v, values) for v in data]
     return data
+
+
+def redacted_json(data: Any) -> str:
+    """``data`` as JSON with every secret inside its strings masked.
+
+    A secret inside a string shows in the JSON as its own JSON encoding, so when no
+    encoding shows, the text is already clean and the data need not be walked.
+    """
+    body = json.dumps(data, ensure_ascii=False, sort_keys=True)
+    values = secret_values()
+    if any(json.dumps(value, ensure_ascii=False)[1:-1] in body for value in values):
+        body = json.dumps(redact_data(data, values), ensure_ascii=False, sort_keys=True)
+    return body

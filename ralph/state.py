@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import LockedError
-from .secrets import redact, redact_data
+from .secrets import redact, redacted_json
 from .textfile import write_atomically
 
 
@@ -45,8 +45,8 @@ class RunState:
 
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        body = json.dumps(redact_data(self.data), indent=1, ensure_ascii=False, sort_keys=True)
-        write_atomically(self.path, body.encode("utf-8"))
+        # Compact JSON: the encoder that indents is pure Python, and this runs twice a task.
+        write_atomically(self.path, redacted_json(self.data).encode("utf-8"))
 
     def task(self, number: int) -> dict[str, Any]:
         return self.data["tasks"].setdefault(str(number), {})
@@ -134,8 +134,9 @@ class EventLog:
     def write(self, event: str, **fields: Any) -> None:
         record = {"time": now(), "run": self.run_id, "event": event, **fields}
         self._file.write(redact(json.dumps(record, ensure_ascii=False, default=str)) + "\n")
+        # Flushed, so a crash of ralph loses nothing; not fsynced: a log is not worth a disk
+        # round trip per line (state.json and the task file are, in write_atomically).
         self._file.flush()
-        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
