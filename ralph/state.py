@@ -32,7 +32,9 @@ def now() -> str:
 
 
 def state_dir_for(task_file: Path) -> Path:
-    return task_file.resolve().parent / ".ralph" / task_file.stem
+    """The state folder of the file itself: every link to it shares the same one."""
+    real = task_file.resolve()
+    return real.parent / ".ralph" / real.stem
 
 
 class RunState:
@@ -143,14 +145,50 @@ class EventLog:
 
 
 class RunLock:
-    """One run per task file: an exclusive ``flock`` that dies with the process holding it."""
+    """One run per task file: an exclusive ``flock`` that dies with the process holding it.
+
+    Two locks: the task file's own (its inode, which every hard link shares; ralph holds it
+    open for the whole run, so a second name of the file stays locked after ralph's first
+    write replaces the file) and ``lock`` in the state folder, which says who holds it.
+    Symbolic links lead to the same state folder, so to the same ``lock``.
+    """
 
     def __init__(self, directory: Path, task_file: Path) -> None:
         self.path = directory / "lock"
         self.task_file = task_file
         self._fd: int | None = None
+        self._file_fd: int | None = None
 
     def acquire(self) -> None:
+        file_fd = os.open(self.task_file, os.O_RDONLY)
+        try:
+            fcntl.flock(file_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(file_fd)
+            raise LockedError(f"already being run by {self._holder()}", self.task_file) from None
+        try:
+            self._acquire_state_lock()
+        except BaseException:
+            os.close(file_fd)
+            raise
+        self._file_fd = file_fd
+
+    def _holder(self) -> str:
+        """Who runs the file: the state lock's holder, else a run through another name of it."""
+        elsewhere = "a ralph run through another name of this file (a hard link)"
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return elsewhere
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return elsewhere  # this name's lock is free: its content is an earlier run's
+        except BlockingIOError:
+            return _describe(os.read(fd, 4096).decode("utf-8", "replace").strip())
+        finally:
+            os.close(fd)
+
+    def _acquire_state_lock(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -165,9 +203,10 @@ class RunLock:
         self._fd = fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in (self._fd, self._file_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._file_fd = None
 
 
 def _describe(holder: str) -> str:

@@ -122,8 +122,10 @@ def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` by ``data`` so that a crash leaves either the old file or the new one.
 
     The temporary file sits in the same directory (so ``rename`` stays atomic), is flushed
-    to disk before the rename, and takes the old file's permission bits.
+    to disk before the rename, and takes the old file's permission bits.  A symbolic link is
+    followed: the file it points to is replaced and the link stays a link.
     """
+    path = Path(os.path.realpath(path))
     directory = path.parent
     try:
         mode = path.stat().st_mode & 0o7777
