@@ -13,8 +13,6 @@ from pathlib import Path
 
 from .errors import RalphError
 
-EXIT_USAGE = 2
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -23,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.command(args))
     except RalphError as error:
         print(f"ralph: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return error.exit_code
+    except OSError as error:  # the machine failed (what ralph writes itself says more; this is the rest)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"ralph: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -23,13 +23,13 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from .context import Context, RunInfo
 from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
-from .errors import RalphError
+from .errors import EnvironmentFailure, RalphError
 from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
 from .parser import ParseError, normalise
 from .plan import Plan, Step, make_plan
 from .secrets import redact
-from .state import EventLog, RunLock, RunState, now, state_dir_for
+from .state import EventLog, RunLock, RunState, now, state_dir_for, unwritable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REVIEW, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 ALTERNATIVE = ("ou ", "or ")  # an exit condition starting so is an alternative to the one above
@@ -118,6 +118,13 @@ class Runner:
         self._latest: TaskFile | None = None  # the file as last written
 
     def run(self) -> RunSummary:
+        try:
+            return self._run_file()
+        except EnvironmentFailure as error:
+            error.path = error.path or self.path  # "T.md: cannot write .ralph/T/state.json: ..."
+            raise
+
+    def _run_file(self) -> RunSummary:
         plan = make_plan(self.path)
         directory = state_dir_for(self.path)
         # Bad input is refused before anything is created on disk (not even the lock)...
@@ -228,8 +235,8 @@ class Runner:
             outcome.status, outcome.error = "BLOCKED", str(error)
         except TaskFailed as error:
             outcome.error = str(error)
-        except Interrupted:
-            raise
+        except (Interrupted, EnvironmentFailure):
+            raise  # a full disk stops the run: nothing more could be recorded
         except Exception as error:  # a handler's bug must not leave the task IN_PROGRESS
             outcome.error = f"{type(error).__name__}: {error}"
             events.write("traceback", task=task.number, text=traceback.format_exc())
@@ -370,6 +377,8 @@ class Runner:
         except ParseError as error:
             self.reporter.warn(f"cannot write to the task file yet ({error}); will retry")
             return
+        except OSError as error:
+            raise unwritable(self.path, error, "it keeps what ralph wrote last, and the state its progress") from None
         self.pending_edits = []
         for message in missing:
             self.unwritten.append(message)
