@@ -5,7 +5,8 @@ tasks (``manual``, or ``shell`` running ``true``) in one file, then N files of o
 one ``ralph run`` call.  Writing a task's outcome should cost what changed, not the file's size:
 the two times should be close.  Then a run of the big file is stopped by SIGTERM once it is
 under way, and the time from the signal to ralph's exit is printed (it must stay under 2 s at
-any size; every remaining task is marked in one write).
+any size; every remaining task is marked in one write).  Last, one task whose criterion is a
+1 MB line.
 
     .venv/bin/python bench/big_file.py [-n 1000] [--handler manual|shell]
 """
@@ -82,6 +83,15 @@ def sigterm_stop(big: Path, started_tasks: int) -> tuple[float, int]:
     return time.perf_counter() - sent, code
 
 
+def long_line(root: Path) -> Path:
+    """One shell task whose criterion is a 1 MB line of backticked words."""
+    path = root / "long" / "RALPH-001-long.md"
+    path.parent.mkdir()
+    criterion = "`x` " * 250_000 + "exists"
+    path.write_text(task(1, "shell").replace("Criterion of task 1", criterion).join([HEADER, FOOTER]))
+    return path
+
+
 def main() -> None:
     options = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     options.add_argument("-n", type=int, default=1000, help="tasks (and separate files)")
@@ -96,10 +106,13 @@ def main() -> None:
         big.unlink()
         big, _ = write_files(root / "again", args.n, args.handler)
         stop, code = sigterm_stop(big, min(10, args.n))
+        long = long_line(root)
+        line = timed(ralph(long.name), long.parent)
     print(f"{args.n} {args.handler} tasks on {os.cpu_count()} cores ({size / 1024:.0f} KiB file):")
     for name, (wall, cpu) in (("one file", one), ("separate files", separate)):
         print(f"  {name:<15} {wall:7.2f} s  ({wall / args.n * 1000:.1f} ms a task; {cpu:.2f} s of CPU)")
     print(f"  SIGTERM → exit  {stop:7.2f} s  (exit {code})")
+    print(f"  1 MB criterion  {line[0]:7.2f} s  (one shell task; {line[1]:.2f} s of CPU)")
 
 
 if __name__ == "__main__":
