@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ralph import children
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
 from ralph.model import Task, TaskFile
@@ -69,13 +70,8 @@ class ShellHandler(Handler):
     @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
     def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:
         command = _BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
-        done = subprocess.run(
-            ["bash", "-c", command],
-            cwd=ctx.workdir,
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-            env=_environment(ctx.params["env"]),
-            timeout=ctx.params["timeout"],
+        done = children.run(
+            ["bash", "-c", command], cwd=ctx.workdir, env=_environment(ctx.params["env"]), timeout=ctx.params["timeout"]
         )
         output = redact((done.stdout + done.stderr).decode("utf-8", "replace")).strip().splitlines()
         last = f": {output[-1]}" if output else ""
@@ -102,7 +98,7 @@ def _run_logged(script: str, ctx: Context, log: Path) -> int:
     """Run the script, its output redacted line by line into ``log`` (a script may echo a key)."""
     timeout = ctx.params["timeout"]
     deadline = time.monotonic() + timeout
-    with open(log, "w", encoding="utf-8") as out, subprocess.Popen(
+    with open(log, "w", encoding="utf-8") as out, children.running(
         ["bash", "-e", "-o", "pipefail", "-c", script],
         cwd=ctx.workdir,
         stdout=subprocess.PIPE,
@@ -110,7 +106,7 @@ def _run_logged(script: str, ctx: Context, log: Path) -> int:
         stdin=subprocess.DEVNULL,
         env=_environment(ctx.params["env"]),
     ) as process:
-        timer = threading.Timer(timeout, process.kill)
+        timer = threading.Timer(timeout, children.kill, (process,))
         timer.start()
         try:
             assert process.stdout is not None

@@ -38,15 +38,19 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except RalphError as error:
         print(f"ralph: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+        return error.exit_code
     except BrokenPipeError:
         # `ralph status FILE --json | head`: the reader has what it wanted. Python's last flush
         # of stdout at exit would fail again, so stdout goes to /dev/null first; exit 1, as
         # Python's documentation advises and rich does for the tables.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as error:  # the machine failed (what ralph writes itself says more; this is the rest)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"ralph: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:

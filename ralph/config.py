@@ -16,9 +16,10 @@ It lets files written with no ralph-specific lines run unchanged, by mapping tas
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import RalphError
 from .model import Task
@@ -61,15 +62,24 @@ def load_config(task_file: Path) -> Config:
     import yaml
 
     def fail(message: str, line: int | None = None) -> RalphError:
-        return RalphError(message, path, line)
+        return RalphError(message, os.path.relpath(path), line)
 
     try:
-        root = yaml.compose(path.read_text("utf-8"))
-    except yaml.YAMLError as error:
+        return _read_config(path, yaml.compose(path.read_text("utf-8")), fail)
+    except yaml.YAMLError as error:  # invalid YAML, or a tag no safe loader builds (!!python/...)
         mark = getattr(error, "problem_mark", None)
         raise fail(f"invalid YAML: {getattr(error, 'problem', None) or error}", mark.line + 1 if mark else None) from None
+    except RecursionError:
+        raise fail("invalid YAML: nested too deeply") from None
     except UnicodeDecodeError:
         raise fail("not valid UTF-8") from None
+    except OSError as error:
+        raise fail(f"cannot read: {error.strerror}") from None
+
+
+def _read_config(path: Path, root: Any, fail: Callable[..., RalphError]) -> Config:
+    import yaml
+
     if root is None:
         return Config(path)
     if not isinstance(root, yaml.MappingNode):
@@ -77,7 +87,7 @@ def load_config(task_file: Path) -> Config:
     config = Config(path)
     for key_node, value_node in root.value:
         key = key_node.value
-        value = yaml.safe_load(yaml.serialize(value_node))
+        value = _construct(value_node)
         line = key_node.start_mark.line + 1
         if key == "handlers":
             if not isinstance(value, dict) or not all(isinstance(v, str) and ":" in v for v in value.values()):
@@ -91,7 +101,7 @@ def load_config(task_file: Path) -> Config:
             if not isinstance(value_node, yaml.MappingNode):
                 raise fail("tasks: expected 'task title: {handler: name, params: {...}}' entries", line)
             for title_node, entry_node in value_node.value:
-                entry = yaml.safe_load(yaml.serialize(entry_node))
+                entry = _construct(entry_node)
                 entry_line = title_node.start_mark.line + 1
                 if isinstance(entry, str):
                     entry = {"handler": entry}
@@ -108,3 +118,14 @@ def load_config(task_file: Path) -> Config:
         else:
             raise fail(f"unknown key {key!r}; expected handlers, params, tasks or max_cost_usd", line)
     return config
+
+
+def _construct(node: Any) -> Any:
+    """The value of a node of the file, built by the safe loader (its errors keep the file's lines)."""
+    import yaml
+
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()

@@ -72,9 +72,10 @@ class ConsoleReporter:
             table.add_row(f"{number}.", title, f"[{STYLE.get(status, '')}]{status}[/]", f"[dim]{handler}[/]")
         return table
 
-    def _refresh(self) -> None:
-        if self.live is not None:
-            self.live.update(Group(self._table(), self.bars))
+    def __rich__(self) -> Group:
+        """What the live display shows, built when it redraws (8 times a second), not on every
+        change: a thousand-task file would otherwise rebuild its table twice a task."""
+        return Group(self._table(), self.bars)
 
     # -- the runner's calls --------------------------------------------------------------
 
@@ -86,22 +87,28 @@ class ConsoleReporter:
             self._print(f"task {number} changed since it was done; `ralph run --only {number}` redoes it", "yellow")
         self.rows = {s.task.number: [s.task.title, s.task.status, s.handler_name or "?"] for s in steps}
         if self.live_mode and steps:
-            self.live = Live(Group(self._table(), self.bars), console=self.console, refresh_per_second=8)
+            self.live = Live(self, console=self.console, refresh_per_second=8)
             self.live.start()
 
     def task_started(self, task: Task, handler: str, resumed: bool) -> None:
         self.rows[task.number][1] = "IN_PROGRESS"
-        self._refresh()
         if not self.live_mode:
             self._print(f"▶ task {task.number} {task.title} ({handler}{', resumed' if resumed else ''})")
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
         if task.number in self.rows:
             self.rows[task.number][1] = outcome.status
-        self._refresh()
         if not self.live_mode:
             detail = f" — {outcome.error}" if outcome.error else ""
             self._print(f"  task {task.number} {outcome.status} ({outcome.seconds:.1f} s){detail}")
+
+    def tasks_skipped(self, tasks: list[Task], outcomes: list[Outcome]) -> None:
+        """One line for them all: after Ctrl-C, a long file stops at once."""
+        for task in tasks:
+            if task.number in self.rows:
+                self.rows[task.number][1] = "SKIPPED"
+        if not self.live_mode:
+            self._print(f"  {_numbers([t.number for t in tasks])} SKIPPED — {outcomes[0].error}")
 
     def log(self, task: Task, message: str) -> None:
         self._print(f"  task {task.number}: {message}", "dim")
@@ -131,7 +138,12 @@ class ConsoleReporter:
         table = Table(title="ralph run", title_justify="left")
         for column in ("#", "task", "status", "time", "cost", "note"):
             table.add_column(column, overflow="fold")
-        for o in summary.outcomes:
+        for group in _skipped_together(summary.outcomes):
+            if len(group) > 1:
+                title = f"{len(group)} tasks"
+                table.add_row(_numbers([o.number for o in group], ""), title, "[dim]SKIPPED[/]", "", "", escape(group[0].error))
+                continue
+            o = group[0]
             cost = f"${o.cost_usd:.4f}" if o.cost_usd is not None else ""
             note = o.error or o.summary
             reviews = sum(1 for v in o.verdicts if v.evidence and v.evidence.verified is None)
@@ -158,3 +170,27 @@ class ConsoleReporter:
             self._print(f"cost: ${summary.cost_usd:.4f}")
         for message in summary.unwritten:
             self._print(f"not written: {message}", "yellow")
+
+
+def _skipped_together(outcomes: list[Outcome]) -> Iterator[list[Outcome]]:
+    """The outcomes one by one, but runs of tasks skipped for one reason as one group."""
+    group: list[Outcome] = []
+    for outcome in outcomes:
+        if group and (outcome.status != "SKIPPED" or outcome.error != group[0].error):
+            yield group
+            group = []
+        if outcome.status == "SKIPPED":
+            group.append(outcome)
+        else:
+            yield [outcome]
+    if group:
+        yield group
+
+
+def _numbers(numbers: list[int], noun: str = "task") -> str:
+    """``task 3``, ``tasks 3–7`` or ``tasks 3, 5, 9``: a list of task numbers people read."""
+    if len(numbers) == 1:
+        return f"{noun} {numbers[0]}".strip()
+    contiguous = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    listed = f"{numbers[0]}–{numbers[-1]}" if contiguous else ", ".join(map(str, numbers))
+    return f"{noun}s {listed}".strip() if noun else listed

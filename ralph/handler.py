@@ -154,6 +154,10 @@ def fold(text: str) -> str:
 
 
 CheckMethod = Callable[[Any, "Context", Result, str], Evidence]
+# Criterion patterns are regexes such as `[^`]+`.*\b(exist|...)`, whose search takes time
+# quadratic in the text where the first part matches often: a criterion longer than a
+# person writes is left for a person to review rather than matched.
+LONGEST_MATCHED = 2000
 
 
 def criterion(pattern: str) -> Callable[[CheckMethod], CheckMethod]:
@@ -199,6 +203,8 @@ class Handler:
 
     def check_for(self, criterion_text: str) -> Callable[[Context, Result, str], Evidence] | None:
         """The bound check whose pattern matches the criterion, if any (first defined wins)."""
+        if len(criterion_text) > LONGEST_MATCHED:
+            return None
         folded = fold(criterion_text)
         for klass in type(self).__mro__:
             for attribute in vars(klass).values():

@@ -394,6 +394,8 @@ def task_yaml(task: Task) -> tuple[dict[str, Any], dict[str, int]] | None:
         mark = getattr(error, "problem_mark", None)
         line = block.first_line + (mark.line if mark else 0)
         raise ParseError(f"invalid YAML: {getattr(error, 'problem', None) or error}", None, line) from None
+    except RecursionError:
+        raise ParseError("invalid YAML: nested too deeply", None, block.first_line) from None
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
         raise ParseError("the yaml block must map parameter names to values", None, block.line)
     lines = {str(key.value): block.first_line + key.start_mark.line for key, _ in root.value}

@@ -9,6 +9,7 @@ environment for each one cost a real run half a second.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any
@@ -31,28 +32,35 @@ def secret_values() -> list[str]:
     return _values if _values is not None else refresh()
 
 
-def redact(text: str) -> str:
-    return _masked(text, secret_values())
-
-
-def redact_data(data: Any) -> Any:
-    """``redact`` applied to every string inside JSON-like data (the data itself when there are no secrets)."""
-    values = secret_values()
-    return _redact_each(data, values) if values else data
-
-
-def _masked(text: str, values: list[str]) -> str:
-    for value in values:
+def redact(text: str, values: list[str] | None = None) -> str:
+    for value in secret_values() if values is None else values:
         if value in text:
             text = text.replace(value, MASK)
     return text
 
 
-def _redact_each(data: Any, values: list[str]) -> Any:
+def redact_data(data: Any, values: list[str] | None = None) -> Any:
+    """``redact`` applied to every string inside JSON-like data (the data itself when there are no secrets)."""
+    values = secret_values() if values is None else values
+    if not values:
+        return data
     if isinstance(data, str):
-        return _masked(data, values)
+        return redact(data, values)
     if isinstance(data, dict):
-        return {_redact_each(k, values): _redact_each(v, values) for k, v in data.items()}
+        return {redact_data(k, values): redact_data(v, values) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [_redact_each(v, values) for v in data]
+        return [redact_data(v, values) for v in data]
     return data
+
+
+def redacted_json(data: Any) -> str:
+    """``data`` as JSON with every secret inside its strings masked.
+
+    A secret inside a string shows in the JSON as its own JSON encoding, so when no
+    encoding shows, the text is already clean and the data need not be walked.
+    """
+    body = json.dumps(data, ensure_ascii=False, sort_keys=True)
+    values = secret_values()
+    if any(json.dumps(value, ensure_ascii=False)[1:-1] in body for value in values):
+        body = json.dumps(redact_data(data, values), ensure_ascii=False, sort_keys=True)
+    return body

@@ -13,6 +13,7 @@ What is not one file's but this machine's (the pod ledger, measured speeds) live
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -22,10 +23,10 @@ import uuid
 from collections.abc import Iterator, MutableMapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from .errors import LockedError
-from .secrets import redact, redact_data
+from .errors import EnvironmentFailure, LockedError
+from .secrets import redact, redacted_json
 from .textfile import write_atomically
 
 
@@ -44,8 +45,16 @@ def state_home() -> Path:
     return Path.home() / ".local" / "state" / "ralph"
 
 
+def unwritable(path: Path, error: OSError, kept: str) -> EnvironmentFailure:
+    """The one-line report of a file ralph could not write, named as the task file's folder sees it."""
+    shown = Path(*path.parts[-3:]) if ".ralph" in path.parts[-3:-2] else Path(path.name)
+    return EnvironmentFailure(f"cannot write {shown}: {error.strerror or error}; {kept}")
+
+
 def state_dir_for(task_file: Path) -> Path:
-    return task_file.resolve().parent / ".ralph" / task_file.stem
+    """The state folder of the file itself: every link to it shares the same one."""
+    real = task_file.resolve()
+    return real.parent / ".ralph" / real.stem
 
 
 class RunState:
@@ -57,9 +66,13 @@ class RunState:
             self.data = json.loads(self.path.read_text("utf-8"))
 
     def save(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        body = json.dumps(redact_data(self.data), indent=1, ensure_ascii=False, sort_keys=True)
-        write_atomically(self.path, body.encode("utf-8"))
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            # Compact JSON: the encoder that indents is pure Python, and this runs twice a task.
+            write_atomically(self.path, redacted_json(self.data).encode("utf-8"))
+        except OSError as error:
+            kept = "it keeps its last complete version" if self.path.exists() else "nothing was saved"
+            raise unwritable(self.path, error, kept) from None
 
     def task(self, number: int) -> dict[str, Any]:
         return self.data["tasks"].setdefault(str(number), {})
@@ -142,48 +155,113 @@ class Resources:
 
 
 class EventLog:
+    """Whole lines or nothing: a line the disk had no room for is cut back off the log."""
+
     def __init__(self, directory: Path, run_id: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "events.jsonl"
         self.run_id = run_id
-        self._file: TextIO = open(self.path, "a", encoding="utf-8")
+        self.failed = False  # reported once; later lines are dropped so clean-up still runs
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise unwritable(self.path, error, "nothing was changed") from None
 
     def write(self, event: str, **fields: Any) -> None:
+        if self.failed:
+            return
         record = {"time": now(), "run": self.run_id, "event": event, **fields}
-        self._file.write(redact(json.dumps(record, ensure_ascii=False, default=str)) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        line = (redact(json.dumps(record, ensure_ascii=False, default=str)) + "\n").encode("utf-8")
+        size = os.fstat(self._fd).st_size
+        try:
+            # Written straight through, so a crash of ralph loses nothing; not fsynced: a log
+            # is not worth a disk round trip per line (state.json and the task file are).
+            while line:
+                line = line[os.write(self._fd, line) :]
+        except OSError as error:
+            os.ftruncate(self._fd, size)
+            self.failed = True
+            raise unwritable(self.path, error, "it keeps every whole line written before") from None
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
 
 
 class RunLock:
-    """One run per task file: an exclusive ``flock`` that dies with the process holding it."""
+    """One run per task file: an exclusive ``flock`` that dies with the process holding it.
+
+    Two locks: the task file's own (its inode, which every hard link shares; ralph holds it
+    open for the whole run, so a second name of the file stays locked after ralph's first
+    write replaces the file) and ``lock`` in the state folder, which says who holds it.
+    Symbolic links lead to the same state folder, so to the same ``lock``.
+    """
 
     def __init__(self, directory: Path, task_file: Path) -> None:
         self.path = directory / "lock"
         self.task_file = task_file
         self._fd: int | None = None
+        self._file_fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        file_fd = self._lock_task_file()
+        try:
+            self._acquire_state_lock()
+        except BaseException:
+            if file_fd is not None:
+                os.close(file_fd)
+            raise
+        self._file_fd = file_fd
+
+    def _lock_task_file(self) -> int | None:
+        try:
+            fd = os.open(self.task_file, os.O_RDONLY)
+        except FileNotFoundError:
+            return None  # nothing to share with another name (the state lock still holds)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(f"already being run by {self._holder()}", self.task_file) from None
+        return fd
+
+    def _holder(self) -> str:
+        """Who runs the file: the state lock's holder, else a run through another name of it."""
+        elsewhere = "a ralph run through another name of this file (a hard link)"
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return elsewhere
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return elsewhere  # this name's lock is free: its content is an earlier run's
+        except BlockingIOError:
+            return _describe(os.read(fd, 4096).decode("utf-8", "replace").strip())
+        finally:
+            os.close(fd)
+
+    def _acquire_state_lock(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise unwritable(self.path, error, "nothing was changed") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
             os.close(fd)
             raise LockedError(f"already being run by {_describe(holder)} (lock {self.path})", self.task_file) from None
-        os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now(), "argv": sys.argv[1:]}
-        os.write(fd, json.dumps(info).encode())
+        with contextlib.suppress(OSError):  # who holds the lock is a courtesy; a full disk may refuse it
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(info).encode())
         self._fd = fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in (self._fd, self._file_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._file_fd = None
 
 
 def _describe(holder: str) -> str:

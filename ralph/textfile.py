@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 BOM = "\ufeff"
@@ -61,16 +63,14 @@ class Text:
         return cls(lines, endings, bom)
 
     def encode(self) -> bytes:
-        body = "".join(line + ending for line, ending in zip(self.lines, self.endings))
+        body = "".join(chain.from_iterable(zip(self.lines, self.endings)))
         return ((BOM if self.bom else "") + body).encode("utf-8")
 
     @property
     def newline(self) -> str:
         """The ending most lines use: inserted lines take it."""
-        counts: dict[str, int] = {}
-        for ending in self.endings:
-            if ending:
-                counts[ending] = counts.get(ending, 0) + 1
+        counts = Counter(self.endings)
+        counts.pop("", None)  # an unterminated last line
         return max(counts, key=lambda e: counts[e]) if counts else "\n"
 
     def normalised(self) -> str:
@@ -122,8 +122,10 @@ def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` by ``data`` so that a crash leaves either the old file or the new one.
 
     The temporary file sits in the same directory (so ``rename`` stays atomic), is flushed
-    to disk before the rename, and takes the old file's permission bits.
+    to disk before the rename, and takes the old file's permission bits.  A symbolic link is
+    followed: the file it points to is replaced and the link stays a link.
     """
+    path = Path(os.path.realpath(path))
     directory = path.parent
     try:
         mode = path.stat().st_mode & 0o7777

@@ -223,6 +223,7 @@ def test_random_edits_change_only_their_lines_and_are_idempotent(data: st.DataOb
     assert len(missing) == len(gone)
 
     again_file, again_text = parse_bytes(after, PATH)
+    assert file == again_file, "the edited parse is what a parse of the new text says"
     assert apply_edits(again_file, again_text, edits) == missing
     assert again_text.encode() == after, "the same edits twice change nothing more"
 
@@ -244,6 +245,13 @@ def test_writer_applies_edits_to_the_file(data: st.DataObject) -> None:
         assert [t.status for t in file.tasks] == [t.status for t in parse_file(path)[0].tasks]
         assert TaskFileWriter(path).apply(edits)[1] == missing
         assert path.read_bytes() == after
+
+        # One writer, edits in batches: the parse it keeps between writes stays the file's.
+        path.write_bytes(before)
+        writer = TaskFileWriter(path)
+        for batch in (edits[: len(edits) // 2], edits[len(edits) // 2 :], edits):
+            file, _ = writer.apply(batch)
+            assert file == parse_file(path)[0]
 
 
 @pytest.mark.parametrize("variant", structural(), ids=lambda v: v.name)

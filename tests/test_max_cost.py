@@ -66,6 +66,6 @@ def test_a_bad_limit_in_ralph_yaml_is_refused_with_its_line(tmp_path: Path) -> N
     done = project.cli("run", project.file.name)
     assert done.returncode == 2
     line = (tmp_path / "ralph.yaml").read_text().splitlines().index("max_cost_usd: cheap") + 1
-    assert done.stderr.strip() == (f"ralph: {tmp_path / 'ralph.yaml'}:{line}: max_cost_usd: expected a positive "
+    assert done.stderr.strip() == (f"ralph: ralph.yaml:{line}: max_cost_usd: expected a positive "
                                    "number of US dollars, not 'cheap'")
     assert project.file.read_bytes() == before

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from ralph import children
 from ralph.handlers.machines.base import (CommandFailed, CommandResult, CommandTimeout, FileInfo, MachineError,
                                           Progress, Machine, TransferFailed, TransferResult)
 from ralph.handlers.machines.hashing import CHUNK, HashCache, sha256_file
@@ -34,17 +34,13 @@ class LocalMachine(Machine):
 
     def run(self, command: str, *, check: bool = True, timeout: float | None = None,
             env: Mapping[str, str] | None = None) -> CommandResult:
-        # Own session so a timeout kills the command's children too, not just bash.
-        proc = subprocess.Popen(["bash", "-c", command], cwd=self.root, env={**os.environ, **(env or {})},
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        # Its own process group, so a timeout kills the command's children too, not just bash.
         try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            raise CommandTimeout(command, timeout, _result(-1, out, err)) from None
-        result = _result(proc.returncode, out, err)
+            done = children.run(["bash", "-c", command], cwd=self.root, env={**os.environ, **(env or {})},
+                                timeout=timeout)
+        except subprocess.TimeoutExpired as expired:
+            raise CommandTimeout(command, timeout, _result(-1, expired.stdout or b"", expired.stderr or b"")) from None
+        result = _result(done.returncode, done.stdout, done.stderr)
         if check and not result.ok:
             raise CommandFailed(command, result)
         return result

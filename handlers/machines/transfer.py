@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import paramiko
 
+from ralph import children
 from ralph.handlers.machines import remote_shell
 from ralph.handlers.machines.base import Progress, MachineError, TransferFailed, TransferResult
 from ralph.handlers.machines.hashing import CHUNK, sha256_file
@@ -112,8 +113,9 @@ def _rsync(ssh: "SshMachine", src: str, dst: str, size: int, progress: Progress 
     if bwlimit:
         argv.append(f"--bwlimit={max(1, bwlimit // 1024)}")
     argv += [src, dst]
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+    with tempfile.TemporaryFile() as err, children.running(
+        argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL
+    ) as proc:  # rsync and its ssh: one group, which dies with ralph
         output = bytearray()
         pending = b""
         first = last = None

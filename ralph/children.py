@@ -1,0 +1,124 @@
+"""Processes ralph starts, which die with it.
+
+Each command (a shell step, a criterion's command, rsync and the ssh it starts) runs as the
+leader of its own process group, so a timeout or Ctrl-C kills the command *and* whatever it
+started.  Two things make the groups die with ralph even when ralph is SIGKILLed:
+
+* on Linux the leader gets a parent-death signal (SIGKILL when the thread that started it
+  ends: only the direct child, the kernel clears it for grandchildren);
+* a small warden process, started with the first child, holds a pipe from ralph: when the
+  pipe closes (ralph exited, however it died) it kills every group ralph started.  It drops a
+  group once the group is empty, so an unrelated process that later gets its number is safe.
+
+A grandchild that leaves its group on purpose (``setsid nohup server &``: a service meant to
+outlive the run) is not ralph's to kill.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+_WARDEN = r"""
+import os, select, signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups, pending = set(), b""
+while True:
+    if select.select([0], [], [], 1.0)[0]:
+        data = os.read(0, 4096)
+        if not data:
+            break
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+    for group in list(groups):
+        try:
+            os.killpg(group, 0)
+        except OSError:
+            groups.discard(group)  # empty: its number may be given to another process
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+_warden: subprocess.Popen[bytes] | None = None
+_warden_lock = threading.Lock()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when ralph (the starting thread) dies."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _tell_warden(message: str) -> None:
+    global _warden
+    with _warden_lock:
+        if _warden is None or _warden.poll() is not None:
+            _warden = subprocess.Popen(
+                [sys.executable, "-I", "-c", _WARDEN],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C to ralph's terminal group does not reach it
+            )
+        assert _warden.stdin is not None
+        try:
+            _warden.stdin.write(message.encode() + b"\n")
+            _warden.stdin.flush()
+        except BrokenPipeError:
+            _warden = None
+
+
+def start(argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen`` in a new process group that dies with ralph."""
+    process = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **options)
+    _tell_warden(f"+{process.pid}")
+    return process
+
+
+def kill(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL the process's whole group: the command and everything it started."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already gone
+
+
+@contextmanager
+def running(argv: list[str], **options: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """``start``, and on leaving by an exception (a timeout, Ctrl-C) kill the whole group."""
+    process = start(argv, **options)
+    try:
+        with process:
+            yield process
+    except BaseException:
+        kill(process)
+        process.wait()
+        raise
+
+
+def run(argv: list[str], *, timeout: float | None = None, stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        **options: Any) -> subprocess.CompletedProcess[bytes]:
+    """Run to the end, output captured; past ``timeout`` the whole group is killed and
+    ``subprocess.TimeoutExpired`` raised (a background child holding the pipes cannot hang it)."""
+    with running(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill(process)
+            out, err = process.communicate()
+            raise subprocess.TimeoutExpired(argv, timeout or 0, out, err) from None
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
