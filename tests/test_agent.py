@@ -149,6 +149,7 @@ def test_a_liar_is_not_done_and_its_ticks_and_status_are_undone(tmp_path: Path) 
     text = project.file.read_text()
     assert "**Notes**: (agent: all done) (agent: all done) Write" in text, "the agent's other edit stays"
     assert "stopped: 2 iteration(s) in a row verified no new criterion" in text
+    assert "ralph undid the agent's changes to the task's boxes or status after 2 iteration(s)" in text
     undone = [e for e in project.events() if e["event"] == "agent_edits_undone"]
     assert len(undone) == 2 and "status DONE back to IN_PROGRESS" in undone[0]["changes"]
     assert "ralph put back" in project.output
@@ -174,7 +175,7 @@ def test_a_crashing_agent_fails_even_when_ralph_can_check_nothing(tmp_path: Path
 
 
 def test_a_hanging_agent_is_killed_at_its_timeout_with_all_it_started(tmp_path: Path) -> None:
-    project = agent_project(tmp_path, "hang", iteration_timeout_s=3, max_iterations=1)
+    project = agent_project(tmp_path, "hang", iteration_timeout_s=5, max_iterations=1)
     assert project.run().exit_code == 1
     assert agent_task(project).status == "FAILED"
     assert "the last time the agent was killed at its timeout" in project.file.read_text()

@@ -42,8 +42,8 @@ class AgentHandler(LocalChecks):
     counts for nothing.  Boxes or a status the agent changed in the task file are put back.
     It stops when nothing ralph can check fails, or: after ``stall_iterations`` iterations
     verifying no new criterion, at ``max_iterations``, or past ``budget_s`` (FAILED, with a
-    diagnosis).  Logs: .ralph/<file>/task-N-iteration-K.log (and .prompt.md).  A rerun goes on
-    from the last iteration that finished; after a stop it starts a new round.
+    diagnosis).  Logs: .ralph/<file>/task-N-iteration-K.log (and .prompt.md).  A run killed
+    mid-round goes on from its last finished iteration; a rerun of an ended task starts a new round.
     """
 
     name = "agent"
@@ -93,20 +93,21 @@ class AgentHandler(LocalChecks):
     def run(self, ctx: Context) -> Result:
         params, memory = ctx.params, ctx.memory
         guard = MarksGuard(ctx.file.path, ctx.task.number, memory)
-        if "marks" not in memory or memory.get("stopped"):  # a new round: its marks are the file's now
+        if "marks" not in memory or memory.get("round_over"):  # a new round: its marks are the file's now
             memory["round_start"] = len(memory.get("notes", []))
-            memory.pop("stopped", None)
+            memory["round_over"] = False
             guard.record()
-        else:
-            self._report_restored(ctx, guard.restore())  # ralph died with the agent's edits in the file
+        else:  # a run that died mid-round: the agent's edits may still be in the file
+            self._report_restored(ctx, guard.restore())
         notes: list[dict[str, Any]] = list(memory.get("notes", []))
         while True:
             round_notes = notes[memory["round_start"]:]
             if round_notes and _finished(round_notes[-1]):
+                memory["round_over"] = True
                 return _result(round_notes, f"the agent's work passed ralph's checks after {len(round_notes)} iteration(s)")
             reason = _stop_reason(round_notes, params)
             if reason:
-                memory["stopped"] = reason
+                memory["round_over"] = True
                 return self._stopped(ctx, round_notes, reason)
             notes.append(self._iteration(ctx, guard, notes, len(notes) + 1, _budget_left(round_notes, params)))
             memory["notes"] = notes
@@ -202,8 +203,8 @@ class AgentHandler(LocalChecks):
 def _command(params: dict[str, Any]) -> tuple[list[str], tuple[str, ...]]:
     """The argv, and the variables its preset needs."""
     command = params["command"]
-    if isinstance(command, str):
-        argv, env = PRESETS[command]
+    if isinstance(command, str):  # a name that is no preset is reported by validate
+        argv, env = PRESETS.get(command, ([command], ()))
         return list(argv), env
     return [str(a) for a in command], ()
 
@@ -231,6 +232,9 @@ def _budget_left(round_notes: list[dict[str, Any]], params: dict[str, Any]) -> f
 
 def _result(round_notes: list[dict[str, Any]], summary: str) -> Result:
     last = round_notes[-1]
+    undone = sum(1 for note in round_notes if note["restored"])
+    if undone:
+        summary += f"; ralph undid the agent's changes to the task's boxes or status after {undone} iteration(s)"
     return Result(summary=summary, data={"exit_code": last["exit_code"], "iterations": len(round_notes)})
 
 
