@@ -121,6 +121,23 @@ def test_an_honest_agent_is_done_with_the_boxes_ralph_verified(tmp_path: Path, m
     assert "PERSONAL_NOT_PASSED" not in seen and "RALPH_TEST_LEDGER" not in seen, "nothing else of the environment"
 
 
+def test_criteria_ralph_cannot_check_leave_the_task_for_review(tmp_path: Path) -> None:
+    project = agent_project(tmp_path, "honest", criteria=(*CRITERIA, "The report reads well"))
+    assert project.run().exit_code == 3, project.output
+    task = agent_task(project)
+    assert task.status == "NEEDS_REVIEW"
+    assert [c.checked for c in task.criteria] == [True, True, True, False]
+    assert len(memory(project)["notes"]) == 1
+
+
+def test_the_budget_stops_the_round(tmp_path: Path) -> None:
+    project = agent_project(tmp_path, "crash", budget_s=0.01)
+    assert project.run().exit_code == 1
+    assert agent_task(project).status == "FAILED"
+    assert len(memory(project)["notes"]) == 1
+    assert "stopped: budget_s (0.01 s) spent; tried 1 iteration(s)" in project.file.read_text()
+
+
 def test_the_prompt_holds_the_task_its_criteria_and_the_files_context(tmp_path: Path) -> None:
     project = agent_project(tmp_path, "idle", stall_iterations=2)
     project.run()

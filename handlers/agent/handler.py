@@ -184,7 +184,7 @@ class AgentHandler(LocalChecks):
         if final != first:
             logs += f" … -{final}.log"
         ended = "was killed at its timeout" if last["exit_code"] is None else f"exited {last['exit_code']}"
-        tail = " | ".join(last["tail"][-_DIAGNOSIS_TAIL:])
+        tail = " | ".join(_shortened(line) for line in last["tail"][-_DIAGNOSIS_TAIL:])
         diagnosis = f"stopped: {reason}; tried {len(round_notes)} iteration(s) (logs: {logs})"
         if never:
             diagnosis += "; never verified: " + "; ".join(never)
@@ -236,6 +236,10 @@ def _result(round_notes: list[dict[str, Any]], summary: str) -> Result:
     if undone:
         summary += f"; ralph undid the agent's changes to the task's boxes or status after {undone} iteration(s)"
     return Result(summary=summary, data={"exit_code": last["exit_code"], "iterations": len(round_notes)})
+
+
+def _shortened(line: str, most: int = 160) -> str:
+    return line if len(line) <= most else line[: most - 1] + "…"
 
 
 def _one_line(note: dict[str, Any]) -> str:
