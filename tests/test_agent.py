@@ -4,7 +4,6 @@ agent, decides what is done; its loop ends; a killed run goes on where it stoppe
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from pathlib import Path

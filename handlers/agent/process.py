@@ -37,10 +37,6 @@ class AgentRun:
     tail: list[str] = field(default_factory=list)  # its last lines, secrets masked
     unlogged_bytes: int = 0  # output past LOG_LIMIT, counted but not written
 
-    @property
-    def timed_out(self) -> bool:
-        return self.exit_code is None
-
 
 def run_agent(argv: list[str], *, prompt: Path, cwd: Path, env: dict[str, str], log: Path, timeout: float,
               show: Callable[[str], None]) -> AgentRun:

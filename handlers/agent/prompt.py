@@ -9,6 +9,7 @@ earlier iteration: what ralph verified, what still fails and why, how the agent'
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,7 +42,7 @@ def build_prompt(file: TaskFile, task: Task, *, file_name: str, iteration: int, 
     if earlier:
         parts.append("## What earlier tasks recorded\n\n" + earlier)
     if notes:
-        parts.append("## Progress so far (ralph's notes on earlier iterations)\n\n" + "\n\n".join(map(render_note, notes)))
+        parts.append("## Progress so far (ralph's notes on earlier iterations)\n\n" + "\n\n".join(map(_render_note, notes)))
     return "\n\n".join(parts) + "\n"
 
 
@@ -75,8 +76,8 @@ def _earlier_results(file: TaskFile, task: Task, results: Mapping[int, dict[str,
     return "\n".join(lines)
 
 
-def render_note(note: dict[str, Any]) -> str:
-    """An earlier iteration, as the prompt tells it (and the diagnosis quotes it)."""
+def _render_note(note: dict[str, Any]) -> str:
+    """An earlier iteration, as ralph saw it."""
     if note["exit_code"] is None:
         ended = f"killed at its timeout after {note['seconds']:.0f} s"
     else:
@@ -86,6 +87,16 @@ def render_note(note: dict[str, Any]) -> str:
     lines += [f"- still fails: {text} — {why}" for text, why in note["failing"].items()]
     lines += [f"- left for a person's review: {text}" for text in note["review"]]
     lines += [f"- ralph undid your change to the task file: {change}" for change in note["restored"]]
+    if note["unlogged_bytes"]:
+        lines.append(f"- your output ran past ralph's log limit: {note['unlogged_bytes']} bytes were not logged")
     if note["tail"]:
-        lines += ["- your output ended with:", "```", *note["tail"][-_NOTE_TAIL:], "```"]
+        tail = note["tail"][-_NOTE_TAIL:]
+        fence = _fence_for(tail)
+        lines += ["- your output ended with:", fence, *tail, fence]
     return "\n".join(lines)
+
+
+def _fence_for(lines: list[str]) -> str:
+    """A code fence longer than any run of backticks in ``lines`` (an agent's output is often markdown)."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    return "`" * max(3, longest + 1)
