@@ -281,7 +281,7 @@ class Runner:
         record = state.task(task.number)
         resumed = task.status == "IN_PROGRESS" and bool(record.get("memory"))
         record.update(status="IN_PROGRESS", started=now(), attempts=record.get("attempts", 0) + 1)
-        state.save()
+        state.save(task.number)
         self._write([SetStatus(task.number, "IN_PROGRESS")])
         events.write("task_started", task=task.number, handler=handler.name, resumed=resumed)
         self.reporter.task_started(task, handler.name, resumed)
@@ -324,7 +324,7 @@ class Runner:
         edits += [SetCheck(task.number, text, False) for text in unverified if text in record.get("ticked", [])]
         if outcome.verdicts:
             record["ticked"] = verified
-        state.save()
+        state.save(task.number)
         edits.append(SetResults(task.number, tuple(_results_lines(outcome))))
         self._write(edits)
         events.write("task_finished", task=task.number, status=outcome.status, seconds=outcome.seconds, error=outcome.error)
