@@ -134,7 +134,8 @@ def test_the_budget_stops_the_round(tmp_path: Path) -> None:
     assert project.run().exit_code == 1
     assert agent_task(project).status == "FAILED"
     assert len(memory(project)["notes"]) == 1
-    assert "stopped: budget_s (0.01 s) spent; tried 1 iteration(s)" in project.file.read_text()
+    assert "stopped: budget_s (0.01 s) spent; tried `" in project.file.read_text()
+    assert "agent_cli.py crash` 1 time(s)" in project.file.read_text()
 
 
 def test_the_prompt_holds_the_task_its_criteria_and_the_files_context(tmp_path: Path) -> None:
@@ -177,7 +178,8 @@ def test_an_idle_agent_is_stopped_after_stall_iterations_with_a_diagnosis(tmp_pa
     assert agent_task(project).status == "FAILED"
     assert len(logs(project)) == 3
     text = project.file.read_text()
-    assert "stopped: 3 iteration(s) in a row verified no new criterion; tried 3 iteration(s)" in text
+    assert "stopped: 3 iteration(s) in a row verified no new criterion; tried `" in text
+    assert "agent_cli.py idle` 3 time(s) (logs: .ralph/RALPH-001-engine/task-2-iteration-1.log … -3.log)" in text
     assert "never verified: `report.txt` exists (report.txt does not exist)" in text
     assert "the last time the agent exited 0: Looking at the task" in text
 

@@ -185,7 +185,8 @@ class AgentHandler(LocalChecks):
             logs += f" … -{final}.log"
         ended = "was killed at its timeout" if last["exit_code"] is None else f"exited {last['exit_code']}"
         tail = " | ".join(_shortened(line) for line in last["tail"][-_DIAGNOSIS_TAIL:])
-        diagnosis = f"stopped: {reason}; tried {len(round_notes)} iteration(s) (logs: {logs})"
+        argv, _ = _command(ctx.params)
+        diagnosis = f"stopped: {reason}; tried `{shlex.join(argv)}` {len(round_notes)} time(s) (logs: {logs})"
         if never:
             diagnosis += "; never verified: " + "; ".join(never)
         diagnosis += f"; the last time the agent {ended}" + (f": {tail}" if tail else "")
