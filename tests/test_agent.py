@@ -296,3 +296,12 @@ def test_an_agent_that_is_not_installed_blocks_the_task(tmp_path: Path) -> None:
     assert project.run().exit_code == 1
     assert agent_task(project).status == "BLOCKED"
     assert "cannot start the agent `no-such-agent-cli-here`" in project.file.read_text()
+
+
+def test_what_the_agent_leaves_running_dies_with_its_iteration(tmp_path: Path) -> None:
+    project = agent_project(tmp_path, "honest")
+    project.file.write_text(project.file.read_text().replace(
+        "env > agent-env.txt\n", "sleep 300 &\necho $! > background.pid\n"))
+    assert project.run().exit_code == 0, project.output
+    pid = int((tmp_path / "background.pid").read_text())
+    wait_for(lambda: gone(pid), what="the agent's background process to die")
