@@ -2,8 +2,10 @@
 
 PENDING → IN_PROGRESS → DONE | NEEDS_REVIEW | FAILED | BLOCKED.  Finished tasks are skipped
 on a rerun; a task left IN_PROGRESS by a crash is resumed through its handler, which finds
-what it saved in its memory.  After a failure or Ctrl-C the remaining tasks are skipped
-but clean-up tasks (terminating a pod) still run.
+what it saved in its memory.  Any other task that runs (failed, reset to PENDING, edited,
+or named by ``--only``) runs from scratch, keeping only the memory its handler ``remembers``.
+After a failure or Ctrl-C the remaining tasks are skipped but clean-up tasks (terminating a
+pod) still run.
 """
 
 from __future__ import annotations
@@ -279,8 +281,11 @@ class Runner:
         task, handler = step.task, step.handler
         assert handler is not None
         record = state.task(task.number)
-        resumed = task.status == "IN_PROGRESS" and bool(record.get("memory"))
-        record.update(status="IN_PROGRESS", started=now(), attempts=record.get("attempts", 0) + 1)
+        resumed = self._resumes(task, record)
+        if not resumed:  # from scratch: only what names remote work to find again survives
+            record["memory"] = handler.kept_on_redo(record.get("memory", {}))
+        record.update(status="IN_PROGRESS", started=now(), attempts=record.get("attempts", 0) + 1,
+                      fingerprint=task.fingerprint)
         state.save()
         self._write([SetStatus(task.number, "IN_PROGRESS")])
         events.write("task_started", task=task.number, handler=handler.name, resumed=resumed)
@@ -330,6 +335,14 @@ class Runner:
         events.write("task_finished", task=task.number, status=outcome.status, seconds=outcome.seconds, error=outcome.error)
         self.reporter.task_finished(task, outcome)
         return outcome
+
+    def _resumes(self, task: Task, record: dict[str, Any]) -> bool:
+        """Whether the task goes on from what its handler saved: it was stopped mid-run (Ctrl-C, a
+        crash) and its text is what ran.  Anything else (a failed, edited, reset task, or ``--only``)
+        runs again from scratch."""
+        ran = record.get("fingerprint")
+        return (task.status == "IN_PROGRESS" and bool(record.get("memory")) and self.only is None
+                and ran in (None, task.fingerprint))
 
     def _run_handler(self, handler: Handler, ctx: Context, events: EventLog) -> Result | None:
         def before_sleep(retry_state: Any) -> None:
