@@ -1,7 +1,8 @@
 """``ralph``: the command line, a thin layer over the engine.
 
-Exit status: 0 every task done, 1 a task failed or was blocked, 2 bad input or usage,
-3 some criteria are left for a person to review, 130 interrupted.
+Exit status (ralph/exits.py; over several files the most telling one): 130 interrupted,
+2 bad input or usage, 1 a task failed or was blocked, 3 some criteria are left for a person
+to review, 0 every task done.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from . import __version__
+from . import __version__, exits
 from .errors import RalphError
 
 if TYPE_CHECKING:
@@ -78,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
     check.set_defaults(command=_check)
 
+    accept = commands.add_parser("accept", help="accept a task left for review: tick its open boxes, mark it DONE")
+    accept.add_argument("file", type=Path, metavar="FILE")
+    accept.add_argument("task", type=int, metavar="N")
+    accept.set_defaults(command=_accept)
+
     new = commands.add_parser("new", help="create the next RALPH-00N-slug.md from a template")
     new.add_argument("title")
     new.add_argument("--dir", type=Path, help="where to create it (default: roadmap/ralph if present, else .)")
@@ -95,19 +101,23 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return max(_dry_run(path, args) for path in args.files)
     reporter = ConsoleReporter()
-    worst = 0
+    codes = []
     for path in args.files:
         runner = Runner(path, reporter, only=args.only, start_from=args.start_from, max_cost_usd=args.max_cost_usd,
                         before_start=_show_plan(args))
         try:
-            code = runner.run().exit_code
+            codes.append(runner.run().exit_code)
         except Declined:
             print("ralph: not confirmed: nothing was run or written", file=sys.stderr)
-            return 1
-        worst = code if code in (130, 1) else max(worst, code)
-        if code == 130:
+            return exits.FAILED
+        except RalphError as error:  # this file's input is bad: the others still run
+            if len(args.files) == 1:
+                raise
+            print(f"ralph: {error}", file=sys.stderr)
+            codes.append(error.exit_code)
+        if codes[-1] == exits.INTERRUPTED:
             break
-    return worst
+    return exits.worst(*codes)
 
 
 def _positive_usd(text: str) -> float:
@@ -211,6 +221,14 @@ def _check(args: argparse.Namespace) -> int:
         if not plan.problems and not missing:
             print(f"{path}: ok ({len(plan.file.tasks)} tasks)")
     return EXIT_USAGE if failed or unset else 0
+
+
+def _accept(args: argparse.Namespace) -> int:
+    from .runner import accept
+
+    task = accept(args.file, args.task)
+    print(f"{args.file}: task {task.number} {task.title}: DONE (accepted)")
+    return 0
 
 
 def _new(args: argparse.Namespace) -> int:

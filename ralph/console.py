@@ -133,8 +133,11 @@ class ConsoleReporter:
         if self.live is not None:
             self.live.stop()
             self.live = None
-        if not summary.outcomes:
-            return
+        if summary.outcomes:
+            self._summary_table(summary)
+        self._open_for_review(summary)
+
+    def _summary_table(self, summary: RunSummary) -> None:
         table = Table(title="ralph run", title_justify="left")
         for column in ("#", "task", "status", "time", "cost", "note"):
             table.add_column(column, overflow="fold")
@@ -170,6 +173,24 @@ class ConsoleReporter:
             self._print(f"cost: ${summary.cost_usd:.4f}")
         for message in summary.unwritten:
             self._print(f"not written: {message}", "yellow")
+
+    def _open_for_review(self, summary: RunSummary) -> None:
+        """Each box a person has yet to check, with the evidence ralph has, and how to close it."""
+        if not summary.review:
+            return
+        name = summary.file.path
+        self._print(f"open for review ({len(summary.review)}): check each, then tick its box in {name}", "yellow")
+        for item in summary.review:
+            where = f"task {item.task}" if item.task is not None else "success criterion"
+            self._print(f"👁 {where}, line {item.line}: {item.criterion}")
+            if item.evidence:
+                self._print(f"    evidence: {item.evidence}", "dim")
+            if item.files:
+                self._print("    files: " + ", ".join(item.files), "dim")
+        tasks = sorted({i.task for i in summary.review if i.task is not None})
+        if tasks:
+            self._print(f"a task whose boxes are all ticked is DONE on the next `ralph run {name}`; "
+                        f"or accept it now: `ralph accept {name} {tasks[0]}`")
 
 
 def _skipped_together(outcomes: list[Outcome]) -> Iterator[list[Outcome]]:

@@ -36,7 +36,7 @@ from .plan import Plan, Step, make_plan, missing_env
 from .secrets import redact
 from .state import EventLog, RunLock, RunState, now, state_dir_for, unwritable
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REVIEW, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from .exits import FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, OK as EXIT_OK, REVIEW as EXIT_REVIEW, worst
 ALTERNATIVE = ("ou ", "or ")  # an exit condition starting so is an alternative to the one above
 
 
@@ -60,6 +60,17 @@ class Outcome:
 
 
 @dataclass
+class ReviewItem:
+    """A box left for a person: what to check, the evidence there is, and where to tick it."""
+
+    task: int | None  # None: the file's Success Criteria
+    criterion: str
+    line: int
+    evidence: str = ""
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunSummary:
     file: TaskFile
     outcomes: list[Outcome]
@@ -67,6 +78,7 @@ class RunSummary:
     final: list[Verdict] = field(default_factory=list)  # success criteria and exit conditions
     stale: list[int] = field(default_factory=list)
     unwritten: list[str] = field(default_factory=list)
+    review: list[ReviewItem] = field(default_factory=list)  # what is open for a person's review
 
     @property
     def cost_usd(self) -> float:
@@ -227,7 +239,7 @@ class Runner:
         stale = self._stale(plan, state, steps)
         events.write("run_started", file=str(self.path), tasks=[s.task.number for s in steps])
         self.reporter.start(plan, steps, stale)
-        outcomes: list[Outcome] = []
+        outcomes: list[Outcome] = self._accept_reviewed(plan, state, steps, events)
         stop_reason = ""
         interrupted = False
         skipped: list[Step] = []  # marked together, in one write, before the next clean-up task
@@ -266,9 +278,25 @@ class Runner:
         if self.cost_stop and stop_reason == self.cost_stop and not interrupted:
             code = EXIT_FAILED  # its limit stopped the work: it was not done
         events.write("run_finished", exit_code=code)
-        summary = RunSummary(file, outcomes, code, final, stale, self.unwritten)
+        summary = RunSummary(file, outcomes, code, final, stale, self.unwritten, open_for_review(file, state))
         self.reporter.finish(summary)
         return summary
+
+    def _accept_reviewed(self, plan: Plan, state: RunState, steps: list[Step], events: EventLog) -> list[Outcome]:
+        """NEEDS_REVIEW tasks whose every box is now ticked (a person checked what ralph could not)
+        become DONE without running again."""
+        running = {s.task.number for s in steps}
+        reviewed = [t for t in plan.file.tasks
+                    if t.status == "NEEDS_REVIEW" and t.number not in running and all(c.checked for c in t.criteria)]
+        outcomes = []
+        for task in reviewed:
+            accept_record(state.task(task.number), task)
+            outcomes.append(Outcome(task.number, task.title, "DONE", summary="reviewed: every box is ticked"))
+        if reviewed:
+            state.save()
+            self._write([SetStatus(t.number, "DONE") for t in reviewed])
+            events.write("tasks_reviewed", tasks=[t.number for t in reviewed])
+        return outcomes
 
     def _stopped_for_cost(self, events: EventLog) -> str:
         events.write("cost_limit", reason=self.cost_stop)
@@ -329,6 +357,7 @@ class Runner:
         edits += [SetCheck(task.number, text, False) for text in unverified if text in record.get("ticked", [])]
         if outcome.verdicts:
             record["ticked"] = verified
+        record["review"] = {v.criterion: v.evidence.detail for v in outcome.verdicts if v.evidence and v.evidence.verified is None}
         state.save()
         edits.append(SetResults(task.number, tuple(_results_lines(outcome))))
         self._write(edits)
@@ -432,6 +461,8 @@ class Runner:
         verdicts = [Verdict(c.text, None if c.checked else judge(c.text)) for c in file.success_criteria]
         exits = list(_exit_groups([Verdict(e.text, judge(e.text)) for e in file.exit_conditions]))
         edits: list[Edit] = [SetCheck(None, v.criterion, True) for v in verdicts if v.evidence and v.evidence.verified]
+        state.data["review"] = {v.criterion: v.evidence.detail for v in verdicts if v.evidence and v.evidence.verified is None}
+        state.save()
         lines = ["**Run summary** (ralph, " + now() + ")", ""]
         lines += [_verdict_line(v) for v in verdicts]
         if exits:
@@ -486,6 +517,55 @@ class Runner:
         return task.status if task else "PENDING"
 
 
+def open_for_review(file: TaskFile, state: RunState) -> list[ReviewItem]:
+    """The boxes a person has yet to tick: those of NEEDS_REVIEW tasks, and the file's Success
+    Criteria no run verified, each with the evidence ralph found when it last looked."""
+    items = []
+    for task in file.tasks:
+        if task.status != "NEEDS_REVIEW":
+            continue
+        record = state.task(task.number) if str(task.number) in state.data["tasks"] else {}
+        evidence, files = record.get("review", {}), record.get("result", {}).get("files", [])
+        items += [ReviewItem(task.number, c.text, c.line, evidence.get(c.text, ""), list(files))
+                  for c in task.criteria if not c.checked]
+    evidence = state.data.get("review", {})
+    items += [ReviewItem(None, c.text, c.line, evidence[c.text])
+              for c in file.success_criteria if not c.checked and c.text in evidence]
+    return items
+
+
+def accept(path: Path, number: int) -> Task:
+    """A person's verdict on a NEEDS_REVIEW task: its open boxes ticked, the task DONE."""
+    directory = state_dir_for(path)
+    lock = RunLock(directory, path)
+    lock.acquire()
+    try:
+        writer = TaskFileWriter(path)
+        file, _ = writer.apply([])
+        task = file.task(number)
+        if task is None:
+            raise RalphError(f"accept {number}: there is no task {number} (tasks: {_listed([t.number for t in file.tasks])})", path)
+        if task.status != "NEEDS_REVIEW":
+            raise RalphError(f"accept {number}: task {number} is {task.status}; only a task waiting for review "
+                             "(NEEDS_REVIEW) can be accepted", path, task.fields["status"].line)
+        state = RunState(directory)
+        accept_record(state.task(number), task)
+        state.save()
+        edits: list[Edit] = [SetCheck(number, c.text, True) for c in task.criteria if not c.checked]
+        file, _ = writer.apply([*edits, SetStatus(number, "DONE")])
+        events = EventLog(directory, "accept")
+        events.write("task_accepted", task=number)
+        events.close()
+        return file.task(number) or task
+    finally:
+        lock.release()
+
+
+def accept_record(record: dict[str, Any], task: Task) -> None:
+    """The state of a task a person accepted: DONE, as its text reads now."""
+    record.update(status="DONE", fingerprint=task.fingerprint, review={})
+
+
 def _evidence(handler: Handler, ctx: Context, result: Result, text: str) -> Evidence:
     check = handler.check_for(text)
     if check is None:
@@ -506,14 +586,9 @@ def _status_from(verdicts: list[Verdict]) -> str:
 
 
 def _exit_code(file: TaskFile, *, interrupted: bool) -> int:
-    statuses = {t.status for t in file.tasks}
-    if interrupted:
-        return EXIT_INTERRUPTED
-    if statuses & {"FAILED", "BLOCKED"}:
-        return EXIT_FAILED
-    if "NEEDS_REVIEW" in statuses:
-        return EXIT_REVIEW
-    return EXIT_OK
+    by_status = {"FAILED": EXIT_FAILED, "BLOCKED": EXIT_FAILED, "NEEDS_REVIEW": EXIT_REVIEW}
+    codes = [by_status.get(t.status, EXIT_OK) for t in file.tasks]
+    return worst(*codes, EXIT_INTERRUPTED if interrupted else EXIT_OK)
 
 
 def _result_record(result: Result) -> dict[str, Any]:
