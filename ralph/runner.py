@@ -630,7 +630,11 @@ def _results_lines(outcome: Outcome) -> list[str]:
     if outcome.summary:
         lines.append(f"- {outcome.summary}")
     if outcome.error:
-        lines.append(f"- Error: {outcome.error}")
+        # A handler's own lines (a script's last output) stay lines, quoted so that no fence or
+        # marker in them can reach the file's structure.
+        first, *more = outcome.error.splitlines() or [""]
+        lines.append(f"- Error: {first}")
+        lines += [f"  > {line}".rstrip() for line in more]
     if outcome.files:
         lines.append("- Files: " + ", ".join(f"[{Path(f).name}]({quote(f)})" for f in outcome.files))
     lines += [_verdict_line(v) for v in outcome.verdicts]
