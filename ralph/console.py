@@ -47,9 +47,11 @@ class _QuietBar:
 
 
 class ConsoleReporter:
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, *, loudness: str = "normal") -> None:
         self.console = console or Console(highlight=False)
-        self.live_mode = self.console.is_terminal
+        # quiet: warnings, the summary and what is open for review; verbose: also each criterion's evidence.
+        self.loudness = loudness
+        self.live_mode = self.console.is_terminal and loudness != "quiet"
         self.rows: dict[int, list[str]] = {}
         self.bars = Progress(
             SpinnerColumn(),
@@ -80,8 +82,9 @@ class ConsoleReporter:
     # -- the runner's calls --------------------------------------------------------------
 
     def start(self, plan: Plan, steps: list[Step], stale: list[int]) -> None:
-        self._print(f"{plan.file.title} — {plan.file.path}", "bold")
-        if not steps:
+        if self.loudness != "quiet":
+            self._print(f"{plan.file.title} — {plan.file.path}", "bold")
+        if not steps and self.loudness != "quiet":
             self._print("nothing to do: every task is finished")
         for number in stale:
             self._print(f"task {number} changed since it was done; `ralph run --only {number}` redoes it", "yellow")
@@ -92,26 +95,32 @@ class ConsoleReporter:
 
     def task_started(self, task: Task, handler: str, resumed: bool) -> None:
         self.rows[task.number][1] = "IN_PROGRESS"
-        if not self.live_mode:
+        if not self.live_mode and self.loudness != "quiet":
             self._print(f"▶ task {task.number} {task.title} ({handler}{', resumed' if resumed else ''})")
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
         if task.number in self.rows:
             self.rows[task.number][1] = outcome.status
-        if not self.live_mode:
+        if not self.live_mode and self.loudness != "quiet":
             detail = f" — {outcome.error}" if outcome.error else ""
             self._print(f"  task {task.number} {outcome.status} ({outcome.seconds:.1f} s){detail}")
+        if self.loudness == "verbose":
+            for verdict in outcome.verdicts:
+                evidence = verdict.evidence
+                mark = "✔" if evidence is None or evidence.verified else "✘" if evidence.verified is False else "👁"
+                self._print(f"    {mark} {verdict.criterion}: {evidence.detail if evidence else 'ticked by a person'}")
 
     def tasks_skipped(self, tasks: list[Task], outcomes: list[Outcome]) -> None:
         """One line for them all: after Ctrl-C, a long file stops at once."""
         for task in tasks:
             if task.number in self.rows:
                 self.rows[task.number][1] = "SKIPPED"
-        if not self.live_mode:
+        if not self.live_mode and self.loudness != "quiet":
             self._print(f"  {_numbers([t.number for t in tasks])} SKIPPED — {outcomes[0].error}")
 
     def log(self, task: Task, message: str) -> None:
-        self._print(f"  task {task.number}: {message}", "dim")
+        if self.loudness != "quiet":
+            self._print(f"  task {task.number}: {message}", "dim")
 
     def warn(self, message: str) -> None:
         self._print(f"warning: {message}", "yellow")
@@ -119,9 +128,11 @@ class ConsoleReporter:
     @contextmanager
     def progress(self, description: str, total: float | None) -> Iterator[_Bar | _QuietBar]:
         if not self.live_mode:
-            self._print(f"  {description}…")
+            if self.loudness != "quiet":
+                self._print(f"  {description}…")
             yield _QuietBar()
-            self._print(f"  {description}: done")
+            if self.loudness != "quiet":
+                self._print(f"  {description}: done")
             return
         task_id = self.bars.add_task(escape(redact(description)), total=total)
         try:

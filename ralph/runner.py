@@ -36,6 +36,7 @@ from .plan import Plan, Step, make_plan, missing_env
 from .secrets import redact
 from .state import EventLog, RunLock, RunState, now, state_dir_for, unwritable
 
+from .review import ReviewItem, accept_record, open_for_review
 from .exits import FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, OK as EXIT_OK, REVIEW as EXIT_REVIEW, worst
 ALTERNATIVE = ("ou ", "or ")  # an exit condition starting so is an alternative to the one above
 
@@ -57,17 +58,6 @@ class Outcome:
     cost_usd: float | None = None
     files: list[str] = field(default_factory=list)  # what the task produced (images, pictures)
     verdicts: list[Verdict] = field(default_factory=list)
-
-
-@dataclass
-class ReviewItem:
-    """A box left for a person: what to check, the evidence there is, and where to tick it."""
-
-    task: int | None  # None: the file's Success Criteria
-    criterion: str
-    line: int
-    evidence: str = ""
-    files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -515,55 +505,6 @@ class Runner:
     def _status_of(self, file: TaskFile, number: int) -> str:
         task = file.task(number)
         return task.status if task else "PENDING"
-
-
-def open_for_review(file: TaskFile, state: RunState) -> list[ReviewItem]:
-    """The boxes a person has yet to tick: those of NEEDS_REVIEW tasks, and the file's Success
-    Criteria no run verified, each with the evidence ralph found when it last looked."""
-    items = []
-    for task in file.tasks:
-        if task.status != "NEEDS_REVIEW":
-            continue
-        record = state.task(task.number) if str(task.number) in state.data["tasks"] else {}
-        evidence, files = record.get("review", {}), record.get("result", {}).get("files", [])
-        items += [ReviewItem(task.number, c.text, c.line, evidence.get(c.text, ""), list(files))
-                  for c in task.criteria if not c.checked]
-    evidence = state.data.get("review", {})
-    items += [ReviewItem(None, c.text, c.line, evidence[c.text])
-              for c in file.success_criteria if not c.checked and c.text in evidence]
-    return items
-
-
-def accept(path: Path, number: int) -> Task:
-    """A person's verdict on a NEEDS_REVIEW task: its open boxes ticked, the task DONE."""
-    directory = state_dir_for(path)
-    lock = RunLock(directory, path)
-    lock.acquire()
-    try:
-        writer = TaskFileWriter(path)
-        file, _ = writer.apply([])
-        task = file.task(number)
-        if task is None:
-            raise RalphError(f"accept {number}: there is no task {number} (tasks: {_listed([t.number for t in file.tasks])})", path)
-        if task.status != "NEEDS_REVIEW":
-            raise RalphError(f"accept {number}: task {number} is {task.status}; only a task waiting for review "
-                             "(NEEDS_REVIEW) can be accepted", path, task.fields["status"].line)
-        state = RunState(directory)
-        accept_record(state.task(number), task)
-        state.save()
-        edits: list[Edit] = [SetCheck(number, c.text, True) for c in task.criteria if not c.checked]
-        file, _ = writer.apply([*edits, SetStatus(number, "DONE")])
-        events = EventLog(directory, "accept")
-        events.write("task_accepted", task=number)
-        events.close()
-        return file.task(number) or task
-    finally:
-        lock.release()
-
-
-def accept_record(record: dict[str, Any], task: Task) -> None:
-    """The state of a task a person accepted: DONE, as its text reads now."""
-    record.update(status="DONE", fingerprint=task.fingerprint, review={})
 
 
 def _evidence(handler: Handler, ctx: Context, result: Result, text: str) -> Evidence:

@@ -230,7 +230,7 @@ def test_a_create_redone_with_only_finds_its_pod_instead_of_making_a_second(emu:
     file = pod_project(tmp_path / "project", fast_params(tmp_path))
     process = ralph_process(file)
     try:
-        pod_id = wait_for(lambda: state(file).get("tasks", {}).get("1", {}).get("memory", {}).get("pod_id"))
+        pod_id = wait_for(lambda: state(file).get("tasks", {}).get("1", {}).get("memory", {}).get("pod_id"), timeout=60)
     finally:
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=10)
