@@ -4,6 +4,7 @@ lines as lines."""
 
 from __future__ import annotations
 
+import signal
 import uuid
 from pathlib import Path
 
@@ -119,3 +120,30 @@ def test_a_failed_script_keeps_its_last_lines_as_lines(tmp_path: Path) -> None:
     assert "- Error: the script exited 3; its last lines:\n  > one\n  > ```\n  > <!-- /ralph:results -->\n  > last words\n" in text
     task = parse_file(shell.file)[0].tasks[0]  # the output reached no structure of the file
     assert task.status == "FAILED" and len(task.code_blocks) == 2 and len(task.criteria) == 1
+
+
+def interrupt_while_running(shell: Project, name: str) -> None:
+    """Ctrl-C to ralph once the script's child runs; then no process of the script is left."""
+    ralph = shell.popen("run", shell.file.name)
+    try:
+        wait_for(lambda: processes_named(name), timeout=60, what="the script's child")
+        ralph.send_signal(signal.SIGINT)
+        output, _ = ralph.communicate(timeout=60)
+    finally:
+        if ralph.poll() is None:
+            ralph.kill()
+    assert ralph.returncode == 130, output
+    wait_for(lambda: not processes_named(name), timeout=10, what="no process of the script left")
+
+
+def test_ctrl_c_here_kills_the_script_and_its_child(tmp_path: Path) -> None:
+    name = f"ralph-test-{uuid.uuid4().hex}"
+    text = HERE.format(script=a_script_with_a_long_child(name)).replace("timeout: 1", "timeout: 600")
+    interrupt_while_running(project(tmp_path, text), name)
+
+
+def test_ctrl_c_on_the_machine_kills_the_script_and_its_child(tmp_path: Path, sshd: SshServer) -> None:
+    name = f"ralph-test-{uuid.uuid4().hex}"
+    params = f"host: {sshd.user}@{sshd.host}:{sshd.port}\nkey: {sshd.client_key}"
+    text = ON_MACHINE.format(params=params, script=a_script_with_a_long_child(name)).replace("timeout: 1", "timeout: 600")
+    interrupt_while_running(project(tmp_path / "project", text), name)
