@@ -28,16 +28,16 @@ from .budget import CostWatch
 from .context import Context, RunInfo
 from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
 from .errors import EnvironmentFailure, RalphError
+from .exits import FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, OK as EXIT_OK, REVIEW as EXIT_REVIEW, worst
 from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
 from .parser import ParseError, normalise
 from . import secrets
 from .plan import Plan, Step, make_plan, missing_env
+from .review import ReviewItem, accept_record, open_for_review
 from .secrets import redact
 from .state import EventLog, RunLock, RunState, now, state_dir_for, unwritable
 
-from .review import ReviewItem, accept_record, open_for_review
-from .exits import FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, OK as EXIT_OK, REVIEW as EXIT_REVIEW, worst
 ALTERNATIVE = ("ou ", "or ")  # an exit condition starting so is an alternative to the one above
 
 
