@@ -23,6 +23,10 @@ text to read paths or numbers from) and returns evidence; a criterion
 that no check matches is left for a person to review.  A handler with ``cleanup = True``
 runs even after an earlier task failed or the run was interrupted.
 
+``provides`` and ``needs`` name the facts (ralph/facts.py) a handler hands to the tasks after
+it (``ctx.publish(fact)``) and those it reads from earlier ones (``ctx.fact(Kind)``): ``ralph
+check`` reports a need that no earlier task provides, at the task's line.
+
 ``needs_env`` names the environment variables a handler cannot work without (a provider's
 API key): a run, a dry run and ``ralph check`` refuse a file whose tasks need one that is not
 set, before anything is written.  ``estimate`` tells, before anything runs, what the task will
@@ -38,6 +42,8 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+
+from .facts import Fact, Need
 
 if TYPE_CHECKING:
     from .context import Context, EstimateContext, RunInfo
@@ -178,6 +184,8 @@ class Handler:
     attempts: ClassVar[int] = 3  # tries when run raises TransientError
     # Environment variables the handler needs → what each is and where to get it.
     needs_env: ClassVar[Mapping[str, str]] = {}
+    provides: ClassVar[tuple[type[Fact], ...]] = ()  # facts run publishes for the tasks after it
+    needs: ClassVar[tuple[Need, ...]] = ()  # facts run reads, which an earlier task must provide
 
     def run(self, ctx: Context) -> Result | None:
         raise NotImplementedError

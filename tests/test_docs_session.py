@@ -58,7 +58,7 @@ def test_the_checks_notice_a_rewritten_doc(tmp_path: Path) -> None:
     state = RunState(project.root / ".ralph" / project.file.stem)
     file = project.parsed()
     ctx = Context(file, file.task(6), {"path": None}, state.memory(6), state.resources, project.root,
-                  state.directory, "check", reporter=None, events=None, results={})  # type: ignore[arg-type]
+                  state.directory, "check", reporter=None, events=None)  # type: ignore[arg-type]
     handler, result = SessionDoc(), Result(**record)
     assert handler.updated(ctx, result, "Session doc mise à jour").verified is True
     doc.write_bytes(doc.read_bytes().replace(b"never change", b"never alter", 1))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ralph import units
 from ralph.config import load_config
 from ralph.context import Context, EstimateContext
+from ralph.facts import Need
 from ralph.handler import (
     Estimate,
     Evidence,
@@ -30,6 +31,8 @@ from ralph.handler import (
     criterion,
 )
 from ralph.handlers.comfyui import workflow as wf
+from ralph.handlers.comfyui.service import DEFAULT_PORT
+from ralph.handlers.facts import ComfyServer, Images, MachineHandle
 from ralph.handlers.images import pngtext
 from ralph.measures import SECONDS_PER_IMAGE, Measures
 from ralph.model import Task, TaskFile
@@ -56,6 +59,8 @@ class ComfyRun(Handler):
     """
 
     name = "comfyui.run"
+    needs = (Need(MachineHandle, unless="server"),)
+    provides = (Images,)
     params = {
         "template": Param((str, type(None)), None, "a workflow template of workflows/ instead of the node list"),
         "overrides": Param(dict, {}, "workflow parameters to change, by name or 'node.input'"),
@@ -102,18 +107,22 @@ class ComfyRun(Handler):
             except (ComfyError, OSError) as error:
                 raise TransientError(f"ComfyUI at {url} did not answer: {error}") from error
             wf.cache_schemas(object_info, ctx.state_dir)  # `ralph check` validates against it next time
-            flow = wf.build(ctx.file, ctx.task, ctx.params, schemas, _provided_files(ctx.file))
+            server = ctx.fact(ComfyServer)
+            flow = wf.build(ctx.file, ctx.task, ctx.params, schemas,
+                            (server.files or None) if server is not None else _provided_files(ctx.file))
             errors = [p for p in flow.problems if p.is_error or (ctx.params["strict_lint"] and p.severity == "warning")]
             if errors:
                 raise TaskFailed("; ".join(f"line {p.line or flow.fallback_line}: {p}" for p in errors))
             variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
             images = [image for variant in variants for image in self._variant(ctx, client, variant, flow)]
+        lint = [str(p) for p in flow.problems if p.severity == "warning"]
+        ctx.publish(Images(images, flow.values(), lint))
         return Result(
             summary=f"{len(images)} image(s) from {len(variants)} variant(s) in {ctx.params['output_dir']}",
             data={
                 "images": images,
                 "workflow": flow.values(),
-                "lint": [str(p) for p in flow.problems if p.severity == "warning"],
+                "lint": lint,
                 "server": url,
             },
             files=[image["path"] for image in images],
@@ -173,8 +182,8 @@ class ComfyRun(Handler):
         done[variant.label] = record
         ctx.memory["variants"] = done
         if images and result.server_seconds:
-            machine = ctx.resources.get("machine") or {}
-            on = f" on {machine['gpu']}" if machine.get("gpu") else ""
+            machine = ctx.fact(MachineHandle)
+            on = f" on {machine.gpu}" if machine is not None and machine.gpu else ""
             Measures().record(SECONDS_PER_IMAGE, result.server_seconds / len(images),
                               f"{len(images)} image(s) of {ctx.file.path.name} task {ctx.task.number}{on}")
         return images
@@ -240,18 +249,22 @@ def _stamp_png(path: Path, values: dict[str, Any]) -> None:
 
 @contextmanager
 def server_url(ctx: Context) -> Iterator[str]:
-    """The ``server`` parameter, else ComfyUI on the held machine through an SSH tunnel, on the
-    port an earlier comfyui.setup started it on (its ``port`` parameter), else ComfyUI's 8188."""
+    """The ``server`` parameter, else ComfyUI on the held machine through an SSH tunnel (the
+    machine exposes no port but SSH; ComfyUI listens on its 127.0.0.1), on the port the
+    comfyui.setup before started it on (its ``ComfyServer`` fact), else ComfyUI's default."""
     if ctx.params["server"]:
         yield ctx.params["server"].rstrip("/")
         return
     try:
-        from ralph.handlers.machines.session import COMFYUI_PORT, comfyui_url
+        from ralph.handlers.machines import session
+        from ralph.handlers.machines.forwarding import forward
     except ImportError:
         raise TaskBlocked("no ComfyUI server: set the `server` parameter (pods are not available here)") from None
-    service = ctx.result_of("service") or {}
-    with comfyui_url(ctx, service.get("port", COMFYUI_PORT)) as url:
-        yield url
+    handle, machine = session.connect(ctx)
+    server = ctx.fact(ComfyServer)
+    port = server.port if server is not None and server.machine == handle.id else DEFAULT_PORT
+    with forward(machine, remote_port=port) as forwarded:
+        yield forwarded.url
 
 
 def _provided_files(file: TaskFile) -> list[str] | None:

@@ -13,7 +13,9 @@ import re
 from typing import Any
 
 from ralph.context import Context, EstimateContext
+from ralph.facts import Need
 from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, criterion
+from ralph.handlers.facts import MachineHandle
 from ralph.handlers.machines import remote_shell, session
 from ralph.handlers.machines.base import CommandTimeout, MachineError
 from ralph.handlers.runpod.common import PodHandler
@@ -34,6 +36,7 @@ class PodShell(PodHandler):
     """
 
     name = "pod.shell"
+    needs = (Need(MachineHandle),)
     needs_env = {}  # it runs on whichever machine is held, a RunPod pod or not
     params = {
         "timeout": Param((int, float), 3600, "seconds before the script is given up"),
