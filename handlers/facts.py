@@ -74,7 +74,7 @@ class Images(Fact):
     people), its variant and the parameters it was made with."""
 
     key = "images"
-    what = "images"
+    what = "a set of images"
 
     images: list[dict[str, Any]]
     workflow: dict[str, Any] = field(default_factory=dict)  # the workflow's parameter values

@@ -67,6 +67,7 @@ class Generate(Handler):
     a pod handler that could not start one)."""
 
     name = "test.generate"
+    provides = (Images, MachineHandle)
     params = {
         "variants": Param(list, [], "{label, grain, blur, params}"),
         "lint": Param(list, []),
