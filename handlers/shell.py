@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import threading
 import time
@@ -11,11 +10,10 @@ from typing import Any
 
 from ralph import children
 from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
+from ralph.handler import BACKTICKED, Estimate, Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
 from ralph.model import Task, TaskFile
 from ralph.secrets import redact
 
-_BACKTICKED = re.compile(r"`([^`]+)`")
 _TAIL_LINES = 5
 
 
@@ -59,7 +57,7 @@ class ShellHandler(Handler):
 
     @criterion(r"`[^`]+`.*\b(exist|cree|created|present|saved|sauvegard|ecrit|written|genere)")
     def path_exists(self, ctx: Context, result: Result, text: str) -> Evidence:
-        path = ctx.path(_BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
+        path = ctx.path(BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
         shown = ctx.display_path(path)
         if path.is_file():
             return Evidence(True, f"{shown} exists ({path.stat().st_size} bytes)")
@@ -69,7 +67,7 @@ class ShellHandler(Handler):
 
     @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
     def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:
-        command = _BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
+        command = BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
         done = children.run(
             ["bash", "-c", command], cwd=ctx.workdir, env=_environment(ctx.params["env"]), timeout=ctx.params["timeout"]
         )

@@ -159,6 +159,9 @@ def fold(text: str) -> str:
     return " ".join(plain.casefold().split())
 
 
+BACKTICKED = re.compile(r"`([^`]+)`")  # a `path` or `command` a criterion names, for its check to read
+
+
 CheckMethod = Callable[[Any, "Context", Result, str], Evidence]
 # Criterion patterns are regexes such as `[^`]+`.*\b(exist|...)`, whose search takes time
 # quadratic in the text where the first part matches often: a criterion longer than a

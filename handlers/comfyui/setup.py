@@ -21,7 +21,7 @@ from typing import Any
 from ralph import units
 from ralph.context import Context, EstimateContext
 from ralph.facts import Need
-from ralph.handler import (Estimate, Evidence, Figure, Handler, Param, Problem, Result, TaskBlocked, TaskFailed,
+from ralph.handler import (BACKTICKED, Estimate, Evidence, Figure, Handler, Param, Problem, Result, TaskBlocked, TaskFailed,
                            TransientError, criterion)
 from ralph.handlers.comfyui.files import FACE, FOLDERS, file_specs, folder_for, place_file
 from ralph.handlers.comfyui.install import DEFAULT_INSTALL, install_comfyui
@@ -34,7 +34,6 @@ from ralph.measures import UPLOAD_SPEED, Measures
 from ralph.model import Task, TaskFile
 
 _FILE_NAME = re.compile(r"\b[\w.+-]+\.(?:safetensors|bin|onnx|ckpt|pth|pt|jpe?g|png|webp)\b", re.I)
-_BACKTICKED = re.compile(r"`([^`]+)`")
 # What the estimate assumes where nothing was measured or configured.
 DEFAULT_UPLOAD_MB_PER_S = 5.0  # a home or office uplink
 POD_DOWNLOAD_MB_PER_S = 50.0  # a data centre fetching from Hugging Face
@@ -207,7 +206,7 @@ class ComfyUISetup(Handler):
 
     @criterion(r"`[^`]*\b(models/[\w./-]+|input)/?`")
     def in_folder(self, ctx: Context, result: Result, text: str) -> Evidence:
-        folders = [b for b in _BACKTICKED.findall(text) if "/" in b]
+        folders = [b for b in BACKTICKED.findall(text) if "/" in b]
         if not folders:
             return Evidence(None, "no backticked folder in the criterion to check")
         wanted = folders[-1].strip().rstrip("/")

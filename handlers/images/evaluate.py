@@ -26,11 +26,12 @@ from PIL import Image
 
 from ralph.context import Context, EstimateContext
 from ralph.facts import Need
-from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
+from ralph.handler import BACKTICKED, Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
 from ralph.handlers.facts import ComfyServer, Evaluation, Images
 from ralph.handlers.machines.base import Machine, MachineError
 from ralph.model import Task
 from ralph.state import now
+from ralph.textfile import write_atomically
 
 from . import face
 from .colour import NATURAL_HUE, NATURAL_MAX_CHROMA, ColourDrift, ColourStats, colour_drift, colour_stats
@@ -40,7 +41,6 @@ from .grain import GrainComparison, GrainMeasure, compare_grain, measure_grain
 HISTORY = "images-history.json"
 DEFAULT_DIR = "output"
 DEFAULT_COMFYUI_DIR = "/workspace/ComfyUI"  # a RunPod ComfyUI image's
-BACKTICKED = re.compile(r"`([^`]+)`")
 MARKDOWN_LINK = re.compile(r"\]\(<?([^)>]+)>?\)")
 # Verdicts from worst to best, for ranking (index = group; lower is better).
 _GROUPS = {"less grain": 0, "not less grain": 1, "grain coarser": 2, "detail lost": 2, "not measurable": 3}
@@ -477,6 +477,4 @@ def _remember(ctx: Context, records: list[dict[str, Any]], best: dict[str, Any])
     )
     path = ctx.state_dir / HISTORY
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(HISTORY + ".part")
-    partial.write_text(json.dumps(entries, indent=1, ensure_ascii=False), "utf-8")
-    os.replace(partial, path)
+    write_atomically(path, json.dumps(entries, indent=1, ensure_ascii=False).encode("utf-8"))

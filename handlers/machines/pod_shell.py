@@ -14,7 +14,7 @@ from typing import Any
 
 from ralph.context import Context, EstimateContext
 from ralph.facts import Need
-from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, criterion
+from ralph.handler import BACKTICKED, Estimate, Evidence, Param, Problem, Result, TaskFailed, criterion
 from ralph.handlers.facts import MachineHandle
 from ralph.handlers.machines import remote_shell, session
 from ralph.handlers.machines.base import CommandTimeout, MachineError
@@ -23,7 +23,6 @@ from ralph.handlers.shell import script_summary
 from ralph.model import Task, TaskFile
 from ralph.secrets import redact
 
-_BACKTICKED = re.compile(r"`([^`]+)`")
 _TAIL_LINES = 5
 
 
@@ -84,7 +83,7 @@ class PodShell(PodHandler):
 
     @criterion(r"`[^`]+`.*\b(exist|cree|created|present|installe|installed|uploade|uploaded|telecharge|downloaded)")
     def path_exists(self, ctx: Context, result: Result, text: str) -> Evidence:
-        path = _BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
+        path = BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
         _, ssh = session.connect(ctx)
         done = ssh.run(f"test -e {remote_shell.quote(path)} && ls -ld {remote_shell.quote(path)}", check=False)
         if done.ok:
@@ -93,7 +92,7 @@ class PodShell(PodHandler):
 
     @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
     def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:
-        command = _BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
+        command = BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
         _, ssh = session.connect(ctx)
         done = ssh.run(command, check=False, timeout=ctx.params["timeout"])
         output = redact(done.stdout + done.stderr).strip().splitlines()
