@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import inspect
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 from .facts import Fact, Need
+from .parser import normalise
 
 if TYPE_CHECKING:
     from .context import Context, EstimateContext, RunInfo
@@ -152,13 +152,6 @@ class Estimate:
     rental: Rental | None = None  # set by a handler that rents a machine
 
 
-def fold(text: str) -> str:
-    """Lower-case, accents removed, spaces collapsed: what criterion patterns match against."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(plain.casefold().split())
-
-
 BACKTICKED = re.compile(r"`([^`]+)`")  # a `path` or `command` a criterion names, for its check to read
 
 
@@ -170,7 +163,8 @@ LONGEST_MATCHED = 2000
 
 
 def criterion(pattern: str) -> Callable[[CheckMethod], CheckMethod]:
-    """Mark a handler method as the check for criteria matching ``pattern`` (a regex on folded text)."""
+    """Mark a handler method as the check for criteria matching ``pattern`` (a regex on
+    ``normalise``d text: lower-case, no accents)."""
     compiled = re.compile(pattern)
 
     def mark(method: CheckMethod) -> CheckMethod:
@@ -216,7 +210,7 @@ class Handler:
         """The bound check whose pattern matches the criterion, if any (first defined wins)."""
         if len(criterion_text) > LONGEST_MATCHED:
             return None
-        folded = fold(criterion_text)
+        folded = normalise(criterion_text)
         for klass in type(self).__mro__:
             for attribute in vars(klass).values():
                 pattern = getattr(attribute, "__ralph_criterion__", None)

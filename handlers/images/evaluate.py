@@ -26,10 +26,11 @@ from PIL import Image
 
 from ralph.context import Context, EstimateContext
 from ralph.facts import Need
-from ralph.handler import BACKTICKED, Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
+from ralph.handler import BACKTICKED, Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion
 from ralph.handlers.facts import ComfyServer, Evaluation, Images
 from ralph.handlers.machines.base import Machine, MachineError
 from ralph.model import Task
+from ralph.parser import normalise
 from ralph.state import now
 from ralph.textfile import write_atomically
 
@@ -294,7 +295,7 @@ def _size(size: int) -> str:
 def _named_folder(ctx: Context) -> str | None:
     """The folder a "image téléchargée … dans `X`" criterion names."""
     for criterion_ in ctx.task.criteria:
-        if re.search(r"telecharge|download", fold(criterion_.text)):
+        if re.search(r"telecharge|download", normalise(criterion_.text)):
             found = BACKTICKED.search(criterion_.text)
             if found:
                 return found.group(1)
