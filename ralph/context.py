@@ -38,7 +38,7 @@ class RunInfo:
 
     file: TaskFile
     resources: Resources
-    workdir: Path
+    workdir: Path  # the folder of the task file: relative paths are relative to it
     state_dir: Path
     run_id: str
     reporter: Reporter
@@ -55,18 +55,13 @@ class EstimateContext:
     measures: Measures
 
 
-@dataclass
-class Context:
-    file: TaskFile
+@dataclass(kw_only=True)
+class Context(RunInfo):
+    """What a handler's ``run`` and checks see: the run, and the task at hand."""
+
     task: Task
     params: dict[str, Any]
     memory: TaskMemory  # the handler's own memory, on disk as soon as it is assigned
-    resources: Resources
-    workdir: Path  # the folder of the task file: relative paths are relative to it
-    state_dir: Path
-    run_id: str
-    reporter: Reporter
-    events: EventLog
     records: Mapping[int, TaskRecord] = field(default_factory=dict)  # what the state holds of each task
 
     def publish(self, fact: Fact) -> None:

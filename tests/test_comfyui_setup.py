@@ -34,7 +34,7 @@ from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, criterion
 from ralph.handlers.comfyui import run, service, setup
-from ralph.handlers.facts import MachineHandle
+from ralph.handlers.facts import ComfyServer, MachineHandle
 from ralph.handlers.machines import session
 from ralph.handlers.machines.ssh import SshMachine, SshTarget
 from ralph.handlers.machines.forwarding import forward
@@ -323,10 +323,13 @@ def test_comfyui_run_reaches_comfyui_on_the_port_setup_started_it_on(
     pod.run(base_params(tmp_path, stand_in_comfyui))  # no models: their criteria go to review
     assert pod.result()["result"]["data"]["service"]["port"] == pod.port, pod.output
     state = RunState(pod.file.parent / ".ralph" / pod.file.stem)
+    server = ComfyServer.from_record(state.resources.get(ComfyServer.key))  # the fact setup published
+    assert server is not None and (server.port, server.machine) == (pod.port, pod.handle.id)
+    assert server.folder == f"{pod.workspace}/ComfyUI"
     file = parse_file(pod.file)[0]
     after_setup = dataclasses.replace(file.task(2), number=3)  # the example's task 3, comfyui.run
-    ctx = Context(file, after_setup, {"server": None}, state.memory(3), state.resources, pod.file.parent,
-                  state.directory, "test", reporter=None, events=None,  # type: ignore[arg-type]
+    ctx = Context(file, state.resources, pod.file.parent, state.directory, "test", reporter=None,  # type: ignore[arg-type]
+                  events=None, task=after_setup, params={"server": None}, memory=state.memory(3),  # type: ignore[arg-type]
                   records=state.records())
     with run.server_url(ctx) as url:
         stats = httpx.get(f"{url}/system_stats", timeout=30).json()
