@@ -96,7 +96,7 @@ def next_lead(
         return None
     verdict = grain.get("verdict")
     if verdict == "less grain":
-        if colour and colour.get("ok") is False:
+        if colour and colour.get("verified") is False:
             return f"grain went down but {colour.get('explanation')}: lower cfg or the refiner's denoise"
         return None
     if verdict == "no previous image":

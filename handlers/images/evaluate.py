@@ -31,7 +31,7 @@ from ralph.model import Task
 from ralph.state import now
 
 from . import face
-from .colour import NATURAL_HUE, NATURAL_MAX_CHROMA, ColourDrift, ColourStats, colour_drift, colour_stats
+from .colour import ColourDrift, ColourStats, colour_drift, colour_stats
 from .compare import render_comparison
 from .grain import GrainComparison, GrainMeasure, compare_grain, measure_grain
 
@@ -40,7 +40,8 @@ DEFAULT_DIR = "output"
 BACKTICKED = re.compile(r"`([^`]+)`")
 MARKDOWN_LINK = re.compile(r"\]\(<?([^)>]+)>?\)")
 # Verdicts from worst to best, for ranking (index = group; lower is better).
-_GROUPS = {"less grain": 0, "not less grain": 1, "grain coarser": 2, "detail lost": 2, "not measurable": 3}
+_GROUPS = {"less grain": 0, "blur not checked": 1, "not less grain": 2, "grain coarser": 3, "detail lost": 3,
+           "not measurable": 4}
 
 
 def _r(value: float | None, digits: int = 4) -> float | None:
@@ -76,7 +77,7 @@ class Assessed:
         """Ranking: grain verdict first, then colours kept, then how far grain fell."""
         if self.grain is None:
             return (_GROUPS["not measurable"], 0, float(self.measure.index or np.inf))
-        colour_bad = 1 if self.colour is not None and not self.colour.ok else 0
+        colour_bad = 1 if self.colour is not None and self.colour.verified is False else 0
         ratio = self.grain.ratio if self.grain.ratio is not None else np.inf
         return (_GROUPS[self.grain.verdict], colour_bad, float(ratio))
 
@@ -100,27 +101,24 @@ class Assessed:
 def _colour_data(drift: ColourDrift | None, stats: ColourStats) -> dict[str, Any]:
     data: dict[str, Any] = {
         "mean_chroma": _r(stats.mean_chroma, 2),
-        "skin_fraction": _r(stats.skin_fraction),
+        "face": stats.face.as_data() if stats.face else None,
         "skin_hue": _r(stats.skin_hue, 2),
         "skin_chroma": _r(stats.skin_chroma, 2),
-        "natural": _natural(stats),
+        "natural": stats.natural,
     }
     if drift is not None:
         data.update(
             verdict=drift.verdict,
-            ok=drift.ok,
+            verified=drift.verified,
+            face=drift.face.as_data() if drift.face else None,
+            natural=drift.natural,
             hue_shift=_r(drift.skin_hue_shift, 2),
             chroma_ratio=_r(drift.chroma_ratio),
+            cast=_r(drift.cast, 2),
             skin_chroma_ratio=_r(drift.skin_chroma_ratio),
             explanation=drift.explanation,
         )
     return data
-
-
-def _natural(stats: ColourStats) -> bool | None:
-    if stats.skin_hue is None or stats.skin_chroma is None:
-        return None
-    return NATURAL_HUE[0] <= stats.skin_hue <= NATURAL_HUE[1] and stats.skin_chroma <= NATURAL_MAX_CHROMA
 
 
 class EvaluateImages(Handler):
@@ -261,13 +259,13 @@ class EvaluateImages(Handler):
         if not colour:
             return Evidence(None, "no colour measure recorded")
         if colour.get("verdict") is None:
-            natural = {True: "natural", False: "unnatural", None: "no skin found"}[colour.get("natural")]
+            skin = "no face found" if colour.get("face") is None else (
+                f"face skin hue {colour['skin_hue']}°, chroma {colour['skin_chroma']} "
+                f"({'natural' if colour.get('natural') else 'UNNATURAL'})")
             return Evidence(
-                None,
-                f"no previous image to compare colours with: mean chroma {colour['mean_chroma']}, skin hue "
-                f"{colour['skin_hue']}°, skin chroma {colour['skin_chroma']} ({natural}); a person must judge",
-            )
-        return Evidence(bool(colour["ok"]), colour["explanation"])
+                None, f"no previous image to compare colours with: mean chroma {colour['mean_chroma']}, {skin}; "
+                      "a person must judge")
+        return Evidence(colour.get("verified"), colour["explanation"])
 
     @criterion(r"grain|comparaison visuelle|visual comparison")
     def grain_reduced(self, ctx: Context, result: Result, text: str) -> Evidence:
@@ -277,7 +275,7 @@ class EvaluateImages(Handler):
         verdict = grain["verdict"]
         if verdict == "less grain":
             return Evidence(True, grain["explanation"])
-        if verdict in ("no previous image", "not measurable"):
+        if verdict in ("no previous image", "not measurable", "blur not checked"):
             return Evidence(None, grain["explanation"])
         return Evidence(False, grain["explanation"])
 
