@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -62,8 +64,104 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"`{k}={_fmt(v)}`" for k, v in params.items()) or "none recorded"
+# Long text parameters (prompts) are written once, in their own block, never inline.
+PROSE = 60
+
+
+def _is_prose(value: Any) -> bool:
+    return isinstance(value, str) and (len(value) > PROSE or " " in value.strip())
+
+
+def _params_text(params: dict[str, Any], short: bool = False) -> str:
+    """``k=v`` list; ``short`` leaves out prompts (written once elsewhere)."""
+    items = {k: v for k, v in params.items() if not (short and _is_prose(v))}
+    return ", ".join(f"`{k}={_fmt(v)}`" for k, v in items.items()) or "none recorded"
+
+
+def _ran_params(ctx: Context, ranking: list[dict[str, Any]]) -> dict[str, Any]:
+    """What actually ran: the best (else first) image's parameters, which comfyui.run records after
+    ralph.yaml, the task's overrides and the sweep; the swept values; the workflow as a fallback."""
+    images = list(ctx.result_of("images") or [])
+    rows = ranking or images
+    params = dict((rows[0].get("params") if rows else None) or ctx.result_of("workflow") or {})
+    swept = {k: sorted({json.dumps((r.get("params") or {}).get(k), default=str) for r in images})
+             for k in _varying(images)} if len(images) > 1 else {}
+    return {"params": params, "swept": {k: [json.loads(v) for v in vs] for k, vs in swept.items()}}
+
+
+def _last_params(doc: Path) -> dict[str, Any] | None:
+    """The parameters the previous session in this document recorded, if any."""
+    try:
+        text = doc.read_text("utf-8")
+    except OSError:
+        return None
+    found = re.findall(r"<!-- ralph:params (\{.*?\}) -->", text)
+    try:
+        return json.loads(found[-1]) if found else None
+    except ValueError:
+        return None
+
+
+def _params_section(ran: dict[str, Any], previous: dict[str, Any] | None) -> list[str]:
+    params, swept = ran["params"], ran["swept"]
+    plain = {k: v for k, v in params.items() if not _is_prose(v)}
+    lines: list[str] = []
+    if swept:
+        lines.append("- **Swept**: " + "; ".join(f"`{k}` {' / '.join(_fmt(v) for v in vs)}" for k, vs in swept.items()))
+    if previous is None:
+        lines += ["", "| Parameter | Value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in plain.items()]
+    else:
+        changed = [k for k in dict.fromkeys([*previous, *plain]) if not _is_prose(previous.get(k, params.get(k)))
+                   and previous.get(k) != params.get(k)]
+        if changed:
+            lines += ["", "Changed since the previous session:", "", "| Parameter | Previous | This run |", "|---|---|---|"]
+            lines += [f"| {k} | {_cell(previous.get(k, '–'))} | {_cell(params.get(k, '–'))} |" for k in changed]
+        else:
+            lines.append("- Same parameters as the previous session" + (" (apart from the sweep)" if swept else ""))
+        prompts_changed = [k for k, v in params.items() if _is_prose(v) and previous.get(k) != v]
+        if not prompts_changed:
+            return lines + ["- Prompts: unchanged since the previous session"]
+    for key, value in params.items():
+        if _is_prose(value):
+            lines += ["", f"**{key}**:", "", "> " + str(value).replace("\n", "\n> ")]
+    return lines
+
+
+def _cell(value: Any) -> str:
+    return _fmt(value).replace("|", "\\|")
+
+
+def _incomplete(ctx: Context, records: dict[str, Any]) -> list[str]:
+    """Earlier tasks that an interruption left unfinished (they say "incomplete", never "not met")."""
+    return [f"task {t.number} ({t.title}) was interrupted" for t in ctx.file.tasks
+            if t.number < ctx.task.number and records.get(str(t.number), {}).get("status") == "IN_PROGRESS"]
+
+
+def _headline(success: bool | None, failures: list[str], incomplete: list[str], lead: str | None,
+              ranking: list[dict[str, Any]]) -> str:
+    """The session in one line, first thing in its section."""
+    if incomplete:
+        return f"incomplete: {incomplete[0]}; run again to finish"
+    if failures:
+        return f"failed: {failures[0]}"
+    if success:
+        best = f" (best: {ranking[0].get('variant')})" if len(ranking) > 1 else ""
+        return f"grain reduced{best}"
+    if success is False:
+        return f"not a success: {lead or 'see the measures'}"
+    return f"not established: {lead or 'a person must look at the images'}"
+
+
+def _beside(ctx: Context, doc: Path, picture: str) -> str:
+    """A copy of ``picture`` in a folder beside the document (``<doc>/<run id>/``), so that the link
+    survives a commit of docs/ while output/ stays ignored; the link, relative to the document."""
+    source = ctx.path(picture)
+    target = doc.parent / doc.stem / ctx.run_id / source.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+    return quote(os.path.relpath(target, doc.parent).replace(os.sep, "/"))
 
 
 def _varying(rows: list[dict[str, Any]]) -> list[str]:
@@ -146,6 +244,9 @@ class SessionDoc(Handler):
         pending = ctx.memory.get("section")
         if ctx.task.status == "IN_PROGRESS" and pending and pending.get("path") == relative and _found(doc, pending):
             return Result(summary=f"section already appended to {relative} before the interruption", data=pending["data"])
+        if not any(r for n, r in ctx.results.items() if n < ctx.task.number):
+            return Result(summary=f"nothing ran before this task: no section written to {relative}",
+                          data={"session_doc": None, "nothing_ran": True})
         before = doc.read_bytes() if doc.exists() else b""
         marker = f"<!-- ralph:session {ctx.file.path.name} task {ctx.task.number} run {ctx.run_id} -->"
         text, data = self._section(ctx, doc, marker)
@@ -189,9 +290,15 @@ class SessionDoc(Handler):
         costs = {n: r["cost_usd"] for n, r in earlier.items() if r.get("cost_usd") is not None}
         seconds = sum(float(records.get(str(n), {}).get("seconds") or 0.0) for n in earlier)
 
-        lines = [f"## Session {now()}: {ctx.file.title}", marker, ""]
+        ran = _ran_params(ctx, ranking)
+        previous_ran = _last_params(doc)
+        incomplete = _incomplete(ctx, records)
+        best_params = ran["params"]
+        lead = None if success else next_lead(grain, ranking, lint, failures, colour)
+        headline = _headline(success, failures, incomplete, lead, ranking)
+
+        lines = [f"## Session {now()}: {ctx.file.title}", marker, "", f"**Verdict**: {headline}", ""]
         lines.append(f"- **Task file**: `{ctx.file.path.name}` (run {ctx.run_id})")
-        lines.append(f"- **Parameters**: {_params_text(workflow)}")
         if pod:
             price = f", ${pod['cost_per_hr']}/h" if pod.get("cost_per_hr") is not None else ""
             lines.append(f"- **Pod**: {pod.get('gpu', 'unknown GPU')}{price} (id `{pod.get('id', '?')}`)")
@@ -206,6 +313,7 @@ class SessionDoc(Handler):
         )
         if previous:
             lines.append(f"- **Previous image**: `{previous['path']}` ({previous.get('source', '')})")
+        lines += ["", "### Parameters that ran", ""] + _params_section(ran, previous_ran)
         lines += ["", "### Measures", ""]
         if grain:
             lines.append(f"- **Grain**: {grain.get('explanation')}")
@@ -219,30 +327,36 @@ class SessionDoc(Handler):
             lines += [f"- **Workflow check**: {finding}" for finding in lint]
         for failure in failures:
             lines.append(f"- **Failure**: {failure}")
+        for task in incomplete:
+            lines.append(f"- **Incomplete**: {task}")
         link = None
         if comparison:
-            link = quote(os.path.relpath(ctx.path(comparison), doc.parent).replace(os.sep, "/"))
+            link = _beside(ctx, doc, comparison)
             lines += ["", f"![before/after: {comparison}]({link})"]
+        gallery = ctx.result_of("gallery")
+        gallery_links = None
+        if gallery:
+            gallery_links = {kind: _beside(ctx, doc, path) for kind, path in gallery.items() if path}
+            lines += ["", f"[![every variant × seed]({gallery_links['png']})]({gallery_links.get('html', gallery_links['png'])})"]
         if len(ranking) > 1:
             lines += ["", "### Variants", ""] + _table(ranking)
 
-        best_params = (ranking[0].get("params") or {}) if ranking else {}
-        lead = None if success else next_lead(grain, ranking, lint, failures, colour)
         lines += ["", "### Verdict", ""]
         if success:
-            lines.append(f"- **Success**: grain reduced. {OPTIMAL} {_params_text(best_params)}")
+            lines.append(f"- **Success**: grain reduced. {OPTIMAL} {_params_text(best_params, short=True)}")
             if lead := next_lead(grain, ranking, lint, failures, colour):
                 lines.append(f"- {LEAD} {lead}")
         else:
-            state = "not established" if success is None else "not a success"
+            state = "incomplete" if incomplete else "not established" if success is None else "not a success"
             lines.append(f"- **Result**: {state}. {LEAD} {lead or 'none identified: a person must look at the images'}")
-            if best_params:
-                lines.append(f"- **Best variant's parameters**: {_params_text(best_params)}")
+        lines += ["", f"<!-- ralph:params {json.dumps(best_params, sort_keys=True, default=str)} -->"]
         data = {
             "success": success,
             "next_lead": lead,
             "best_params": best_params,
             "comparison_link": link,
+            "gallery_links": gallery_links,
+            "incomplete": incomplete,
             "cost_usd": round(sum(costs.values()), 6) if costs else None,
             "seconds": round(seconds, 3),
             "measured": bool(grain),
@@ -254,6 +368,8 @@ class SessionDoc(Handler):
     def _section_text(self, ctx: Context, result: Result) -> tuple[str | None, str]:
         record = (result.data or {}).get("session_doc")
         if not record:
+            if (result.data or {}).get("nothing_ran"):
+                return None, "nothing ran before this task, so no session was written"
             return None, "no section was appended"
         doc = ctx.path(record["path"])
         if not doc.is_file():
@@ -297,7 +413,7 @@ class SessionDoc(Handler):
         success, params = result.data.get("success"), result.data.get("best_params") or {}
         if success:
             line = next((l for l in section.splitlines() if OPTIMAL in l), "")
-            missing = [k for k in params if f"`{k}={_fmt(params[k])}`" not in line]
+            missing = [k for k in params if not _is_prose(params[k]) and f"`{k}={_fmt(params[k])}`" not in line]
             if not line or missing:
                 return Evidence(False, f"optimal parameters not written in full (missing {', '.join(missing) or 'the line'})")
             return Evidence(True, f"success; optimal parameters noted: {_params_text(params)}")

@@ -41,11 +41,29 @@ def test_a_second_run_appends_a_section_and_leaves_everything_before_it_byte_ide
     data = project.result(4)["data"]
     assert data["previous"]["path"] == first_data["images"][0]["path"], "compared with the last run's best image"
     assert data["previous"]["source"].startswith("the best image of run")
-    assert data["images"][0]["path"].endswith("img_00001_-1.png"), "run 1's copy of the same name was kept"
+    first_image, second_image = (project.root / d["images"][0]["path"] for d in (first_data, data))
+    assert first_image != second_image and first_image.parent.parent == second_image.parent.parent
+    assert first_image.is_file() and second_image.is_file(), "each run keeps its own images"
     assert data["grain"]["verdict"] == "less grain"
     added = second[len(first) :].decode()
-    assert "**Success**: grain reduced" in added and "](../output/runpod-quality-tests/img_00001_-1-comparison.png)" in added
+    assert re.search(r"## Session .*\n<!-- ralph:session .*-->\n\n\*\*Verdict\*\*: grain reduced\n", added), added
+    assert "**Success**: grain reduced" in added
+    assert re.search(r"\]\(sessions/\d{8}-\d{6}-\w{6}/img_00001_-comparison\.png\)", added), added
+    for link in re.findall(r"\]\(([^)]+\.png)\)", second.decode()):  # both sessions' pictures, beside the doc
+        assert (doc.parent / link).is_file() and "output/" not in link, link
     assert all(project.checks(6).values())
+
+
+def test_a_run_where_nothing_ran_writes_no_session(tmp_path: Path) -> None:
+    """As without an API key: the first task fails before anything is made; no empty session."""
+    project = Project(tmp_path / "proj")
+    project.write([{"label": "img", "grain": 3.0}], session_doc=DOC)
+    text = project.file.read_text("utf-8").replace("hold_pod: null", "hold_pod: null\nfail: no API key")
+    project.file.write_text(text, "utf-8")
+    summary = project.run()
+    assert not (project.root / DOC).exists(), project.output
+    evidence = crit(verdicts(summary, 6), "Session doc")
+    assert evidence.verified is not True and "nothing ran" in evidence.detail
 
 
 def test_the_checks_notice_a_rewritten_doc(tmp_path: Path) -> None:

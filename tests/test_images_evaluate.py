@@ -20,7 +20,7 @@ from skimage import data
 
 from ralph.console import ConsoleReporter
 from ralph.context import Context
-from ralph.handler import Evidence, Handler, Param, Result, criterion
+from ralph.handler import Evidence, Handler, Param, Result, TaskFailed, criterion
 from ralph.handlers.images import face
 from ralph.handlers.machines.local import LocalMachine
 from ralph.parser import parse_file
@@ -61,9 +61,12 @@ class Generate(Handler):
         "lint": Param(list, []),
         "folder": Param(str, "output/quality_tests"),
         "hold_pod": Param((dict, type(None)), None, "a pod resource to hold, as runpod.create does"),
+        "fail": Param((str, type(None)), None, "fail with this before making anything (as without an API key)"),
     }
 
     def run(self, ctx: Context) -> Result:
+        if ctx.params["fail"]:
+            raise TaskFailed(ctx.params["fail"])
         images = []
         for v in ctx.params["variants"]:
             path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"), scene(grain=v["grain"], blur=v.get("blur", 0)))
@@ -184,14 +187,15 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     assert crit(ticks, "Image téléchargée") and crit(ticks, "Comparaison visuelle")
     assert not crit(ticks, "Qualité visage"), "never ticked without a face identity measure"
     four = verdicts(summary, 4)
-    assert "output/runpod-quality-tests/refined_00001_.png" in crit(four, "Image téléchargée").detail
+    run_folder = f"output/runpod-quality-tests/{project.file.stem}/"
+    assert re.search(rf"{run_folder}\d{{8}}-\d{{6}}-\w{{6}}/refined_00001_\.png", crit(four, "Image téléchargée").detail)
     assert "grain ratio 0.4" in crit(four, "Comparaison visuelle").detail
     face_evidence = crit(four, "Qualité visage")
     assert face_evidence.verified is None and "no machine is held" in face_evidence.detail
 
     data = project.result(4)["data"]
     copy = project.root / data["images"][0]["path"]
-    assert copy.parent == project.root / "output/runpod-quality-tests" and copy.is_file()
+    assert copy.parent.parent == project.root / run_folder and copy.is_file(), "a folder of this file's run"
     assert copy.read_bytes() == (project.root / "output/quality_tests/refined_00001_.png").read_bytes()
     assert data["grain"]["verdict"] == "less grain" and data["grain"]["ratio"] < 0.5
     assert data["grain"]["detail_ratio"] > 0.9 and data["success"] is True
@@ -204,7 +208,8 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     assert all(project.checks(6).values()), project.checks(6)
     doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
     assert "NVIDIA RTX A5000, $0.27/h" in doc and "`cfg=7`" in doc and "$0.0125" in doc
-    assert "](../../output/runpod-quality-tests/refined_00001_-comparison.png)" in doc
+    link = re.search(r"\]\((RALPH-001-grain-reduction/[\w-]+/refined_00001_-comparison\.png)\)", doc)
+    assert link and (project.root / "docs/sessions" / link.group(1)).is_file(), "the picture lives beside the doc"
     assert "**Success**: grain reduced. **Optimal parameters**: `cfg=7`, `denoise=0.8`" in doc
 
     ends = final(summary)
@@ -259,7 +264,7 @@ def test_a_sweep_is_ranked_and_the_best_variant_marked(project: Project) -> None
     assert data["best"]["variant"] == "cfg=7" and data["best"]["params"]["cfg"] == 7
     assert data["comparison"].endswith("cfg7_00001_-comparison.png")
     doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
-    rows = [line for line in doc.splitlines() if line.startswith("| ")]
+    rows = [line for line in doc[doc.index("### Variants"):].splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| Rank | Variant | cfg |")
     assert rows[1].startswith("| 1 **best** | cfg=7 | 7 | 2.") and "**best**" not in "".join(rows[2:])
 
@@ -396,8 +401,11 @@ def test_an_images_parameter_takes_globs_instead_of_the_earlier_task(tmp_path: P
     project.write([{"label": "ignored", "grain": 7}], previous="before.png")
     project.run()
     data = project.result(4)["data"]
-    assert [i["path"] for i in data["images"]] == ["kept/a.png", "kept/b.png"]
-    assert data["best"]["path"] == "kept/a.png" and data["grain"]["verdict"] == "less grain"
+    run = f"kept/{project.file.stem}/{project.result(4)['run_id']}" if "run_id" in project.result(4) else None
+    paths = [i["path"] for i in data["images"]]
+    assert [Path(p).name for p in paths] == ["a.png", "b.png"] and all(p.startswith("kept/") for p in paths)
+    assert run is None or paths[0] == f"{run}/a.png"
+    assert data["best"]["path"] == paths[0] and data["grain"]["verdict"] == "less grain"
 
 
 def landscape(seed: int, grain: float) -> np.ndarray:

@@ -28,6 +28,7 @@ from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
 from ralph.handlers.machines.base import Machine, MachineError
 from ralph.model import Task
+from ralph.paths import run_folder
 from ralph.state import now
 
 from . import face
@@ -153,7 +154,8 @@ class EvaluateImages(Handler):
                          "face identity on the machine if it has insightface",))
 
     def run(self, ctx: Context) -> Result:
-        folder = ctx.path(ctx.params["dir"] or _named_folder(ctx) or DEFAULT_DIR)
+        base = ctx.path(ctx.params["dir"] or _named_folder(ctx) or DEFAULT_DIR)
+        folder = run_folder(base, ctx.file.path, ctx.run_id)  # a later run never overwrites this one's
         folder.mkdir(parents=True, exist_ok=True)
         records = [dict(r, path=ctx.display_path(_bring(ctx.path(r["path"]), folder))) for r in _sources(ctx)]
         for record in records:
