@@ -339,7 +339,7 @@ class SessionDoc(Handler):
             gallery_links = {kind: _beside(ctx, doc, path) for kind, path in gallery.items() if path}
             lines += ["", f"[![every variant × seed]({gallery_links['png']})]({gallery_links.get('html', gallery_links['png'])})"]
         if len(ranking) > 1:
-            lines += ["", "### Variants", ""] + _table(ranking)
+            lines += ["", "### Variants", ""] + _table(ranking, bool(ctx.result_of("ranked")))
 
         lines += ["", "### Verdict", ""]
         if success:
@@ -462,7 +462,8 @@ def _num(value: Any, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _table(ranking: list[dict[str, Any]]) -> list[str]:
+def _table(ranking: list[dict[str, Any]], ranked: bool) -> list[str]:
+    """The variants, best marked only when the ranking rests on measures (``ranked``)."""
     keys = _varying(ranking) or ["variant"]
     head = ["Rank", "Variant", *keys, "Grain index", "Grain ratio", "Detail", "Colours", "Face", "Verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -470,7 +471,7 @@ def _table(ranking: list[dict[str, Any]]) -> list[str]:
         params = row.get("params") or {}
         colour = (row.get("colour") or {}).get("verdict") or "–"
         cells = [
-            f"{row['rank']} **best**" if row["rank"] == 1 else str(row["rank"]),
+            f"{row['rank']} **best**" if row["rank"] == 1 and ranked else str(row["rank"]),
             str(row.get("variant", "")).replace("|", "\\|"),
             *[_fmt(params.get(k, row.get(k, ""))) for k in keys],
             _num(row.get("grain_index")),

@@ -438,3 +438,48 @@ def test_a_blurred_copy_is_never_ticked_as_less_grain(tmp_path: Path) -> None:
     evidence = crit(verdicts(summary, 4), "Comparaison visuelle")
     assert evidence.verified is False and "detail lost" in evidence.detail, evidence.detail
     assert not crit(project.checks(4), "Comparaison visuelle")
+
+
+def test_a_sweep_gets_a_gallery_of_every_variant_and_seed(project: Project) -> None:
+    variants = [
+        {"label": f"cfg{c}-s{seed}", "grain": g + seed / 2, "params": {"cfg": c, "seed": seed}}
+        for c, g in ((5, 6.0), (7, 2.0), (9, 4.0)) for seed in (1, 2)
+    ]
+    project.write(variants, previous="output/previous/elena_before.png")
+    project.run()
+    data = project.result(4)["data"]
+    assert data["ranked"] is True and data["best"]["variant"] == "cfg=7 seed=1"
+    png, page = (project.root / data["gallery"][kind] for kind in ("png", "html"))
+    assert png.parent == (project.root / data["images"][0]["path"]).parent, "in this run's folder"
+    with Image.open(png) as sheet:
+        sheet_pixels = np.asarray(sheet.convert("RGB"))
+    from ralph.handlers.images.gallery import BEST, CAPTION_LINES, HEADER, LINE, PAD, THUMB
+
+    assert sheet_pixels.shape[1] >= 2 * (THUMB + PAD), "one column per seed"
+    assert sheet_pixels.shape[0] == HEADER + 3 * (THUMB + CAPTION_LINES * LINE + PAD) + PAD, "one row per cfg"
+    cell = THUMB + CAPTION_LINES * LINE + PAD
+    rows, cols = np.nonzero(np.all(sheet_pixels == BEST, axis=2))
+    # Rows follow the sweep (cfg 5, 7, 9), columns the seeds: the best, cfg 7 seed 1, is row 2, column 1.
+    assert HEADER + cell - 4 <= rows.min() and rows.max() < HEADER + 2 * cell, (rows.min(), rows.max())
+    assert cols.max() < PAD + THUMB + PAD
+    text = page.read_text("utf-8")
+    assert text.count("data:image/jpeg;base64,") == 6 and text.count("<b>BEST</b>") == 1
+    assert "src=\"http" not in text and "cfg=7 seed=1" in text
+    doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
+    link = re.search(r"\[!\[every variant × seed\]\(([^)]+gallery\.png)\)\]\(([^)]+gallery\.html)\)", doc)
+    assert link and all((project.root / "docs/sessions" / part).is_file() for part in link.groups())
+
+
+def test_no_variant_is_marked_best_when_nothing_could_be_measured(tmp_path: Path) -> None:
+    from ralph.handlers.images.gallery import BEST, write_gallery
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for rank, cfg in enumerate((5, 7, 9), 1):
+        save(tmp_path / f"cfg{cfg}.png", rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+        rows.append({"path": f"cfg{cfg}.png", "variant": f"cfg={cfg}", "params": {"cfg": cfg}, "seed": 1,
+                     "rank": rank, "verdict": "not measurable"})
+    written = write_gallery(rows, lambda p: tmp_path / p, tmp_path / "gallery", "noise")
+    with Image.open(written["png"]) as sheet:
+        assert not np.all(np.asarray(sheet.convert("RGB")) == BEST, axis=2).any()
+    assert "BEST" not in written["html"].read_text("utf-8").replace("no variant marked best", "")

@@ -83,7 +83,7 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return np.round(_ANCHORS[low] * (1 - t) + _ANCHORS[low + 1] * t).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError, ImportError):  # Pillow built without FreeType: fixed bitmap font
@@ -246,7 +246,7 @@ def render_comparison(
 
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    big, small = _font(22), _font(16)
+    big, small = font(22), font(16)
 
     draw.text((GAP, 6), _grain_headline(grain), fill=GOOD if grain.reduced else BAD, font=big)
     tone = {True: GOOD, False: BAD, None: OPEN}[colour.verified]

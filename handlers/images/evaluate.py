@@ -34,6 +34,7 @@ from ralph.state import now
 from . import face
 from .colour import ColourDrift, ColourStats, colour_drift, colour_stats
 from .compare import render_comparison
+from .gallery import ranked_on_measures, write_gallery
 from .grain import GrainComparison, GrainMeasure, compare_grain, measure_grain
 
 HISTORY = "images-history.json"
@@ -183,6 +184,13 @@ class EvaluateImages(Handler):
         face_data = self._face(ctx, records, previous)
         for row in rows:
             row["face_similarity"] = face_data.get("similarities", {}).get(row["path"])
+        gallery = None
+        if len(records) > 1:
+            order = {r["path"]: i for i, r in enumerate(records)}  # the sweep's order, not the ranking's
+            in_order = sorted(rows, key=lambda r: order[r["path"]])
+            written = write_gallery(in_order, ctx.path, folder / "gallery", f"{ctx.file.path.stem}: {len(rows)} images")
+            gallery = {kind: ctx.display_path(path) for kind, path in written.items()}
+            files += list(gallery.values())
         grain = _grain_data(best, previous, previous_note, len(ranking))
         success = grain.get("reduced") if previous and grain["verdict"] != "not measurable" else None
         _remember(ctx, records, rows[0])
@@ -200,6 +208,8 @@ class EvaluateImages(Handler):
                 "colour": best_row["colour"] if previous else {**best_row["colour"], "verdict": None},
                 "face": {**face_data, "image": best_row["path"], "previous": previous["path"] if previous else None},
                 "comparison": comparison,
+                "gallery": gallery,
+                "ranked": ranked_on_measures(rows),
                 "success": success,
             },
         )
