@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(command=_check)
 
     new = commands.add_parser("new", help="create the next RALPH-00N-slug.md from a template")
-    new.add_argument("title")
+    new.add_argument("title", nargs="?", help="the experiment's title (not with --from)")
+    new.add_argument("--from", dest="source", type=Path, metavar="FILE",
+                     help="copy this task file as the next number, ralph's results, statuses and ticks cleared")
     new.add_argument("--dir", type=Path, help="where to create it (default: roadmap/ralph if present, else .)")
     new.set_defaults(command=_new)
 
@@ -214,8 +216,15 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _new(args: argparse.Namespace) -> int:
-    from .template import create_task_file
+    from .template import copy_task_file, create_task_file
 
+    if args.source is not None:
+        if args.title:
+            raise RalphError("give a title or --from FILE, not both")
+        print(copy_task_file(args.source, args.dir))
+        return 0
+    if not args.title:
+        raise RalphError("ralph new needs a title (or --from FILE)")
     directory = args.dir or (Path("roadmap/ralph") if Path("roadmap/ralph").is_dir() else Path("."))
     print(create_task_file(directory, args.title))
     return 0

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from ralph.model import RESULTS_BEGIN
 from ralph.parser import parse_file
+from ralph.template import TEMPLATE
 from tests.engine.project import make_project, task
 from tests.repo_files import EXAMPLE
 
@@ -35,6 +37,27 @@ def test_new_creates_the_next_numbered_file_which_checks_and_runs(tmp_path: Path
     assert [t.status for t in file.tasks] == ["DONE", "NEEDS_REVIEW"]
     again = ralph("new", "Réduire le grain, encore", cwd=tmp_path)
     assert again.stdout.strip().endswith("RALPH-009-reduire-le-grain-encore.md")
+
+
+def test_new_from_copies_an_experiment_as_the_next_number_with_ralphs_results_cleared(tmp_path: Path) -> None:
+    created = ralph("new", "Grain, first try", cwd=tmp_path)
+    ran = tmp_path / created.stdout.strip()
+    assert ralph("run", ran.name, cwd=tmp_path).returncode == 3
+    before = ran.read_bytes()
+    assert b"[x]" in before and RESULTS_BEGIN.encode() in before and b"**Status**: DONE" in before
+
+    copied = ralph("new", "--from", ran.name, cwd=tmp_path)
+    assert copied.returncode == 0, copied.stderr
+    copy = tmp_path / copied.stdout.strip()
+    assert copy.name == "RALPH-002-grain-first-try.md" and ran.read_bytes() == before
+    text = copy.read_text("utf-8")
+    assert "[x]" not in text and RESULTS_BEGIN not in text and "\n\n\n" not in text
+    file, _ = parse_file(copy)
+    assert [t.status for t in file.tasks] == ["PENDING", "PENDING"]
+    assert text == TEMPLATE.format(title="Grain, first try"), "the person's text comes back exactly as before the run"
+    assert ralph("check", copy.name, cwd=tmp_path).returncode == 0
+    both = ralph("new", "Title", "--from", ran.name, cwd=tmp_path)
+    assert both.returncode == 2 and "not both" in both.stderr
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
