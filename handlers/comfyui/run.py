@@ -135,7 +135,7 @@ class ComfyRun(Handler):
         ctx.memory["variants"] = done  # saved before submitting: a resume finds this prompt
         ctx.log(f"{variant.label}: prompt {record['prompt_id']}")
         first_step: list[float] = []  # when the server reported its first step (bench/volume_cache.py)
-        with ctx.progress(f"ComfyUI {variant.label}", None) as bar:
+        with ctx.progress(f"ComfyUI {variant.label}", None, unit="steps") as bar:
 
             def progress(node: str, value: int, maximum: int) -> None:
                 first_step[:] = first_step or [time.time()]
