@@ -131,6 +131,19 @@ def _cell(value: Any) -> str:
     return _fmt(value).replace("|", "\\|")
 
 
+def _versions(ctx: Context) -> str:
+    """What ran, as comfyui.setup recorded it: ComfyUI's version, torch's, each model by its sha256."""
+    parts = []
+    if version := (ctx.result_of("service") or {}).get("version"):
+        parts.append(f"ComfyUI {version}")
+    if torch := (ctx.result_of("torch") or {}).get("version"):
+        parts.append(f"torch {torch}")
+    files = [f for f in ctx.result_of("files") or [] if isinstance(f, dict) and f.get("name")]
+    parts += [f"`{f['name']}` sha256 `{str(f['sha256'])[:12]}…`" if f.get("sha256") else f"`{f['name']}` (no hash recorded)"
+              for f in files]
+    return ", ".join(parts)
+
+
 def _incomplete(ctx: Context, records: dict[str, Any]) -> list[str]:
     """Earlier tasks that an interruption left unfinished (they say "incomplete", never "not met")."""
     return [f"task {t.number} ({t.title}) was interrupted" for t in ctx.file.tasks
@@ -313,6 +326,8 @@ class SessionDoc(Handler):
         )
         if previous:
             lines.append(f"- **Previous image**: `{previous['path']}` ({previous.get('source', '')})")
+        if versions := _versions(ctx):
+            lines.append(f"- **Versions**: {versions}")
         lines += ["", "### Parameters that ran", ""] + _params_section(ran, previous_ran)
         lines += ["", "### Measures", ""]
         if grain:

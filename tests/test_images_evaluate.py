@@ -85,7 +85,10 @@ class Generate(Handler):
             ctx.hold("machine", ctx.params["hold_pod"])
         return Result(
             summary=f"{len(images)} image(s)",
-            data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD},
+            data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD,
+                  # what comfyui.setup records: the versions that ran
+                  "service": {"version": "0.3.40"}, "torch": {"version": "2.5.1"},
+                  "files": [{"name": "bigLove_xl1.safetensors", "sha256": "ab" * 32}]},
             cost_usd=0.0125,
         )
 
@@ -208,6 +211,7 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     assert all(project.checks(6).values()), project.checks(6)
     doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
     assert "NVIDIA RTX A5000, $0.27/h" in doc and "`cfg=7`" in doc and "$0.0125" in doc
+    assert "- **Versions**: ComfyUI 0.3.40, torch 2.5.1, `bigLove_xl1.safetensors` sha256 `abababababab…`" in doc
     link = re.search(r"\]\((RALPH-001-grain-reduction/[\w-]+/refined_00001_-comparison\.png)\)", doc)
     assert link and (project.root / "docs/sessions" / link.group(1)).is_file(), "the picture lives beside the doc"
     assert "**Success**: grain reduced. **Optimal parameters**: `cfg=7`, `denoise=0.8`" in doc
