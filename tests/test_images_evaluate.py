@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class Generate(Handler):
     }
 
     def run(self, ctx: Context) -> Result:
+        if ctx.params["fail"] == "Ctrl-C":
+            signal.raise_signal(signal.SIGINT)  # a person presses Ctrl-C before anything is made
         if ctx.params["fail"]:
             raise TaskFailed(ctx.params["fail"])
         images = []
