@@ -11,6 +11,8 @@ or noise images; a face smaller than 1/12 of the short side is too small to read
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -86,6 +88,17 @@ def find_faces(rgb: np.ndarray) -> list[FaceBox]:
     return sorted(boxes, key=lambda b: b.width * b.height, reverse=True)
 
 
+_LARGEST: OrderedDict[tuple[tuple[int, ...], str], FaceBox | None] = OrderedDict()
+REMEMBERED = 32
+
+
 def largest_face(rgb: np.ndarray) -> FaceBox | None:
-    faces = find_faces(rgb)
-    return faces[0] if faces else None
+    """The largest face, remembered by the pixels' digest: a sweep compares every variant with
+    the same previous image, which is then searched once, not once per variant."""
+    key = (rgb.shape, hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).hexdigest())
+    if key not in _LARGEST:
+        faces = find_faces(rgb)
+        _LARGEST[key] = faces[0] if faces else None
+        while len(_LARGEST) > REMEMBERED:
+            _LARGEST.popitem(last=False)
+    return _LARGEST[key]
