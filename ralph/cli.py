@@ -154,7 +154,7 @@ def _dry_run(path: Path, args: argparse.Namespace) -> int:
     steps = select(plan, RunState(state_dir_for(path)), only=args.only, start_from=args.start_from)
     problems = sorted([p for s in steps for p in s.problems] + missing_env(steps), key=lambda p: p.line)
     for problem in problems:
-        print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
+        print(f"{problem.path or path}:{problem.line}: {problem.severity}: {problem.message}")
     if any(p.severity == "error" for p in problems):
         return 2
     print("\n".join(preview(plan, steps, max_cost_usd=args.max_cost_usd).lines()))
@@ -208,7 +208,7 @@ def _check(args: argparse.Namespace) -> int:
         missing = missing_env(plan.steps)
         unset = unset or bool(missing)
         for problem in sorted(plan.problems + missing, key=lambda p: p.line):
-            print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
+            print(f"{problem.path or path}:{problem.line}: {problem.severity}: {problem.message}")
             failed = failed or problem.severity == "error"
         if not plan.problems and not missing:
             print(f"{path}: ok ({len(plan.file.tasks)} tasks)")

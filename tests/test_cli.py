@@ -89,6 +89,23 @@ def test_check_reports_each_problem_as_file_line_message_and_exits_2(tmp_path: P
     assert text[int(lines[1].split(":")[1]) - 1] == "pause: long"
 
 
+def test_check_reports_ralph_yaml_parameters_at_their_line_there(tmp_path: Path) -> None:
+    config = "params:\n  step:\n    pause: soon\ntasks:\n  2:\n    params:\n      pause: later\n      colour: blue\n"
+    project = make_project(tmp_path, task(1, "First"), task(2, "Second"), config=config)
+    yaml_lines = (tmp_path / "ralph.yaml").read_text().splitlines()
+    result = project.cli("check", project.file.name)
+    assert result.returncode == 2
+    lines = result.stdout.strip().splitlines()
+    assert lines and all(line.startswith("ralph.yaml:") for line in lines), lines
+    for line in lines:
+        number = int(line.split(":")[1])
+        key = "colour" if "colour" in line else "pause"
+        assert yaml_lines[number - 1].strip().startswith(f"{key}:"), (line, yaml_lines[number - 1])
+    assert any("pause" in line and "First" in line for line in lines) and any("colour" in line for line in lines)
+    run = project.cli("run", project.file.name)
+    assert run.returncode == 2 and run.stderr.startswith("ralph: ralph.yaml:"), run.stderr
+
+
 def test_check_reports_a_malformed_file_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "RALPH-001-x.md"
     path.write_text("# RALPH-TASK: x\n\n## Tasks\n\n### 1. One\n**Status**: MAYBE\n")
