@@ -4,9 +4,11 @@ The images come from the latest earlier task that recorded ``images`` (``comfyui
 from an ``images`` parameter. Each is measured against the previous image — a ``previous``
 parameter, a ``**Previous**:``/``**Baseline**:`` line in the task, else the best image of
 the last run (a history in ``images-history.json`` in ralph's state folder) — for grain on
-the same blocks, detail (blur guard) and colour. A sweep is ranked on those numbers; the
-best variant is drawn beside the previous image in a comparison PNG. Face identity is only
-measured on the pod (see face.py); without it that criterion goes to a person.
+the same blocks, detail (blur guard) and colour (skin read on a detected face). A sweep is
+ranked on those numbers; the best variant is drawn beside the previous image in a comparison
+PNG, and every image in a gallery (gallery.py). Each run writes into a folder of its own
+(``<dir>/<task file>/<run id>/``). Face identity is only measured on the pod (see face.py);
+without it that criterion goes to a person.
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ class EvaluateImages(Handler):
             written = write_gallery(in_order, ctx.path, folder / "gallery", f"{ctx.file.path.stem}: {len(rows)} images")
             gallery = {kind: ctx.display_path(path) for kind, path in written.items()}
             files += list(gallery.values())
-        grain = _grain_data(best, previous, previous_note, len(ranking))
+        grain = _grain_data(best, previous, previous_note, len(ranking), ranked_on_measures(rows))
         success = grain.get("reduced") if previous and grain["verdict"] != "not measurable" else None
         _remember(ctx, records, rows[0])
         best_row = rows[0]
@@ -209,7 +211,7 @@ class EvaluateImages(Handler):
                 "face": {**face_data, "image": best_row["path"], "previous": previous["path"] if previous else None},
                 "comparison": comparison,
                 "gallery": gallery,
-                "ranked": ranked_on_measures(rows),
+                "ranked": ranked_on_measures(rows),  # "best" means something only then
                 "success": success,
             },
         )
@@ -404,8 +406,9 @@ def _assess(
     return assessed
 
 
-def _grain_data(best: Assessed, previous: dict[str, Any] | None, note: str, count: int) -> dict[str, Any]:
-    sweep = f"best of {count} variants ({best.record.get('variant')}): " if count > 1 else ""
+def _grain_data(best: Assessed, previous: dict[str, Any] | None, note: str, count: int, ranked: bool) -> dict[str, Any]:
+    which = "best" if ranked else "none ranked on measures, first"
+    sweep = f"{which} of {count} variants ({best.record.get('variant')}): " if count > 1 else ""
     if previous is None or best.grain is None:
         index = best.measure.index
         reading = f"grain index {index:.2f}" if index is not None else best.measure.explanation
