@@ -212,6 +212,11 @@ def next_lead(
         return None
     if verdict == "no previous image":
         return "no previous image to compare with: name one with a **Previous**: line (this run's best is kept for the next run)"
+    if verdict == "blur not checked":
+        return (
+            f"grain fell (ratio {grain.get('ratio')}) but detail could not be compared, so a blur is not ruled out: "
+            "look at the zoomed crops, or compare with an image of the same seed and a textured subject"
+        )
     if verdict == "not measurable":
         return "the images have no flat areas where grain can be measured: compare crops by eye, or prompt a plainer background"
     if verdict == "detail lost":

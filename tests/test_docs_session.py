@@ -159,3 +159,8 @@ def test_an_interrupted_run_is_documented_as_incomplete_never_as_not_met(tmp_pat
     added = (project.root / DOC).read_text("utf-8")
     assert re.search(r"\*\*Verdict\*\*: incomplete: task 4 \(.*\) was interrupted; run again to finish", added), added
     assert "**Result**: incomplete." in added and "not a success" not in added
+
+
+def test_grain_that_fell_without_a_blur_check_is_left_to_a_person() -> None:
+    lead = next_lead({"verdict": "blur not checked", "ratio": 0.14}, [], [], [], None)
+    assert lead and "ratio 0.14" in lead and "blur is not ruled out" in lead

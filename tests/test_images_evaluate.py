@@ -490,3 +490,22 @@ def test_no_variant_is_marked_best_when_nothing_could_be_measured(tmp_path: Path
     with Image.open(written["png"]) as sheet:
         assert not np.all(np.asarray(sheet.convert("RGB")) == BEST, axis=2).any()
     assert "BEST" not in written["html"].read_text("utf-8").replace("no variant marked best", "")
+
+
+def test_a_blur_that_cannot_be_checked_goes_to_review_not_a_tick(tmp_path: Path) -> None:
+    """The issue's case: a smooth picture blurred 2.5 px reads ratio ~0.1 with no texture to check
+    for blur: the grain box stays open for a person, and the run is not called a success."""
+    y, x = np.mgrid[0:512, 0:384].astype(np.float32)
+    smooth = np.stack([70 + 100 * x / 384, 60 + 110 * y / 512, 90 + 40 * (x + y) / 896], axis=-1)
+    grainy = smooth + (gaussian_filter(np.random.default_rng(3).normal(0, 1, (512, 384)), 0.8) * 20)[..., None]
+    before = np.clip(np.round(grainy), 0, 255).astype(np.uint8)
+    blurred = np.clip(np.round(gaussian_filter(before.astype(np.float32), (2.5, 2.5, 0))), 0, 255).astype(np.uint8)
+    project = Project(tmp_path / "proj", {"images": ["shots/after.png"], "dir": "kept"})
+    save(project.root / "shots" / "after.png", blurred)
+    save(project.root / "before.png", before)
+    project.write([{"label": "ignored", "grain": 7}], previous="before.png")
+    summary = project.run()
+    evidence = crit(verdicts(summary, 4), "Comparaison visuelle")
+    assert evidence.verified is None and "blur not checked" in evidence.detail, evidence.detail
+    assert not crit(project.checks(4), "Comparaison visuelle")
+    assert project.result(4)["data"]["success"] is None

@@ -194,7 +194,8 @@ class EvaluateImages(Handler):
             gallery = {kind: ctx.display_path(path) for kind, path in written.items()}
             files += list(gallery.values())
         grain = _grain_data(best, previous, previous_note, len(ranking), ranked_on_measures(rows))
-        success = grain.get("reduced") if previous and grain["verdict"] != "not measurable" else None
+        undecided = ("not measurable", "blur not checked")  # a person decides: no success, no failure
+        success = grain.get("reduced") if previous and grain["verdict"] not in undecided else None
         _remember(ctx, records, rows[0])
         best_row = rows[0]
         summary = f"{len(records)} image(s) in {ctx.display_path(folder)}; {grain['explanation']}"
