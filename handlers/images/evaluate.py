@@ -228,7 +228,9 @@ class EvaluateImages(Handler):
             if provider is None:
                 return face.unavailable(reason).as_data()
             if missing := face.missing_insightface(provider, machine, ctx.params["python"]):
-                return face.unavailable(missing).as_data()
+                # written for people: a Python under the home folder reads ~/…, as every path ralph shows
+                python = ctx.params["python"]
+                return face.unavailable(missing.replace(python, ctx.display_path(python))).as_data()
             placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
             by_name = {ctx.display_path(Path(k)): v for k, v in placed.items()}
             measure = face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"])
