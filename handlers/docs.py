@@ -293,7 +293,6 @@ class SessionDoc(Handler):
     def _section(self, ctx: Context, doc: Path, marker: str) -> tuple[str, dict[str, Any]]:
         earlier = {n: r for n, r in ctx.results.items() if n < ctx.task.number}
         records = _state_tasks(ctx)
-        workflow = ctx.result_of("workflow") or {}
         pod = ctx.result_of("pod") or {}
         lint = list(ctx.result_of("lint") or [])
         ranking = list(ctx.result_of("ranking") or [])

@@ -171,7 +171,7 @@ def test_a_face_crop_of_both_is_drawn_when_a_face_is_found(tmp_path: Path) -> No
 
 
 def test_without_a_face_there_is_no_face_row_and_the_colour_line_says_so(picture) -> None:
-    pic, pixels = picture
+    pic, _ = picture
     assert pic.colour.face is None and pic.colour.verified is None
     assert not any(name.startswith("face_") for name in pic.regions)
     assert "no face found" in pic.colour.explanation
