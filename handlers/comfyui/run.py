@@ -67,11 +67,24 @@ class ComfyRun(Handler):
         "strict_lint": Param(bool, False, "treat lint warnings as errors"),
         "seconds_per_image": Param((int, float, type(None)), None, "generation time the estimate assumes; "
                                    "default: the last one measured on this machine"),
+        # executor: serverless (handlers/comfyui/serverless.py): each variant a RunPod Serverless job
+        "executor": Param(str, "pod", "pod (a ComfyUI server) or serverless (jobs on a RunPod endpoint)"),
+        "endpoint": Param((str, dict, type(None)), None, "serverless: the endpoint id, or {create: true, …}"),
+        "concurrency": Param(int, 3, "serverless: jobs running at once"),
+        "inputs": Param(dict, {}, "serverless: files the LoadImage nodes name, {name: path}"),
+        "worker_usd_per_hour": Param((int, float, type(None)), None, "serverless: the worker's price"),
     }
 
     def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
         flow = wf.build(file, task, params, wf.snapshot_schemas(state_dir_for(file.path)), _provided_files(file))
-        return [_as_problem(p, flow.fallback_line, params["strict_lint"]) for p in flow.problems]
+        problems = [_as_problem(p, flow.fallback_line, params["strict_lint"]) for p in flow.problems]
+        if params["executor"] == "serverless":
+            from ralph.handlers.comfyui import serverless
+
+            problems += serverless.problems(params, flow, file.path.parent)
+        elif params["executor"] != "pod":
+            problems.append(Problem(flow.fallback_line, f"executor: {params['executor']!r} is not pod or serverless"))
+        return problems
 
     def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
         flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir), _provided_files(context.file))
@@ -90,11 +103,24 @@ class ComfyRun(Handler):
         lines.append(f"{units.count(images, 'image')}{shape}, into {params['output_dir']}/")
         pace = seconds_per_image(params, context.measures)
         basis = f"{units.count(images, 'image')} × {units.duration(pace.value)} ({pace.basis})"
+        if params["executor"] == "serverless":
+            from ralph.handlers.comfyui import serverless
+
+            lines.extend(serverless.plan(params, variants, images * pace.value))
         return Estimate(tuple(lines), images=images, machine_seconds=Figure(images * pace.value, basis))
 
     def run(self, ctx: Context) -> Result:
         from ralph.handlers.comfyui.client import ComfyClient, ComfyError
 
+        if ctx.params["executor"] == "serverless":
+            from ralph.handlers.comfyui import serverless
+
+            # No server to ask: the workflow is checked against the schemas `ralph check` uses.
+            flow = wf.build(ctx.file, ctx.task, ctx.params, wf.snapshot_schemas(ctx.state_dir), _provided_files(ctx.file))
+            _refuse_errors(flow, ctx.params["strict_lint"])
+            variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
+            images, cost, where = serverless.run(ctx, flow, variants)
+            return _result(ctx, flow, variants, images, where, cost)
         with server_url(ctx) as url, ComfyClient(url, stall_timeout=ctx.params["stall_timeout"]) as client:
             try:
                 object_info = client.object_info()
@@ -103,21 +129,10 @@ class ComfyRun(Handler):
                 raise TransientError(f"ComfyUI at {url} did not answer: {error}") from error
             wf.cache_schemas(object_info, ctx.state_dir)  # `ralph check` validates against it next time
             flow = wf.build(ctx.file, ctx.task, ctx.params, schemas, _provided_files(ctx.file))
-            errors = [p for p in flow.problems if p.is_error or (ctx.params["strict_lint"] and p.severity == "warning")]
-            if errors:
-                raise TaskFailed("; ".join(f"line {p.line or flow.fallback_line}: {p}" for p in errors))
+            _refuse_errors(flow, ctx.params["strict_lint"])
             variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
             images = [image for variant in variants for image in self._variant(ctx, client, variant, flow)]
-        return Result(
-            summary=f"{len(images)} image(s) from {len(variants)} variant(s) in {ctx.params['output_dir']}",
-            data={
-                "images": images,
-                "workflow": flow.values(),
-                "lint": [str(p) for p in flow.problems if p.severity == "warning"],
-                "server": url,
-            },
-            files=[image["path"] for image in images],
-        )
+        return _result(ctx, flow, variants, images, url)
 
     def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant, flow: wf.Workflow) -> list[dict[str, Any]]:
         from ralph.handlers.comfyui.client import ComfyError, PromptRejected, ServerGone, Stalled
@@ -156,7 +171,7 @@ class ComfyRun(Handler):
         values = {**flow.values(), **variant.values}
         images = []
         for output, path in zip([o for o in result.outputs if o.type == "output"], paths):
-            _stamp_png(path, values)
+            stamp_png(path, values)
             images.append(
                 {
                     "path": ctx.display_path(path),
@@ -203,6 +218,27 @@ class ComfyRun(Handler):
         return Evidence(True, f"saved {where}")
 
 
+def _refuse_errors(flow: wf.Workflow, strict: bool) -> None:
+    errors = [p for p in flow.problems if p.is_error or (strict and p.severity == "warning")]
+    if errors:
+        raise TaskFailed("; ".join(f"line {p.line or flow.fallback_line}: {p}" for p in errors))
+
+
+def _result(ctx: Context, flow: wf.Workflow, variants: list[wf.Variant], images: list[dict[str, Any]],
+            server: str, cost_usd: float | None = None) -> Result:
+    return Result(
+        summary=f"{len(images)} image(s) from {len(variants)} variant(s) in {ctx.params['output_dir']}",
+        data={
+            "images": images,
+            "workflow": flow.values(),
+            "lint": [str(p) for p in flow.problems if p.severity == "warning"],
+            "server": server,
+        },
+        cost_usd=cost_usd,
+        files=[image["path"] for image in images],
+    )
+
+
 def seconds_per_image(params: dict[str, Any], measures: Measures) -> Figure:
     """ComfyUI's time per image: configured, else measured on an earlier run, else a default."""
     if params.get("seconds_per_image"):
@@ -231,7 +267,7 @@ def _named_folder(text: str) -> str | None:
     return folder if folder.startswith("output/") else "output/" + folder
 
 
-def _stamp_png(path: Path, values: dict[str, Any]) -> None:
+def stamp_png(path: Path, values: dict[str, Any]) -> None:
     """Record the variant's parameters in the PNG, keeping ComfyUI's own text chunks."""
     if path.suffix.lower() != ".png":
         return
