@@ -17,7 +17,9 @@ from PIL import Image
 
 from ralph.parser import parse_file
 from tests.engine.project import Project
+from ralph.handlers.runpod.endpoint import WORKER_IMAGE
 from tests.far.comfyui_server import require_install
+from tests.far.runpod_emulator import RunPodEmulator
 from tests.far.serverless_emulator import ServerlessEmulator
 from tests.far.tiny_models import comfyui_home, ensure_models
 from tests.repo_files import EXAMPLE
@@ -28,7 +30,7 @@ TINY = {"width": 64, "height": 64, "steps": 3, "steps2": 2}
 SWEEP = {"cfg": [5.0, 7.0, 9.0]}
 
 
-def _project(root: Path, endpoint: str, **params: Any) -> Project:
+def _project(root: Path, endpoint: str | dict[str, Any], **params: Any) -> Project:
     root.mkdir(parents=True, exist_ok=True)
     file = root / "RALPH-001-grain-reduction.md"
     file.write_bytes(EXAMPLE.read_bytes())
@@ -152,3 +154,26 @@ def test_a_job_comfyui_refuses_fails_the_task_with_comfyuis_message(tmp_path: Pa
     assert result.returncode != 0
     text = project.file.read_text(encoding="utf-8")
     assert "ComfyUI validation failed" in result.stdout + text and "missing.safetensors" in result.stdout + text
+
+
+@pytest.mark.slow
+def test_an_endpoint_created_for_the_run_mounts_the_volume_and_is_deleted_afterwards(
+        tmp_path: Path, emu: ServerlessEmulator) -> None:
+    with RunPodEmulator(tmp_path / "runpod", api_key=emu.api_key) as rest:
+        rest.serverless = emu  # the endpoints it creates get workers there
+        volume = rest.create_volume("models", 50, "EU-RO-1")
+        wanted = {"create": True, "gpu_pools": ["ADA_24"], "workers_max": 2, "volume": "models"}
+        project = _project(tmp_path / "project", wanted, sweep={"cfg": [5.5, 6.5]}, concurrency=2)
+        plan = project.cli("run", "--dry-run", "--only", "3", project.file.name)
+        assert "serverless: 2 jobs on a new endpoint (ADA_24, up to 2 workers, deleted afterwards), at most 2 at once" \
+            in plan.stdout, plan.stdout + plan.stderr
+        result = project.cli("run", "--only", "3", project.file.name,
+                             env={**_env(emu), "RUNPOD_API_BASE_URL": rest.url})
+        assert result.returncode == 0, result.stdout + result.stderr
+        [create] = rest.calls("POST", "/v2/serverless")
+        body = create.body
+        assert body["image"] == WORKER_IMAGE and body["networkVolumes"] == [volume.id]
+        assert body["dataCenterIds"] == ["EU-RO-1"] and body["workers"] == {"min": 0, "max": 2}
+        assert rest.endpoints() == [] and len(rest.calls("DELETE", "/v2/serverless/")) == 1
+        assert rest.request_violations == [] and rest.response_violations == []
+    assert len(list((tmp_path / "project" / "output").rglob("*.png"))) == 2

@@ -35,11 +35,11 @@ POLL_S = 0.5
 
 def run(ctx: Context, flow: wf.Workflow, variants: list[wf.Variant]) -> tuple[list[dict[str, Any]], float | None, str]:
     """Run every variant as a job; (the images brought home, their cost, where they ran)."""
-    endpoint = ctx.params["endpoint"]
-    if not isinstance(endpoint, str):
-        raise TaskFailed("endpoint: give an endpoint id (creating one is not available yet)")
-    sweep = Sweep(ctx, flow, variants, endpoint)
-    images = sweep.run()
+    from ralph.handlers.runpod.endpoint import endpoint_for
+
+    with endpoint_for(ctx) as endpoint:
+        sweep = Sweep(ctx, flow, variants, endpoint)
+        images = sweep.run()
     seconds, cost = sweep.cost()
     price = ctx.params["worker_usd_per_hour"]
     ctx.log(f"{units.count(len(variants), 'job')}: {units.duration(seconds)} of worker time"
@@ -51,8 +51,12 @@ def problems(params: dict[str, Any], flow: wf.Workflow, folder: Path) -> list[Pr
     """What ``ralph check`` finds in the serverless parameters, offline."""
     line = flow.fallback_line
     found = []
+    from ralph.handlers.runpod import endpoint
+
     if not params["endpoint"]:
         found.append(Problem(line, "executor: serverless needs endpoint: an endpoint id, or {create: true, …}"))
+    else:
+        found += endpoint.problems(params["endpoint"], line)
     if params["concurrency"] < 1:
         found.append(Problem(line, f"concurrency: {params['concurrency']} is not a positive number of jobs"))
     inputs = params["inputs"] or {}
@@ -67,7 +71,11 @@ def problems(params: dict[str, Any], flow: wf.Workflow, folder: Path) -> list[Pr
 def plan(params: dict[str, Any], variants: int, worker_seconds: float) -> list[str]:
     """The dry run's lines: the jobs, how many at once, and what the worker time costs."""
     jobs = units.count(variants, "job")
-    lines = [f"serverless: {jobs} on endpoint {params['endpoint']}, at most {params['concurrency']} at once"]
+    wanted = params["endpoint"]
+    where = f"endpoint {wanted}" if isinstance(wanted, str) else (
+        f"a new endpoint ({', '.join(wanted.get('gpu_pools') or [])}, up to {wanted.get('workers_max', 3)} workers"
+        + (", kept" if wanted.get("keep") else ", deleted afterwards") + ")")
+    lines = [f"serverless: {jobs} on {where}, at most {params['concurrency']} at once"]
     price = params["worker_usd_per_hour"]
     if price:
         lines.append(f"cost ≈ {units.duration(worker_seconds)} of worker time × {units.usd(price)}/h = "
