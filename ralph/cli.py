@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--yes", action="store_true", help="do not ask before renting a machine")
     run.add_argument("--max-cost-usd", type=_positive_usd, metavar="USD",
                      help="stop the run before it costs more (overrides ralph.yaml's max_cost_usd)")
+    run.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                     help="run up to N files at once, each in its own process (max_cost_usd split evenly)")
     run.set_defaults(command=_run)
 
     status = commands.add_parser("status", help="show the tasks of a file and where they stand")
@@ -94,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         return max(_dry_run(path, args) for path in args.files)
+    if args.jobs > 1 and len(args.files) > 1:
+        return _run_side_by_side(args)
     reporter = ConsoleReporter()
     worst = 0
     for path in args.files:
@@ -108,6 +112,31 @@ def _run(args: argparse.Namespace) -> int:
         if code == 130:
             break
     return worst
+
+
+def _run_side_by_side(args: argparse.Namespace) -> int:
+    """``--jobs N``: every file's plan first (one question for them all), then the files in parallel."""
+    from .parallel import run_files
+
+    worst = max(_dry_run(path, args) for path in args.files)
+    if worst:
+        return worst
+    if not args.yes and sys.stdin.isatty() and sys.stdout.isatty():
+        try:
+            answer = input(f"Run these {len(args.files)} files, {args.jobs} at once? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("ralph: not confirmed: nothing was run or written", file=sys.stderr)
+            return 1
+    return run_files(args.files, args.jobs, only=args.only, start_from=args.start_from,
+                     max_cost_usd=args.max_cost_usd)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of files, at least 1, not {text!r}")
+    return int(text)
 
 
 def _positive_usd(text: str) -> float:
