@@ -33,7 +33,8 @@ What it serves, under ``/v2/<endpoint id>``
 Workers
 -------
 Each endpoint has ``workers`` worker threads. A worker starts its ComfyUI on its first job (the
-cold start: ``cold_starts`` counts them), then keeps it warm. A job: the input's ``images``
+cold start: ``cold_starts`` counts them; the job stays ``IN_QUEUE`` meanwhile, so it counts in
+``delayTime``, not ``executionTime``), then keeps it warm. A job: the input's ``images``
 (``[{"name", "image": base64 or data URI}]``) are written into ComfyUI's ``input/`` (which starts
 empty: nothing but what the job sends is there), the ``workflow`` is queued with ``/prompt``, the
 worker polls ``/history`` until done and returns ``{"images": [{"filename", "type": "base64",
@@ -133,11 +134,14 @@ class Worker:
             self._take(job)
 
     def _take(self, job: Job) -> None:
+        self._ensure_server()  # a cold start keeps the job IN_QUEUE: RunPod counts it in delayTime
         with self.emulator._lock:
+            if job.status != "IN_QUEUE":  # cancelled meanwhile
+                return
             job.status, job.worker, job.started_at = "IN_PROGRESS", self.name, time.time()
+            self.state = "running"
             self.emulator.peak_running = max(self.emulator.peak_running, self.emulator.running_jobs())
         try:
-            self._ensure_server()
             output = self._run(job)
         except WorkerDied:
             with self.emulator._lock:
@@ -162,7 +166,6 @@ class Worker:
 
     def _ensure_server(self) -> None:
         if self.server is not None and self.server.alive():
-            self.state = "running"
             return
         if self.server is not None:
             self.server.stop()
@@ -173,7 +176,6 @@ class Worker:
         self.emulator.cold_starts += 1
         for item in self.server.input_dir.iterdir():  # the worker image ships no inputs
             shutil.rmtree(item) if item.is_dir() else item.unlink()
-        self.state = "running"
 
     def _run(self, job: Job) -> dict[str, Any]:
         assert self.server is not None
