@@ -183,7 +183,8 @@ class Sweep:
                     if active:
                         time.sleep(POLL_S)
             except (Interrupted, KeyboardInterrupt):
-                self._cancel(active)
+                # Every job with an id, not only `active`: the signal may land between a /run and the append.
+                self._cancel([j for j in self.jobs if j.record.get("job_id") and not j.record.get("images")])
                 raise
         if failures:
             raise TaskFailed("; ".join(failures))
