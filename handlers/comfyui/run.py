@@ -53,6 +53,8 @@ class ComfyRun(Handler):
     anything the run validates it again against the live server's /object_info.
     Each prompt id is saved before submitting, so a resumed run finds its prompt instead of
     resubmitting.  Images land in ``output_dir`` with their parameters in the PNG's "ralph" text.
+    ``executor: serverless`` runs each variant as a job on a RunPod Serverless endpoint instead
+    (serverless.py).
     """
 
     name = "comfyui.run"
