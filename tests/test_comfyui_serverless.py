@@ -177,3 +177,24 @@ def test_an_endpoint_created_for_the_run_mounts_the_volume_and_is_deleted_afterw
         assert rest.endpoints() == [] and len(rest.calls("DELETE", "/v2/serverless/")) == 1
         assert rest.request_violations == [] and rest.response_violations == []
     assert len(list((tmp_path / "project" / "output").rglob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_a_job_whose_result_expired_is_submitted_again_and_only_it(tmp_path: Path, paused: ServerlessEmulator) -> None:
+    emu = paused
+    project = _project(tmp_path, emu.endpoint_id, sweep={"cfg": [2.0, 2.5]})
+    before = len(emu.submitted)
+    ralph = _start(project, emu)
+    wait_for(lambda: len(_saved_jobs(project)) == 2 and all("job_id" in j for j in _saved_jobs(project).values()),
+             120, "two job ids saved")
+    ralph.send_signal(signal.SIGKILL)
+    ralph.wait(30)
+    ids = [j["job_id"] for j in _saved_jobs(project).values()]
+    emu.expire(ids[0])  # RunPod forgets it (results live 30 min)
+    emu.paused = False
+    again = project.cli("run", "--only", "3", project.file.name, env=_env(emu))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(emu.submitted) - before == 3, "the expired job once more, the other one not"
+    assert ids[1] in {j["job_id"] for j in _saved_jobs(project).values()}
+    assert "expired: submitted again" in again.stdout
+    assert len(list((tmp_path / "output").rglob("*.png"))) == 2

@@ -141,7 +141,7 @@ class ComfyRun(Handler):
 
         done: dict[str, Any] = ctx.memory.get("variants", {})
         record = done.get(variant.label, {})
-        if record.get("images") and all(ctx.path(i["path"]).exists() for i in record["images"]):
+        if brought_home(ctx, record):
             return list(record["images"])  # finished in an earlier run
         if record.get("graph") != wf.graph_digest(variant.graph):
             record = {"prompt_id": None, "graph": wf.graph_digest(variant.graph)}
@@ -173,19 +173,9 @@ class ComfyRun(Handler):
         values = {**flow.values(), **variant.values}
         images = []
         for output, path in zip([o for o in result.outputs if o.type == "output"], paths):
-            stamp_png(path, values)
-            images.append(
-                {
-                    "path": ctx.display_path(path),
-                    "server_path": "/".join(p for p in ("output", output.subfolder, output.filename) if p),
-                    "params": values,
-                    "variant": variant.label,
-                    "prompt_id": result.prompt_id,
-                    "seed": values.get("seed"),
-                    "server_seconds": result.server_seconds,
-                    "first_step_at": first_step[0] if first_step else None,
-                }
-            )
+            server_path = "/".join(p for p in ("output", output.subfolder, output.filename) if p)
+            images.append(kept_image(ctx, path, server_path, values, variant.label, result.prompt_id,
+                                     result.server_seconds, first_step[0] if first_step else None))
         record["images"] = images
         done[variant.label] = record
         ctx.memory["variants"] = done
@@ -269,7 +259,29 @@ def _named_folder(text: str) -> str | None:
     return folder if folder.startswith("output/") else "output/" + folder
 
 
-def stamp_png(path: Path, values: dict[str, Any]) -> None:
+def brought_home(ctx: Context, record: dict[str, Any]) -> bool:
+    """Whether a variant's images, as an earlier run recorded them, are all on disk."""
+    images = record.get("images")
+    return bool(images) and all(ctx.path(i["path"]).exists() for i in images)
+
+
+def kept_image(ctx: Context, path: Path, server_path: str, values: dict[str, Any], variant: str, prompt_id: str,
+               server_seconds: float | None, first_step_at: float | None) -> dict[str, Any]:
+    """An image on disk, stamped with its variant's parameters, as the result records it (whoever ran it)."""
+    _stamp_png(path, values)
+    return {
+        "path": ctx.display_path(path),
+        "server_path": server_path,
+        "params": values,
+        "variant": variant,
+        "prompt_id": prompt_id,
+        "seed": values.get("seed"),
+        "server_seconds": server_seconds,
+        "first_step_at": first_step_at,
+    }
+
+
+def _stamp_png(path: Path, values: dict[str, Any]) -> None:
     """Record the variant's parameters in the PNG, keeping ComfyUI's own text chunks."""
     if path.suffix.lower() != ".png":
         return

@@ -23,7 +23,7 @@ from ralph import units
 from ralph.context import Context, ProgressBar
 from ralph.handler import Interrupted, Problem, TaskBlocked, TaskFailed, TransientError
 from ralph.handlers.comfyui import workflow as wf
-from ralph.handlers.comfyui.run import stamp_png
+from ralph.handlers.comfyui.run import brought_home, kept_image
 
 EXTRA_MISSING = "executor: serverless needs the runpod SDK: pip install 'ralph[serverless]'"
 KEY_VARIABLE = "RUNPOD_API_KEY"
@@ -151,7 +151,7 @@ class Sweep:
         self._save()
 
     def run(self) -> list[dict[str, Any]]:
-        waiting = [j for j in self.jobs if not self._home(j)]
+        waiting = [j for j in self.jobs if not brought_home(self.ctx, j.record)]
         active = [j for j in waiting if j.record.get("job_id")]  # an earlier run's: polled, not resubmitted
         queue = [j for j in waiting if not j.record.get("job_id")]
         failures: list[str] = []
@@ -197,10 +197,6 @@ class Sweep:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _home(self, job: Job) -> bool:
-        images = job.record.get("images")
-        return bool(images) and all(self.ctx.path(i["path"]).is_file() for i in images)
-
     def _save(self) -> None:
         self.ctx.memory["jobs"] = {j.variant.label: j.record for j in self.jobs}
 
@@ -242,24 +238,18 @@ class Sweep:
         values = {**self.flow.values(), **job.variant.values}
         prefix = str(values.get("filename_prefix") or "ComfyUI")
         folder = self.ctx.path(self.ctx.params["output_dir"])
+        seconds = (state.get("executionTime") or 0) / 1000
         images = []
         for index, output in enumerate(outputs):
             name = variant_file_name(prefix, job.variant.label, output["filename"], index)
             path = folder / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(fetch_output(output))
-            stamp_png(path, values)
-            images.append({
-                "path": self.ctx.display_path(path),
-                "server_path": "/".join(p for p in ("output", str(Path(prefix).parent), output["filename"]) if p != "."),
-                "params": values,
-                "variant": job.variant.label,
-                "prompt_id": job.record["job_id"],
-                "seed": values.get("seed"),
-                "server_seconds": (state.get("executionTime") or 0) / 1000,
-                "first_step_at": None,
-            })
-        job.record.update(images=images, execution_s=(state.get("executionTime") or 0) / 1000)
+            # worker-comfyui names the file only; it saved it under the SaveImage prefix's folder.
+            server_path = "/".join(p for p in ("output", str(Path(prefix).parent), output["filename"]) if p != ".")
+            images.append(kept_image(self.ctx, path, server_path, values, job.variant.label, job.record["job_id"],
+                                     seconds, None))
+        job.record.update(images=images, execution_s=seconds)
         self._save()
 
     def _cancel(self, active: list[Job]) -> None:
