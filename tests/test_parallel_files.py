@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from tests.engine.project import Project, make_project, task
+from tests.waiting import wait_for
 
 # Each file's task waits for the other file's task to have started: run one after the other, both fail.
 MEET = '''
 import time
+import signal
 from pathlib import Path
 
 from ralph.handler import Handler, Param, Result, TaskFailed
@@ -58,3 +61,16 @@ def test_a_failing_file_gives_the_combined_exit_status_1(tmp_path: Path) -> None
     result = project.cli("run", first.name, second.name, "--jobs", "2", "--yes")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "**Status**: NEEDS_REVIEW" in first.read_text(encoding="utf-8")
+
+
+def test_ctrl_c_reaches_every_file_and_the_run_exits_130(tmp_path: Path) -> None:
+    project, first, second = _two_files(tmp_path)
+    for file in (first, second):  # both wait for a marker nobody writes
+        file.write_text(file.read_text(encoding="utf-8").replace("other: ", "other: never-"), encoding="utf-8")
+    ralph = project.popen("run", first.name, second.name, "--jobs", "2", "--yes")
+    wait_for(lambda: (tmp_path / "a.started").exists() and (tmp_path / "b.started").exists(), 60, "both files started")
+    ralph.send_signal(signal.SIGINT)
+    output, _ = ralph.communicate(timeout=60)
+    assert ralph.returncode == 130, output
+    for name in (first.name, second.name):
+        assert any(line.startswith(f"{name} │ ") and "interrupted" in line for line in output.splitlines()), output
