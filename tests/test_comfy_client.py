@@ -79,6 +79,37 @@ def test_example_workflow_runs_and_its_image_lands_on_disk(comfyui_server: Comfy
 
 
 @slow
+def test_outputs_are_fetched_as_their_node_reports_them(comfyui_server: ComfyServer, tmp_path: Path) -> None:
+    # With dest, run() fetches each saved file on the node's `executed` event and returns on
+    # `execution_success`, before ComfyUI's post-prompt cleanup (bench/comfy_overhead.py).
+    prefix = f"early-{uuid.uuid4().hex[:8]}"
+    with ComfyClient(comfyui_server.url) as client:
+        result = client.run(refiner_graph(seed=7, prefix=prefix), dest=tmp_path)
+        served = _outputs(comfyui_server, prefix)
+        assert [p.read_bytes() for p in result.fetched.values()] == [p.read_bytes() for p in served]
+        for p in served:
+            p.unlink()  # download() must not ask /view again: it would now get a 404
+        files = client.download(result, tmp_path)
+    assert files == list(result.fetched.values()) and all(f.is_file() for f in files)
+    assert [(f.node_id, f.filename) for f in result.outputs] == [("14", served[0].name)]
+    assert result.server_seconds is not None and result.server_seconds > 0
+
+
+@slow
+def test_a_prompt_failing_after_an_output_leaves_no_fetched_file(comfyui_server: ComfyServer, tmp_path: Path) -> None:
+    prefix = f"half-{uuid.uuid4().hex[:8]}"
+    graph = refiner_graph(prefix=prefix)
+    # Node 14 saves first (an output node as soon as its input is ready); a second branch fails later.
+    graph["15"] = {"class_type": "RalphSleep", "inputs": {"images": ["13", 0], "seconds": 0.5}}
+    graph["16"] = {"class_type": "RalphFail", "inputs": {"images": ["15", 0], "message": "disk full"}}
+    graph["17"] = {"class_type": "SaveImage", "inputs": {"images": ["16", 0], "filename_prefix": f"{prefix}-b"}}
+    with ComfyClient(comfyui_server.url) as client, pytest.raises(ExecutionFailed, match="node 16"):
+        client.run(graph, dest=tmp_path)
+    assert len(_outputs(comfyui_server, prefix)) == 1  # the first output was saved, and fetched…
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # …then removed with the failure
+
+
+@slow
 def test_validation_error_is_reported_per_node_and_input(comfyui_server: ComfyServer) -> None:
     graph = refiner_graph()
     graph["11"]["inputs"]["cfg"] = -1.0

@@ -132,6 +132,7 @@ class ComfyRun(Handler):
         done[variant.label] = record
         ctx.memory["variants"] = done  # saved before submitting: a resume finds this prompt
         ctx.log(f"{variant.label}: prompt {record['prompt_id']}")
+        folder = ctx.path(ctx.params["output_dir"])
         first_step: list[float] = []  # when the server reported its first step (bench/volume_cache.py)
         with ctx.progress(f"ComfyUI {variant.label}", None) as bar:
 
@@ -141,7 +142,7 @@ class ComfyRun(Handler):
                 bar.update(value, maximum, f"{variant.label}: node {node} ({kind}) step {value}/{maximum}")
 
             try:
-                result = client.run(variant.graph, prompt_id=record["prompt_id"], on_progress=progress)
+                result = client.run(variant.graph, prompt_id=record["prompt_id"], on_progress=progress, dest=folder)
             except Interrupted:
                 client.interrupt(record["prompt_id"])
                 raise
@@ -151,8 +152,7 @@ class ComfyRun(Handler):
                 raise TaskFailed(str(error)) from error
             except ComfyError as error:
                 raise TaskFailed(f"{variant.label}: {error}") from error
-        folder = ctx.path(ctx.params["output_dir"])
-        paths = client.download(result, folder)
+        paths = client.download(result, folder)  # what run() has not fetched already
         values = {**flow.values(), **variant.values}
         images = []
         for output, path in zip([o for o in result.outputs if o.type == "output"], paths):
