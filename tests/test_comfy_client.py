@@ -6,9 +6,13 @@ sleep or report chosen output names.
 """
 from __future__ import annotations
 
+import json
+import ssl
+import subprocess
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
 from pathlib import Path
 
@@ -296,3 +300,34 @@ def test_server_killed_mid_run_fails_clearly(tmp_path: Path) -> None:
         assert server.url in str(err.value) and prompt_id in str(err.value)
     finally:
         server.stop()
+
+
+def test_an_https_server_is_still_verified(tmp_path: Path) -> None:
+    # Plain http skips building a TLS context (0.1-0.3 s); https must still check the certificate.
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+
+    class Stats(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"system": {"comfyui_version": "0.3.75"}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stats)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with ComfyClient(f"https://127.0.0.1:{server.server_address[1]}", gone_timeout=1) as client:
+            with pytest.raises(ServerGone, match="CERTIFICATE_VERIFY_FAILED"):
+                client.system_stats()
+    finally:
+        server.shutdown()
+        server.server_close()
