@@ -12,7 +12,7 @@ file costs a stat and one round trip instead of a full re-hash.
 An upload hashes the local file in a thread while it sends. rsync verifies its copy against
 the sender's whole-file checksum itself (``--append-verify`` resends the file on a mismatch),
 so the remote side then only records the sha256 instead of reading the file a second time; an
-SFTP copy is hashed on the remote side after the transfer.
+SFTP copy, and a part rsync skipped as already full-size, are hashed on the remote side.
 """
 
 from __future__ import annotations
