@@ -8,6 +8,11 @@ provider's key/port/pinned host key) when both sides have rsync, else pipelined 
 large window. A destination that already holds the same size and sha256 is skipped; sha256s
 are cached against (size, mtime, ctime) on both sides, so confirming an unchanged multi-GB
 file costs a stat and one round trip instead of a full re-hash.
+
+An upload hashes the local file in a thread while it sends. rsync verifies its copy against
+the sender's whole-file checksum itself (``--append-verify`` resends the file on a mismatch),
+so the remote side then only records the sha256 instead of reading the file a second time; an
+SFTP copy, and a part rsync skipped as already full-size, are hashed on the remote side.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import paramiko
 from ralph import children
 from ralph.handlers.machines import remote_shell
 from ralph.handlers.machines.base import Progress, MachineError, TransferFailed, TransferResult
-from ralph.handlers.machines.hashing import CHUNK, sha256_file
+from ralph.handlers.machines.hashing import CHUNK, file_stamp, sha256_file
 
 if TYPE_CHECKING:
     from ralph.handlers.machines.ssh import SshMachine
@@ -234,12 +239,13 @@ def upload(ssh: "SshMachine", local: Path, remote: str, *, progress: Progress | 
     """
     t0 = time.monotonic()
     local = local.resolve()
-    size = local.stat().st_size
-    sha = ssh.hashes.sha256(local)
+    stat0 = os.stat(local)
+    size = stat0.st_size
+    local_sha = ssh.hashes.sha256_ahead(local)
     dest = ssh.path(remote)
     part = part_name(dest)
     state = _probe(ssh, dest, part)
-    if state.size == size and (state.sha256 or remote_sha256(ssh, dest)) == sha:
+    if state.size == size and (state.sha256 or remote_sha256(ssh, dest)) == (sha := local_sha()):
         if progress:
             progress(size, size)
         return TransferResult(str(local), dest, size, sha, 0, 0, True, "skip", time.monotonic() - t0)
@@ -251,9 +257,17 @@ def upload(ssh: "SshMachine", local: Path, remote: str, *, progress: Progress | 
     def part_size() -> int:
         return int(_remote(ssh, '[ -f "$p" ] && stat -c %s -- "$p" || echo 0', p=part))
 
+    # rsync checks the whole file it appended to against the sender's checksum (and resends it on a
+    # mismatch), so its copy needs no second reading on the remote side: only its size is checked
+    # and the local sha256 recorded. But rsync skips a part that is already full-size, unchecked:
+    # that one, like an SFTP copy, is hashed there.
+    rsync_checked = False
     if engine == "rsync":
         def step(offset: int) -> int:
-            return _rsync(ssh, str(local), ssh.rsync_spec(part), size, progress, bwlimit)
+            nonlocal rsync_checked
+            sent = _rsync(ssh, str(local), ssh.rsync_spec(part), size, progress, bwlimit)
+            rsync_checked = offset < size
+            return sent
     else:
         def step(offset: int) -> int:
             return _sftp_put(ssh, local, part, size, offset, progress, bwlimit)
@@ -261,10 +275,15 @@ def upload(ssh: "SshMachine", local: Path, remote: str, *, progress: Progress | 
     sent = 0
     for fresh in (False, True):
         sent += _retrying(attempts, step, part_size)
-        verdict = _remote(ssh, """
-h=$(_r_hash < "$p") && h=${h%% *} || exit 1
+        sha = local_sha()
+        if file_stamp(os.stat(local)) != file_stamp(stat0):
+            raise TransferFailed(f"{local} changed while it was uploaded; run again to send the new version")
+        check = ('[ "$(stat -c %s -- "$p")" = "$n" ] && h=$want || exit 1' if rsync_checked
+                 else 'h=$(_r_hash < "$p") && h=${h%% *} || exit 1')
+        verdict = _remote(ssh, check + """
 if [ "$h" != "$want" ]; then rm -f -- "$p"; echo "mismatch $h"; exit 0; fi
-mv -f -- "$p" "$f" && _r_store "$f" "$h" "$(_r_stat "$f")" && echo ok""", p=part, f=dest, want=sha).strip()
+mv -f -- "$p" "$f" && _r_store "$f" "$h" "$(_r_stat "$f")" && echo ok""", p=part, f=dest, want=sha,
+                          n=str(size)).strip()
         if verdict == "ok":
             return TransferResult(str(local), dest, size, sha, sent, resumed_from, False, engine,
                                   time.monotonic() - t0)
