@@ -9,7 +9,6 @@ group, and its timeout or a Ctrl-C kills the whole group, not just bash: here th
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import threading
 import time
@@ -19,19 +18,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ralph import children
 from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
+from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, criterion
 from ralph.model import Task, TaskFile
 from ralph.secrets import redact
+
+from .checks import BACKTICKED, LocalChecks
 
 if TYPE_CHECKING:
     from ralph.handlers.machines.base import CommandResult
 
-_BACKTICKED = re.compile(r"`([^`]+)`")
 _TAIL_LINES = 5
 PLACES = ("here", "machine")
 
 
-class ShellHandler(Handler):
+class ShellHandler(LocalChecks):
     """Run the task's ```bash block (bash -e -o pipefail) here, in the task file's folder, or with
     ``on: machine`` on the machine a task holds (runpod.create, machine.ssh, machine.local), in its
     workspace.
@@ -80,22 +80,29 @@ class ShellHandler(Handler):
             raise TaskFailed(_with_tail(f"the script exited {code}{place.on}", tail))
         return Result(summary=f"the script exited 0{place.on}", data={"exit_code": code, "ran_on": place.id})
 
+    # The checks of LocalChecks, looked at where the script ran ("without error" is the same anywhere).
     @criterion(r"`[^`]+`.*\b(exist|cree|created|present|saved|sauvegard|ecrit|written|genere|installe|installed"
                r"|uploade|uploaded|telecharge|downloaded)")
     def path_exists(self, ctx: Context, result: Result, text: str) -> Evidence:
-        return _place(ctx).path_evidence(_BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
+        if ctx.params["on"] == "here":
+            return super().path_exists(ctx, result, text)
+        return _OnMachine(ctx).path_evidence(BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
 
     @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
     def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:
-        command = _BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
-        place = _place(ctx)
-        code, output = place.run_command(command)
+        if ctx.params["on"] == "here":
+            return super().command_succeeds(ctx, result, text)
+        command = BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
+        machine = _OnMachine(ctx)
+        code, output = machine.run_command(command)
         last = redact(output).strip().splitlines()
-        return Evidence(code == 0, f"`{command}` exited {code}{place.on}" + (f": {last[-1]}" if last else ""))
+        return Evidence(code == 0, f"`{command}` exited {code}{machine.on}" + (f": {last[-1]}" if last else ""))
 
-    @criterion(r"sans erreur|without (an )?error|exit code 0|succeeds|runs")
-    def script_succeeded(self, ctx: Context, result: Result, text: str) -> Evidence:
-        return Evidence(result.data.get("exit_code") == 0, f"the script exited {result.data.get('exit_code')}")
+    def command_environment(self, ctx: Context) -> dict[str, str]:
+        return _environment(ctx.params["env"])
+
+    def command_timeout(self, ctx: Context) -> float:
+        return float(ctx.params["timeout"])
 
 
 def script_summary(task: Task) -> str:
@@ -115,10 +122,6 @@ class _Place(Protocol):
     on: str  # " on machine X" for messages; "" here
 
     def run_script(self, script: str, log: Path) -> int: ...
-
-    def run_command(self, command: str) -> tuple[int, str]: ...
-
-    def path_evidence(self, path: str) -> Evidence: ...
 
 
 def _place(ctx: Context) -> _Place:
@@ -143,9 +146,11 @@ class _Here:
             stdin=subprocess.DEVNULL,
             env=_environment(self.ctx.params["env"]),
         ) as process:
+            # A daemon, started inside the try: a Ctrl-C at any moment leaves no timer for ralph's exit to wait on.
             timer = threading.Timer(timeout, children.kill, (process,))
-            timer.start()
+            timer.daemon = True
             try:
+                timer.start()
                 assert process.stdout is not None
                 for raw in process.stdout:
                     out.write(redact(raw.decode("utf-8", "replace")))
@@ -156,20 +161,6 @@ class _Here:
             raise TaskFailed(_with_tail(f"the script ran past its {timeout} s timeout and was killed with what it "
                                         "started", _tail(log)))
         return code
-
-    def run_command(self, command: str) -> tuple[int, str]:
-        done = children.run(["bash", "-c", command], cwd=self.ctx.workdir, env=_environment(self.ctx.params["env"]),
-                            timeout=self.ctx.params["timeout"])  # past it: killed, and the check could not run
-        return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")
-
-    def path_evidence(self, path: str) -> Evidence:
-        found = self.ctx.path(path)
-        shown = self.ctx.display_path(found)
-        if found.is_file():
-            return Evidence(True, f"{shown} exists ({found.stat().st_size} bytes)")
-        if found.is_dir():
-            return Evidence(True, f"{shown} exists (a folder)")
-        return Evidence(False, f"{shown} does not exist")
 
 
 class _OnMachine:

@@ -85,7 +85,12 @@ def _tell_warden(message: str) -> None:
 def start(argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen`` in a new process group that dies with ralph."""
     process = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **options)
-    _tell_warden(f"+{process.pid}")
+    try:
+        _tell_warden(f"+{process.pid}")
+    except BaseException:  # Ctrl-C while the warden starts: the caller never gets the process to kill
+        kill(process)
+        process.wait()
+        raise
     return process
 
 

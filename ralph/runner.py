@@ -304,7 +304,7 @@ class Runner:
             record["memory"] = handler.kept_on_redo(record.get("memory", {}))
         record.update(status="IN_PROGRESS", started=now(), attempts=record.get("attempts", 0) + 1,
                       fingerprint=task.fingerprint)
-        state.save()
+        state.save(task.number)
         self._write([SetStatus(task.number, "IN_PROGRESS")])
         events.write("task_started", task=task.number, handler=handler.name, resumed=resumed)
         self.reporter.task_started(task, handler.name, resumed)
@@ -348,7 +348,7 @@ class Runner:
         if outcome.verdicts:
             record["ticked"] = verified
         record["review"] = {v.criterion: v.evidence.detail for v in outcome.verdicts if v.evidence and v.evidence.verified is None}
-        state.save()
+        state.save(task.number)
         edits.append(SetResults(task.number, tuple(_results_lines(outcome))))
         self._write(edits)
         events.write("task_finished", task=task.number, status=outcome.status, seconds=outcome.seconds, error=outcome.error)
@@ -384,7 +384,7 @@ class Runner:
     def _verify(self, handler: Handler, ctx: Context, result: Result, task: Task, ticked: list[str]) -> list[Verdict]:
         """Evidence for each criterion; a box a person ticked (not ralph) counts as reviewed."""
         return [
-            Verdict(c.text, None if c.checked and c.text not in ticked else _evidence(handler, ctx, result, c.text))
+            Verdict(c.text, None if c.checked and c.text not in ticked else handler.judge(ctx, result, c.text))
             for c in task.criteria
         ]
 
@@ -445,7 +445,7 @@ class Runner:
                 if step.handler.check_for(text):
                     record = state.task(step.task.number).get("result", {})
                     ctx = self._context(plan, step, state, events)
-                    return _evidence(step.handler, ctx, Result(**record), text)
+                    return step.handler.judge(ctx, Result(**record), text)
             return Evidence(None, "no task that ran has a check for this")
 
         verdicts = [Verdict(c.text, None if c.checked else judge(c.text)) for c in file.success_criteria]
@@ -505,16 +505,6 @@ class Runner:
     def _status_of(self, file: TaskFile, number: int) -> str:
         task = file.task(number)
         return task.status if task else "PENDING"
-
-
-def _evidence(handler: Handler, ctx: Context, result: Result, text: str) -> Evidence:
-    check = handler.check_for(text)
-    if check is None:
-        return Evidence(None, "needs a person's review: no check covers this criterion")
-    try:
-        return check(ctx, result, text)
-    except Exception as error:  # a failing check cannot verify anything
-        return Evidence(None, redact(f"check could not run: {type(error).__name__}: {error}"))
 
 
 def _status_from(verdicts: list[Verdict]) -> str:

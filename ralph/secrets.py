@@ -53,14 +53,10 @@ def redact_data(data: Any, values: list[str] | None = None) -> Any:
     return data
 
 
-def redacted_json(data: Any) -> str:
-    """``data`` as JSON with every secret inside its strings masked.
+def shows_secret(text: str) -> bool:
+    """Whether JSON text (``ensure_ascii=False``) may hold a secret inside one of its strings.
 
-    A secret inside a string shows in the JSON as its own JSON encoding, so when no
-    encoding shows, the text is already clean and the data need not be walked.
+    A secret inside a string shows in the JSON as its own JSON encoding, so when no encoding
+    shows, the text is clean and the data it came from need not be walked by ``redact_data``.
     """
-    body = json.dumps(data, ensure_ascii=False, sort_keys=True)
-    values = secret_values()
-    if any(json.dumps(value, ensure_ascii=False)[1:-1] in body for value in values):
-        body = json.dumps(redact_data(data, values), ensure_ascii=False, sort_keys=True)
-    return body
+    return any(json.dumps(value, ensure_ascii=False)[1:-1] in text for value in secret_values())

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EnvironmentFailure, LockedError
-from .secrets import redact, redacted_json
+from .secrets import redact, redact_data, shows_secret
 from .textfile import write_atomically
 
 
@@ -51,6 +51,10 @@ def unwritable(path: Path, error: OSError, kept: str) -> EnvironmentFailure:
     return EnvironmentFailure(f"cannot write {shown}: {error.strerror or error}; {kept}")
 
 
+def _compact(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, sort_keys=True)
+
+
 def state_dir_for(task_file: Path) -> Path:
     """The state folder of the file itself: every link to it shares the same one."""
     real = task_file.resolve()
@@ -64,15 +68,35 @@ class RunState:
         self.data: dict[str, Any] = {"version": 1, "tasks": {}, "resources": {}}
         if self.path.exists():
             self.data = json.loads(self.path.read_text("utf-8"))
+        self._encoded: dict[str, str] = {}  # each task's '"number": record' as JSON, as last saved
 
-    def save(self) -> None:
+    def save(self, task: int | None = None) -> None:
+        """Write the state to disk; ``task``: the one task record that changed since the last
+        save, so only its JSON is made again (a run of N tasks saves O(N) times)."""
+        if task is None:
+            self._encoded.clear()
+        else:
+            self._encoded.pop(str(task), None)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            # Compact JSON: the encoder that indents is pure Python, and this runs twice a task.
-            write_atomically(self.path, redacted_json(self.data).encode("utf-8"))
+            write_atomically(self.path, self._json().encode("utf-8"))
         except OSError as error:
             kept = "it keeps its last complete version" if self.path.exists() else "nothing was saved"
             raise unwritable(self.path, error, kept) from None
+
+    def _json(self) -> str:
+        """``data`` as compact JSON (the encoder that indents is pure Python), keys sorted,
+        with no secret in it."""
+        tasks = self.data["tasks"]
+        for key in tasks.keys() - self._encoded.keys():
+            self._encoded[key] = f"{_compact(key)}: {_compact(tasks[key])}"
+        records = "{" + ", ".join([self._encoded[key] for key in sorted(tasks)]) + "}"
+        fields = (f"{_compact(k)}: {records if k == 'tasks' else _compact(v)}" for k, v in sorted(self.data.items()))
+        body = "{" + ", ".join(fields) + "}"
+        if shows_secret(body):
+            self._encoded.clear()
+            body = _compact(redact_data(self.data))
+        return body
 
     def task(self, number: int) -> dict[str, Any]:
         return self.data["tasks"].setdefault(str(number), {})
@@ -90,6 +114,7 @@ class TaskMemory(MutableMapping[str, Any]):
 
     def __init__(self, state: RunState, number: int) -> None:
         self._state = state
+        self._number = number
         self._data: dict[str, Any] = state.task(number).setdefault("memory", {})
 
     def __getitem__(self, key: str) -> Any:
@@ -97,11 +122,11 @@ class TaskMemory(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._data[key] = value
-        self._state.save()
+        self._state.save(self._number)
 
     def __delitem__(self, key: str) -> None:
         del self._data[key]
-        self._state.save()
+        self._state.save(self._number)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -123,7 +148,7 @@ class Resources:
 
     def hold(self, name: str, value: Any, *, task: int) -> None:
         self._data[name] = {"value": value, "owner": task, "generation": uuid.uuid4().hex, "users": [task]}
-        self._state.save()
+        self._state.save(task)
 
     def get(self, name: str) -> Any | None:
         entry = self._data.get(name)
@@ -136,7 +161,7 @@ class Resources:
             return None
         if task not in entry["users"]:
             entry["users"].append(task)
-            self._state.save()
+            self._state.save(task)
         return entry["value"]
 
     def release(self, name: str) -> None:

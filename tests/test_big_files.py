@@ -89,3 +89,27 @@ def test_a_megabyte_criterion_is_left_for_review_not_matched(tmp_path: Path) -> 
     assert done.returncode == 3, done.stdout + done.stderr
     file, _ = parse_file(project.file)
     assert file.tasks[0].status == "NEEDS_REVIEW" and not file.tasks[0].criteria[0].checked
+
+
+def test_state_json_made_from_kept_records_is_the_whole_state_with_secrets_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each save encodes only the task that changed; the file must still be all of it, exactly."""
+    import json
+
+    from ralph.state import RunState
+
+    state = RunState(tmp_path)
+    state.task(1)["memory"] = {"a": [1, "é"]}
+    state.task(10)["x"] = 1
+    state.data["resources"]["pod"] = {"tasks": None, "value": "v", "users": [1]}
+    state.save(1)
+    state.task(10)["x"] = 2
+    state.save(10)
+    assert (tmp_path / "state.json").read_text() == json.dumps(state.data, ensure_ascii=False, sort_keys=True)
+    monkeypatch.setenv("RALPH_TEST_TOKEN", "s3cr3t-value")
+    state.task(2)["memory"] = {"said": "the key is s3cr3t-value"}
+    state.save(2)
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["tasks"]["2"]["memory"]["said"] == "the key is ***" and saved["tasks"]["10"] == {"x": 2}
+    assert RunState(tmp_path).data == saved

@@ -349,3 +349,40 @@ def test_a_missing_key_is_refused_before_anything_is_written(emu: RunPodEmulator
         assert re.search(rf"{TASK_FILE}:\d+: (error: )?task 1 \(runpod\.create\): set RUNPOD_API_KEY", done.stdout + done.stderr)
     assert file.read_bytes() == before and not (file.parent / ".ralph").exists()
     assert emu.requests == []
+
+
+def test_check_names_a_gpu_type_the_catalog_does_not_know_at_its_line(emu: RunPodEmulator, tmp_path: Path) -> None:
+    file = pod_project(tmp_path / "project", fast_params(tmp_path, gpu_types=[A5000, "NVIDIA Imaginary 9000"]))
+    done = subprocess.run([sys.executable, "-m", "ralph", "check", file.name], cwd=file.parent, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    line = next(i for i, text in enumerate(file.read_text().splitlines(), 1) if text.startswith("### 1."))
+    assert re.search(rf"^{TASK_FILE}:{line}: error: .*gpu_types: RunPod's catalog has no GPU type "
+                     r"'NVIDIA Imaginary 9000'$", done.stdout, re.M), done.stdout
+    assert emu.creates_sent == [] and not (file.parent / ".ralph").exists()
+
+
+def test_the_dry_run_prices_each_candidate_from_the_catalog_and_creates_nothing(emu: RunPodEmulator,
+                                                                               tmp_path: Path) -> None:
+    emu.no_capacity(RTX4090)
+    file = pod_project(tmp_path / "project", fast_params(tmp_path, cloud_types=["SECURE"], max_lifetime_s=7200))
+    done = subprocess.run([sys.executable, "-m", "ralph", "run", "--dry-run", file.name], cwd=file.parent,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "RTX A5000 (24 GB), SECURE: $0.270/h, availability HIGH" in done.stdout
+    assert "RTX 4090 (24 GB), SECURE: $0.690/h, availability NONE" in done.stdout
+    assert re.search(r"worst case: \$1\.38: .*2 h \(max_lifetime_s\), at \$0\.690/h", done.stdout), done.stdout
+    assert emu.creates_sent == [] and not (file.parent / ".ralph").exists()
+
+
+def test_max_cost_usd_stops_the_work_and_the_pod_is_terminated(emu: RunPodEmulator, tmp_path: Path) -> None:
+    file = pod_project(tmp_path / "project", fast_params(tmp_path),
+                       edit=lambda text: text.replace("df -h . | tail -n 1", "sleep 120"))
+    started = time.monotonic()
+    output = io.StringIO()
+    summary = Runner(file, ConsoleReporter(Console(file=output, width=200, color_system=None)), retry_wait=0,
+                     max_cost_usd=0.0005, cost_check_s=0.1).run()  # $0.27/h: the limit is ~7 s of pod time
+    assert time.monotonic() - started < 60, "the long step was cut short"
+    assert summary.exit_code == 1, output.getvalue()
+    assert statuses(file)[5] == "DONE" and emu.live_pods() == [] and emu.pods_created == 1
+    assert "would pass max_cost_usd $0.00" in file.read_text()

@@ -153,7 +153,9 @@ class ComfyRun(Handler):
                 raise
             except PromptRejected as error:
                 raise TaskFailed(f"ComfyUI refused the workflow: {error}") from error
-            except (ServerGone, Stalled) as error:
+            except ServerGone as error:
+                raise _stopped(ctx, error) from error
+            except Stalled as error:
                 raise TaskFailed(str(error)) from error
             except ComfyError as error:
                 raise TaskFailed(f"{variant.label}: {error}") from error
@@ -256,8 +258,45 @@ def server_url(ctx: Context) -> Iterator[str]:
     except ImportError:
         raise TaskBlocked("no ComfyUI server: set the `server` parameter (pods are not available here)") from None
     service = ctx.result_of("service") or {}
+    if service.get("start"):
+        _start_again_if_stopped(ctx, service)
     with comfyui_url(ctx, service.get("port", COMFYUI_PORT)) as url:
         yield url
+
+
+def _service_layout(ctx: Context) -> tuple[Any, Any]:
+    """The held machine and where comfyui.setup put ComfyUI, its pid file and its log."""
+    from ralph.handlers.comfyui import setup
+    from ralph.handlers.machines import session
+
+    _, machine = session.connect(ctx)
+    return machine, setup.Layout(ctx.result_of("workspace") or "/workspace")
+
+
+def _start_again_if_stopped(ctx: Context, service: dict[str, Any]) -> None:
+    """A ComfyUI that died (a crash, a reboot of the machine) is started again the way
+    comfyui.setup started it, so a rerun of this task finds a server to resubmit to."""
+    from ralph.handlers.comfyui import setup
+
+    machine, layout = _service_layout(ctx)
+    if setup.service_pid(machine, layout) is None:
+        ctx.log("ComfyUI is not running on the machine: starting it again as comfyui.setup did")
+        setup.ensure_service(machine, layout, port=service["port"], log=ctx.log, **service["start"])
+
+
+def _stopped(ctx: Context, error: Exception) -> TaskFailed:
+    """A server that went away mid-task, named as such, with the end of its log when ralph started it."""
+    message = f"ComfyUI on the machine stopped: {error}"
+    if (ctx.result_of("service") or {}).get("start") and not ctx.params["server"]:
+        from ralph.handlers.comfyui import setup
+
+        try:
+            machine, layout = _service_layout(ctx)
+            tail = setup.log_tail(machine, layout)
+        except Exception as failure:  # noqa: BLE001 (the machine itself may be gone; the message stands)
+            tail = f"(its log could not be read: {type(failure).__name__})"
+        message += f"; a rerun starts it again and resubmits the prompt. Its log ends:\n{tail[-1500:]}"
+    return TaskFailed(message)
 
 
 def _provided_files(file: TaskFile) -> list[str] | None:

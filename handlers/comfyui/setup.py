@@ -504,12 +504,12 @@ def ensure_service(provider: Machine, layout: Layout, python: str, port: int, ar
         while stats is None:
             if time.monotonic() > deadline:
                 raise TaskFailed(f"ComfyUI did not answer /system_stats on 127.0.0.1:{port} within {timeout:g} s "
-                                 f"({_tunnel_note(tunnel)}); log {layout.log_file}:\n{_log_tail(provider, layout)}")
+                                 f"({_tunnel_note(tunnel)}); log {layout.log_file}:\n{log_tail(provider, layout)}")
             time.sleep(0.5)
             stats = _stats(tunnel.url)
             if stats is None and pid is not None and service_pid(provider, layout) is None:
                 raise TaskFailed(f"ComfyUI (pid {pid}) exited while starting; log {layout.log_file}:\n"
-                                 f"{_log_tail(provider, layout)}")
+                                 f"{log_tail(provider, layout)}")
     system = stats.get("system", {}) if isinstance(stats, dict) else {}
     return {"port": port, "pid": pid, "started": started, "ours": pid is not None,
             "version": system.get("comfyui_version"), "pytorch": system.get("pytorch_version"),
@@ -520,7 +520,7 @@ def _tunnel_note(tunnel: Any) -> str:
     return tunnel.error or "through the SSH tunnel"
 
 
-def _log_tail(provider: Machine, layout: Layout) -> str:
+def log_tail(provider: Machine, layout: Layout) -> str:
     return _sh(provider, 'tail -c 3000 -- "$l" 2>/dev/null; true', l=layout.log_file).strip()
 
 
@@ -621,8 +621,10 @@ class ComfyUISetup(Handler):
             torch = check_torch(provider, markers, p["python"], p["min_torch"], p["torch_upgrade_command"], ctx.log)
             files = [place_file(ctx, provider, layout, markers, spec, p["download_timeout"]) for spec in specs]
             if torch["ok"]:
-                service = ensure_service(provider, layout, p["python"], p["port"],
-                                         [str(a) for a in p["comfyui_args"]], p["start_timeout"], ctx.log)
+                start = {"python": p["python"], "args": [str(a) for a in p["comfyui_args"]],
+                         "timeout": p["start_timeout"]}
+                service = ensure_service(provider, layout, port=p["port"], log=ctx.log, **start)
+                service["start"] = start  # how to start it again: comfyui.run does, if it stopped
             else:
                 service = {"port": p["port"], "error": f"not started: torch check failed ({_torch_text(ctx, torch)})"}
         except (CommandFailed, TransferFailed) as e:

@@ -214,7 +214,8 @@ class EvaluateImages(Handler):
             provider, machine, reason = held_machine(ctx)
             if provider is None:
                 return face.unavailable(reason).as_data()
-            if missing := face.missing_insightface(provider, machine, ctx.params["python"]):
+            if missing := face.missing_insightface(provider, machine, ctx.params["python"],
+                                                      ctx.display_path(ctx.params["python"])):
                 return face.unavailable(missing).as_data()
             placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
             by_name = {ctx.display_path(Path(k)): v for k, v in placed.items()}

@@ -147,8 +147,9 @@ def measure_faces(
     return FaceMeasure(True, how, count, similarities, faces)
 
 
-def missing_insightface(provider: Machine, machine: str, python: str = "python3") -> str:
-    """Why the face measure cannot run on ``machine`` with ``python``, "" when it can.
+def missing_insightface(provider: Machine, machine: str, python: str = "python3", shown: str = "") -> str:
+    """Why the face measure cannot run on ``machine`` with ``python`` (named ``shown`` for people),
+    "" when it can.
 
     Probed once per machine and Python in this process and remembered, so that a machine without
     insightface costs one Python start on it, not an upload and a script at every evaluation.
@@ -158,9 +159,9 @@ def missing_insightface(provider: Machine, machine: str, python: str = "python3"
     if key not in _missing:
         answer = provider.run(remote_shell.join(python, "-c", PROBE), check=False, timeout=60)
         if answer.exit_code == 1 and not answer.stderr.strip():
-            _missing[key] = f"insightface not importable by {python} on the machine"
+            _missing[key] = f"insightface not importable by {shown or python} on the machine"
         elif not answer.ok:
-            _missing[key] = f"{python} did not run on the machine (exit {answer.exit_code}): {answer.stderr.strip()[-200:]}"
+            _missing[key] = f"{shown or python} did not run on the machine (exit {answer.exit_code}): {answer.stderr.strip()[-200:]}"
         else:
             _missing[key] = ""
     return _missing[key]
