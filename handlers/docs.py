@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote
 
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Handler, Param, Result, criterion
+from ralph.handlers.facts import Evaluation, Images, MachineHandle, MachineTime
 from ralph.model import Task, TaskFile
 from ralph.state import now
 
@@ -43,17 +44,6 @@ def _doc_path(file: TaskFile, task: Task, params: dict[str, Any]) -> str:
     if found and found.value.strip():
         return found.value.strip().strip("`")
     return f"{DEFAULT_FOLDER}/{file.path.stem}.md"
-
-
-def _state_tasks(ctx: Context) -> dict[str, Any]:
-    """Each task's recorded outcome (status, seconds, error) from ralph's state file.
-
-    ``ctx.results`` carries only handlers' Results; durations and errors live beside them.
-    """
-    try:
-        return json.loads((ctx.state_dir / "state.json").read_text("utf-8")).get("tasks", {})
-    except (OSError, ValueError):
-        return {}
 
 
 def _fmt(value: Any) -> str:
@@ -172,22 +162,21 @@ class SessionDoc(Handler):
         return Result(summary=f"appended a section to {relative}", data=data, files=[relative])
 
     def _section(self, ctx: Context, doc: Path, marker: str) -> tuple[str, dict[str, Any]]:
-        earlier = {n: r for n, r in ctx.results.items() if n < ctx.task.number}
-        records = _state_tasks(ctx)
-        workflow = ctx.result_of("workflow") or {}
-        pod = ctx.result_of("pod") or {}
-        lint = list(ctx.result_of("lint") or [])
-        ranking = list(ctx.result_of("ranking") or [])
-        grain, colour, face_data = ctx.result_of("grain"), ctx.result_of("colour"), ctx.result_of("face")
-        previous, comparison, success = ctx.result_of("previous"), ctx.result_of("comparison"), ctx.result_of("success")
+        records = ctx.records
+        earlier = {n: r.result for n, r in records.items() if n < ctx.task.number and r.result is not None}
+        made, machine = ctx.fact(Images) or Images([]), ctx.fact(MachineHandle, even_released=True)
+        workflow, pod, lint = made.workflow, machine.record() if machine else {}, list(made.lint)
+        found = ctx.fact(Evaluation) or Evaluation([])
+        ranking, grain, colour, face_data = list(found.ranking), found.grain, found.colour, found.face
+        previous, comparison, success = found.previous, found.comparison, found.success
         failures = []
         for number in sorted(earlier):
-            record = records.get(str(number), {})
-            if record.get("status") in ("FAILED", "BLOCKED"):
+            record = records[number]
+            if record.status in ("FAILED", "BLOCKED"):
                 task = ctx.file.task(number)
-                failures.append(f"task {number} ({task.title if task else '?'}) {record['status'].lower()}: {record.get('error', '')}")
+                failures.append(f"task {number} ({task.title if task else '?'}) {record.status.lower()}: {record.error or ''}")
         costs = {n: r["cost_usd"] for n, r in earlier.items() if r.get("cost_usd") is not None}
-        seconds = sum(float(records.get(str(n), {}).get("seconds") or 0.0) for n in earlier)
+        seconds = sum(float(records[n].seconds or 0.0) for n in earlier)
 
         lines = [f"## Session {now()}: {ctx.file.title}", marker, ""]
         lines.append(f"- **Task file**: `{ctx.file.path.name}` (run {ctx.run_id})")
@@ -198,8 +187,8 @@ class SessionDoc(Handler):
         else:
             lines.append("- **Pod**: none recorded")
         cost = f"${sum(costs.values()):.4f} (recorded by task(s) {', '.join(map(str, sorted(costs)))})" if costs else "not recorded"
-        pod_hours = ctx.result_of("pod_hours")
-        pod_time = f" (pod time {pod_hours * 60:.1f} min)" if isinstance(pod_hours, (int, float)) else ""
+        held = ctx.fact(MachineTime)
+        pod_time = f" (pod time {held.hours * 60:.1f} min)" if held is not None else ""
         lines.append(
             f"- **Duration**: {seconds / 60:.1f} min over tasks {', '.join(map(str, sorted(earlier))) or 'none'}"
             f"{pod_time}; **cost**: {cost}"

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ralph import children
 from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, criterion
+from ralph.handler import BACKTICKED, Estimate, Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
 from ralph.model import Task, TaskFile
 from ralph.secrets import redact
 
-from .checks import BACKTICKED, LocalChecks
+from . import checks
 
 if TYPE_CHECKING:
     from ralph.handlers.machines.base import CommandResult
@@ -31,7 +31,7 @@ _TAIL_LINES = 5
 PLACES = ("here", "machine")
 
 
-class ShellHandler(LocalChecks):
+class ShellHandler(Handler):
     """Run the task's ```bash block (bash -e -o pipefail) here, in the task file's folder, or with
     ``on: machine`` on the machine a task holds (runpod.create, machine.ssh, machine.local), in its
     workspace.
@@ -80,29 +80,22 @@ class ShellHandler(LocalChecks):
             raise TaskFailed(_with_tail(f"the script exited {code}{place.on}", tail))
         return Result(summary=f"the script exited 0{place.on}", data={"exit_code": code, "ran_on": place.id})
 
-    # The checks of LocalChecks, looked at where the script ran ("without error" is the same anywhere).
     @criterion(r"`[^`]+`.*\b(exist|cree|created|present|saved|sauvegard|ecrit|written|genere|installe|installed"
                r"|uploade|uploaded|telecharge|downloaded)")
     def path_exists(self, ctx: Context, result: Result, text: str) -> Evidence:
-        if ctx.params["on"] == "here":
-            return super().path_exists(ctx, result, text)
-        return _OnMachine(ctx).path_evidence(BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
+        return _place(ctx).path_evidence(BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
 
     @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
     def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:
-        if ctx.params["on"] == "here":
-            return super().command_succeeds(ctx, result, text)
         command = BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
-        machine = _OnMachine(ctx)
-        code, output = machine.run_command(command)
+        place = _place(ctx)
+        code, output = place.run_command(command)
         last = redact(output).strip().splitlines()
-        return Evidence(code == 0, f"`{command}` exited {code}{machine.on}" + (f": {last[-1]}" if last else ""))
+        return Evidence(code == 0, f"`{command}` exited {code}{place.on}" + (f": {last[-1]}" if last else ""))
 
-    def command_environment(self, ctx: Context) -> dict[str, str]:
-        return _environment(ctx.params["env"])
-
-    def command_timeout(self, ctx: Context) -> float:
-        return float(ctx.params["timeout"])
+    @criterion(r"sans erreur|without (an )?error|exit code 0|succeeds|runs")
+    def script_succeeded(self, ctx: Context, result: Result, text: str) -> Evidence:
+        return Evidence(result.data.get("exit_code") == 0, f"the script exited {result.data.get('exit_code')}")
 
 
 def script_summary(task: Task) -> str:
@@ -122,6 +115,10 @@ class _Place(Protocol):
     on: str  # " on machine X" for messages; "" here
 
     def run_script(self, script: str, log: Path) -> int: ...
+
+    def run_command(self, command: str) -> tuple[int, str]: ...
+
+    def path_evidence(self, path: str) -> Evidence: ...
 
 
 def _place(ctx: Context) -> _Place:
@@ -161,6 +158,12 @@ class _Here:
             raise TaskFailed(_with_tail(f"the script ran past its {timeout} s timeout and was killed with what it "
                                         "started", _tail(log)))
         return code
+
+    def run_command(self, command: str) -> tuple[int, str]:
+        return checks.run_here(self.ctx, command, _environment(self.ctx.params["env"]), self.ctx.params["timeout"])
+
+    def path_evidence(self, path: str) -> Evidence:
+        return checks.path_evidence(self.ctx, path)
 
 
 class _OnMachine:

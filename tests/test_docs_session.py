@@ -57,8 +57,8 @@ def test_the_checks_notice_a_rewritten_doc(tmp_path: Path) -> None:
     record = project.result(6)
     state = RunState(project.root / ".ralph" / project.file.stem)
     file = project.parsed()
-    ctx = Context(file, file.task(6), {"path": None}, state.memory(6), state.resources, project.root,
-                  state.directory, "check", reporter=None, events=None, results={})  # type: ignore[arg-type]
+    ctx = Context(file, state.resources, project.root, state.directory, "check", reporter=None, events=None,
+                  task=file.task(6), params={"path": None}, memory=state.memory(6))  # type: ignore[arg-type]
     handler, result = SessionDoc(), Result(**record)
     assert handler.updated(ctx, result, "Session doc mise à jour").verified is True
     doc.write_bytes(doc.read_bytes().replace(b"never change", b"never alter", 1))

@@ -20,6 +20,7 @@ from scipy.ndimage import gaussian_filter
 from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, criterion
+from ralph.handlers.facts import Images, MachineHandle
 from ralph.handlers.images import face
 from ralph.handlers.machines.local import LocalMachine
 from ralph.parser import parse_file
@@ -61,15 +62,17 @@ def save(path: Path, pixels: np.ndarray) -> Path:
 
 
 class Generate(Handler):
-    """Stands in for comfyui.run: writes each variant's PNG and records images/workflow/lint/pod
-    (the pod's data only: no pod resource is held, as after a pod handler that could not start one)."""
+    """Stands in for comfyui.run: writes each variant's PNG and publishes them as Images, and the
+    pod as a MachineHandle (with no host unless hold_pod gives one: no machine to reach, as after
+    a pod handler that could not start one)."""
 
     name = "test.generate"
+    provides = (Images, MachineHandle)
     params = {
         "variants": Param(list, [], "{label, grain, blur, params}"),
         "lint": Param(list, []),
         "folder": Param(str, "output/quality_tests"),
-        "hold_pod": Param((dict, type(None)), None, "a pod resource to hold, as runpod.create does"),
+        "hold_pod": Param((dict, type(None)), None, "a MachineHandle record to publish, as runpod.create does"),
     }
 
     def run(self, ctx: Context) -> Result:
@@ -87,8 +90,9 @@ class Generate(Handler):
                     "seed": params["seed"],
                 }
             )
-        if ctx.params["hold_pod"]:
-            ctx.hold("machine", ctx.params["hold_pod"])
+        held = MachineHandle.from_record(ctx.params["hold_pod"]) if ctx.params["hold_pod"] else None
+        ctx.publish(held or MachineHandle(POD["id"], "", "", 0, "", "", "", "", "", 0.0, POD["gpu"], POD["cost_per_hr"]))
+        ctx.publish(Images(images, WORKFLOW, ctx.params["lint"]))
         return Result(
             summary=f"{len(images)} image(s)",
             data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD},
@@ -383,7 +387,7 @@ def test_face_identity_is_measured_on_the_held_pod_over_ssh(tmp_path: Path, sshd
     project = Project(tmp_path / "proj", {"python": str(python), "face_reference": str(pod_dir / "ref.png"),
                                           "face_remote_dir": str(pod_dir / "faces")})
     save(project.root / "before.png", scene(grain=7))
-    project.write([{"label": "refined", "grain": 2.5}], previous="before.png", pod=handle.as_resource())
+    project.write([{"label": "refined", "grain": 2.5}], previous="before.png", pod=handle.record())
     try:
         summary = project.run()
     finally:

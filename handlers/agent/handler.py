@@ -47,8 +47,6 @@ class AgentHandler(LocalChecks):
     """
 
     name = "agent"
-    # ralph's notes on earlier iterations: a redone task's next round starts from what they taught.
-    remembers = frozenset({"notes"})
     worker = "the agent"
     params = {
         "command": Param((str, list), help="the agent CLI: a preset (claude, codex, aider) or an argv list "

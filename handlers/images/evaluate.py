@@ -25,10 +25,14 @@ import numpy as np
 from PIL import Image
 
 from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
+from ralph.facts import Need
+from ralph.handler import BACKTICKED, Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion
+from ralph.handlers.facts import ComfyServer, Evaluation, Images
 from ralph.handlers.machines.base import Machine, MachineError
 from ralph.model import Task
+from ralph.parser import normalise
 from ralph.state import now
+from ralph.textfile import write_atomically
 
 from . import face
 from .colour import NATURAL_HUE, NATURAL_MAX_CHROMA, ColourDrift, ColourStats, colour_drift, colour_stats
@@ -37,7 +41,7 @@ from .grain import GrainComparison, GrainMeasure, compare_grain, measure_grain
 
 HISTORY = "images-history.json"
 DEFAULT_DIR = "output"
-BACKTICKED = re.compile(r"`([^`]+)`")
+DEFAULT_COMFYUI_DIR = "/workspace/ComfyUI"  # a RunPod ComfyUI image's
 MARKDOWN_LINK = re.compile(r"\]\(<?([^)>]+)>?\)")
 # Verdicts from worst to best, for ranking (index = group; lower is better).
 _GROUPS = {"less grain": 0, "not less grain": 1, "grain coarser": 2, "detail lost": 2, "not measurable": 3}
@@ -133,12 +137,15 @@ class EvaluateImages(Handler):
     """
 
     name = "images.evaluate"
+    needs = (Need(Images, unless="images"),)
+    provides = (Evaluation,)
     params = {
         "images": Param((str, list, type(None)), None, "image paths or globs; default: the earlier task's images"),
         "dir": Param((str, type(None)), None, "local folder for the images; default: the one the criterion names"),
         "previous": Param((str, type(None)), None, "the image to compare with (relative to the task file)"),
         "face_reference": Param((str, type(None)), None, "face reference on the pod; default: <comfyui_dir>/input/<face_image>"),
-        "comfyui_dir": Param(str, "/workspace/ComfyUI", "ComfyUI's folder on the pod"),
+        "comfyui_dir": Param((str, type(None)), None, "ComfyUI's folder on the pod; default: the one "
+                             "comfyui.setup set up, else /workspace/ComfyUI"),
         "python": Param(str, "python3", "the pod's Python that has insightface (ComfyUI's)"),
         "face_remote_dir": Param(str, "ralph-face", "where images are copied on the machine for the face measure "
                                  "(relative: in its working folder)"),
@@ -188,28 +195,24 @@ class EvaluateImages(Handler):
         _remember(ctx, records, rows[0])
         best_row = rows[0]
         summary = f"{len(records)} image(s) in {ctx.display_path(folder)}; {grain['explanation']}"
-        return Result(
-            summary=summary,
-            files=files,
-            data={
-                "images": records,
-                "previous": previous,
-                "ranking": rows,
-                "best": best_row,
-                "grain": grain,
-                "colour": best_row["colour"] if previous else {**best_row["colour"], "verdict": None},
-                "face": {**face_data, "image": best_row["path"], "previous": previous["path"] if previous else None},
-                "comparison": comparison,
-                "success": success,
-            },
+        found = Evaluation(
+            ranking=rows,
+            previous=previous,
+            grain=grain,
+            colour=best_row["colour"] if previous else {**best_row["colour"], "verdict": None},
+            face={**face_data, "image": best_row["path"], "previous": previous["path"] if previous else None},
+            comparison=comparison,
+            success=success,
         )
+        ctx.publish(found)
+        return Result(summary=summary, files=files, data={"images": records, "best": best_row, **found.record()})
 
     def _face(self, ctx: Context, records: list[dict[str, Any]], previous: dict[str, Any] | None) -> dict[str, Any]:
         reference = ctx.params["face_reference"] or _face_reference(ctx)
         if reference is None:
             return face.unavailable("no face reference: set `face_reference` or a face_image in the workflow").as_data()
         local = [ctx.path(r["path"]) for r in records] + ([ctx.path(previous["path"])] if previous else [])
-        root = ctx.params["comfyui_dir"].rstrip("/") + "/models/insightface"
+        root = _comfyui_dir(ctx) + "/models/insightface"
         try:
             provider, machine, reason = held_machine(ctx)
             if provider is None:
@@ -293,7 +296,7 @@ def _size(size: int) -> str:
 def _named_folder(ctx: Context) -> str | None:
     """The folder a "image téléchargée … dans `X`" criterion names."""
     for criterion_ in ctx.task.criteria:
-        if re.search(r"telecharge|download", fold(criterion_.text)):
+        if re.search(r"telecharge|download", normalise(criterion_.text)):
             found = BACKTICKED.search(criterion_.text)
             if found:
                 return found.group(1)
@@ -311,7 +314,8 @@ def _sources(ctx: Context) -> list[dict[str, Any]]:
                 raise TaskBlocked(f"no image matches `{pattern}` (relative to the task file's folder)")
             records += [{"path": ctx.display_path(Path(m)), "variant": Path(m).stem, "params": {}} for m in matches]
         return records
-    images = ctx.result_of("images")
+    made = ctx.fact(Images)
+    images = made.images if made is not None else None
     if not images:
         raise TaskBlocked("no images to evaluate: no earlier task recorded any and no `images` parameter was given")
     missing = [i["path"] for i in images if not ctx.path(i["path"]).is_file()]
@@ -421,11 +425,18 @@ def _grain_data(best: Assessed, previous: dict[str, Any] | None, note: str, coun
 
 
 def _face_reference(ctx: Context) -> str | None:
-    workflow = ctx.result_of("workflow") or {}
-    name = workflow.get("face_image")
+    made = ctx.fact(Images)
+    name = made.workflow.get("face_image") if made is not None else None
     if not isinstance(name, str) or not name:
         return None
-    return name if name.startswith("/") else f"{ctx.params['comfyui_dir'].rstrip('/')}/input/{name}"
+    return name if name.startswith("/") else f"{_comfyui_dir(ctx)}/input/{name}"
+
+
+def _comfyui_dir(ctx: Context) -> str:
+    """The ``comfyui_dir`` parameter, else the folder of the ComfyUI an earlier task set up."""
+    server = ctx.fact(ComfyServer)
+    chosen = ctx.params["comfyui_dir"] or (server.folder if server is not None else DEFAULT_COMFYUI_DIR)
+    return chosen.rstrip("/")
 
 
 def held_machine(ctx: Context) -> tuple[Machine | None, str, str]:
@@ -435,7 +446,7 @@ def held_machine(ctx: Context) -> tuple[Machine | None, str, str]:
     """
     from ralph.handlers.machines import session
 
-    if ctx.resources.get(session.RESOURCE) is None:
+    if session.held(ctx) is None:
         return None, "", "no machine is held; the face measure runs on the machine, where insightface is"
     handle, provider = session.connect(ctx)  # records that this task used the machine
     return provider, handle.id, ""
@@ -468,6 +479,4 @@ def _remember(ctx: Context, records: list[dict[str, Any]], best: dict[str, Any])
     )
     path = ctx.state_dir / HISTORY
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(HISTORY + ".part")
-    partial.write_text(json.dumps(entries, indent=1, ensure_ascii=False), "utf-8")
-    os.replace(partial, path)
+    write_atomically(path, json.dumps(entries, indent=1, ensure_ascii=False).encode("utf-8"))

@@ -74,8 +74,7 @@ _r_sha() {
 
 
 def _remote(ssh: "SshMachine", script: str, **values: str) -> str:
-    assign = "".join(f"{k}={remote_shell.quote(v)}; " for k, v in values.items())
-    return ssh.run(_SH_LIB + assign + script, timeout=None).stdout
+    return ssh.run(_SH_LIB + remote_shell.assign(**values) + script, timeout=None).stdout
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, TransientError, criterion
+from ralph.handlers.facts import MachineHandle
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import deadman, estimate, placement, reaper
 from ralph.handlers.runpod.api import (KEY_VARIABLE, VOLUME_TYPES, APIError, AuthError, BalanceError, BadRequest, CapacityError,
@@ -59,6 +60,7 @@ class CreatePod(PodHandler):
     """
 
     name = "runpod.create"
+    provides = (MachineHandle,)
     # Everything that finds the pod (and its volume) again: a redone task never creates a second.
     remembers = frozenset({"pod_id", "name", "create_sent", "created_at", "gpu_type_id", "cloud_type", "data_center",
                            "catalog_price_per_hr", "cost_per_hr", "stages", "asked_gpus", "volume", "volume_create_sent"})
@@ -321,26 +323,26 @@ class CreatePod(PodHandler):
         memory["pod_id"] = pod_id
         memory.setdefault("created_at", time.time())
         reaper.Ledger().created(memory["name"], pod_id)
-        ctx.hold(session.RESOURCE, {"id": pod_id, "name": memory["name"], "gpu": gpu,
+        ctx.hold(MachineHandle.key, {"id": pod_id, "name": memory["name"], "gpu": gpu,
                                     "created_at": memory["created_at"], "known_hosts": str(self._known_hosts(ctx))})
 
     def _forget(self, ctx: Context) -> None:
         for key in ("pod_id", "name", "create_sent", "created_at", "stages", "cost_per_hr"):
             ctx.memory.pop(key, None)
-        if ctx.resources.get(session.RESOURCE) is not None:
-            ctx.release(session.RESOURCE)
+        if ctx.resources.get(MachineHandle.key) is not None:
+            ctx.release(MachineHandle.key)
 
     def _known_hosts(self, ctx: Context) -> Path:
         return ctx.state_dir / "known_hosts"
 
     # -- readiness ---------------------------------------------------------------------------
 
-    def _wait_ready(self, ctx: Context, api: RunPodAPI, pod: Pod, key: Path) -> session.MachineHandle:
+    def _wait_ready(self, ctx: Context, api: RunPodAPI, pod: Pod, key: Path) -> MachineHandle:
         p, memory = ctx.params, ctx.memory
         created_at = memory.setdefault("created_at", time.time())
         deadline = created_at + p["ready_timeout_s"]
         stages: dict[str, float] = dict(memory.get("stages", {}))
-        handle = session.MachineHandle(
+        handle = MachineHandle(
             id=pod.id, name=pod.name or memory.get("name", ""), host="", port=0, user="root", key_file=str(key),
             known_hosts=str(self._known_hosts(ctx)), workspace=p["remote_workspace"], state_base=p["pod_state_dir"],
             heartbeat_interval_s=max(0.5, min(10.0, p["heartbeat_timeout_s"] / 4)), created_at=created_at)
@@ -374,7 +376,7 @@ class CreatePod(PodHandler):
                 self._give_up(ctx, api, pod.id, f"no working `ssh true` {p['ready_timeout_s']} s after create ({last})")
             time.sleep(min(p["poll_s"], max(0.05, deadline - time.time())))
 
-    def _probe(self, handle: session.MachineHandle, timeout: float) -> tuple[bool, str]:
+    def _probe(self, handle: MachineHandle, timeout: float) -> tuple[bool, str]:
         """``ssh true`` where sessions start (the workspace may not exist yet)."""
         from ralph.handlers.machines.hostkeys import HostKeyChanged  # paramiko: only once a pod exists
 
@@ -389,18 +391,18 @@ class CreatePod(PodHandler):
         finally:
             probe.close()
 
-    def _ready(self, ctx: Context, handle: session.MachineHandle) -> session.MachineHandle:
+    def _ready(self, ctx: Context, handle: MachineHandle) -> MachineHandle:
         cost = handle.cost_per_hr or float(ctx.memory.get("catalog_price_per_hr") or 0.0)
         handle = replace(handle, cost_per_hr=cost, ready_at=time.time())
         ctx.memory["cost_per_hr"] = cost
-        ctx.hold(session.RESOURCE, handle.as_resource())
+        ctx.publish(handle)
         session.attach(handle)  # the heartbeat starts now, well inside the switch's grace period
         Measures().record(POD_READY_SECONDS, handle.ready_at - handle.created_at,
                           f"{handle.gpu or 'a pod'}, create to `ssh true`")
         ctx.log(f"pod {handle.id} answers ssh at {handle.address}; heartbeat every {handle.heartbeat_interval_s:g} s")
         return handle
 
-    def _switch_warning(self, ctx: Context, handle: session.MachineHandle) -> str:
+    def _switch_warning(self, ctx: Context, handle: MachineHandle) -> str:
         """What the switch found when it armed: whether it can reach the API and read its own pod.
         A switch that cannot fire leaves the pod protected only by ralph's terminate and reaper."""
         try:
@@ -463,10 +465,9 @@ class CreatePod(PodHandler):
 
     @criterion(r"\bssh\b")
     def ssh_works(self, ctx: Context, result: Result, text: str) -> Evidence:
-        value = ctx.resources.get(session.RESOURCE)
-        if not (isinstance(value, dict) and value.get("host")):
+        handle = MachineHandle.from_record(ctx.resources.get(MachineHandle.key))
+        if handle is None:
             return Evidence(False, "no pod with an SSH endpoint is held")
-        handle = session.MachineHandle.from_resource(value)
         started = time.monotonic()
         answered, detail = self._probe(handle, 10.0)
         if not answered:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Param, Result, TaskFailed, TransientError, criterion
+from ralph.handlers.facts import MachineHandle, MachineTime
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import estimate, reaper
 from ralph.handlers.runpod.api import AuthError, RunPodAPI, TransientAPIError
@@ -32,6 +33,7 @@ class TerminatePod(PodHandler):
     """
 
     name = "runpod.terminate"
+    provides = (MachineTime,)
     cleanup = True
     params = {
         "terminate_timeout_s": Param((int, float), 120, "seconds to keep re-sending terminate until the pod reads gone"),
@@ -54,7 +56,7 @@ class TerminatePod(PodHandler):
 
     def _run(self, ctx: Context, api: RunPodAPI) -> Result:
         prefix = reaper.owner_prefix(task_file(ctx))
-        held = ctx.resources.get(session.RESOURCE)
+        held = ctx.resources.get(MachineHandle.key)  # a record: a pod being created is not reachable yet
         targets: dict[str, str] = {}
         if isinstance(held, dict) and held.get("id"):
             targets[held["id"]] = held.get("name", "")
@@ -84,7 +86,8 @@ class TerminatePod(PodHandler):
             hours = (time.time() - float(held.get("created_at") or time.time())) / 3600
             since = float(held.get("ready_at") or held.get("created_at") or time.time())
             cost = (time.time() - since) / 3600 * float(held.get("cost_per_hr") or 0.0)
-            ctx.release(session.RESOURCE)
+            ctx.withdraw(MachineHandle)
+            ctx.publish(MachineTime(round(hours, 4)))
         total = hours * float((held or {}).get("cost_per_hr") or 0.0)
         ctx.memory["terminated"] = list(targets)
         summary = (f"terminated {', '.join(f'{n} ({i})' for i, n in targets.items())}; "
