@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 
+import pytest
+import yaml
+
 from ralph.context import Context
-from ralph.handler import Result
+from ralph.handler import Handler, Result
 from ralph.handlers.docs import SessionDoc, next_lead
 from ralph.state import RunState
 from tests.test_images_evaluate import Project, crit, save, scene, verdicts
@@ -41,11 +45,32 @@ def test_a_second_run_appends_a_section_and_leaves_everything_before_it_byte_ide
     data = project.result(4)["data"]
     assert data["previous"]["path"] == first_data["images"][0]["path"], "compared with the last run's best image"
     assert data["previous"]["source"].startswith("the best image of run")
-    assert data["images"][0]["path"].endswith("img_00001_-1.png"), "run 1's copy of the same name was kept"
+    first_image, second_image = (project.root / d["images"][0]["path"] for d in (first_data, data))
+    assert first_image != second_image and first_image.parent.parent == second_image.parent.parent
+    assert first_image.is_file() and second_image.is_file(), "each run keeps its own images"
     assert data["grain"]["verdict"] == "less grain"
     added = second[len(first) :].decode()
-    assert "**Success**: grain reduced" in added and "](../output/runpod-quality-tests/img_00001_-1-comparison.png)" in added
+    assert re.search(r"## Session .*\n<!-- ralph:session .*-->\n\n\*\*Verdict\*\*: grain reduced\n", added), added
+    assert "**Success**: grain reduced" in added
+    assert re.search(r"\]\(sessions/\d{8}-\d{6}-\w{6}/img_00001_-comparison\.png\)", added), added
+    for link in re.findall(r"\]\(([^)]+\.png)\)", second.decode()):  # both sessions' pictures, beside the doc
+        assert (doc.parent / link).is_file() and "output/" not in link, link
     assert all(project.checks(6).values())
+
+
+@pytest.mark.parametrize("why", ["no API key", "Ctrl-C"])
+def test_a_run_where_nothing_ran_writes_no_session(tmp_path: Path, why: str) -> None:
+    """Without an API key, or interrupted before anything is made: no empty session is appended."""
+    project = Project(tmp_path / "proj")
+    project.write([{"label": "img", "grain": 3.0}], session_doc=DOC)
+    text = project.file.read_text("utf-8").replace("hold_pod: null", f"hold_pod: null\nfail: {why}")
+    project.file.write_text(text, "utf-8")
+    summary = project.run()
+    assert not (project.root / DOC).exists(), project.output
+    if why == "Ctrl-C":
+        assert {t.number: t.status for t in project.parsed().tasks}[3] == "IN_PROGRESS", project.output
+    evidence = crit(verdicts(summary, 6), "Session doc")
+    assert evidence.verified is not True and "nothing ran" in evidence.detail
 
 
 def test_the_checks_notice_a_rewritten_doc(tmp_path: Path) -> None:
@@ -111,3 +136,31 @@ def test_next_lead_prefers_a_lint_finding_and_explains_failures_before_any_measu
     failed = next_lead(None, [], [], ["task 2 (Setup) failed: torch too old"], None)
     assert failed and "task 2 (Setup) failed" in failed
     assert next_lead({"verdict": "less grain"}, [], lint, [], {"ok": True}) is None
+
+
+class StopHere(Handler):
+    """A person presses Ctrl-C while this task runs (after the images were made)."""
+
+    name = "test.stop"
+
+    def run(self, ctx: Context) -> Result:
+        signal.raise_signal(signal.SIGINT)
+        return Result(summary="not reached")
+
+
+def test_an_interrupted_run_is_documented_as_incomplete_never_as_not_met(tmp_path: Path) -> None:
+    project = Project(tmp_path / "proj")
+    config = {"handlers": {"gen": "tests.test_images_evaluate:Generate", "stop": "tests.test_docs_session:StopHere"},
+              "tasks": {4: "stop", 6: "docs.session"}}
+    (project.root / "ralph.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    project.write([{"label": "img", "grain": 3.0}], session_doc=DOC)
+    project.run()
+    assert {t.number: t.status for t in project.parsed().tasks}[4] == "IN_PROGRESS", project.output
+    added = (project.root / DOC).read_text("utf-8")
+    assert re.search(r"\*\*Verdict\*\*: incomplete: task 4 \(.*\) was interrupted; run again to finish", added), added
+    assert "**Result**: incomplete." in added and "not a success" not in added
+
+
+def test_grain_that_fell_without_a_blur_check_is_left_to_a_person() -> None:
+    lead = next_lead({"verdict": "blur not checked", "ratio": 0.14}, [], [], [], None)
+    assert lead and "ratio 0.14" in lead and "blur is not ruled out" in lead
