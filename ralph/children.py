@@ -67,6 +67,8 @@ def _die_with_parent() -> None:
 
 
 def _tell_warden(message: str) -> None:
+    """``message`` to the warden, started first if need be (``""``: only start it).  What is
+    written stays readable in the pipe after ralph dies, so a group told of is never missed."""
     global _warden
     with _warden_lock:
         if _warden is None or _warden.poll() is not None:
@@ -78,6 +80,8 @@ def _tell_warden(message: str) -> None:
                 start_new_session=True,  # Ctrl-C to ralph's terminal group does not reach it
             )
         assert _warden.stdin is not None
+        if not message:
+            return
         try:
             _warden.stdin.write(message.encode() + b"\n")
             _warden.stdin.flush()
@@ -121,6 +125,7 @@ def _raise_deferred() -> None:
 def start(argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen`` in a new process group that dies with ralph."""
     with _holding_signals():
+        _tell_warden("")  # up before the child: once it exists, telling the warden is one write
         process = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **options)
         _tell_warden(f"+{process.pid}")
     try:
