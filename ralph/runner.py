@@ -32,7 +32,7 @@ from .exits import FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, OK as
 from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
 from .parser import ParseError, normalise
-from . import secrets
+from . import children, secrets
 from .plan import Plan, Step, make_plan, missing_env
 from .review import ReviewItem, accept_record, open_for_review
 from .secrets import redact
@@ -208,13 +208,13 @@ class Runner:
         if self._cost_interrupt:  # outside work, the loop sees cost_stop before the next task
             self._cost_interrupt = False
             if self._working and not self.cleaning:
-                raise CostLimitReached(self.cost_stop)
+                children.raise_when_safe(CostLimitReached(self.cost_stop))
             return
         if self.cleaning and not self.warned:
             self.warned = True
             self.reporter.warn("cleaning up (e.g. terminating a pod): Ctrl-C once more abandons it")
             return
-        raise Interrupted(signal.Signals(signum).name)
+        children.raise_when_safe(Interrupted(signal.Signals(signum).name))
 
     def _over_budget(self, reason: str) -> None:
         """The cost watcher's call, from its thread: stop the task at hand as a Ctrl-C would."""
