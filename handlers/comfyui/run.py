@@ -86,10 +86,15 @@ class ComfyRun(Handler):
     }
 
     def kept_on_redo(self, memory: Mapping[str, Any]) -> dict[str, Any]:
-        """A redone task finds its prompts on the server again, but downloads their images anew."""
-        variants = {label: {k: v for k, v in record.items() if k != "images"}
-                    for label, record in memory.get("variants", {}).items()}
-        return {"variants": variants} if variants else {}
+        """A redone task finds its prompts (on a server) or jobs (on an endpoint) again, but
+        downloads their images anew."""
+        kept = {}
+        for key in ("variants", "jobs"):
+            records = {label: {k: v for k, v in record.items() if k != "images"}
+                       for label, record in memory.get(key, {}).items()}
+            if records:
+                kept[key] = records
+        return kept
 
     def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
         flow = wf.build(file, task, params, wf.snapshot_schemas(state_dir_for(file.path)), _provided_files(file))
