@@ -311,6 +311,9 @@ def report(card: str, cold: Image_, alone: list[Image_], single: list[RalphRun],
     def comfy_overhead(runs: list[RalphRun]) -> float | None:
         return median([r.per_image(r.tasks.get("comfyui.run", 0) - r.execution) for r in runs])
 
+    def percent(part: float | None, of: float | None) -> float | None:
+        return None if part is None or not of else 100 * part / of
+
     def whole(runs: list[RalphRun], without_evaluate: bool) -> float | None:
         return median([r.per_image(r.wall - r.execution - (r.tasks.get("images.evaluate", 0) if without_evaluate else 0))
                        for r in runs])
@@ -324,8 +327,8 @@ def report(card: str, cold: Image_, alone: list[Image_], single: list[RalphRun],
                                                      f"{fmt(median([i.peak_gib for i in alone]), 'GiB', 1)}"),
         ("ralph, one image: ComfyUI execution", fmt(median([r.execution for r in single]))),
         ("  comfyui.run overhead (task − execution)", fmt(comfy_overhead(single), digits=3)),
-        ("    as a share of the execution", fmt(100 * comfy_overhead(single) / median([r.execution for r in single]), "%", 1)
-         if single and comfy_overhead(single) is not None else "—"),
+        ("    as a share of the execution", fmt(percent(comfy_overhead(single), median([r.execution for r in single])),
+                                                "%", 1)),
         ("  whole `ralph run` overhead, without images.evaluate", fmt(whole(single, True), digits=3)),
         ("  images.evaluate", fmt(median([r.tasks.get("images.evaluate") for r in single]), digits=3)),
         ("  machine.local", fmt(median([r.tasks.get("machine.local") for r in single]), digits=3)),

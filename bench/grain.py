@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from statistics import median
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -21,11 +21,12 @@ from ralph.handlers.images.compare import render_comparison
 from ralph.handlers.images.grain import _lowpass_valid, _RADIUS, compare_grain, luma, measure_grain
 
 RUNS = 9
+T = TypeVar("T")
 
 
-def timed(fn: Callable[[], object], runs: int = RUNS) -> tuple[float, object]:
-    fn()  # warm caches and imports
-    times, result = [], None
+def timed(fn: Callable[[], T], runs: int = RUNS) -> tuple[float, T]:
+    result = fn()  # warm caches and imports
+    times: list[float] = []
     for _ in range(runs):
         t = time.perf_counter()
         result = fn()

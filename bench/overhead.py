@@ -72,7 +72,7 @@ def old_save(state: RunState) -> None:
 def old_stamp(path: Path, key: str, text: str) -> None:
     with Image.open(path) as image:
         info = PngInfo()
-        for name, value in image.text.items():
+        for name, value in image.text.items():  # type: ignore[attr-defined]  # a PNG's text chunks
             if name != key:
                 info.add_text(name, value)
         info.add_text(key, text)
@@ -123,7 +123,7 @@ def comfyui_png(path: Path) -> None:
 
 
 # -- timing ----------------------------------------------------------------------------------
-def median_ms(action: Callable[[], None], repeats: int) -> float:
+def median_ms(action: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,7 +37,10 @@ def _random_file(path: Path, size: int) -> None:
             left -= n
 
 
-def _timed(fn) -> tuple[float, object]:
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[[], T]) -> tuple[float, T]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
@@ -60,6 +64,7 @@ def main() -> None:
     try:
         src = work / "model.safetensors"
         _random_file(src, size)
+        assert server.client_key is not None  # start_sshd made the client's key
         ssh = SshMachine(SshTarget(server.host, server.port, server.client_key),
                           known_hosts=work / "state" / "known_hosts")
         ssh.run("true")  # pins the host key

@@ -79,7 +79,7 @@ class _State(BlockState):
 class _Parser(BlockParser):
     state_cls = _State
 
-    def parse_method(self, m: Match[str], state: BlockState) -> int | None:  # type: ignore[override]
+    def parse_method(self, m: Match[str], state: BlockState) -> int | None:
         assert isinstance(state, _State)
         saved = state.block_start, state.container, state.item_start
         state.block_start = m.start()

@@ -28,7 +28,8 @@ from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
 from .errors import EnvironmentFailure, RalphError
 from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
-from .parser import ParseError, normalise
+from .errors import ParseError
+from .parser import normalise
 from . import secrets
 from .plan import Plan, Step, make_plan, missing_env
 from .secrets import redact

@@ -99,7 +99,8 @@ class RunState:
         return body
 
     def task(self, number: int) -> dict[str, Any]:
-        return self.data["tasks"].setdefault(str(number), {})
+        record: dict[str, Any] = self.data["tasks"].setdefault(str(number), {})
+        return record
 
     def memory(self, number: int) -> TaskMemory:
         return TaskMemory(self, number)

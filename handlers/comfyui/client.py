@@ -152,7 +152,8 @@ def node_errors(body: dict[str, Any]) -> list[NodeError]:
 
 
 def _rejection(status: int, body: dict[str, Any]) -> PromptRejected:
-    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    error = body.get("error")
+    err: dict[str, Any] = error if isinstance(error, dict) else {}
     summary = err.get("message") or f"ComfyUI rejected the prompt (HTTP {status})"
     if err.get("details"):
         summary = f"{summary.rstrip('.')} ({err['details']})"

@@ -72,7 +72,7 @@ class Workflow:
 CACHE_NAME = "object_info.json"  # the last live server's schemas, in the task file's state folder
 
 
-def snapshot_schemas(cache_dir: Path | None = None) -> dict[str, NodeSchema]:
+def snapshot_schemas(cache_dir: Path | None = None) -> Mapping[str, NodeSchema]:
     """Node schemas for checking a workflow with no server at hand: those a live server gave
     last time (cached in ``cache_dir``), else the snapshot shipped with ralph.  Their file
     lists are not trusted: a new pod may hold other files."""
@@ -91,7 +91,7 @@ def cache_schemas(object_info: dict[str, Any], cache_dir: Path) -> None:
     write_atomically(cache_dir / CACHE_NAME, json.dumps(object_info).encode("utf-8"))
 
 
-def live_schemas(object_info: dict[str, Any]) -> dict[str, NodeSchema]:
+def live_schemas(object_info: dict[str, Any]) -> Mapping[str, NodeSchema]:
     return schemas_from_object_info(object_info, files_listed=True)
 
 

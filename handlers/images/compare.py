@@ -237,7 +237,7 @@ def render_comparison(
     crop = _crop_box(grain, b_img.size)
     a_fit = a_img if a_img.size == b_img.size else a_img.resize(b_img.size, Image.Resampling.LANCZOS)
     crops = [np.asarray(im.crop(crop.as_tuple())) for im in (b_img, a_fit)]
-    zb, za, k = _stretch(*crops, grain.prev.index if grain.prev.measurable else grain.new.index)
+    zb, za, k = _stretch(crops[0], crops[1], grain.prev.index if grain.prev.measurable else grain.new.index)
 
     measures = (grain.prev, grain.new)
     # Twice the larger index: grain sits mid-scale, texture saturates to the top colour.

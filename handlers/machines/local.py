@@ -39,7 +39,7 @@ class LocalMachine(Machine):
             done = children.run(["bash", "-c", command], cwd=self.root, env={**os.environ, **(env or {})},
                                 timeout=timeout)
         except subprocess.TimeoutExpired as expired:
-            raise CommandTimeout(command, timeout, _result(-1, expired.stdout or b"", expired.stderr or b"")) from None
+            raise CommandTimeout(command, expired.timeout, _result(-1, expired.stdout or b"", expired.stderr or b"")) from None
         result = _result(done.returncode, done.stdout, done.stderr)
         if check and not result.ok:
             raise CommandFailed(command, result)
@@ -93,5 +93,5 @@ class LocalMachine(Machine):
         """Nothing to release: no connection is held."""
 
 
-def _result(code: int, out: bytes, err: bytes) -> CommandResult:
+def _result(code: int, out: bytes | bytearray, err: bytes | bytearray) -> CommandResult:
     return CommandResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))

@@ -12,6 +12,7 @@ file costs a stat and one round trip instead of a full re-hash.
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import re
@@ -22,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, cast
 
 import paramiko
 
@@ -119,7 +120,8 @@ def _rsync(ssh: "SshMachine", src: str, dst: str, size: int, progress: Progress 
         output = bytearray()
         pending = b""
         first = last = None
-        while data := proc.stdout.read1(1 << 16):
+        stdout = cast(io.BufferedReader, proc.stdout)  # stdout=PIPE
+        while data := stdout.read1(1 << 16):
             output += data
             *pieces, pending = re.split(rb"[\r\n]", pending + data)
             for piece in pieces:
@@ -139,8 +141,8 @@ def _rsync(ssh: "SshMachine", src: str, dst: str, size: int, progress: Progress 
                                   (last or 0) - (first or 0))
     if code != 0:
         raise MachineError(f"rsync failed (exit {code}): {stderr}")
-    m = _SENT.search(output.decode("utf-8", "replace"))
-    return int(m.group(1).replace(",", "")) if m else 0
+    sent = _SENT.search(output.decode("utf-8", "replace"))
+    return int(sent.group(1).replace(",", "")) if sent else 0
 
 
 class _Throttle:

@@ -177,7 +177,9 @@ def terminate_and_confirm(api: RunPodAPI, pod_id: str, *, timeout_s: float, poll
     """
     started = time.monotonic()
     deadline = started + timeout_s
-    acknowledged, errors, read_errors = 0, [], []
+    acknowledged = 0
+    errors: list[str] = []
+    read_errors: list[str] = []
     resend_s, next_send = first_resend_s, started
     while True:
         if time.monotonic() >= next_send:
