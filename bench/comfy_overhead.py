@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.far
+from ralph.handlers.comfyui.client import ComfyClient  # noqa: E402
+
 from tests.far import tiny_models  # noqa: E402
 from tests.far.comfyui_server import refiner_graph, start_server  # noqa: E402
-
-from ralph.handlers.comfyui.client import ComfyClient  # noqa: E402
 
 
 def _server_seconds(entry: dict) -> float:

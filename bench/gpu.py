@@ -255,7 +255,6 @@ def grain_seconds(png: Path) -> dict[str, float]:
     """ralph's grain measure beside skimage's estimate_sigma on the luma of the same image (medians of 5)."""
     import numpy as np
     from PIL import Image
-
     from ralph.handlers.images.grain import measure_grain
 
     with Image.open(png) as image:

@@ -8,17 +8,17 @@ image, with the values they read, and the Gaussian low-pass choice (numpy vs PIL
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from statistics import median
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageFilter
-from skimage.filters import gaussian
-from skimage.restoration import estimate_sigma
-
 from ralph.handlers.images.colour import colour_drift
 from ralph.handlers.images.compare import render_comparison
-from ralph.handlers.images.grain import _lowpass_valid, _RADIUS, compare_grain, luma, measure_grain
+from ralph.handlers.images.grain import _RADIUS, _lowpass_valid, compare_grain, luma, measure_grain
+from skimage.filters import gaussian
+from skimage.restoration import estimate_sigma
 
 RUNS = 9
 T = TypeVar("T")

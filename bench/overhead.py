@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from ralph.handlers.images import pngtext
 
 from ralph import secrets
-from ralph.handlers.images import pngtext
 from ralph.state import RunState
 from ralph.textfile import write_atomically
 

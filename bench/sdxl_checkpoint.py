@@ -44,14 +44,13 @@ def build(comfyui: Path, out: Path, device: str) -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = device == "cpu"  # before model_management looks for a GPU
-    import torch
-    from safetensors.torch import save_file
-
     import comfy.ops
     import comfy.sdxl_clip
     import comfy.supported_models
+    import torch
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from safetensors.torch import save_file
 
     ops = comfy.ops.disable_weight_init
     dtype = torch.float16

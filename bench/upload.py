@@ -17,12 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ralph.handlers.machines.ssh import SshMachine, SshTarget  # noqa: E402
+
 from tests.far.sshd import start_sshd  # noqa: E402
 
 MiB = 1 << 20

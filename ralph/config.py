@@ -17,9 +17,10 @@ It lets files written with no ralph-specific lines run unchanged, by mapping tas
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import RalphError
 from .model import Task

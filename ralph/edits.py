@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 from .model import RESULTS_BEGIN, RESULTS_END, CodeBlock, Criterion, Field, Item, Task, TaskFile
 from .parser import CHECKBOX_LINE, STATUS_LINE, normalise, parse_bytes

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from typing import Any, Match
+from re import Match
+from typing import Any
 
 from mistune.block_parser import BlockParser
 from mistune.core import BlockState

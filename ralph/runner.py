@@ -13,24 +13,24 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from . import secrets
 from .budget import CostWatch
 from .context import Context, RunInfo
 from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
-from .errors import EnvironmentFailure, RalphError
+from .errors import EnvironmentFailure, ParseError, RalphError
 from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
-from .errors import ParseError
 from .parser import normalise
-from . import secrets
 from .plan import Plan, Step, make_plan, missing_env
 from .secrets import redact
 from .state import EventLog, RunLock, RunState, now, state_dir_for, unwritable
@@ -139,7 +139,7 @@ class Runner:
         self.cost_stop = ""  # why the cost watcher stopped the run
         self._cost_interrupt = False  # the next SIGINT is the watcher's, not a person's
         self._working = False  # a task that is work, not clean-up, is running: a cost stop ends it
-        self.run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.writer = TaskFileWriter(path)
         self.pending_edits: list[Edit] = []
         self.unwritten: list[str] = []

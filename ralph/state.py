@@ -21,7 +21,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Iterator, MutableMapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from .textfile import write_atomically
 
 def now() -> str:
     """The time in UTC, as people read it in task files and logs."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def state_home() -> Path:

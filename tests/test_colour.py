@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from skimage.color import rgb2lab
-
 from ralph.handlers.images.colour import MAX_HUE_SHIFT, colour_drift, colour_stats, to_lab
+from skimage.color import rgb2lab
 
 H, W = 608, 416
 

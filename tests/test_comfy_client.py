@@ -14,9 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.far.comfyui_server import ComfyServer, TcpRelay, comfyui_server, refiner_graph, require_install, start_server  # noqa: F401
-from tests.waiting import wait_for
 from ralph.handlers.comfyui.client import (
     ComfyClient,
     ExecutionFailed,
@@ -29,6 +26,9 @@ from ralph.handlers.comfyui.client import (
     UploadTooLarge,
     local_path,
 )
+
+from tests.far.comfyui_server import ComfyServer, TcpRelay, comfyui_server, refiner_graph, require_install, start_server  # noqa: F401
+from tests.waiting import wait_for
 
 slow = pytest.mark.slow
 

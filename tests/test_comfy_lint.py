@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from ralph.handlers.comfyui.check import check_node_list
 from ralph.handlers.comfyui.lint import SDXL_BUCKETS, guess_family, lint, nearest_bucket
 from ralph.handlers.comfyui.schema import load_object_info
 from ralph.handlers.comfyui.template import load_template
+
 from tests.repo_files import EXAMPLE, OBJECT_INFO
 
 ALL_FILES = {"bigLove_xl1.safetensors", "elena_v4_cloud.safetensors", "ip-adapter.bin",

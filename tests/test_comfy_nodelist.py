@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from ralph.handlers.comfyui.nodelist import Link, PromptRef, Size, parse_node_list, parse_value
-from tests.repo_files import EXAMPLE
 
+from tests.repo_files import EXAMPLE
 
 
 def example_block() -> tuple[str, int]:

@@ -8,13 +8,13 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from ralph.handlers.comfyui.check import check_node_list
 from ralph.handlers.comfyui.compile import PromptText, compile_workflow
 from ralph.handlers.comfyui.nodelist import parse_node_list
 from ralph.handlers.comfyui.schema import load_object_info, schemas_from_object_info
 from ralph.handlers.comfyui.template import apply_overrides, load_template, parameter_paths
 from ralph.handlers.comfyui.validate import validate
+
 from tests.far.comfyui_server import comfyui_server  # noqa: F401  (fixture: a real ComfyUI, slow tests only)
 from tests.repo_files import EXAMPLE, OBJECT_INFO
 

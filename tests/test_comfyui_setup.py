@@ -28,15 +28,15 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from ralph.handlers.comfyui import run, setup
+from ralph.handlers.machines import session
+from ralph.handlers.machines.forwarding import forward
+from ralph.handlers.machines.ssh import SshMachine, SshTarget
 from rich.console import Console
 
 from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, criterion
-from ralph.handlers.comfyui import run, setup
-from ralph.handlers.machines import session
-from ralph.handlers.machines.ssh import SshMachine, SshTarget
-from ralph.handlers.machines.forwarding import forward
 from ralph.measures import UPLOAD_SPEED, Measures
 from ralph.parser import parse_file
 from ralph.plan import make_plan

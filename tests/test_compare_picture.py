@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from skimage.filters import gaussian
-
 from ralph.handlers.images.compare import (
     GAP,
     PANEL,
@@ -18,6 +16,8 @@ from ralph.handlers.images.compare import (
     render_comparison,
     save_comparison,
 )
+from skimage.filters import gaussian
+
 from tests.test_grain import film_grain, portrait, q
 
 H, W = 608, 416

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ralph.handlers.docs import SessionDoc, next_lead
+
 from ralph.context import Context
 from ralph.handler import Result
-from ralph.handlers.docs import SessionDoc, next_lead
 from ralph.state import RunState
 from tests.test_images_evaluate import Project, crit, save, scene, verdicts
 

@@ -34,13 +34,12 @@ import httpx
 import pytest
 import yaml
 from PIL import Image
-
 from ralph.handlers.comfyui.client import ComfyClient
+
 from ralph.model import RESULTS_BEGIN, RESULTS_END
 from ralph.parser import parse_file
 from tests.far import tiny_models
-from tests.far.comfyui_server import NODES_DIR, ComfyServer, comfyui_server, refiner_graph  # noqa: F401
-from tests.far.comfyui_server import free_port, require_install
+from tests.far.comfyui_server import NODES_DIR, ComfyServer, comfyui_server, free_port, refiner_graph, require_install  # noqa: F401
 from tests.far.runpod_emulator import RunPodEmulator, emulated_runpod
 from tests.repo_files import EXAMPLE, REPO
 from tests.test_pod_handlers import A5000, RTX4090

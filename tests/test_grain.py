@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from ralph.handlers.images.grain import compare_grain, luma, measure_grain
 from skimage.filters import gaussian
 from skimage.restoration import estimate_sigma
-
-from ralph.handlers.images.grain import compare_grain, luma, measure_grain
 
 H, W = 1216, 832  # the task's SDXL portrait size
 LUMA = np.array([0.299, 0.587, 0.114])

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from ralph.handlers.images import face
+from ralph.handlers.machines.local import LocalMachine
 from rich.console import Console
 from scipy.ndimage import gaussian_filter
 
 from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, criterion
-from ralph.handlers.images import face
-from ralph.handlers.machines.local import LocalMachine
 from ralph.parser import parse_file
 from ralph.registry import Registry
 from ralph.runner import Runner, RunSummary

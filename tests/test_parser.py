@@ -166,7 +166,7 @@ def test_errors_name_the_line_and_nothing_is_written(case: str, ending: str, tmp
 
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
 def test_invalid_utf8_is_a_parse_error_at_its_line(ending: bytes, tmp_path: Path) -> None:
-    data = EXAMPLE.read_bytes().replace(b"\n", ending).replace("Terminer pod".encode(), b"Termin\xe9 pod")
+    data = EXAMPLE.read_bytes().replace(b"\n", ending).replace(b"Terminer pod", b"Termin\xe9 pod")
     path = tmp_path / "RALPH-001.md"
     path.write_bytes(data)
     with pytest.raises(ParseError) as caught:

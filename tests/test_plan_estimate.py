@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from ralph.context import EstimateContext
-from ralph.handler import Figure
 from ralph.handlers.comfyui.setup import upload_speed
 from ralph.handlers.runpod import estimate
 from ralph.handlers.runpod.api import GpuOffer
+
+from ralph.context import EstimateContext
+from ralph.handler import Figure
 from ralph.measures import SECONDS_PER_IMAGE, UPLOAD_SPEED, Measures
 from ralph.parser import parse_file
 from tests.engine.project import Project, make_project, task

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-
 from ralph.handlers.images import pngtext
 
 

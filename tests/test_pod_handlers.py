@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 import yaml
+from ralph.handlers.runpod import reaper
+from ralph.handlers.runpod.api import RunPodAPI
 from rich.console import Console
 
 from ralph.console import ConsoleReporter
-from ralph.handlers.runpod import reaper
-from ralph.handlers.runpod.api import RunPodAPI
 from ralph.parser import parse_file
 from ralph.runner import Runner, RunSummary
 from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_runpod

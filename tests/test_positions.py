@@ -22,12 +22,12 @@ from markdown_it import MarkdownIt
 from mistune.block_parser import BlockParser
 from mistune.core import BlockState
 from packaging.specifiers import SpecifierSet
-from tests.variants import Variant, variants
 
 from ralph.model import TaskFile
 from ralph.parser import parse_bytes
 from ralph.positions import Token, parse_blocks
 from ralph.textfile import Text
+from tests.variants import Variant, variants
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = re.compile(r"^[ \t>]*(?:[-*+]|\d{1,9}[.)])[ \t]+\[(?P<mark>[ xX])\][ \t]+(?P<text>.*)$")

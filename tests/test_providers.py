@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+from ralph.handlers.machines import remote_shell
+from ralph.handlers.machines.base import CommandFailed, CommandTimeout, Machine
+from ralph.handlers.machines.hostkeys import HostKeyChanged, HostKeyStore
+from ralph.handlers.machines.local import LocalMachine
+from ralph.handlers.machines.ssh import ConnectionLost, SshMachine, SshTarget
 
 from tests.far.sshd import SshServer, keygen, start_sshd
 from tests.waiting import wait_for
-from ralph.handlers.machines import remote_shell
-from ralph.handlers.machines.hostkeys import HostKeyChanged, HostKeyStore
-from ralph.handlers.machines.local import LocalMachine
-from ralph.handlers.machines.base import CommandFailed, CommandTimeout, Machine
-from ralph.handlers.machines.ssh import ConnectionLost, SshMachine, SshTarget
 
 # Each would run a command or split words if anything interpreted it.
 NASTY = [

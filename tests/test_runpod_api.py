@@ -10,9 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ralph.handlers.runpod.api import (
+    APIError,
+    AuthError,
+    BadRequest,
+    BalanceError,
+    CapacityError,
+    NoAccess,
+    PodSpec,
+    RunPodAPI,
+    TransientAPIError,
+)
 
-from ralph.handlers.runpod.api import (APIError, AuthError, BadRequest, BalanceError, CapacityError, NoAccess,
-                                       PodSpec, RunPodAPI, TransientAPIError)
 from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_runpod
 
 A5000, L4 = "NVIDIA RTX A5000", "NVIDIA L4"

@@ -12,6 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ralph.handlers.comfyui import workflow as wf
+from ralph.handlers.images import pngtext
+
 from ralph import units
 from ralph.config import load_config
 from ralph.context import Context, EstimateContext
@@ -29,8 +32,6 @@ from ralph.handler import (
     TransientError,
     criterion,
 )
-from ralph.handlers.comfyui import workflow as wf
-from ralph.handlers.images import pngtext
 from ralph.measures import SECONDS_PER_IMAGE, Measures
 from ralph.model import Task, TaskFile
 from ralph.state import state_dir_for

@@ -32,13 +32,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from ralph.handlers.machines import remote_shell
+from ralph.handlers.machines.base import CommandFailed, CommandTimeout, Machine, MachineError, TransferFailed
+
 from ralph import units
 from ralph.context import Context, EstimateContext
-from ralph.handler import (Estimate, Evidence, Figure, Handler, Param, Problem, Result, TaskBlocked, TaskFailed,
-                           TransientError, criterion)
-from ralph.handlers.machines import remote_shell
-from ralph.handlers.machines.base import (CommandFailed, CommandTimeout, Machine, MachineError,
-                                          TransferFailed)
+from ralph.handler import (
+    Estimate,
+    Evidence,
+    Figure,
+    Handler,
+    Param,
+    Problem,
+    Result,
+    TaskBlocked,
+    TaskFailed,
+    TransientError,
+    criterion,
+)
 from ralph.measures import UPLOAD_SPEED, Measures
 from ralph.model import Task, TaskFile
 

@@ -21,6 +21,7 @@ from ralph.handlers.comfyui.parameters import infer_parameters
 from ralph.handlers.comfyui.problem import Problem
 from ralph.handlers.comfyui.schema import NodeSchema, load_object_info, schemas_from_object_info
 from ralph.handlers.comfyui.template import apply_overrides, load_template
+
 from ralph.model import Task, TaskFile
 
 NODE_LINE = re.compile(r"^\s*Node\s+\d+\s*:", re.M)

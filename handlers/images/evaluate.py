@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from ralph.handlers.machines.base import Machine, MachineError
 
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
-from ralph.handlers.machines.base import Machine, MachineError
 from ralph.model import Task
 from ralph.state import now
 

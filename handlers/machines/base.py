@@ -105,7 +105,7 @@ class Machine(abc.ABC):
     def close(self) -> None:
         """Release connections; the provider must not be used afterwards."""
 
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Machine:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -8,10 +8,20 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from ralph import children
-from ralph.handlers.machines.base import (CommandFailed, CommandResult, CommandTimeout, FileInfo, MachineError,
-                                          Progress, Machine, TransferFailed, TransferResult)
+from ralph.handlers.machines.base import (
+    CommandFailed,
+    CommandResult,
+    CommandTimeout,
+    FileInfo,
+    Machine,
+    MachineError,
+    Progress,
+    TransferFailed,
+    TransferResult,
+)
 from ralph.handlers.machines.hashing import CHUNK, HashCache, sha256_file
+
+from ralph import children
 
 
 class OutsideRoot(MachineError, ValueError):

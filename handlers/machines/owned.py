@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ralph.handlers.machines import session
+
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, TaskFailed, criterion
-from ralph.handlers.machines import session
 from ralph.model import Task
 
 _ADDRESS = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>[^:@\s]+)(?::(?P<port>\d{1,5}))?$")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, criterion
 from ralph.handlers.machines import remote_shell, session
 from ralph.handlers.machines.base import CommandTimeout, MachineError
 from ralph.handlers.runpod.common import PodHandler
 from ralph.handlers.shell import script_summary
+
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, criterion
 from ralph.model import Task, TaskFile
 from ralph.secrets import redact
 

@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ralph.handlers.runpod import deadman
+
 from ralph.context import Context
 from ralph.handler import TaskBlocked
-from ralph.handlers.runpod import deadman
 
 if TYPE_CHECKING:  # paramiko and cryptography load when a pod is used, not when a handler is
     from ralph.handlers.machines.base import Machine

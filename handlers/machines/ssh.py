@@ -18,12 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
-
 from ralph.handlers.machines import hashing, remote_shell, transfer
+from ralph.handlers.machines.base import (
+    CommandFailed,
+    CommandResult,
+    CommandTimeout,
+    FileInfo,
+    Machine,
+    MachineError,
+    Progress,
+    TransferResult,
+)
 from ralph.handlers.machines.hostkeys import HostKeyChanged, HostKeyStore, entry_name
-from ralph.handlers.machines.base import (CommandFailed, CommandResult, CommandTimeout,
-                                          FileInfo, Progress, Machine, MachineError,
-                                          TransferResult)
 
 # Preferred first; the others keep older or FIPS-limited servers reachable.
 CIPHERS = ("aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr")
@@ -98,7 +104,7 @@ class SshMachine(Machine):
                 return transport
             except (paramiko.AuthenticationException, paramiko.BadHostKeyException, HostKeyChanged):
                 raise  # retrying cannot fix a refused key
-            except (*_DROPPED, socket.timeout) as e:
+            except (TimeoutError, *_DROPPED) as e:
                 if attempt == self.connect_attempts:
                     raise MachineError(f"cannot connect to {self._where()}: {e}") from e
                 time.sleep(delay)

@@ -27,14 +27,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, TransientError, criterion
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import deadman, estimate, placement, reaper
-from ralph.handlers.runpod.api import (KEY_VARIABLE, VOLUME_TYPES, APIError, AuthError, BalanceError, BadRequest, CapacityError,
-                                       NetworkVolume, NoAccess, Pod, PodSpec, RateLimited, RunPodAPI,
-                                       TransientAPIError, catalog)
+from ralph.handlers.runpod.api import (
+    KEY_VARIABLE,
+    VOLUME_TYPES,
+    APIError,
+    AuthError,
+    BadRequest,
+    BalanceError,
+    CapacityError,
+    NetworkVolume,
+    NoAccess,
+    Pod,
+    PodSpec,
+    RateLimited,
+    RunPodAPI,
+    TransientAPIError,
+    catalog,
+)
 from ralph.handlers.runpod.common import PodHandler, api_for_task, blocked_by_auth, task_file
+
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, TransientError, criterion
 from ralph.measures import POD_READY_SECONDS, Measures
 from ralph.model import Task, TaskFile
 from ralph.state import now

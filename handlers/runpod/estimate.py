@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ralph import units
-from ralph.context import EstimateContext
-from ralph.handler import Estimate, Figure, Rental
 from ralph.handlers.runpod import placement
 from ralph.handlers.runpod.api import GpuOffer, catalog
 from ralph.handlers.runpod.placement import Candidate, Placement
+
+from ralph import units
+from ralph.context import EstimateContext
+from ralph.handler import Estimate, Figure, Rental
 from ralph.measures import POD_READY_SECONDS
 from ralph.secrets import redact
 

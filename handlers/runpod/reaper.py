@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ralph.handlers.runpod.api import APIError, AuthError, NotFound, RunPodAPI, TransientAPIError
+
 from ralph.state import state_home
 
 PREFIX = "ralph-"

@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Param, Result, TaskFailed, TransientError, criterion
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import estimate, reaper
 from ralph.handlers.runpod.api import AuthError, RunPodAPI, TransientAPIError
 from ralph.handlers.runpod.common import CONSOLE, PodHandler, api_for_task, blocked_by_auth, task_file
+
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Param, Result, TaskFailed, TransientError, criterion
 from ralph.model import Task
 from ralph.state import now
 

@@ -151,7 +151,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .openapi_contract import Contract, Operation as ContractOperation
+from .openapi_contract import Contract
+from .openapi_contract import Operation as ContractOperation
 from .sshd import SshServer, start_sshd
 
 CAPACITY_MESSAGE = (

@@ -115,15 +115,14 @@ def _build(comfyui: Path, dest: Path) -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True  # before model_management is imported: no GPU here
-    import torch
-    from PIL import Image, ImageDraw
-    from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     import comfy.ops
+    import torch
     from comfy.cldm.cldm import ControlNet
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from comfy.taesd.taesd import TAESD
+    from PIL import Image, ImageDraw
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     ops = comfy.ops.disable_weight_init
