@@ -149,7 +149,7 @@ def main() -> None:
         for variants in args.variants:
             state = run_like_state(Path(tmp) / f"s{variants}", variants)
             state.task(1)["memory"]["login"] = f"--key {SECRET}"
-            before, now = median_ms(lambda: old_save(state), args.n), median_ms(state.save, args.n)
+            before, now = median_ms(lambda: old_save(state), args.n), median_ms(state.save, args.n)  # noqa: B023 (called at once)
             assert SECRET not in state.path.read_text("utf-8")
             size = state.path.stat().st_size / 1000
             print(f"  {variants:>2} variant(s), {size:5.0f} kB{'':<8}{before:>9.1f} ms{now:>9.1f} ms"

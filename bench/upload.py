@@ -90,13 +90,13 @@ def main() -> None:
         clean()
         for method in ("rsync", "sftp"):
             (work / "state" / "sha256-cache.json").unlink(missing_ok=True)
-            t, r = _timed(lambda: ssh.put(src, f"{method}.bin", method=method))
+            t, r = _timed(lambda: ssh.put(src, f"{method}.bin", method=method))  # noqa: B023 (called at once)
             row(f"ralph {method} (hash+send+verify)", t, r.bytes_sent)
             # Resume: the first half is already there from an interrupted run.
             final = remote_dir / f"{method}.bin"
             final.rename(remote_dir / f".{method}.bin.ralph-part")
             os.truncate(remote_dir / f".{method}.bin.ralph-part", size // 2)
-            t, r = _timed(lambda: ssh.put(src, f"{method}.bin", method=method))
+            t, r = _timed(lambda: ssh.put(src, f"{method}.bin", method=method))  # noqa: B023 (called at once)
             row(f"ralph {method} resume from 50%", t, r.bytes_sent, f"resumed_from={r.resumed_from / MiB:.0f} MiB")
         t, r = _timed(lambda: ssh.put(src, "sftp.bin"))
         assert r.skipped

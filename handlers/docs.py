@@ -296,7 +296,7 @@ class SessionDoc(Handler):
             return Evidence(False, where)
         success, params = result.data.get("success"), result.data.get("best_params") or {}
         if success:
-            line = next((l for l in section.splitlines() if OPTIMAL in l), "")
+            line = next((text for text in section.splitlines() if OPTIMAL in text), "")
             missing = [k for k in params if f"`{k}={_fmt(params[k])}`" not in line]
             if not line or missing:
                 return Evidence(False, f"optimal parameters not written in full (missing {', '.join(missing) or 'the line'})")

@@ -116,7 +116,7 @@ class _Reader:
         for _ in self._walk(tokens):
             pass  # collects code-fence lines, needed before reading any region
         regions = self._regions(headings)
-        for (kind, heading, start, stop), blocks in zip(regions, self._blocks(tokens, regions)):
+        for (kind, heading, start, stop), blocks in zip(regions, self._blocks(tokens, regions), strict=False):
             if kind == "task":
                 file.tasks.append(self._task(heading, start, stop, blocks))
             elif kind == "overview":

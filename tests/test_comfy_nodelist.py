@@ -12,7 +12,7 @@ from tests.repo_files import EXAMPLE
 def example_block() -> tuple[str, int]:
     """The workflow code block of task 3 and the file line of its first line (1-based)."""
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, l in enumerate(lines) if "Workflow Order" in l) + 1
+    start = next(i for i, text in enumerate(lines) if "Workflow Order" in text) + 1
     assert lines[start].startswith("```")
     end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("```"))
     return "\n".join(lines[start + 1:end]), start + 2
@@ -20,7 +20,7 @@ def example_block() -> tuple[str, int]:
 
 def file_line(needle: str) -> int:
     """1-based line of the first line of the example containing ``needle``."""
-    return next(i for i, l in enumerate(EXAMPLE.read_text(encoding="utf-8").splitlines(), 1) if needle in l)
+    return next(i for i, text in enumerate(EXAMPLE.read_text(encoding="utf-8").splitlines(), 1) if needle in text)
 
 
 def items(node) -> dict:

@@ -27,13 +27,13 @@ def schemas():
 
 
 def example_block() -> tuple[str, int]:
-    start = next(i for i, l in enumerate(LINES) if "Workflow Order" in l) + 1
+    start = next(i for i, text in enumerate(LINES) if "Workflow Order" in text) + 1
     end = next(i for i in range(start + 1, len(LINES)) if LINES[i].startswith("```"))
     return "\n".join(LINES[start + 1:end]), start + 2
 
 
 def file_line(needle: str) -> int:
-    return next(i for i, l in enumerate(LINES, 1) if needle in l)
+    return next(i for i, text in enumerate(LINES, 1) if needle in text)
 
 
 def example_prompts() -> dict[str, PromptText]:

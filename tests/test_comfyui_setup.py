@@ -227,7 +227,7 @@ def models(tmp_path: Path, files_server: tuple[str, Path, list[str]]) -> dict[st
     lora = write(disk / "elena_v4_cloud.safetensors", os.urandom(700_001))
     face = write(disk / "elena_face_ref.jpg", os.urandom(50_000))
     ip = write(served / "ip-adapter.bin", os.urandom(1_200_000))
-    controlnet = write(served / "cn" / "instantid_controlnet.safetensors", os.urandom(900_000))
+    write(served / "cn" / "instantid_controlnet.safetensors", os.urandom(900_000))
     onnx = [write(served / "antelopev2" / n, os.urandom(100_000 + i)) for i, n in enumerate(("scrfd_10g_bnkps.onnx", "glintr100.onnx"))]
     return {
         "models": {

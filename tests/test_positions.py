@@ -58,7 +58,7 @@ def assert_positions(file: TaskFile, text: Text, heading: str = "###") -> None:
         assert task.line <= task.end_line <= len(lines)
         for c in task.criteria:
             assert task.line < c.line <= task.end_line
-        for key, field in task.fields.items():
+        for _key, field in task.fields.items():
             source = at(field.line)
             assert re.match(rf"[ \t]*\*\*{re.escape(field.key)}", source), source
             assert task.line < field.line <= task.end_line

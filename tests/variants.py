@@ -50,7 +50,7 @@ class Variant:
             for i in range(len(endings) - 1):
                 if endings[i] == "\r" and not lines[i + 1] and endings[i + 1] == "\n":
                     endings[i] = "\r\n"
-            body = "".join(line + ending for line, ending in zip(lines, endings)) + lines[-1]
+            body = "".join(line + ending for line, ending in zip(lines, endings, strict=False)) + lines[-1]
         else:
             body = ENDINGS[self.ending].join(lines)
         return (("\ufeff" if self.bom else "") + body).encode("utf-8")

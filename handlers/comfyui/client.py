@@ -341,7 +341,7 @@ class ComfyClient:
         dest.mkdir(parents=True, exist_ok=True)
         chosen = [f for f in files if f.type in types]
         targets = [local_path(dest, f) for f in chosen]
-        for f, target in zip(chosen, targets):
+        for f, target in zip(chosen, targets, strict=True):
             try:
                 self._fetch(f, target)
             except httpx.TransportError as exc:

@@ -158,7 +158,7 @@ class ComfyRun(Handler):
         paths = client.download(result, folder)
         values = {**flow.values(), **variant.values}
         images = []
-        for output, path in zip([o for o in result.outputs if o.type == "output"], paths):
+        for output, path in zip([o for o in result.outputs if o.type == "output"], paths, strict=False):
             _stamp_png(path, values)
             images.append(
                 {

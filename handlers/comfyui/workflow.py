@@ -64,7 +64,7 @@ class Workflow:
         template = {"prompt": self.graph, "parameters": self.parameters}
         variants = []
         for combination in itertools.product(*(axes[n] for n in names)):
-            values = dict(zip(names, combination))
+            values = dict(zip(names, combination, strict=True))
             label = " ".join(f"{n}={v}" for n, v in values.items())
             variants.append(Variant(label, values, apply_overrides(template, values)))
         return variants

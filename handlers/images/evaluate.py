@@ -385,7 +385,7 @@ def _assess(
     if reference is None and len(records) > 1:  # no previous image: rank the sweep against its first variant
         reference, against = pixels[0], f"variant {records[0].get('variant')}"
     assessed = []
-    for record, image in zip(records, pixels):
+    for record, image in zip(records, pixels, strict=False):
         if reference is None:
             assessed.append(Assessed(record, image, measure_grain(image), None, None, colour_stats(image), None))
             continue

@@ -74,7 +74,7 @@ class TerminatePod(PodHandler):
             raise TaskFailed(f"still listed after termination: {', '.join(f'{p.name} ({p.id})' for p in active)}")
         confirmed_at = now()
         ledger = reaper.Ledger()
-        for pod_id, name in targets.items():
+        for name in targets.values():
             if name:
                 ledger.gone(name)
         cost, hours = 0.0, 0.0

@@ -238,7 +238,7 @@ def _cuda_key(version: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------------------------------
 
 
-class Fault(str, Enum):
+class Fault(str, Enum):  # noqa: UP042 (StrEnum would change str() of a member)
     RATE_LIMITED = "rate_limited"  # 429 problem, Retry-After, RateLimit r=0
     SERVER_ERROR = "server_error"  # 500 problem
     BAD_GATEWAY = "bad_gateway"  # 502, an HTML page from the gateway
