@@ -35,7 +35,7 @@ def with_marker(marker: str) -> list[int]:
     return found
 
 
-def wait_until(condition, what: str, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
+def wait_until(condition, what: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"

@@ -69,8 +69,8 @@ def test_the_examples_task_3_runs_and_its_criteria_are_ticked_from_evidence(
     assert len(images) == 1
     with Image.open(images[0]) as image:
         assert image.size == (64, 64)
-        recorded = json.loads(image.text["ralph"])
-        assert "prompt" in image.text, "ComfyUI's own metadata is kept"
+        recorded = json.loads(image.text["ralph"])  # type: ignore[attr-defined]  # a PNG's text chunks
+        assert "prompt" in image.text, "ComfyUI's own metadata is kept"  # type: ignore[attr-defined]
     assert recorded["cfg"] == 7.0 and recorded["denoise2"] == 0.25 and recorded["steps"] == 3
     server_files = sorted((comfyui_server.output_dir / "quality_tests").glob("elena_refiner*.png"))
     assert server_files, "the server saved under output/quality_tests/ as the task says"
@@ -97,7 +97,7 @@ def test_a_sweep_runs_every_variant_in_one_session_and_records_its_parameters(
     seen = set()
     for path in images:
         with Image.open(path) as image:
-            values = json.loads(image.text["ralph"])
+            values = json.loads(image.text["ralph"])  # type: ignore[attr-defined]  # a PNG's text chunks
         seen.add((values["cfg"], values["seed"]))
     assert seen == {(5.0, 1), (5.0, 2), (9.0, 1), (9.0, 2)}
     state = json.loads((tmp_path / ".ralph" / project.file.stem / "state.json").read_text())

@@ -324,7 +324,7 @@ def test_comfyui_run_reaches_comfyui_on_the_port_setup_started_it_on(
     file = parse_file(pod.file)[0]
     after_setup = dataclasses.replace(file.task(2), number=3)  # the example's task 3, comfyui.run
     ctx = Context(file, after_setup, {"server": None}, state.memory(3), state.resources, pod.file.parent,
-                  state.directory, "test", reporter=None, events=None,  # type: ignore[arg-type]
+                  state.directory, "test", reporter=None, events=None,
                   results={int(n): r["result"] for n, r in state.data["tasks"].items() if "result" in r})
     with run.server_url(ctx) as url:
         stats = httpx.get(f"{url}/system_stats", timeout=30).json()
@@ -454,7 +454,7 @@ def test_file_parameters_are_checked_before_anything_runs(tmp_path: Path) -> Non
         ("models/checkpoints", "ok.bin", tmp_path / "ok.bin"),
         ("models/vae", "v ae.safetensors", "https://h/x/v%20ae.safetensors?dl=1"),
         ("input", "face.jpg", tmp_path / "ok.bin")]
-    bad = [
+    bad: list[tuple[dict[str, Any], str | None]] = [
         ({"models": {"loras": {"path": "a"}}}, "models.loras: expected a list"),
         ({"models": {"loras": [{"path": "a", "url": "https://h/a"}]}}, "exactly one of path or url"),
         ({"models": {"loras": [{"url": "https://h/a", "sha256": "abc"}]}}, "sha256 must be 64 hex digits"),

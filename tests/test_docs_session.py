@@ -17,7 +17,7 @@ PERSON = "# Elena sessions\n\nWritten by a person; ralph must never change these
 
 
 def _run_with_doc(project: Project, grain: float, **kwargs: object) -> None:
-    project.write([{"label": "img", "grain": grain}], session_doc=DOC, **kwargs)  # type: ignore[arg-type]
+    project.write([{"label": "img", "grain": grain}], session_doc=DOC, **kwargs)
     project.run()
 
 
@@ -59,7 +59,7 @@ def test_the_checks_notice_a_rewritten_doc(tmp_path: Path) -> None:
     state = RunState(project.root / ".ralph" / project.file.stem)
     file = project.parsed()
     ctx = Context(file, file.task(6), {"path": None}, state.memory(6), state.resources, project.root,
-                  state.directory, "check", reporter=None, events=None, results={})  # type: ignore[arg-type]
+                  state.directory, "check", reporter=None, events=None, results={})
     handler, result = SessionDoc(), Result(**record)
     assert handler.updated(ctx, result, "Session doc mise à jour").verified is True
     doc.write_bytes(doc.read_bytes().replace(b"never change", b"never alter", 1))

@@ -114,7 +114,7 @@ def edits_for(draw: st.DrawFn, spec: Spec) -> list[Edit]:
             task = draw(st.sampled_from([None, *targets]))
             known = spec.criteria.get(task, [])
             text = draw(st.sampled_from([*known, "no such criterion"]))
-            if known and draw(st.booleans()):  # people's spacing and case differ from ralph's
+            if bool(known) and draw(st.booleans()):  # people's spacing and case differ from ralph's
                 text = "  " + text.upper().replace(" ", "   ")
             edits.append(SetCheck(task, text, draw(st.booleans())))
         else:

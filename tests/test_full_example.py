@@ -280,8 +280,8 @@ def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmula
     # Paths for people are relative to the project (or ~/…): neither the project's folder nor the
     # home folder appears.
     for_people = [task_block(text, n) for n in range(1, 7)] + [file_block(text), doc]
-    for home in (str(project), str(Path.home())):
-        assert not [line for part in for_people for line in part.splitlines() if home in line], home
+    for shown in (str(project), str(Path.home())):
+        assert not [line for part in for_people for line in part.splitlines() if shown in line], shown
 
     # The person's bytes: all but status words, checkboxes and ralph's results blocks unchanged.
     assert without_ralphs_edits(text).encode("utf-8") == original

@@ -150,7 +150,7 @@ class Project:
         state = json.loads((self.root / ".ralph" / self.file.stem / "state.json").read_text("utf-8"))
         return state["tasks"][str(number)]["result"]
 
-    def parsed(self):  # type: ignore[no-untyped-def]
+    def parsed(self):
         return parse_file(self.file)[0]
 
     def checks(self, number: int) -> dict[str, bool]:

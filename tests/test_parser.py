@@ -23,7 +23,7 @@ from tests.variants import (
 HEAD = "# RALPH-TASK: T\n\n## Tasks\n\n"
 
 
-def parse(text: str):  # type: ignore[no-untyped-def]
+def parse(text: str):
     return parse_bytes(text.encode(), Path("t.md"))[0]
 
 

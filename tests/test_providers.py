@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ def ssh_provider(server: SshServer, state: Path, **target) -> SshMachine:
 
 
 @pytest.fixture(params=["local", "ssh"])
-def machine(request, tmp_path: Path) -> tuple[Machine, Path]:
+def machine(request, tmp_path: Path) -> Iterator[tuple[Machine, Path]]:
     """Each provider with the local directory its commands start in."""
     if request.param == "local":
         root = tmp_path / "root"

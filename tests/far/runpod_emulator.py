@@ -554,7 +554,7 @@ class RunPodEmulator:
         if self._server is None:
             raise RuntimeError("emulator not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host}:{port}"  # type: ignore[str-bytes-safe]  # AF_INET: host is a str
 
     def start(self) -> RunPodEmulator:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -1429,7 +1429,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         emulator: RunPodEmulator = self.server.emulator  # type: ignore[attr-defined]
-        reply = emulator.handle(self.command, self.path, self.headers, body)
+        reply = emulator.handle(self.command, self.path, self.headers, body)  # type: ignore[arg-type]  # a Message maps
         if reply.lost:
             self.close_connection = True  # nothing was written: the client sees the connection drop
             return
