@@ -80,7 +80,8 @@ def main() -> None:
                     graph = refiner_graph(args.size, args.size, seed=1000 + i + (args.n if name == "ralph" else 0))
                     server_s, done_s, disk_s = fn(server.url, graph, Path(tmp))
                     rows.append(disk_s - server_s)
-                    print(f"{name:<10} {i:>3} {server_s:>9.3f} {done_s:>8.3f} {disk_s:>10.3f} {1000 * (disk_s - server_s):>12.1f}")
+                    print(f"{name:<10} {i:>3} {server_s:>9.3f} {done_s:>8.3f} {disk_s:>10.3f} "
+                          f"{1000 * (disk_s - server_s):>12.1f}")
                 summary[name] = statistics.median(rows)
             print("median overhead (on disk - server execution): "
                   + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in summary.items()))

@@ -336,7 +336,8 @@ def report(card: str, cold: Image_, alone: list[Image_], single: list[RalphRun],
         ("ralph, 3-variant sweep, per image: comfyui.run overhead", fmt(comfy_overhead(sweep), digits=3)),
         ("  whole run overhead without images.evaluate", fmt(whole(sweep, True), digits=3)),
         ("  images.evaluate", fmt(median([r.per_image(r.tasks.get("images.evaluate", 0)) for r in sweep]), digits=3)),
-        ("python -c pass; + the imports of a machine.local run", f"{fmt(imports[0], digits=3)}; {fmt(imports[1], digits=3)}"),
+        ("python -c pass; + the imports of a machine.local run", f"{fmt(imports[0], digits=3)}; "
+                                                                 f"{fmt(imports[1], digits=3)}"),
         *[(f"grain: {name}", fmt(1000 * seconds, "ms", 0)) for name, seconds in grain.items()],
     ]
     width = max(len(r[0]) for r in rows)

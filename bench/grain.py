@@ -51,7 +51,8 @@ def main() -> None:
     lum = luma(before)
 
     ms, m = timed(lambda: measure_grain(before))
-    print(f"measure_grain (RGB 832x1216)         {ms:7.1f} ms   index {m.index:.2f}, fine {m.fine_sigma:.2f}  (true grain sigma 5.00)")
+    print(f"measure_grain (RGB 832x1216)         {ms:7.1f} ms   index {m.index:.2f}, fine {m.fine_sigma:.2f}  (true "
+          "grain sigma 5.00)")
     ms, s = timed(lambda: estimate_sigma(before, channel_axis=-1, average_sigmas=True))
     print(f"skimage estimate_sigma (RGB)        {ms:7.1f} ms   sigma {s:.2f}")
     ms, s = timed(lambda: estimate_sigma(lum))
@@ -70,8 +71,10 @@ def main() -> None:
     l8 = Image.fromarray(np.clip(np.round(lum), 0, 255).astype(np.uint8))
     ms_pil, pil = timed(lambda: l8.filter(ImageFilter.GaussianBlur(2)))
     pil_err = float(np.std(np.asarray(pil, np.float32)[r:-r, r:-r] - exact))
-    print(f"low-pass numpy separable float32    {ms_np:7.1f} ms   error sd {float(np.std(low - exact)):.4f} grey levels")
-    print(f"low-pass PIL GaussianBlur (mode L)  {ms_pil:7.1f} ms   error sd {pil_err:.4f} grey levels (vs clean-image noise ~0.2)")
+    print(f"low-pass numpy separable float32    {ms_np:7.1f} ms   error sd {float(np.std(low - exact)):.4f} grey "
+          "levels")
+    print(f"low-pass PIL GaussianBlur (mode L)  {ms_pil:7.1f} ms   error sd {pil_err:.4f} grey levels (vs clean-image "
+          "noise ~0.2)")
 
 
 if __name__ == "__main__":

@@ -105,8 +105,8 @@ def next_lead(
         return "the images have no flat areas where grain can be measured: compare crops by eye, or prompt a plainer background"
     if verdict == "detail lost":
         return (
-            f"the image was smoothed, not de-grained (detail x{grain.get('detail_ratio')}): lower the refiner's denoise "
-            "or steps, and check for a blur or resize step"
+            f"the image was smoothed, not de-grained (detail x{grain.get('detail_ratio')}): lower the refiner's "
+            "denoise or steps, and check for a blur or resize step"
         )
     if verdict == "grain coarser":
         return (
@@ -185,7 +185,8 @@ class SessionDoc(Handler):
             record = records.get(str(number), {})
             if record.get("status") in ("FAILED", "BLOCKED"):
                 task = ctx.file.task(number)
-                failures.append(f"task {number} ({task.title if task else '?'}) {record['status'].lower()}: {record.get('error', '')}")
+                failures.append(f"task {number} ({task.title if task else '?'}) {record['status'].lower()}: "
+                                f"{record.get('error', '')}")
         costs = {n: r["cost_usd"] for n, r in earlier.items() if r.get("cost_usd") is not None}
         seconds = sum(float(records.get(str(n), {}).get("seconds") or 0.0) for n in earlier)
 
@@ -272,7 +273,8 @@ class SessionDoc(Handler):
         if section is None:
             return Evidence(False, where)
         record = result.data["session_doc"]
-        return Evidence(True, f"section appended to {where} at byte {record['offset']} ({record['size']} bytes); earlier content unchanged")
+        return Evidence(True, f"section appended to {where} at byte {record['offset']} ({record['size']} bytes); "
+                              "earlier content unchanged")
 
     @criterion(r"avant.?/?.?apres|before.?/?.?after")
     def comparison(self, ctx: Context, result: Result, text: str) -> Evidence:
@@ -299,7 +301,8 @@ class SessionDoc(Handler):
             line = next((text for text in section.splitlines() if OPTIMAL in text), "")
             missing = [k for k in params if f"`{k}={_fmt(params[k])}`" not in line]
             if not line or missing:
-                return Evidence(False, f"optimal parameters not written in full (missing {', '.join(missing) or 'the line'})")
+                return Evidence(False, "optimal parameters not written in full (missing "
+                                       f"{', '.join(missing) or 'the line'})")
             return Evidence(True, f"success; optimal parameters noted: {_params_text(params)}")
         if result.data.get("next_lead") and f"{LEAD} {result.data['next_lead']}" in section:
             if success is None:

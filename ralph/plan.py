@@ -113,7 +113,8 @@ def _params(handler: Handler, task: Task, config: Config) -> tuple[dict[str, Any
         line = where.get(key, task.line)
         if spec is None:
             known = ", ".join(sorted(handler.params)) or "none"
-            problems.append(Problem(line, f"{task.label}: unknown parameter {key!r} for {handler.name} (known: {known})"))
+            problems.append(Problem(line, f"{task.label}: unknown parameter {key!r} for {handler.name} (known: "
+                                          f"{known})"))
         elif message := _type_problem(key, value, spec):
             problems.append(Problem(line, f"{task.label}: {message}"))
     for key, spec in handler.params.items():

@@ -75,7 +75,8 @@ def test_planted_bad_sampler_is_reported_on_its_line(schemas):
     assert len(errors) == 1
     (error,) = errors
     assert error.line == file_line("steps=30, CFG=7.0") and error.code == "bad-choice"
-    assert str(error).startswith("node 11 (KSampler) input sampler_name: 'dpmpp_2mm' is not allowed; did you mean 'dpmpp_2m'")
+    assert str(error).startswith("node 11 (KSampler) input sampler_name: 'dpmpp_2mm' is not allowed; did you mean "
+                                 "'dpmpp_2m'")
     assert not checked.ok
 
 

@@ -36,7 +36,8 @@ def test_check_finds_the_denoise_on_empty_latent_pattern_and_a_planted_bad_sampl
         "         → params: steps=30, CFG=7.0, sampler=dpmpp_2m, scheduler=karras, denoise=0.8"
     ) + 1
     assert any(
-        line.startswith(f"{project.file.name}:{denoise_line}: warning: node 11 (KSampler) input denoise: denoise 0.8 on an empty latent")
+        line.startswith(f"{project.file.name}:{denoise_line}: warning: node 11 (KSampler) input denoise: denoise 0.8 "
+                        "on an empty latent")
         for line in lines
     ), result.stdout
     project.file.write_text(

@@ -94,7 +94,8 @@ def test_grain_flat_across_a_cfg_sweep_points_at_the_sampler(tmp_path: Path) -> 
     summary = project.run()
     assert {t.number: t.status for t in project.parsed().tasks}[4] == "FAILED"
     doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
-    assert re.search(r"\*\*Next lead\*\*: grain unchanged across cfg 5–9 \(ratios 1\.0\d–1\.0\d\): look at the sampler/scheduler", doc)
+    assert re.search(r"\*\*Next lead\*\*: grain unchanged across cfg 5–9 \(ratios 1\.0\d–1\.0\d\): look at the "
+                     r"sampler/scheduler", doc)
     assert doc.count("**best**") == 1
     assert crit(verdicts(summary, 6), "Paramètres optimaux").verified is True
 

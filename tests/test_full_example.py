@@ -107,7 +107,8 @@ def example_params(tmp_path: Path, home: Path, models: Path, workspace: Path, po
             # Nothing is installed from the network: the test ComfyUI is copied in without its
             # models, and the stand-in InstantID nodes go into custom_nodes/.
             "install_command": f"cp -r {source} {{dir}}.part && rm -rf {{dir}}.part/models {{dir}}.part/user "
-                               f"{{dir}}.part/input {{dir}}.part/output && cp -r {NODES_DIR}/. {{dir}}.part/custom_nodes/ "
+                               f"{{dir}}.part/input {{dir}}.part/output && cp -r {NODES_DIR}/. "
+                               f"{{dir}}.part/custom_nodes/ "
                                f"&& mv {{dir}}.part {{dir}}",
             "comfyui_args": ["--cpu", "--disable-auto-launch", "--disable-api-nodes"],
             "start_timeout": 180,

@@ -228,7 +228,8 @@ class Markers:
     def write(self, step: str, params: dict[str, Any], outcome: dict[str, Any]) -> None:
         marker = {"step": step, "digest": digest(params), "params": params, "outcome": outcome,
                   "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-        _sh(self.provider, 'mkdir -p -- "$d" && printf "%s\\n" "$body" > "$d/.$s.tmp" && mv -f -- "$d/.$s.tmp" "$d/$s.json"',
+        _sh(self.provider, 'mkdir -p -- "$d" && printf "%s\\n" "$body" > "$d/.$s.tmp" && mv -f -- "$d/.$s.tmp" '
+                           '"$d/$s.json"',
             d=self.folder, s=step, body=json.dumps(marker, sort_keys=True))
         self.known[step] = marker
 
@@ -344,8 +345,8 @@ def place_file(ctx: Context, provider: Machine, layout: Layout, markers: Markers
         local_size = spec.path.stat().st_size
         local_sha = provider.hashes.sha256(spec.path)  # type: ignore[attr-defined]
         if spec.sha256 and local_sha != spec.sha256:
-            raise TaskFailed(f"{ctx.display_path(spec.path)}: its sha256 is {local_sha}, but the sha256 given for it is "
-                             f"{spec.sha256}")
+            raise TaskFailed(f"{ctx.display_path(spec.path)}: its sha256 is {local_sha}, but the sha256 given for it "
+                             f"is {spec.sha256}")
         if spec.size is not None and local_size != spec.size:
             raise TaskFailed(f"{ctx.display_path(spec.path)}: it is {local_size} bytes, but the size given for it is "
                              f"{spec.size}")
@@ -658,7 +659,8 @@ class ComfyUISetup(Handler):
         minimum = m.group(2) if m else torch.get("min", "0")
         version = torch.get("version")
         if version is None:
-            return Evidence(False, f"torch not importable by {_python(ctx, torch)}: {torch.get('error') or 'not checked'}")
+            return Evidence(False, f"torch not importable by {_python(ctx, torch)}: "
+                                   f"{torch.get('error') or 'not checked'}")
         ok = version_at_least(version, minimum)
         return Evidence(ok, f"torch {version} {'>=' if ok else '<'} {minimum} (read with {_python(ctx, torch)})")
 
@@ -671,8 +673,8 @@ class ComfyUISetup(Handler):
         if port and int(port.group(1)) != service["port"]:
             return Evidence(False, f"ComfyUI runs on port {service['port']}, not {port.group(1)}")
         who = f"pid {service['pid']}" if service.get("ours") else "not started by ralph"
-        return Evidence(True, f"ComfyUI {service.get('version')} at {ctx.display_path(result.data['comfyui_dir'])} answered "
-                              f"/system_stats on 127.0.0.1:{service['port']} through the SSH tunnel ({who})")
+        return Evidence(True, f"ComfyUI {service.get('version')} at {ctx.display_path(result.data['comfyui_dir'])} "
+                              f"answered /system_stats on 127.0.0.1:{service['port']} through the SSH tunnel ({who})")
 
     @criterion(r"(antelopev2|insightface)\b.*\b(model|fichier|file|telecharg|download|upload|present|place)")
     def antelopev2(self, ctx: Context, result: Result, text: str) -> Evidence:

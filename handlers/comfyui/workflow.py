@@ -148,7 +148,8 @@ def build(
     problems += check_graph(graph, schemas, line_of, provided_files=provided_files, family=family)
     for name in list(params.get("sweep") or {}) + (["seed"] if params.get("seeds") else []):
         if name not in parameters and "." not in name:
-            problems.append(_problem(fallback, f"sweep: unknown workflow parameter {name!r}; known: {', '.join(sorted(parameters))}"))
+            problems.append(_problem(fallback, f"sweep: unknown workflow parameter {name!r}; known: "
+                                               f"{', '.join(sorted(parameters))}"))
     return Workflow(graph, parameters, problems, line_of, fallback)
 
 

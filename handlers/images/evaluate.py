@@ -137,7 +137,8 @@ class EvaluateImages(Handler):
         "images": Param((str, list, type(None)), None, "image paths or globs; default: the earlier task's images"),
         "dir": Param((str, type(None)), None, "local folder for the images; default: the one the criterion names"),
         "previous": Param((str, type(None)), None, "the image to compare with (relative to the task file)"),
-        "face_reference": Param((str, type(None)), None, "face reference on the pod; default: <comfyui_dir>/input/<face_image>"),
+        "face_reference": Param((str, type(None)), None, "face reference on the pod; default: "
+                                                         "<comfyui_dir>/input/<face_image>"),
         "comfyui_dir": Param(str, "/workspace/ComfyUI", "ComfyUI's folder on the pod"),
         "python": Param(str, "python3", "the pod's Python that has insightface (ComfyUI's)"),
         "face_remote_dir": Param(str, "ralph-face", "where images are copied on the machine for the face measure "

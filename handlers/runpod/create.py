@@ -87,8 +87,10 @@ class CreatePod(PodHandler):
         "create_budget_s": Param((int, float), 300, "seconds to keep looking for a GPU with room"),
         "ready_timeout_s": Param((int, float), 900, "seconds from create to a working `ssh true`"),
         "heartbeat_timeout_s": Param((int, float), 600, "the pod deletes itself after this long without ralph"),
-        "max_lifetime_s": Param((int, float), 10800, "the pod deletes itself this long after it started, whatever happens"),
-        "remote_workspace": Param(str, "/workspace", "where commands run on the pod and volumes mount; empty: where SSH sessions start"),
+        "max_lifetime_s": Param((int, float), 10800, "the pod deletes itself this long after it started, whatever "
+                                                     "happens"),
+        "remote_workspace": Param(str, "/workspace", "where commands run on the pod and volumes mount; empty: where "
+                                                     "SSH sessions start"),
         "base_start_command": Param(str, "/start.sh", "what the image runs at start (after the switch is armed)"),
         "pod_state_dir": Param(str, deadman.DEFAULT_STATE_BASE, "the switch's folder on the pod (not on the volume)"),
         "ssh_key": Param(str, "", "private key for the pod; empty: ralph's own key in .ralph/<file>/ssh/"),
@@ -101,18 +103,20 @@ class CreatePod(PodHandler):
             problems.append(Problem(task.line, f"{task.label}: gpu_types must be a non-empty list of GPU type ids"))
         bad = [c for c in params["cloud_types"] if c not in (*placement.CLOUDS_AND_ALL,)]
         if bad or not params["cloud_types"]:
-            problems.append(Problem(task.line, f"{task.label}: cloud_types must be among {', '.join(placement.CLOUDS_AND_ALL)}"))
+            problems.append(Problem(task.line, f"{task.label}: cloud_types must be among "
+                                               f"{', '.join(placement.CLOUDS_AND_ALL)}"))
         for key in ("create_budget_s", "ready_timeout_s", "heartbeat_timeout_s", "max_lifetime_s", "poll_s"):
             if params[key] <= 0:
                 problems.append(Problem(task.line, f"{task.label}: {key} must be positive"))
         if params["min_cuda"] and not placement.is_cuda_version(params["min_cuda"]):
-            problems.append(Problem(task.line, f"{task.label}: min_cuda must look like 12.4, not {params['min_cuda']!r}"))
+            problems.append(Problem(task.line, f"{task.label}: min_cuda must look like 12.4, not "
+                                               f"{params['min_cuda']!r}"))
         volume = params["volume"]
         if isinstance(volume, dict):
             if not volume.get("name") or not isinstance(volume.get("size_gb", 0), int) \
                     or not 10 <= volume.get("size_gb", 50) <= 4096 or volume.get("type", "STANDARD") not in VOLUME_TYPES:
-                problems.append(Problem(task.line, f"{task.label}: volume must be a name, or {{name, size_gb (10–4096), "
-                                                   f"type ({'/'.join(VOLUME_TYPES)})}}"))
+                problems.append(Problem(task.line, f"{task.label}: volume must be a name, or {{name, size_gb "
+                                                   f"(10–4096), type ({'/'.join(VOLUME_TYPES)})}}"))
         return problems + self._catalog_problems(task, params)
 
     def _catalog_problems(self, task: Task, params: dict[str, Any]) -> list[Problem]:
@@ -287,7 +291,8 @@ class CreatePod(PodHandler):
             time.sleep(wait)
         memory.pop("create_sent", None)  # nothing was created: a retry need not look for it
         why = "; ".join(dict.fromkeys(tried)) or "the catalog never showed room for any candidate"
-        raise TaskFailed(f"no pod after {time.monotonic() - started:.0f} s (create_budget_s {p['create_budget_s']}): {why}")
+        raise TaskFailed(f"no pod after {time.monotonic() - started:.0f} s (create_budget_s {p['create_budget_s']}): "
+                         f"{why}")
 
     def _volume(self, ctx: Context, api: RunPodAPI, offers: list[Any]) -> NetworkVolume:
         """The task's network volume: found by id or name, else created where the GPUs have room."""
@@ -471,7 +476,8 @@ class CreatePod(PodHandler):
         asked = list(ctx.memory.get("asked_gpus", []))
         ok = pod.running and pod.gpu_id in asked
         return Evidence(ok, f"pod {pod.name} ({pod.id}) is {pod.status} with GPU {pod.gpu_id} "
-                            f"(asked, in order: {', '.join(asked) or '?'}) at ${pod.cost_per_hr or result.data.get('cost_per_hr', 0):.3f}/h")
+                            f"(asked, in order: {', '.join(asked) or '?'}) at "
+                            f"${pod.cost_per_hr or result.data.get('cost_per_hr', 0):.3f}/h")
 
     @criterion(r"\bssh\b")
     def ssh_works(self, ctx: Context, result: Result, text: str) -> Evidence:

@@ -35,7 +35,8 @@ class TerminatePod(PodHandler):
     name = "runpod.terminate"
     cleanup = True
     params = {
-        "terminate_timeout_s": Param((int, float), 120, "seconds to keep re-sending terminate until the pod reads gone"),
+        "terminate_timeout_s": Param((int, float), 120, "seconds to keep re-sending terminate until the pod reads "
+                                                        "gone"),
         "poll_s": Param((int, float), 2, "seconds between reads while confirming"),
     }
 
@@ -107,7 +108,8 @@ class TerminatePod(PodHandler):
         if gone is None:
             return Evidence(False, "the terminate task did not run")
         if not gone:
-            return Evidence(True, f"no pod of this file existed (none named {result.data.get('prefix')}*): nothing to terminate")
+            return Evidence(True, f"no pod of this file existed (none named {result.data.get('prefix')}*): nothing to "
+                                  "terminate")
         api = RunPodAPI.from_env()
         try:
             left = [g["id"] for g in gone if api.get_pod(g["id"]) is not None]
