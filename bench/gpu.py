@@ -66,10 +66,11 @@ class GpuSampler(threading.Thread):
         self.name_of_card = ""
         self.process: subprocess.Popen[str] | None = None
         if shutil.which("nvidia-smi"):
-            self.name_of_card = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                                               capture_output=True, text=True).stdout.strip()
+            query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+            self.name_of_card = subprocess.run(query, capture_output=True, text=True).stdout.strip()
             self.process = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "50"],
+                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                 "-lms", "50"],
                 stdout=subprocess.PIPE, text=True)
 
     def run(self) -> None:
@@ -114,7 +115,8 @@ def build_models(python: str, comfyui: Path, work: Path, tiny: bool) -> Path:
     """The tests' small models (LoRA, ControlNet, InstantID, face) and, unless tiny, the SDXL-sized checkpoint."""
     root = work / "models-root"
     started = time.monotonic()
-    subprocess.run([python, str(Path(tiny_models.__file__)), "--comfyui", str(comfyui), "--dest", str(root)], check=True)
+    subprocess.run([python, str(Path(tiny_models.__file__)), "--comfyui", str(comfyui), "--dest", str(root)],
+                   check=True)
     if not tiny:
         checkpoint = root / tiny_models.FILES[tiny_models.CHECKPOINT]
         subprocess.run([python, str(REPO / "bench" / "sdxl_checkpoint.py"), "--comfyui", str(comfyui),
@@ -314,7 +316,8 @@ def report(card: str, cold: Image_, alone: list[Image_], single: list[RalphRun],
         return None if part is None or not of else 100 * part / of
 
     def whole(runs: list[RalphRun], without_evaluate: bool) -> float | None:
-        return median([r.per_image(r.wall - r.execution - (r.tasks.get("images.evaluate", 0) if without_evaluate else 0))
+        return median([r.per_image(r.wall - r.execution
+                                   - (r.tasks.get("images.evaluate", 0) if without_evaluate else 0))
                        for r in runs])
 
     rows = [

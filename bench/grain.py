@@ -40,7 +40,8 @@ def image(rng: np.random.Generator, grain: float) -> np.ndarray:
     scene = np.stack([150 + 40 * x / w, 140 + 30 * y / h, 130 + 20 * x / w], axis=-1)
     face = ((x - w / 2) / 170) ** 2 + ((y - 480) / 230) ** 2 < 1
     scene[face] = (224, 172, 140)
-    scene[(y > 800) & (np.abs(x - w / 2) < 300)] += (40 * np.sin(x / 0.9))[(y > 800) & (np.abs(x - w / 2) < 300)][:, None]
+    band = (y > 800) & (np.abs(x - w / 2) < 300)
+    scene[band] += (40 * np.sin(x / 0.9))[band][:, None]
     g = gaussian(rng.normal(0, 1, (h, w)), 1.0)
     return np.clip(np.round(scene + (g * grain / g.std())[..., None]), 0, 255).astype(np.uint8)
 

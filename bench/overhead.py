@@ -104,7 +104,8 @@ def run_like_state(directory: Path, variants: int) -> RunState:
                         "skin_hue": 31.2, "skin_chroma": 18.4, "verdict": "kept", "explanation": "hue moved 0.8°"}}
                    for r, i in enumerate(images, 1)]
         task["result"] = {"summary": f"{kind} done", "files": [i["path"] for i in images], "cost_usd": 0.01,
-                          "data": {"images": images, "ranking": ranking} if kind == "images.evaluate" else {"images": images}}
+                          "data": ({"images": images, "ranking": ranking} if kind == "images.evaluate"
+                                   else {"images": images})}
         task["verdicts"] = [{"criterion": f"criterion {c} of task {number}", "verified": True,
                              "detail": "evidence " * 8} for c in range(3)]
     return state

@@ -100,9 +100,11 @@ def next_lead(
             return f"grain went down but {colour.get('explanation')}: lower cfg or the refiner's denoise"
         return None
     if verdict == "no previous image":
-        return "no previous image to compare with: name one with a **Previous**: line (this run's best is kept for the next run)"
+        return ("no previous image to compare with: name one with a **Previous**: line "
+                "(this run's best is kept for the next run)")
     if verdict == "not measurable":
-        return "the images have no flat areas where grain can be measured: compare crops by eye, or prompt a plainer background"
+        return ("the images have no flat areas where grain can be measured: compare crops by eye, "
+                "or prompt a plainer background")
     if verdict == "detail lost":
         return (
             f"the image was smoothed, not de-grained (detail x{grain.get('detail_ratio')}): lower the refiner's "
@@ -117,14 +119,18 @@ def next_lead(
         more = f" (and {len(lint) - 1} more lint finding(s))" if len(lint) > 1 else ""
         return f"fix what the workflow check found first: {lint[0]}{more}"
     keys = _varying(ranking)
-    ratios = [r["ratio"] for r in ranking if r.get("ratio") is not None and r.get("against") == ranking[0].get("against")]
+    against = ranking[0].get("against")
+    ratios = [r["ratio"] for r in ranking if r.get("ratio") is not None and r.get("against") == against]
     if keys and len(ratios) > 1:
         spans = ", ".join(f"{k} {_span([(r.get('params') or {}).get(k) for r in ranking])}" for k in keys)
         if max(ratios) - min(ratios) <= FLAT_SPREAD:
-            elsewhere = "the checkpoint/LoRA or the VAE" if {"sampler", "scheduler"} & set(keys) else "the sampler/scheduler"
+            elsewhere = ("the checkpoint/LoRA or the VAE" if {"sampler", "scheduler"} & set(keys)
+                         else "the sampler/scheduler")
             return f"grain unchanged across {spans} (ratios {min(ratios):.2f}–{max(ratios):.2f}): look at {elsewhere}"
         best = ranking[0].get("params") or {}
-        return f"grain moved with {spans} but not enough (best ratio {min(ratios):.2f} at {_params_text({k: best.get(k) for k in keys})}): extend the sweep beyond that end"
+        at = _params_text({k: best.get(k) for k in keys})
+        return (f"grain moved with {spans} but not enough (best ratio {min(ratios):.2f} at {at}): "
+                "extend the sweep beyond that end")
     return f"grain not reduced (ratio {grain.get('ratio')}): sweep cfg and the refiner's denoise to find what moves it"
 
 
@@ -145,7 +151,8 @@ class SessionDoc(Handler):
         doc = ctx.path(relative)
         pending = ctx.memory.get("section")
         if ctx.task.status == "IN_PROGRESS" and pending and pending.get("path") == relative and _found(doc, pending):
-            return Result(summary=f"section already appended to {relative} before the interruption", data=pending["data"])
+            return Result(summary=f"section already appended to {relative} before the interruption",
+                          data=pending["data"])
         before = doc.read_bytes() if doc.exists() else b""
         marker = f"<!-- ralph:session {ctx.file.path.name} task {ctx.task.number} run {ctx.run_id} -->"
         text, data = self._section(ctx, doc, marker)
@@ -198,7 +205,8 @@ class SessionDoc(Handler):
             lines.append(f"- **Pod**: {pod.get('gpu', 'unknown GPU')}{price} (id `{pod.get('id', '?')}`)")
         else:
             lines.append("- **Pod**: none recorded")
-        cost = f"${sum(costs.values()):.4f} (recorded by task(s) {', '.join(map(str, sorted(costs)))})" if costs else "not recorded"
+        cost = (f"${sum(costs.values()):.4f} (recorded by task(s) {', '.join(map(str, sorted(costs)))})" if costs
+                else "not recorded")
         pod_hours = ctx.result_of("pod_hours")
         pod_time = f" (pod time {pod_hours * 60:.1f} min)" if isinstance(pod_hours, (int, float)) else ""
         lines.append(
@@ -335,14 +343,16 @@ class SessionDoc(Handler):
 
 
 def _colour_reading(colour: dict[str, Any]) -> str:
-    return f"mean chroma {colour.get('mean_chroma')}, skin hue {colour.get('skin_hue')}°, skin chroma {colour.get('skin_chroma')} (no previous image)"
+    return (f"mean chroma {colour.get('mean_chroma')}, skin hue {colour.get('skin_hue')}°, "
+            f"skin chroma {colour.get('skin_chroma')} (no previous image)")
 
 
 def _found(doc: Path, record: dict[str, Any]) -> bool:
     if not doc.is_file():
         return False
     content = doc.read_bytes()
-    return _sha(content[: record["offset"]]) == record["before_sha256"] and record["marker"].encode() in content[record["offset"] :]
+    offset = record["offset"]
+    return _sha(content[:offset]) == record["before_sha256"] and record["marker"].encode() in content[offset:]
 
 
 def _num(value: Any, digits: int = 2) -> str:

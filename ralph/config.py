@@ -69,7 +69,8 @@ def load_config(task_file: Path) -> Config:
         return _read_config(path, yaml.compose(path.read_text("utf-8")), fail)
     except yaml.YAMLError as error:  # invalid YAML, or a tag no safe loader builds (!!python/...)
         mark = getattr(error, "problem_mark", None)
-        raise fail(f"invalid YAML: {getattr(error, 'problem', None) or error}", mark.line + 1 if mark else None) from None
+        raise fail(f"invalid YAML: {getattr(error, 'problem', None) or error}",
+                   mark.line + 1 if mark else None) from None
     except RecursionError:
         raise fail("invalid YAML: nested too deeply") from None
     except UnicodeDecodeError:

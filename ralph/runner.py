@@ -174,7 +174,8 @@ class Runner:
         chosen = select(plan, state, only=self.only, start_from=self.start_from)
         events = EventLog(directory, self.run_id)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        run = RunInfo(plan.file, state.resources, self.path.resolve().parent, directory, self.run_id, self.reporter, events)
+        run = RunInfo(plan.file, state.resources, self.path.resolve().parent, directory, self.run_id, self.reporter,
+                      events)
         handlers = list({type(s.handler): s.handler for s in plan.steps if s.handler is not None}.values())
         limit = self.max_cost_usd if self.max_cost_usd is not None else plan.config.max_cost_usd
         watch = CostWatch(limit, state.resources, self._over_budget, interval_s=self.cost_check_s) if limit else None
@@ -328,7 +329,8 @@ class Runner:
         state.save(task.number)
         edits.append(SetResults(task.number, tuple(_results_lines(outcome))))
         self._write(edits)
-        events.write("task_finished", task=task.number, status=outcome.status, seconds=outcome.seconds, error=outcome.error)
+        events.write("task_finished", task=task.number, status=outcome.status, seconds=outcome.seconds,
+                     error=outcome.error)
         self.reporter.task_finished(task, outcome)
         return outcome
 

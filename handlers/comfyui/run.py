@@ -75,8 +75,10 @@ class ComfyRun(Handler):
         return [_as_problem(p, flow.fallback_line, params["strict_lint"]) for p in flow.problems]
 
     def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
-        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir), _provided_files(context.file))
-        source = f"template {params['template']}" if params["template"] else f"the task's node list ({len(flow.graph)} nodes)"
+        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir),
+                        _provided_files(context.file))
+        source = (f"template {params['template']}" if params["template"]
+                  else f"the task's node list ({len(flow.graph)} nodes)")
         lines = [f"runs {source} on ComfyUI" + (f" at {params['server']}" if params["server"] else "")]
         if params["overrides"]:
             lines.append("overrides: " + ", ".join(f"{k}={v}" for k, v in params["overrides"].items()))
@@ -120,7 +122,8 @@ class ComfyRun(Handler):
             files=[image["path"] for image in images],
         )
 
-    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant, flow: wf.Workflow) -> list[dict[str, Any]]:
+    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant,
+                 flow: wf.Workflow) -> list[dict[str, Any]]:
         from ralph.handlers.comfyui.client import ComfyError, PromptRejected, ServerGone, Stalled
 
         done: dict[str, Any] = ctx.memory.get("variants", {})

@@ -407,7 +407,7 @@ else
   echo "neither curl nor wget on the machine" >&2; rc=127
 fi
 exit $rc
-"""
+"""  # noqa: E501 (a shell script's lines)
 
 
 def _download(ctx: Context, provider: Machine, spec: FileSpec, dest: str, exists: bool,

@@ -243,7 +243,8 @@ def render_comparison(
     # Twice the larger index: grain sits mid-scale, texture saturates to the top colour.
     vmax = max(1.0, 2.0 * max(m.index or 0.0 for m in measures))
 
-    for name, x, img, zoom, m in (("before", col[0], b_img, zb, measures[0]), ("after", col[1], a_img, za, measures[1])):
+    for name, x, img, zoom, m in (("before", col[0], b_img, zb, measures[0]),
+                                  ("after", col[1], a_img, za, measures[1])):
         draw.text((x, y_label + 2), name, fill=TEXT, font=big)
         canvas.paste(_fit(img, panel_h), (x, y_image))
         regions[name] = Box(x, y_image, x + PANEL, y_image + panel_h)

@@ -150,7 +150,8 @@ class EvaluateImages(Handler):
         if isinstance(images, list):
             images = ", ".join(images)
         previous = params["previous"] or next(
-            (_field_path(f.value) for key in ("previous", "baseline") if (f := task.fields.get(key)) and f.value.strip()),
+            (_field_path(f.value) for key in ("previous", "baseline")
+             if (f := task.fields.get(key)) and f.value.strip()),
             "the best image of the last run")
         return Estimate((f"measures grain, detail and colour of {images} against {previous}; "
                          "face identity on the machine if it has insightface",))
@@ -220,7 +221,8 @@ class EvaluateImages(Handler):
                 return face.unavailable(missing).as_data()
             placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
             by_name = {ctx.display_path(Path(k)): v for k, v in placed.items()}
-            measure = face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"])
+            measure = face.measure_faces(provider, by_name, reference, insightface_root=root,
+                                         python=ctx.params["python"])
         except (TaskBlocked, MachineError, OSError) as error:  # the face measure is optional: no verdict, no failure
             return face.unavailable(f"the pod could not be reached for the face measure: {error}").as_data()
         return measure.as_data()
@@ -464,7 +466,8 @@ def _remember(ctx: Context, records: list[dict[str, Any]], best: dict[str, Any])
             "time": now(),
             "task": ctx.task.number,
             "images": [{"path": r["path"], "variant": r.get("variant")} for r in records],
-            "best": {"path": best["path"], "sha256": sha256(ctx.path(best["path"])), "grain_index": best["grain_index"]},
+            "best": {"path": best["path"], "sha256": sha256(ctx.path(best["path"])),
+                     "grain_index": best["grain_index"]},
         }
     )
     path = ctx.state_dir / HISTORY

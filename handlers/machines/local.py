@@ -49,7 +49,8 @@ class LocalMachine(Machine):
             done = children.run(["bash", "-c", command], cwd=self.root, env={**os.environ, **(env or {})},
                                 timeout=timeout)
         except subprocess.TimeoutExpired as expired:
-            raise CommandTimeout(command, expired.timeout, _result(-1, expired.stdout or b"", expired.stderr or b"")) from None
+            partial = _result(-1, expired.stdout or b"", expired.stderr or b"")
+            raise CommandTimeout(command, expired.timeout, partial) from None
         result = _result(done.returncode, done.stdout, done.stderr)
         if check and not result.ok:
             raise CommandFailed(command, result)

@@ -65,7 +65,8 @@ class PodShell(PodHandler):
                 done = ssh.run(command, check=False, timeout=ctx.params["timeout"], env=env)
             except CommandTimeout as error:
                 self._log(ctx, error.partial.stdout + error.partial.stderr)
-                raise TaskFailed(f"the script ran past its {ctx.params['timeout']} s timeout on pod {handle.id}") from None
+                raise TaskFailed(f"the script ran past its {ctx.params['timeout']} s timeout "
+                                 f"on pod {handle.id}") from None
             except MachineError as error:
                 raise TaskFailed(f"pod {handle.id}: {error}; run again to rerun the script") from None
             memory["tail"] = self._log(ctx, done.stdout + done.stderr)
@@ -100,4 +101,5 @@ class PodShell(PodHandler):
 
     @criterion(r"sans erreur|without (an )?error|exit code 0|succeeds|runs")
     def script_succeeded(self, ctx: Context, result: Result, text: str) -> Evidence:
-        return Evidence(result.data.get("exit_code") == 0, f"the script exited {result.data.get('exit_code')} on the pod")
+        code = result.data.get("exit_code")
+        return Evidence(code == 0, f"the script exited {code} on the pod")

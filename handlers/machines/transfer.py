@@ -72,7 +72,7 @@ _r_sha() {
   s0=$(_r_stat "$1") && h=$(_r_hash < "$1") || return 1
   h=${h%% *}; [ "$(_r_stat "$1")" = "$s0" ] && _r_store "$1" "$h" "$s0"; printf '%s\n' "$h"
 }
-"""
+"""  # noqa: E501 (a shell script's lines)
 
 
 def _remote(ssh: SshMachine, script: str, **values: str) -> str:

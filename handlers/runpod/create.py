@@ -114,7 +114,8 @@ class CreatePod(PodHandler):
         volume = params["volume"]
         if isinstance(volume, dict):
             if not volume.get("name") or not isinstance(volume.get("size_gb", 0), int) \
-                    or not 10 <= volume.get("size_gb", 50) <= 4096 or volume.get("type", "STANDARD") not in VOLUME_TYPES:
+                    or not 10 <= volume.get("size_gb", 50) <= 4096 \
+                    or volume.get("type", "STANDARD") not in VOLUME_TYPES:
                 problems.append(Problem(task.line, f"{task.label}: volume must be a name, or {{name, size_gb "
                                                    f"(10–4096), type ({'/'.join(VOLUME_TYPES)})}}"))
         return problems + self._catalog_problems(task, params)
@@ -159,8 +160,10 @@ class CreatePod(PodHandler):
         warning = self._switch_warning(ctx, handle)
         return Result(
             summary=(f"pod {handle.name} ({handle.id}) on {handle.gpu} at ${handle.cost_per_hr:.3f}/h; "
-                     f"ssh {handle.address} answered {waited:.0f} s after create" + (f"; WARNING: {warning}" if warning else "")),
-            data={"pod_id": handle.id, "name": handle.name, "gpu": handle.gpu, "gpu_type_id": ctx.memory.get("gpu_type_id"),
+                     f"ssh {handle.address} answered {waited:.0f} s after create"
+                     + (f"; WARNING: {warning}" if warning else "")),
+            data={"pod_id": handle.id, "name": handle.name, "gpu": handle.gpu,
+                  "gpu_type_id": ctx.memory.get("gpu_type_id"),
                   "cloud_type": ctx.memory.get("cloud_type"), "data_center": ctx.memory.get("data_center"),
                   "volume": ctx.memory.get("volume"), "cost_per_hr": handle.cost_per_hr, "ssh": handle.address,
                   "seconds_to_ssh": round(waited, 1), "stages": ctx.memory.get("stages", {}),
@@ -307,7 +310,8 @@ class CreatePod(PodHandler):
             ctx.log(f"using network volume {found.name} ({found.id}, {found.size_gb} GB in {found.data_center})")
         else:
             found = self._create_volume(ctx, api, offers, wanted)
-        memory["volume"] = {"id": found.id, "name": found.name, "data_center": found.data_center, "size_gb": found.size_gb}
+        memory["volume"] = {"id": found.id, "name": found.name, "data_center": found.data_center,
+                            "size_gb": found.size_gb}
         return found
 
     def _create_volume(self, ctx: Context, api: RunPodAPI, offers: list[Any], wanted: dict[str, Any]) -> NetworkVolume:
@@ -315,14 +319,16 @@ class CreatePod(PodHandler):
         kind = wanted.get("type", "STANDARD")
         offering = {dc.id for dc in self._call(api.data_centers) if kind in dc.volume_types}
         everywhere = placement.place(offers, gpu_types=p["gpu_types"], cloud_types=p["cloud_types"],
-                                     data_centers=p["data_centers"] or sorted({d for o in offers for d in o.data_centers}),
+                                     data_centers=p["data_centers"]
+                                     or sorted({d for o in offers for d in o.data_centers}),
                                      gpu_count=p["gpu_count"], min_cuda=p["min_cuda"] or None)
         where = next((c.data_center for c in everywhere.available if c.data_center in offering), None)
         if where is None:
             raise TaskFailed(f"no data centre offers {kind} volumes and has room for {', '.join(p['gpu_types'])} now; "
                              "name an existing volume or try later")
         ctx.memory["volume_create_sent"] = True
-        volume = self._call(lambda: api.create_network_volume(name=str(wanted["name"]), size_gb=int(wanted.get("size_gb", 50)),
+        volume = self._call(lambda: api.create_network_volume(name=str(wanted["name"]),
+                                                              size_gb=int(wanted.get("size_gb", 50)),
                                                               data_center=where, type=kind))
         ctx.log(f"created network volume {volume.name} ({volume.id}, {volume.size_gb} GB {kind} in {where}): "
                 "it bills monthly until you delete it")
