@@ -119,8 +119,8 @@ def next_lead(
         more = f" (and {len(lint) - 1} more lint finding(s))" if len(lint) > 1 else ""
         return f"fix what the workflow check found first: {lint[0]}{more}"
     keys = _varying(ranking)
-    against = ranking[0].get("against")
-    ratios = [r["ratio"] for r in ranking if r.get("ratio") is not None and r.get("against") == against]
+    ratios = [r["ratio"] for r in ranking
+              if r.get("ratio") is not None and r.get("against") == ranking[0].get("against")]
     if keys and len(ratios) > 1:
         spans = ", ".join(f"{k} {_span([(r.get('params') or {}).get(k) for r in ranking])}" for k in keys)
         if max(ratios) - min(ratios) <= FLAT_SPREAD:

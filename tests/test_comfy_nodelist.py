@@ -54,7 +54,8 @@ def test_example_values_and_their_lines():
     assert apply[("weight", "args")].value == 0.85
     # Parenthesised forms.
     assert [(i.name, i.value) for i in by_id["1"].items] == [(None, "bigLove_xl1.safetensors")]
-    assert [(i.name, i.value) for i in by_id["2"].items][:2] == [(None, "elena_v4_cloud.safetensors"), ("strength", 1.0)]
+    assert [(i.name, i.value) for i in by_id["2"].items][:2] == [(None, "elena_v4_cloud.safetensors"),
+                                                                 ("strength", 1.0)]
     assert [(i.name, i.value) for i in by_id["10"].items] == [(None, Size(832, 1216)), ("batch", 1)]
     assert [(i.name, i.value) for i in by_id["4"].items] == [("provider", "CUDA")]
     assert by_id["7"].items[0].value == PromptRef("positive") and by_id["8"].items[0].value == PromptRef("negative")

@@ -228,7 +228,8 @@ def models(tmp_path: Path, files_server: tuple[str, Path, list[str]]) -> dict[st
     face = write(disk / "elena_face_ref.jpg", os.urandom(50_000))
     ip = write(served / "ip-adapter.bin", os.urandom(1_200_000))
     write(served / "cn" / "instantid_controlnet.safetensors", os.urandom(900_000))
-    onnx = [write(served / "antelopev2" / n, os.urandom(100_000 + i)) for i, n in enumerate(("scrfd_10g_bnkps.onnx", "glintr100.onnx"))]
+    onnx = [write(served / "antelopev2" / n, os.urandom(100_000 + i))
+            for i, n in enumerate(("scrfd_10g_bnkps.onnx", "glintr100.onnx"))]
     return {
         "models": {
             "checkpoints": [{"path": str(checkpoint), "sha256": sha(checkpoint.read_bytes())}],
@@ -270,9 +271,11 @@ def test_setup_places_every_file_starts_comfyui_and_a_rerun_skips_everything(
         placed(pod, "models/loras", "elena_v4_cloud.safetensors"): Path(models["models"]["loras"][0]["path"]),
         placed(pod, "input", "elena_face_ref.jpg"): Path(models["face_reference"]),
         placed(pod, "models/instantid", "ip-adapter.bin"): served / "ip-adapter.bin",
-        placed(pod, "models/controlnet", "instantid_controlnet.safetensors"): served / "cn" / "instantid_controlnet.safetensors",
+        placed(pod, "models/controlnet", "instantid_controlnet.safetensors"):
+            served / "cn" / "instantid_controlnet.safetensors",
         placed(pod, "models/insightface/models/antelopev2", "glintr100.onnx"): served / "antelopev2" / "glintr100.onnx",
-        placed(pod, "models/insightface/models/antelopev2", "scrfd_10g_bnkps.onnx"): served / "antelopev2" / "scrfd_10g_bnkps.onnx",
+        placed(pod, "models/insightface/models/antelopev2", "scrfd_10g_bnkps.onnx"):
+            served / "antelopev2" / "scrfd_10g_bnkps.onnx",
     }
     for dest, src in sources.items():
         assert dest.read_bytes() == src.read_bytes(), dest
@@ -388,7 +391,8 @@ def test_torch_missing_or_too_old_fails_its_criterion_and_is_checked_again(
 
     old = fake_torch(tmp_path / "old", "2.3.1+cu121")
     found = verdicts(pod.run({**params, "python": str(old)}))
-    assert found["torch >= 2.4.0"].verified is False and found["torch >= 2.4.0"].detail.startswith("torch 2.3.1+cu121 < 2.4.0")
+    torch = found["torch >= 2.4.0"]
+    assert torch.verified is False and torch.detail.startswith("torch 2.3.1+cu121 < 2.4.0")
 
     # The upgrade command runs when torch is too old (here: it installs the stand-in 2.14.1).
     upgrade = f"printf '__version__ = \"2.14.1+cu124\"\\n' > {tmp_path / 'old' / 'site' / 'torch' / '__init__.py'}"

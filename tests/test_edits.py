@@ -326,7 +326,8 @@ class _PersonEditsAfterRead(type(Path())):  # type: ignore[misc]
 
 EXAMPLE_TEXT = EXAMPLE.read_text(encoding="utf-8")
 PERSON_EDITS = {
-    "line added above a task": (EXAMPLE_TEXT.replace("### 2. Setup", "Note ajoutée par une personne.\n\n### 2. Setup"), []),
+    "line added above a task": (
+        EXAMPLE_TEXT.replace("### 2. Setup", "Note ajoutée par une personne.\n\n### 2. Setup"), []),
     "criterion reworded": (
         EXAMPLE_TEXT.replace("- [ ] SSH accessible", "- [ ] SSH accessible avec la clé ed25519"),
         ["criterion 'SSH accessible' is no longer in the file"],

@@ -134,7 +134,8 @@ def grainy_prev() -> np.ndarray:
         (0.0, "less grain", 0.0, 0.15),
     ],
 )
-def test_pair_ratio_follows_grain_strength(grainy_prev: np.ndarray, strength: float, verdict: str, low: float, high: float) -> None:
+def test_pair_ratio_follows_grain_strength(grainy_prev: np.ndarray, strength: float, verdict: str, low: float,
+                                           high: float) -> None:
     new = q(portrait() + film_grain(np.random.default_rng(200), 1.0, 5.0 * strength))
     c = compare_grain(grainy_prev, new)
     assert c.same_content and c.correlation > 0.99

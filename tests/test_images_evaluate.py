@@ -75,7 +75,8 @@ class Generate(Handler):
     def run(self, ctx: Context) -> Result:
         images = []
         for v in ctx.params["variants"]:
-            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"), scene(grain=v["grain"], blur=v.get("blur", 0)))
+            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"),
+                        scene(grain=v["grain"], blur=v.get("blur", 0)))
             params = {**WORKFLOW, **v.get("params", {})}
             images.append(
                 {
@@ -142,7 +143,8 @@ class Project:
 
     def run(self) -> RunSummary:
         output = io.StringIO()
-        summary = Runner(self.file, ConsoleReporter(Console(file=output, width=200, color_system=None)), retry_wait=0).run()
+        reporter = ConsoleReporter(Console(file=output, width=200, color_system=None))
+        summary = Runner(self.file, reporter, retry_wait=0).run()
         self.output = output.getvalue()
         return summary
 
@@ -224,7 +226,8 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     either = crit(ends, "Image générée avec grain")  # merged with its "OU …" alternative
     assert either.verified is True
     assert "OU identification claire de la prochaine piste si échec: success: no lead needed" in either.detail
-    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
+    assert ("✔ verified: Image générée avec grain significativement réduit / OU identification"
+            in project.file.read_text("utf-8"))
     file = project.parsed()
     assert [c.checked for c in file.success_criteria] == [True, False, True]
 
@@ -250,7 +253,8 @@ def test_a_blurred_after_is_not_less_grain_and_the_doc_names_the_next_lead(proje
     either = crit(ends, "Image générée avec grain")
     assert either.verified is True, "no less grain, but the next lead is written: the alternative holds"
     assert "detail lost" in either.detail and "lead written" in either.detail
-    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
+    assert ("✔ verified: Image générée avec grain significativement réduit / OU identification"
+            in project.file.read_text("utf-8"))
 
 
 def test_a_sweep_is_ranked_and_the_best_variant_marked(project: Project) -> None:
@@ -315,7 +319,8 @@ def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
         placed = face.upload_images(provider, local, "faces")
         named = {Path(k).name: v for k, v in placed.items()}
         env = {"PYTHONPATH": str(pod / "site")}
-        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable, env=env)
+        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable,
+                                     env=env)
         assert measure.available, measure.reason
         data = measure.as_data()
         assert data["similarities"]["same.png"] == pytest.approx(1.0, abs=1e-3)

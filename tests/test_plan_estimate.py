@@ -131,7 +131,8 @@ def test_each_candidate_has_its_price_and_availability_and_the_worst_case_the_de
         "NVIDIA Imaginary 9000: not in RunPod's catalog; the create will not find it",
     )
     assert result.lines[0].startswith("creates a pod of 2 GPU(s): the first of 3 GPU type(s) × ALL with capacity")
-    assert result.lines[1] == "deletes itself after 3 h whatever happens (max_lifetime_s), or 10 min after ralph goes silent"
+    assert result.lines[1] == ("deletes itself after 3 h whatever happens (max_lifetime_s), "
+                               "or 10 min after ralph goes silent")
     rental = result.rental
     assert rental is not None and rental.per_hour is not None
     assert rental.per_hour.value == pytest.approx(1.38)  # the first candidate with capacity now

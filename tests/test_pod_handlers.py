@@ -125,7 +125,8 @@ def test_create_shell_terminate_run_and_tick_their_boxes(emu: RunPodEmulator, tm
     assert "with GPU NVIDIA RTX A5000" in text and re.search(r"`ssh root@127\.0\.0\.1:\d+ true` answered in", text)
     assert (pod.workspace / "ComfyUI" / "models" / "checkpoints").is_dir()  # pod.shell ran on the pod
     [create] = emu.calls("POST", "/v2/pods")
-    assert pod.name.startswith(reaper.owner_prefix(file)) and create.body["ports"] == ["22/tcp"]  # no public ComfyUI port
+    assert pod.name.startswith(reaper.owner_prefix(file))
+    assert create.body["ports"] == ["22/tcp"]  # no public ComfyUI port
     # The start command carries the switch and ralph's public key, never the account's key.
     script = base64.b64decode(re.search(r"echo (\S+) \| base64", create.body["args"]).group(1)).decode()
     assert "/v2/pods/$RUNPOD_POD_ID" in script and emu.api_key not in script
@@ -134,7 +135,8 @@ def test_create_shell_terminate_run_and_tick_their_boxes(emu: RunPodEmulator, tm
     assert not emu.calls("PUT", "/v2/account/ssh-keys"), "never replace the account's keys"
     assert "$" in text and "in all" in text  # the pod's cost, written into the file
     assert "machine" not in state(file)["resources"] or state(file)["resources"]["machine"].get("released")
-    assert emu.api_key not in text and emu.api_key not in (file.parent / ".ralph").joinpath(file.stem, "state.json").read_text()
+    assert emu.api_key not in text
+    assert emu.api_key not in (file.parent / ".ralph").joinpath(file.stem, "state.json").read_text()
     assert str(tmp_path) not in text, "paths written for people are relative"
 
 
@@ -327,7 +329,8 @@ def test_a_missing_key_is_refused_before_anything_is_written(emu: RunPodEmulator
         done = subprocess.run([sys.executable, "-m", "ralph", *command, file.name], cwd=file.parent,
                               env=dict(os.environ), capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stdout + done.stderr
-        assert re.search(rf"{TASK_FILE}:\d+: (error: )?task 1 \(runpod\.create\): set RUNPOD_API_KEY", done.stdout + done.stderr)
+        assert re.search(rf"{TASK_FILE}:\d+: (error: )?task 1 \(runpod\.create\): set RUNPOD_API_KEY",
+                         done.stdout + done.stderr)
     assert file.read_bytes() == before and not (file.parent / ".ralph").exists()
     assert emu.requests == []
 

@@ -103,7 +103,8 @@ def _nested(v: Variant) -> Variant:
 def _fences(v: Variant) -> Variant:
     """Checkboxes inside fenced code at top level and inside list items: not criteria."""
     decoys = ("Boîte dans le workflow", "Boîte dans un bloc tilde", "Boîte clôturée dans un item")
-    text = _lines_after(v.text, "Node 14: SaveImage (filename_prefix: quality_tests/elena_refiner)", [f"- [ ] {decoys[0]}"])
+    text = _lines_after(v.text, "Node 14: SaveImage (filename_prefix: quality_tests/elena_refiner)",
+                        [f"- [ ] {decoys[0]}"])
     text = _lines_after(
         text,
         "(RTX A5000 ou équivalent)",
