@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import threading
 import time
@@ -11,15 +10,16 @@ from typing import Any
 
 from ralph import children
 from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
+from ralph.handler import Estimate, Param, Problem, Result, TaskFailed
 from ralph.model import Task, TaskFile
 from ralph.secrets import redact
 
-_BACKTICKED = re.compile(r"`([^`]+)`")
+from .checks import LocalChecks
+
 _TAIL_LINES = 5
 
 
-class ShellHandler(Handler):
+class ShellHandler(LocalChecks):
     """Run the task's ```bash block locally (bash -e -o pipefail), in the task file's folder.
 
     Its output goes to .ralph/<file>/task-N.log.  Once the script has exited, a rerun does not
@@ -57,29 +57,11 @@ class ShellHandler(Handler):
             raise TaskFailed(f"the script exited {code}: {tail}")
         return Result(summary="the script exited 0", data={"exit_code": code})
 
-    @criterion(r"`[^`]+`.*\b(exist|cree|created|present|saved|sauvegard|ecrit|written|genere)")
-    def path_exists(self, ctx: Context, result: Result, text: str) -> Evidence:
-        path = ctx.path(_BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
-        shown = ctx.display_path(path)
-        if path.is_file():
-            return Evidence(True, f"{shown} exists ({path.stat().st_size} bytes)")
-        if path.is_dir():
-            return Evidence(True, f"{shown} exists (a folder)")
-        return Evidence(False, f"{shown} does not exist")
+    def command_environment(self, ctx: Context) -> dict[str, str]:
+        return _environment(ctx.params["env"])
 
-    @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
-    def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:
-        command = _BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
-        done = children.run(
-            ["bash", "-c", command], cwd=ctx.workdir, env=_environment(ctx.params["env"]), timeout=ctx.params["timeout"]
-        )
-        output = redact((done.stdout + done.stderr).decode("utf-8", "replace")).strip().splitlines()
-        last = f": {output[-1]}" if output else ""
-        return Evidence(done.returncode == 0, f"`{command}` exited {done.returncode}{last}")
-
-    @criterion(r"sans erreur|without (an )?error|exit code 0|succeeds|runs")
-    def script_succeeded(self, ctx: Context, result: Result, text: str) -> Evidence:
-        return Evidence(result.data.get("exit_code") == 0, f"the script exited {result.data.get('exit_code')}")
+    def command_timeout(self, ctx: Context) -> float:
+        return float(ctx.params["timeout"])
 
 
 def script_summary(task: Task) -> str:

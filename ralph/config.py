@@ -12,6 +12,7 @@ It lets files written with no ralph-specific lines run unchanged, by mapping tas
         handler: runpod.create
         params: {cloud_type: SECURE}
     max_cost_usd: 2.50        # a run stops (and its clean-up runs) before its machine costs more
+    default_handler: agent    # the handler of a task with no **Handler** line and no mapping
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .model import Task
 from .parser import normalise
 
 CONFIG_NAME = "ralph.yaml"
+KEYS = "handlers, params, tasks, max_cost_usd or default_handler"
 
 
 @dataclass
@@ -43,17 +45,19 @@ class Config:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # by normalised title or number
     max_cost_usd: float | None = None
+    default_handler: str | None = None
 
     def for_task(self, number: int, title: str) -> TaskConfig | None:
         return self.tasks.get(str(number)) or self.tasks.get(normalise(title))
 
 
 def handler_name(task: Task, config: Config) -> str | None:
-    """The task's own ``**Handler**`` line, else ralph.yaml's mapping of its title or number."""
+    """The task's own ``**Handler**`` line, else ralph.yaml's mapping of its title or number,
+    else its ``default_handler``."""
     if task.handler:
         return task.handler
     entry = config.for_task(task.number, task.title)
-    return entry.handler if entry else None
+    return (entry.handler if entry else None) or config.default_handler
 
 
 def load_config(task_file: Path) -> Config:
@@ -85,7 +89,7 @@ def _read_config(path: Path, root: Any, fail: Callable[..., RalphError]) -> Conf
     if root is None:
         return Config(path)
     if not isinstance(root, yaml.MappingNode):
-        raise fail("expected a mapping with keys handlers, params, tasks, max_cost_usd", root.start_mark.line + 1)
+        raise fail(f"expected a mapping with keys {KEYS}", root.start_mark.line + 1)
     config = Config(path)
     for key_node, value_node in root.value:
         key = key_node.value
@@ -117,8 +121,12 @@ def _read_config(path: Path, root: Any, fail: Callable[..., RalphError]) -> Conf
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise fail(f"max_cost_usd: expected a positive number of US dollars, not {value!r}", line)
             config.max_cost_usd = float(value)
+        elif key == "default_handler":
+            if not isinstance(value, str) or not value.strip():
+                raise fail(f"default_handler: expected a handler's name, not {value!r}", line)
+            config.default_handler = value.strip()
         else:
-            raise fail(f"unknown key {key!r}; expected handlers, params, tasks or max_cost_usd", line)
+            raise fail(f"unknown key {key!r}; expected {KEYS}", line)
     return config
 
 

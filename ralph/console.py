@@ -39,7 +39,9 @@ class _Bar:
         self._id = task_id
 
     def update(self, completed: float, total: float | None = None, description: str | None = None) -> None:
-        self._progress.update(self._id, completed=completed, total=total, description=description)
+        # Like the bar's first description: a line of a program's output may hold "[/x]" or a key.
+        shown = None if description is None else escape(redact(description))
+        self._progress.update(self._id, completed=completed, total=total, description=shown)
 
 
 class _QuietBar:

@@ -40,6 +40,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .secrets import redact
+
 if TYPE_CHECKING:
     from .context import Context, EstimateContext, RunInfo
     from .model import Task, TaskFile
@@ -213,3 +215,14 @@ class Handler:
                 if pattern is not None and pattern.search(folded):
                     return attribute.__get__(self, type(self))  # type: ignore[no-any-return]
         return None
+
+    def judge(self, ctx: Context, result: Result, criterion_text: str) -> Evidence:
+        """The evidence this handler's checks find for one criterion (a check that cannot run,
+        or no check at all, leaves it for a person to review)."""
+        check = self.check_for(criterion_text)
+        if check is None:
+            return Evidence(None, "needs a person's review: no check covers this criterion")
+        try:
+            return check(ctx, result, criterion_text)
+        except Exception as error:  # a failing check cannot verify anything
+            return Evidence(None, redact(f"check could not run: {type(error).__name__}: {error}"))

@@ -355,7 +355,7 @@ class Runner:
     def _verify(self, handler: Handler, ctx: Context, result: Result, task: Task, ticked: list[str]) -> list[Verdict]:
         """Evidence for each criterion; a box a person ticked (not ralph) counts as reviewed."""
         return [
-            Verdict(c.text, None if c.checked and c.text not in ticked else _evidence(handler, ctx, result, c.text))
+            Verdict(c.text, None if c.checked and c.text not in ticked else handler.judge(ctx, result, c.text))
             for c in task.criteria
         ]
 
@@ -416,7 +416,7 @@ class Runner:
                 if step.handler.check_for(text):
                     record = state.task(step.task.number).get("result", {})
                     ctx = self._context(plan, step, state, events)
-                    return _evidence(step.handler, ctx, Result(**record), text)
+                    return step.handler.judge(ctx, Result(**record), text)
             return Evidence(None, "no task that ran has a check for this")
 
         verdicts = [Verdict(c.text, None if c.checked else judge(c.text)) for c in file.success_criteria]
@@ -474,16 +474,6 @@ class Runner:
     def _status_of(self, file: TaskFile, number: int) -> str:
         task = file.task(number)
         return task.status if task else "PENDING"
-
-
-def _evidence(handler: Handler, ctx: Context, result: Result, text: str) -> Evidence:
-    check = handler.check_for(text)
-    if check is None:
-        return Evidence(None, "needs a person's review: no check covers this criterion")
-    try:
-        return check(ctx, result, text)
-    except Exception as error:  # a failing check cannot verify anything
-        return Evidence(None, redact(f"check could not run: {type(error).__name__}: {error}"))
 
 
 def _status_from(verdicts: list[Verdict]) -> str:
