@@ -104,7 +104,8 @@ class AgentHandler(LocalChecks):
             round_notes = notes[memory["round_start"]:]
             if round_notes and _finished(round_notes[-1]):
                 memory["round_over"] = True
-                return _result(round_notes, f"the agent's work passed ralph's checks after {len(round_notes)} iteration(s)")
+                return _result(round_notes,
+                               f"the agent's work passed ralph's checks after {len(round_notes)} iteration(s)")
             reason = _stop_reason(round_notes, params)
             if reason:
                 memory["round_over"] = True
