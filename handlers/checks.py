@@ -32,26 +32,33 @@ class LocalChecks(Handler):
 
     @criterion(r"`[^`]+`.*\b(exist|cree|created|present|saved|sauvegard|ecrit|written|genere)")
     def path_exists(self, ctx: Context, result: Result, text: str) -> Evidence:
-        path = ctx.path(BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
-        shown = ctx.display_path(path)
-        if path.is_file():
-            return Evidence(True, f"{shown} exists ({path.stat().st_size} bytes)")
-        if path.is_dir():
-            return Evidence(True, f"{shown} exists (a folder)")
-        return Evidence(False, f"{shown} does not exist")
+        return path_evidence(ctx, BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
 
     @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
     def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:
         command = BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
-        done = children.run(
-            ["bash", "-c", command], cwd=ctx.workdir, env=self.command_environment(ctx),
-            timeout=self.command_timeout(ctx),
-        )
-        output = redact((done.stdout + done.stderr).decode("utf-8", "replace")).strip().splitlines()
-        last = f": {output[-1]}" if output else ""
-        return Evidence(done.returncode == 0, f"`{command}` exited {done.returncode}{last}")
+        code, output = run_here(ctx, command, self.command_environment(ctx), self.command_timeout(ctx))
+        last = redact(output).strip().splitlines()
+        return Evidence(code == 0, f"`{command}` exited {code}" + (f": {last[-1]}" if last else ""))
 
     @criterion(r"sans erreur|without (an )?error|exit code 0|succeeds|runs")
     def ran_without_error(self, ctx: Context, result: Result, text: str) -> Evidence:
         code = result.data.get("exit_code")
         return Evidence(code == 0, f"{self.worker} exited {code}")
+
+
+def path_evidence(ctx: Context, path: str) -> Evidence:
+    """Whether ``path`` (relative to the task file's folder) exists here, as people read it."""
+    found = ctx.path(path)
+    shown = ctx.display_path(found)
+    if found.is_file():
+        return Evidence(True, f"{shown} exists ({found.stat().st_size} bytes)")
+    if found.is_dir():
+        return Evidence(True, f"{shown} exists (a folder)")
+    return Evidence(False, f"{shown} does not exist")
+
+
+def run_here(ctx: Context, command: str, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """``command`` under bash in the task file's folder, its process group killed past ``timeout``."""
+    done = children.run(["bash", "-c", command], cwd=ctx.workdir, env=env, timeout=timeout)
+    return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")

@@ -101,13 +101,12 @@ def kill(process: subprocess.Popen[Any]) -> None:
 def running(argv: list[str], **options: Any) -> Iterator[subprocess.Popen[bytes]]:
     """``start``, and on leaving by an exception (a timeout, Ctrl-C) kill the whole group."""
     process = start(argv, **options)
-    try:
-        with process:
+    with process:  # its exit waits for the process: the group must be killed before it
+        try:
             yield process
-    except BaseException:
-        kill(process)
-        process.wait()
-        raise
+        except BaseException:
+            kill(process)
+            raise
 
 
 def run(argv: list[str], *, timeout: float | None = None, stdin: int | IO[Any] | None = subprocess.DEVNULL,

@@ -1,7 +1,8 @@
 """``ralph``: the command line, a thin layer over the engine.
 
-Exit status: 0 every task done, 1 a task failed or was blocked, 2 bad input or usage,
-3 some criteria are left for a person to review, 130 interrupted.
+Exit status (ralph/exits.py; over several files the most telling one): 130 interrupted,
+2 bad input or usage, 1 a task failed or was blocked, 3 some criteria are left for a person
+to review, 0 every task done.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, exits
 from .errors import RalphError
 
 if TYPE_CHECKING:
     from .plan import Plan, Step
 
-EXIT_USAGE = 2
+EXIT_USAGE = exits.USAGE
 
 
 class Declined(Exception):
@@ -68,16 +69,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--yes", action="store_true", help="do not ask before renting a machine")
     run.add_argument("--max-cost-usd", type=_positive_usd, metavar="USD",
                      help="stop the run before it costs more (overrides ralph.yaml's max_cost_usd)")
+    run.add_argument("--json", action="store_true",
+                     help="print the outcomes as JSON on stdout (what a person reads goes to stderr)")
+    loudness = run.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="only warnings, the summary and what is open for review")
+    loudness.add_argument("-v", "--verbose", action="store_true", help="also each criterion's evidence as each task ends")
     run.set_defaults(command=_run)
 
-    status = commands.add_parser("status", help="show the tasks of a file and where they stand")
-    status.add_argument("file", type=Path, metavar="FILE")
+    status = commands.add_parser("status", help="show the tasks of a file (or of every task file in a folder)")
+    status.add_argument("file", type=Path, metavar="FILE|DIR")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(command=_status)
 
     check = commands.add_parser("check", help="validate files, handlers and parameters without running")
     check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(command=_check)
+
+    accept = commands.add_parser("accept", help="accept a task left for review: tick its open boxes, mark it DONE")
+    accept.add_argument("file", type=Path, metavar="FILE")
+    accept.add_argument("task", type=int, metavar="N")
+    accept.set_defaults(command=_accept)
 
     new = commands.add_parser("new", help="create the next RALPH-00N-slug.md from a template")
     new.add_argument("title")
@@ -90,25 +102,43 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from . import machine_readable
     from .console import ConsoleReporter
     from .runner import Runner
 
     if args.dry_run:
-        return max(_dry_run(path, args) for path in args.files)
-    reporter = ConsoleReporter()
-    worst = 0
+        return exits.worst(*(_dry_run(path, args) for path in args.files))
+    loudness = "quiet" if args.quiet else "verbose" if args.verbose else "normal"
+    reporter = ConsoleReporter(Console(highlight=False, stderr=args.json), loudness=loudness)
+    codes, runs = [], []
     for path in args.files:
         runner = Runner(path, reporter, only=args.only, start_from=args.start_from, max_cost_usd=args.max_cost_usd,
                         before_start=_show_plan(args))
         try:
-            code = runner.run().exit_code
+            summary = runner.run()
+            codes.append(summary.exit_code)
+            runs.append(machine_readable.run(summary))
         except Declined:
             print("ralph: not confirmed: nothing was run or written", file=sys.stderr)
-            return 1
-        worst = code if code in (130, 1) else max(worst, code)
-        if code == 130:
+            return exits.FAILED
+        except RalphError as error:  # this file's input is bad: the others still run
+            if len(args.files) == 1 and not args.json:
+                raise
+            print(f"ralph: {error}", file=sys.stderr)
+            codes.append(error.exit_code)
+            runs.append({"file": str(path), "exit_code": error.exit_code, "error": str(error)})
+        if codes[-1] == exits.INTERRUPTED:
             break
-    return worst
+    if args.json:
+        _print_json({"exit_code": exits.worst(*codes), "runs": runs})
+    return exits.worst(*codes)
+
+
+def _print_json(data: object) -> None:
+    json.dump(data, sys.stdout, ensure_ascii=False, indent=2)
+    print()
 
 
 def _positive_usd(text: str) -> float:
@@ -128,10 +158,10 @@ def _show_plan(args: argparse.Namespace) -> Callable[[Plan, list[Step]], None]:
     def show(plan: Plan, steps: list[Step]) -> None:
         from .preview import preview
 
-        if not steps:
+        if not steps or args.quiet:
             return
         shown = preview(plan, steps, max_cost_usd=args.max_cost_usd)
-        print("\n".join(shown.lines()), flush=True)
+        print("\n".join(shown.lines()), file=sys.stderr if args.json else sys.stdout, flush=True)
         if shown.rents and not args.yes and sys.stdin.isatty() and sys.stdout.isatty():
             try:
                 answer = input("Proceed? [y/N] ")
@@ -164,12 +194,15 @@ def _status(args: argparse.Namespace) -> int:
     from .config import handler_name, load_config
     from .parser import parse_file
 
+    if args.file.is_dir():
+        return _status_of_folder(args.file, args.json)
     file, _ = parse_file(args.file)
     config = load_config(args.file)
     names = {t.number: handler_name(t, config) for t in file.tasks}
     if args.json:
-        json.dump(file.as_json(names), sys.stdout, ensure_ascii=False, indent=2)
-        print()
+        from . import machine_readable
+
+        _print_json(machine_readable.status(file, names))
         return 0
     from rich.console import Console
     from rich.markup import escape
@@ -192,26 +225,87 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status_of_folder(folder: Path, as_json: bool) -> int:
+    """One line per task file below ``folder``: how many tasks stand where, what they cost."""
+    from . import machine_readable
+    from .config import handler_name, load_config
+    from .parser import parse_file
+
+    reports = []
+    for path in sorted(p for p in folder.rglob("RALPH-*.md") if ".ralph" not in p.relative_to(folder).parts):
+        try:
+            file, _ = parse_file(path)
+        except RalphError as error:
+            reports.append({"file": str(path), "error": str(error)})
+            continue
+        config = load_config(path)
+        reports.append(machine_readable.status(file, {t.number: handler_name(t, config) for t in file.tasks}))
+    if as_json:
+        _print_json({"folder": str(folder), "files": reports})
+        return 0
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(str(folder)), title_justify="left")
+    for column in ("file", "tasks", "where they stand", "review", "cost", "run"):
+        table.add_column(column)
+    for report in reports:
+        if "error" in report:
+            table.add_row(escape(report["file"]), "", f"[red]{escape(report['error'])}[/]", "", "", "")
+            continue
+        counts: dict[str, int] = {}
+        for task in report["tasks"]:
+            counts[task["status"]] = counts.get(task["status"], 0) + 1
+        standing = ", ".join(f"{n} {status}" for status, n in counts.items())
+        holder = report["lock_holder"]
+        running = f"running (pid {holder.get('pid', '?')})" if report["locked"] else ""
+        table.add_row(escape(report["file"]), str(len(report["tasks"])), standing, str(len(report["review"])) if report["review"] else "",
+                      f"${report['cost_usd']:.4f}" if report["cost_usd"] else "", running)
+    Console(highlight=False).print(table)
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
+    from . import machine_readable
+    from .handler import Problem
     from .plan import make_plan, missing_env
 
     failed = False
     unset = False  # a variable a handler needs is not set: exit 2, as run and --dry-run do
+    reports = []
     for path in args.files:
         try:
             plan = make_plan(path)
         except RalphError as error:
-            print(error if error.path else f"{path}:{error.line or 1}: {error.message}")
+            if not args.json:
+                print(error if error.path else f"{path}:{error.line or 1}: {error.message}")
+            reports.append(machine_readable.problems(path, [Problem(error.line or 1, error.message)], None))
             failed = True
             continue
         missing = missing_env(plan.steps)
         unset = unset or bool(missing)
-        for problem in sorted(plan.problems + missing, key=lambda p: p.line):
+        found = sorted(plan.problems + missing, key=lambda p: p.line)
+        reports.append(machine_readable.problems(path, found, len(plan.file.tasks)))
+        failed = failed or any(p.severity == "error" for p in found)
+        if args.json:
+            continue
+        for problem in found:
             print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
-            failed = failed or problem.severity == "error"
-        if not plan.problems and not missing:
+        if not found:
             print(f"{path}: ok ({len(plan.file.tasks)} tasks)")
-    return EXIT_USAGE if failed or unset else 0
+    code = EXIT_USAGE if failed or unset else 0
+    if args.json:
+        _print_json({"exit_code": code, "files": reports})
+    return code
+
+
+def _accept(args: argparse.Namespace) -> int:
+    from .review import accept
+
+    task = accept(args.file, args.task)
+    print(f"{args.file}: task {task.number} {task.title}: DONE (accepted)")
+    return 0
 
 
 def _new(args: argparse.Namespace) -> int:

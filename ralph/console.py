@@ -50,9 +50,11 @@ class _QuietBar:
 
 
 class ConsoleReporter:
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, *, loudness: str = "normal") -> None:
         self.console = console or Console(highlight=False)
-        self.live_mode = self.console.is_terminal
+        # quiet: warnings, the summary and what is open for review; verbose: also each criterion's evidence.
+        self.loudness = loudness
+        self.live_mode = self.console.is_terminal and loudness != "quiet"
         self.rows: dict[int, list[str]] = {}
         self.bars = Progress(
             SpinnerColumn(),
@@ -83,8 +85,9 @@ class ConsoleReporter:
     # -- the runner's calls --------------------------------------------------------------
 
     def start(self, plan: Plan, steps: list[Step], stale: list[int]) -> None:
-        self._print(f"{plan.file.title} — {plan.file.path}", "bold")
-        if not steps:
+        if self.loudness != "quiet":
+            self._print(f"{plan.file.title} — {plan.file.path}", "bold")
+        if not steps and self.loudness != "quiet":
             self._print("nothing to do: every task is finished")
         for number in stale:
             self._print(f"task {number} changed since it was done; `ralph run --only {number}` redoes it", "yellow")
@@ -95,26 +98,32 @@ class ConsoleReporter:
 
     def task_started(self, task: Task, handler: str, resumed: bool) -> None:
         self.rows[task.number][1] = "IN_PROGRESS"
-        if not self.live_mode:
+        if not self.live_mode and self.loudness != "quiet":
             self._print(f"▶ task {task.number} {task.title} ({handler}{', resumed' if resumed else ''})")
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
         if task.number in self.rows:
             self.rows[task.number][1] = outcome.status
-        if not self.live_mode:
+        if not self.live_mode and self.loudness != "quiet":
             detail = f" — {outcome.error}" if outcome.error else ""
             self._print(f"  task {task.number} {outcome.status} ({outcome.seconds:.1f} s){detail}")
+        if self.loudness == "verbose":
+            for verdict in outcome.verdicts:
+                evidence = verdict.evidence
+                mark = "✔" if evidence is None or evidence.verified else "✘" if evidence.verified is False else "👁"
+                self._print(f"    {mark} {verdict.criterion}: {evidence.detail if evidence else 'ticked by a person'}")
 
     def tasks_skipped(self, tasks: list[Task], outcomes: list[Outcome]) -> None:
         """One line for them all: after Ctrl-C, a long file stops at once."""
         for task in tasks:
             if task.number in self.rows:
                 self.rows[task.number][1] = "SKIPPED"
-        if not self.live_mode:
+        if not self.live_mode and self.loudness != "quiet":
             self._print(f"  {_numbers([t.number for t in tasks])} SKIPPED — {outcomes[0].error}")
 
     def log(self, task: Task, message: str) -> None:
-        self._print(f"  task {task.number}: {message}", "dim")
+        if self.loudness != "quiet":
+            self._print(f"  task {task.number}: {message}", "dim")
 
     def warn(self, message: str) -> None:
         self._print(f"warning: {message}", "yellow")
@@ -122,9 +131,11 @@ class ConsoleReporter:
     @contextmanager
     def progress(self, description: str, total: float | None) -> Iterator[_Bar | _QuietBar]:
         if not self.live_mode:
-            self._print(f"  {description}…")
+            if self.loudness != "quiet":
+                self._print(f"  {description}…")
             yield _QuietBar()
-            self._print(f"  {description}: done")
+            if self.loudness != "quiet":
+                self._print(f"  {description}: done")
             return
         task_id = self.bars.add_task(escape(redact(description)), total=total)
         try:
@@ -136,8 +147,11 @@ class ConsoleReporter:
         if self.live is not None:
             self.live.stop()
             self.live = None
-        if not summary.outcomes:
-            return
+        if summary.outcomes:
+            self._summary_table(summary)
+        self._open_for_review(summary)
+
+    def _summary_table(self, summary: RunSummary) -> None:
         table = Table(title="ralph run", title_justify="left")
         for column in ("#", "task", "status", "time", "cost", "note"):
             table.add_column(column, overflow="fold")
@@ -175,6 +189,24 @@ class ConsoleReporter:
             self._print(f"cost: ${summary.cost_usd:.4f}")
         for message in summary.unwritten:
             self._print(f"not written: {message}", "yellow")
+
+    def _open_for_review(self, summary: RunSummary) -> None:
+        """Each box a person has yet to check, with the evidence ralph has, and how to close it."""
+        if not summary.review:
+            return
+        name = summary.file.path
+        self._print(f"open for review ({len(summary.review)}): check each, then tick its box in {name}", "yellow")
+        for item in summary.review:
+            where = f"task {item.task}" if item.task is not None else "success criterion"
+            self._print(f"👁 {where}, line {item.line}: {item.criterion}")
+            if item.evidence:
+                self._print(f"    evidence: {item.evidence}", "dim")
+            if item.files:
+                self._print("    files: " + ", ".join(item.files), "dim")
+        tasks = sorted({i.task for i in summary.review if i.task is not None})
+        if tasks:
+            self._print(f"a task whose boxes are all ticked is DONE on the next `ralph run {name}`; "
+                        f"or accept it now: `ralph accept {name} {tasks[0]}`")
 
 
 def _skipped_together(outcomes: list[Outcome]) -> Iterator[list[Outcome]]:

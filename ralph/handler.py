@@ -23,6 +23,10 @@ text to read paths or numbers from) and returns evidence; a criterion
 that no check matches is left for a person to review.  A handler with ``cleanup = True``
 runs even after an earlier task failed or the run was interrupted.
 
+``ctx.memory`` is the handler's own persistent memory.  A task stopped mid-run (Ctrl-C, a
+crash) resumes with all of it; a task redone from scratch (failed, edited, ``--only``) keeps
+only the keys in ``remembers``: remote work worth finding again, never a finished local result.
+
 ``needs_env`` names the environment variables a handler cannot work without (a provider's
 API key): a run, a dry run and ``ralph check`` refuse a file whose tasks need one that is not
 set, before anything is written.  ``estimate`` tells, before anything runs, what the task will
@@ -181,6 +185,9 @@ class Handler:
     attempts: ClassVar[int] = 3  # tries when run raises TransientError
     # Environment variables the handler needs → what each is and where to get it.
     needs_env: ClassVar[Mapping[str, str]] = {}
+    # Memory keys that name remote work still worth finding when the task is redone (a pod's
+    # id and name): the rest of what the handler saved is forgotten, so the work runs again.
+    remembers: ClassVar[frozenset[str]] = frozenset()
 
     def run(self, ctx: Context) -> Result | None:
         raise NotImplementedError
@@ -199,6 +206,10 @@ class Handler:
     def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate | None:
         """What the task will do and consume, from its parameters (None: nothing worth telling)."""
         return None
+
+    def kept_on_redo(self, memory: Mapping[str, Any]) -> dict[str, Any]:
+        """What survives of the memory when the task runs again from scratch (``remembers``)."""
+        return {key: value for key, value in memory.items() if key in self.remembers}
 
     @classmethod
     def help(cls) -> str:

@@ -2,8 +2,10 @@
 
 PENDING → IN_PROGRESS → DONE | NEEDS_REVIEW | FAILED | BLOCKED.  Finished tasks are skipped
 on a rerun; a task left IN_PROGRESS by a crash is resumed through its handler, which finds
-what it saved in its memory.  After a failure or Ctrl-C the remaining tasks are skipped
-but clean-up tasks (terminating a pod) still run.
+what it saved in its memory.  Any other task that runs (failed, reset to PENDING, edited,
+or named by ``--only``) runs from scratch, keeping only the memory its handler ``remembers``.
+After a failure or Ctrl-C the remaining tasks are skipped but clean-up tasks (terminating a
+pod) still run.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from .budget import CostWatch
 from .context import Context, RunInfo
 from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
 from .errors import EnvironmentFailure, ParseError, RalphError
+from .exits import FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, OK as EXIT_OK, REVIEW as EXIT_REVIEW, worst
 from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
 from .parser import normalise
 from .plan import Plan, Step, make_plan, missing_env
+from .review import ReviewItem, accept_record, open_for_review
 from .secrets import redact
 from .state import EventLog, RunLock, RunState, now, state_dir_for, unwritable
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REVIEW, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 ALTERNATIVE = ("ou ", "or ")  # an exit condition starting so is an alternative to the one above
 
 
@@ -66,6 +69,7 @@ class RunSummary:
     final: list[Verdict] = field(default_factory=list)  # success criteria and exit conditions
     stale: list[int] = field(default_factory=list)
     unwritten: list[str] = field(default_factory=list)
+    review: list[ReviewItem] = field(default_factory=list)  # what is open for a person's review
 
     @property
     def cost_usd(self) -> float:
@@ -227,7 +231,7 @@ class Runner:
         stale = self._stale(plan, state, steps)
         events.write("run_started", file=str(self.path), tasks=[s.task.number for s in steps])
         self.reporter.start(plan, steps, stale)
-        outcomes: list[Outcome] = []
+        outcomes: list[Outcome] = self._accept_reviewed(plan, state, steps, events)
         stop_reason = ""
         interrupted = False
         skipped: list[Step] = []  # marked together, in one write, before the next clean-up task
@@ -266,9 +270,25 @@ class Runner:
         if self.cost_stop and stop_reason == self.cost_stop and not interrupted:
             code = EXIT_FAILED  # its limit stopped the work: it was not done
         events.write("run_finished", exit_code=code)
-        summary = RunSummary(file, outcomes, code, final, stale, self.unwritten)
+        summary = RunSummary(file, outcomes, code, final, stale, self.unwritten, open_for_review(file, state))
         self.reporter.finish(summary)
         return summary
+
+    def _accept_reviewed(self, plan: Plan, state: RunState, steps: list[Step], events: EventLog) -> list[Outcome]:
+        """NEEDS_REVIEW tasks whose every box is now ticked (a person checked what ralph could not)
+        become DONE without running again."""
+        running = {s.task.number for s in steps}
+        reviewed = [t for t in plan.file.tasks
+                    if t.status == "NEEDS_REVIEW" and t.number not in running and all(c.checked for c in t.criteria)]
+        outcomes = []
+        for task in reviewed:
+            accept_record(state.task(task.number), task)
+            outcomes.append(Outcome(task.number, task.title, "DONE", summary="reviewed: every box is ticked"))
+        if reviewed:
+            state.save()
+            self._write([SetStatus(t.number, "DONE") for t in reviewed])
+            events.write("tasks_reviewed", tasks=[t.number for t in reviewed])
+        return outcomes
 
     def _stopped_for_cost(self, events: EventLog) -> str:
         events.write("cost_limit", reason=self.cost_stop)
@@ -281,8 +301,11 @@ class Runner:
         task, handler = step.task, step.handler
         assert handler is not None
         record = state.task(task.number)
-        resumed = task.status == "IN_PROGRESS" and bool(record.get("memory"))
-        record.update(status="IN_PROGRESS", started=now(), attempts=record.get("attempts", 0) + 1)
+        resumed = self._resumes(task, record)
+        if not resumed:  # from scratch: only what names remote work to find again survives
+            record["memory"] = handler.kept_on_redo(record.get("memory", {}))
+        record.update(status="IN_PROGRESS", started=now(), attempts=record.get("attempts", 0) + 1,
+                      fingerprint=task.fingerprint)
         state.save(task.number)
         self._write([SetStatus(task.number, "IN_PROGRESS")])
         events.write("task_started", task=task.number, handler=handler.name, resumed=resumed)
@@ -326,6 +349,7 @@ class Runner:
         edits += [SetCheck(task.number, text, False) for text in unverified if text in record.get("ticked", [])]
         if outcome.verdicts:
             record["ticked"] = verified
+        record["review"] = {v.criterion: v.evidence.detail for v in outcome.verdicts if v.evidence and v.evidence.verified is None}
         state.save(task.number)
         edits.append(SetResults(task.number, tuple(_results_lines(outcome))))
         self._write(edits)
@@ -333,6 +357,14 @@ class Runner:
                      error=outcome.error)
         self.reporter.task_finished(task, outcome)
         return outcome
+
+    def _resumes(self, task: Task, record: dict[str, Any]) -> bool:
+        """Whether the task goes on from what its handler saved: it was stopped mid-run (Ctrl-C, a
+        crash) and its text is what ran.  Anything else (a failed, edited, reset task, or ``--only``)
+        runs again from scratch."""
+        ran = record.get("fingerprint")
+        return (task.status == "IN_PROGRESS" and bool(record.get("memory")) and self.only is None
+                and ran in (None, task.fingerprint))
 
     def _run_handler(self, handler: Handler, ctx: Context, events: EventLog) -> Result | None:
         def before_sleep(retry_state: Any) -> None:
@@ -422,6 +454,8 @@ class Runner:
         verdicts = [Verdict(c.text, None if c.checked else judge(c.text)) for c in file.success_criteria]
         exits = list(_exit_groups([Verdict(e.text, judge(e.text)) for e in file.exit_conditions]))
         edits: list[Edit] = [SetCheck(None, v.criterion, True) for v in verdicts if v.evidence and v.evidence.verified]
+        state.data["review"] = {v.criterion: v.evidence.detail for v in verdicts if v.evidence and v.evidence.verified is None}
+        state.save()
         lines = ["**Run summary** (ralph, " + now() + ")", ""]
         lines += [_verdict_line(v) for v in verdicts]
         if exits:
@@ -486,14 +520,9 @@ def _status_from(verdicts: list[Verdict]) -> str:
 
 
 def _exit_code(file: TaskFile, *, interrupted: bool) -> int:
-    statuses = {t.status for t in file.tasks}
-    if interrupted:
-        return EXIT_INTERRUPTED
-    if statuses & {"FAILED", "BLOCKED"}:
-        return EXIT_FAILED
-    if "NEEDS_REVIEW" in statuses:
-        return EXIT_REVIEW
-    return EXIT_OK
+    by_status = {"FAILED": EXIT_FAILED, "BLOCKED": EXIT_FAILED, "NEEDS_REVIEW": EXIT_REVIEW}
+    codes = [by_status.get(t.status, EXIT_OK) for t in file.tasks]
+    return worst(*codes, EXIT_INTERRUPTED if interrupted else EXIT_OK)
 
 
 def _result_record(result: Result) -> dict[str, Any]:
@@ -535,7 +564,11 @@ def _results_lines(outcome: Outcome) -> list[str]:
     if outcome.summary:
         lines.append(f"- {outcome.summary}")
     if outcome.error:
-        lines.append(f"- Error: {outcome.error}")
+        # A handler's own lines (a script's last output) stay lines, quoted so that no fence or
+        # marker in them can reach the file's structure.
+        first, *more = outcome.error.splitlines() or [""]
+        lines.append(f"- Error: {first}")
+        lines += [f"  > {line}".rstrip() for line in more]
     if outcome.files:
         lines.append("- Files: " + ", ".join(f"[{Path(f).name}]({quote(f)})" for f in outcome.files))
     lines += [_verdict_line(v) for v in outcome.verdicts]

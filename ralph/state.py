@@ -290,6 +290,26 @@ class RunLock:
         self._fd = self._file_fd = None
 
 
+def lock_holder(directory: Path) -> dict[str, Any] | None:
+    """Who runs the file now (pid, host, since, argv), read without taking the lock; None when no
+    run holds it."""
+    try:
+        fd = os.open(directory / "lock", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        try:
+            info = json.loads(os.read(fd, 4096).decode("utf-8", "replace"))
+        except ValueError:
+            info = None
+        return info if isinstance(info, dict) else {}
+    finally:
+        os.close(fd)
+
+
 def _describe(holder: str) -> str:
     try:
         info = json.loads(holder)

@@ -102,6 +102,7 @@ def test_state_json_made_from_kept_records_is_the_whole_state_with_secrets_maske
     """Each save encodes only the task that changed; the file must still be all of it, exactly."""
     import json
 
+    from ralph import secrets
     from ralph.state import RunState
 
     state = RunState(tmp_path)
@@ -113,6 +114,7 @@ def test_state_json_made_from_kept_records_is_the_whole_state_with_secrets_maske
     state.save(10)
     assert (tmp_path / "state.json").read_text() == json.dumps(state.data, ensure_ascii=False, sort_keys=True)
     monkeypatch.setenv("RALPH_TEST_TOKEN", "s3cr3t-value")
+    secrets.refresh()  # as a run does when it starts: the secrets are read once per run
     state.task(2)["memory"] = {"said": "the key is s3cr3t-value"}
     state.save(2)
     saved = json.loads((tmp_path / "state.json").read_text())

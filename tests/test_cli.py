@@ -91,7 +91,7 @@ def test_handlers_lists_the_built_ins_with_their_help() -> None:
     assert result.returncode == 0
     assert re.search(r"^shell$", result.stdout, re.M)
     assert re.search(r"^manual$", result.stdout, re.M)
-    assert "- timeout (default 3600): seconds before the script is stopped" in result.stdout
+    assert "- timeout (default 3600): seconds before the script and everything it started are killed" in result.stdout
 
 
 def test_status_shows_a_table_without_touching_the_file(tmp_path: Path) -> None:

@@ -227,6 +227,25 @@ def test_sigkill_while_waiting_for_ssh_then_rerun_reuses_the_same_pod(emu: RunPo
     assert emu.live_pods() == [] and statuses(file) == {1: "DONE", 2: "DONE", 5: "DONE"}
 
 
+def test_a_create_redone_with_only_finds_its_pod_instead_of_making_a_second(emu: RunPodEmulator, tmp_path: Path) -> None:
+    emu.seconds_per_phase = math.inf  # the pod stays PROVISIONING: ralph is polling when killed
+    file = pod_project(tmp_path / "project", fast_params(tmp_path))
+    process = ralph_process(file)
+    try:
+        pod_id = wait_for(lambda: state(file).get("tasks", {}).get("1", {}).get("memory", {}).get("pod_id"), timeout=60)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=10)
+    emu.seconds_per_phase = 0
+    # --only redoes the task from scratch, but what names its pod is remembered.
+    summary, output = run(file, only=1)
+    assert summary.exit_code == 0, output
+    assert emu.pods_created == 1 and state(file)["tasks"]["1"]["memory"]["pod_id"] == pod_id
+    summary, output = run(file)
+    assert summary.exit_code == 0, output
+    assert emu.pods_created == 1 and emu.live_pods() == []
+
+
 def test_ralph_killed_and_never_rerun_the_pod_deletes_itself(emu: RunPodEmulator, tmp_path: Path) -> None:
     hb_timeout = 3
     file = pod_project(tmp_path / "project", fast_params(tmp_path, heartbeat_timeout_s=hb_timeout),

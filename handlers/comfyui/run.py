@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ralph.handlers.comfyui import workflow as wf
 from ralph.handlers.images import pngtext
@@ -69,6 +69,12 @@ class ComfyRun(Handler):
         "seconds_per_image": Param((int, float, type(None)), None, "generation time the estimate assumes; "
                                    "default: the last one measured on this machine"),
     }
+
+    def kept_on_redo(self, memory: Mapping[str, Any]) -> dict[str, Any]:
+        """A redone task finds its prompts on the server again, but downloads their images anew."""
+        variants = {label: {k: v for k, v in record.items() if k != "images"}
+                    for label, record in memory.get("variants", {}).items()}
+        return {"variants": variants} if variants else {}
 
     def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
         flow = wf.build(file, task, params, wf.snapshot_schemas(state_dir_for(file.path)), _provided_files(file))

@@ -112,7 +112,8 @@ def make_project(root: Path, *tasks: str, config: str = "") -> Project:
         "  release: recording_handlers:Release\n"
         "  edits-the-file: recording_handlers:EditsTheFile\n"
         "  needs-token: recording_handlers:NeedsToken\n"
-        "  rent: recording_handlers:Rent\n" + config,
+        "  rent: recording_handlers:Rent\n"
+        "  remote: recording_handlers:Remote\n" + config,
         encoding="utf-8",
     )
     file = root / "RALPH-001-engine.md"

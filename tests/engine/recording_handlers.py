@@ -49,7 +49,8 @@ def _recorded(token: str, kind: str = "task") -> bool:
 
 
 class Step(Handler):
-    """Does one unit of work exactly once, then sleeps ``pause`` seconds."""
+    """Does one unit of work exactly once, then sleeps ``pause`` seconds (a resume that finds its
+    work done does not sleep again)."""
 
     name = "step"
     params = {
@@ -72,11 +73,13 @@ class Step(Handler):
         token = ctx.memory.get("token")
         if token is None:
             token = ctx.memory["token"] = uuid.uuid4().hex
-        if not _recorded(token):
+        resumed = _recorded(token)
+        if not resumed:
             _record(f"task {ctx.task.number} {token}")
         if ctx.params["holds"]:
             ctx.hold(ctx.params["holds"], {"token": token})
-        time.sleep(ctx.params["pause"])
+        if not resumed:
+            time.sleep(ctx.params["pause"])
         if outcome == "fail":
             raise TaskFailed("the work did not succeed")
         return Result(summary=f"work {token[:8]} done", data={"token": token})
@@ -151,3 +154,20 @@ class EditsTheFile(Handler):
         text = path.read_text(encoding="utf-8")
         path.write_text(text.replace("## Overview\n", "## Overview\nA line a person added during the run.\n"))
         return Result(summary="edited")
+
+
+class Remote(Handler):
+    """Starts a job elsewhere (remembered: a redo finds it again) and downloads its result here
+    (forgotten: a redo makes it anew), as comfyui.run does with a prompt and its images."""
+
+    name = "remote"
+    remembers = frozenset({"job"})
+
+    def run(self, ctx: Context) -> Result:
+        ctx.memory.setdefault("job", uuid.uuid4().hex)
+        ctx.memory.setdefault("downloaded", uuid.uuid4().hex)
+        return Result(summary=f"job {ctx.memory['job'][:8]}", data={"token": ctx.memory["job"]})
+
+    @criterion(r"work (is )?done")
+    def work_done(self, ctx: Context, result: Result, text: str) -> Evidence:
+        return Evidence(bool(result.data.get("token")), "the job answered")
