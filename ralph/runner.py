@@ -30,7 +30,11 @@ from .budget import CostWatch
 from .context import Context, RunInfo
 from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
 from .errors import EnvironmentFailure, ParseError, RalphError
-from .exits import FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, OK as EXIT_OK, REVIEW as EXIT_REVIEW, worst
+from .exits import FAILED as EXIT_FAILED
+from .exits import INTERRUPTED as EXIT_INTERRUPTED
+from .exits import OK as EXIT_OK
+from .exits import REVIEW as EXIT_REVIEW
+from .exits import worst
 from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
 from .parser import normalise
@@ -349,7 +353,8 @@ class Runner:
         edits += [SetCheck(task.number, text, False) for text in unverified if text in record.get("ticked", [])]
         if outcome.verdicts:
             record["ticked"] = verified
-        record["review"] = {v.criterion: v.evidence.detail for v in outcome.verdicts if v.evidence and v.evidence.verified is None}
+        record["review"] = {v.criterion: v.evidence.detail for v in outcome.verdicts
+                            if v.evidence and v.evidence.verified is None}
         state.save(task.number)
         edits.append(SetResults(task.number, tuple(_results_lines(outcome))))
         self._write(edits)
@@ -454,7 +459,8 @@ class Runner:
         verdicts = [Verdict(c.text, None if c.checked else judge(c.text)) for c in file.success_criteria]
         exits = list(_exit_groups([Verdict(e.text, judge(e.text)) for e in file.exit_conditions]))
         edits: list[Edit] = [SetCheck(None, v.criterion, True) for v in verdicts if v.evidence and v.evidence.verified]
-        state.data["review"] = {v.criterion: v.evidence.detail for v in verdicts if v.evidence and v.evidence.verified is None}
+        state.data["review"] = {v.criterion: v.evidence.detail for v in verdicts
+                                if v.evidence and v.evidence.verified is None}
         state.save()
         lines = ["**Run summary** (ralph, " + now() + ")", ""]
         lines += [_verdict_line(v) for v in verdicts]

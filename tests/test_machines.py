@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ralph.exits import REVIEW as EXIT_REVIEW
 from ralph.parser import parse_file
-from ralph.runner import EXIT_REVIEW
 from tests.engine.project import Project
 from tests.far.sshd import SshServer
 

@@ -227,7 +227,8 @@ def test_sigkill_while_waiting_for_ssh_then_rerun_reuses_the_same_pod(emu: RunPo
     assert emu.live_pods() == [] and statuses(file) == {1: "DONE", 2: "DONE", 5: "DONE"}
 
 
-def test_a_create_redone_with_only_finds_its_pod_instead_of_making_a_second(emu: RunPodEmulator, tmp_path: Path) -> None:
+def test_a_create_redone_with_only_finds_its_pod_instead_of_making_a_second(emu: RunPodEmulator,
+                                                                            tmp_path: Path) -> None:
     emu.seconds_per_phase = math.inf  # the pod stays PROVISIONING: ralph is polling when killed
     file = pod_project(tmp_path / "project", fast_params(tmp_path))
     process = ralph_process(file)

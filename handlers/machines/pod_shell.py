@@ -6,9 +6,10 @@ run, orphans reaped), and needs no RunPod key: it runs on whichever machine is h
 
 from __future__ import annotations
 
-from ralph.handler import Param
 from ralph.handlers.runpod.common import PodHandler
 from ralph.handlers.shell import PLACES, ShellHandler
+
+from ralph.handler import Param
 
 
 class PodShell(PodHandler, ShellHandler):
@@ -16,4 +17,5 @@ class PodShell(PodHandler, ShellHandler):
     name = "pod.shell"
     needs_env = {}
     params = {**ShellHandler.params,
-              "on": Param(str, "machine", "where the script runs: machine (the one a task holds), or here", choices=PLACES)}
+              "on": Param(str, "machine", "where the script runs: machine (the one a task holds), or here",
+                          choices=PLACES)}

@@ -76,7 +76,8 @@ class CreatePod(PodHandler):
     name = "runpod.create"
     # Everything that finds the pod (and its volume) again: a redone task never creates a second.
     remembers = frozenset({"pod_id", "name", "create_sent", "created_at", "gpu_type_id", "cloud_type", "data_center",
-                           "catalog_price_per_hr", "cost_per_hr", "stages", "asked_gpus", "volume", "volume_create_sent"})
+                           "catalog_price_per_hr", "cost_per_hr", "stages", "asked_gpus", "volume",
+                           "volume_create_sent"})
     params = {
         "gpu_types": Param(list, DEFAULT_GPUS, "RunPod GPU type ids, in order of preference"),
         "cloud_types": Param(list, ["ALL"], "clouds tried for each GPU type: SECURE, COMMUNITY (ALL: both)"),
