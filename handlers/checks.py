@@ -7,14 +7,10 @@ error" from the exit status the handler's own run recorded (``Result.data["exit_
 
 from __future__ import annotations
 
-import re
-
 from ralph import children
 from ralph.context import Context
-from ralph.handler import Evidence, Handler, Result, criterion
+from ralph.handler import BACKTICKED, Evidence, Handler, Result, criterion
 from ralph.secrets import redact
-
-BACKTICKED = re.compile(r"`([^`]+)`")
 
 
 class LocalChecks(Handler):

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from ralph import children
 from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
+from ralph.handler import BACKTICKED, Estimate, Evidence, Handler, Param, Problem, Result, TaskFailed, criterion
 from ralph.model import Task, TaskFile
 from ralph.secrets import redact
 
@@ -80,11 +80,11 @@ class ShellHandler(Handler):
     @criterion(r"`[^`]+`.*\b(exist|cree|created|present|saved|sauvegard|ecrit|written|genere|installe|installed"
                r"|uploade|uploaded|telecharge|downloaded)")
     def path_exists(self, ctx: Context, result: Result, text: str) -> Evidence:
-        return _place(ctx).path_evidence(checks.BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
+        return _place(ctx).path_evidence(BACKTICKED.search(text).group(1))  # type: ignore[union-attr]
 
     @criterion(r"`[^`]+`.*\b(succeed|pass|reussi|returns 0|exit 0|ok\b)")
     def command_succeeds(self, ctx: Context, result: Result, text: str) -> Evidence:
-        command = checks.BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
+        command = BACKTICKED.search(text).group(1)  # type: ignore[union-attr]
         place = _place(ctx)
         code, output = place.run_command(command)
         last = redact(output).strip().splitlines()

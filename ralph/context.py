@@ -7,12 +7,15 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from .facts import Fact
 from .measures import Measures
 from .model import Task, TaskFile
 from .paths import display_path
-from .state import EventLog, Resources, TaskMemory
+from .state import EventLog, Resources, TaskMemory, TaskRecord
+
+F = TypeVar("F", bound=Fact)
 
 
 class ProgressBar(Protocol):
@@ -35,7 +38,7 @@ class RunInfo:
 
     file: TaskFile
     resources: Resources
-    workdir: Path
+    workdir: Path  # the folder of the task file: relative paths are relative to it
     state_dir: Path
     run_id: str
     reporter: Reporter
@@ -52,28 +55,30 @@ class EstimateContext:
     measures: Measures
 
 
-@dataclass
-class Context:
-    file: TaskFile
+@dataclass(kw_only=True)
+class Context(RunInfo):
+    """What a handler's ``run`` and checks see: the run, and the task at hand."""
+
     task: Task
     params: dict[str, Any]
     memory: TaskMemory  # the handler's own memory, on disk as soon as it is assigned
-    resources: Resources
-    workdir: Path  # the folder of the task file: relative paths are relative to it
-    state_dir: Path
-    run_id: str
-    reporter: Reporter
-    events: EventLog
-    results: Mapping[int, dict[str, Any]] = field(default_factory=dict)  # earlier tasks' recorded Results
+    records: Mapping[int, TaskRecord] = field(default_factory=dict)  # what the state holds of each task
 
-    def result_of(self, key: str) -> Any | None:
-        """``data[key]`` from the latest earlier task whose result has it (e.g. the images a
-        ComfyUI task produced, for the task that evaluates them)."""
-        for number in sorted((n for n in self.results if n < self.task.number), reverse=True):
-            data = self.results[number].get("data") or {}
-            if key in data:
-                return data[key]
-        return None
+    def publish(self, fact: Fact) -> None:
+        """Hand ``fact`` to the tasks after this one (it replaces one of its kind), on disk at once."""
+        self.resources.hold(fact.key, fact.record(), task=self.task.number)
+
+    def fact(self, kind: type[F], *, even_released: bool = False) -> F | None:
+        """The fact of this kind an earlier task published, or None; this task then depends on it
+        (redone if it is released).  ``even_released``: also one since released, for the record
+        (the machine a session used)."""
+        value = self.resources.get(kind.key, released=True) if even_released else self.resources.use(
+            kind.key, task=self.task.number)
+        return kind.from_record(value)
+
+    def withdraw(self, kind: type[Fact]) -> None:
+        """The fact of this kind no longer holds (the machine is gone): tasks that used it are redone."""
+        self.resources.release(kind.key)
 
     def log(self, message: str) -> None:
         self.events.write("log", task=self.task.number, message=message)
@@ -84,7 +89,8 @@ class Context:
         return self.reporter.progress(description, total)
 
     def hold(self, name: str, value: Any) -> None:
-        """Record a resource this task created (a pod) for later tasks, before any long wait."""
+        """Record a resource this task created for later tasks, before any long wait (a pod being
+        created, before it is a machine anyone can reach; a fact is published with ``publish``)."""
         self.resources.hold(name, value, task=self.task.number)
 
     def use(self, name: str) -> Any | None:

@@ -27,6 +27,10 @@ runs even after an earlier task failed or the run was interrupted.
 crash) resumes with all of it; a task redone from scratch (failed, edited, ``--only``) keeps
 only the keys in ``remembers``: remote work worth finding again, never a finished local result.
 
+``provides`` and ``needs`` name the facts (ralph/facts.py) a handler hands to the tasks after
+it (``ctx.publish(fact)``) and those it reads from earlier ones (``ctx.fact(Kind)``): ``ralph
+check`` reports a need that no earlier task provides, at the task's line.
+
 ``needs_env`` names the environment variables a handler cannot work without (a provider's
 API key): a run, a dry run and ``ralph check`` refuse a file whose tasks need one that is not
 set, before anything is written.  ``estimate`` tells, before anything runs, what the task will
@@ -39,12 +43,12 @@ from __future__ import annotations
 
 import inspect
 import re
-import unicodedata
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 from .secrets import redact
+from .facts import Fact, Need
+from .parser import normalise
 
 if TYPE_CHECKING:
     from .context import Context, EstimateContext, RunInfo
@@ -153,11 +157,7 @@ class Estimate:
     rental: Rental | None = None  # set by a handler that rents a machine
 
 
-def fold(text: str) -> str:
-    """Lower-case, accents removed, spaces collapsed: what criterion patterns match against."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(plain.casefold().split())
+BACKTICKED = re.compile(r"`([^`]+)`")  # a `path` or `command` a criterion names, for its check to read
 
 
 CheckMethod = Callable[[Any, "Context", Result, str], Evidence]
@@ -168,7 +168,8 @@ LONGEST_MATCHED = 2000
 
 
 def criterion(pattern: str) -> Callable[[CheckMethod], CheckMethod]:
-    """Mark a handler method as the check for criteria matching ``pattern`` (a regex on folded text)."""
+    """Mark a handler method as the check for criteria matching ``pattern`` (a regex on
+    ``normalise``d text: lower-case, no accents)."""
     compiled = re.compile(pattern)
 
     def mark(method: CheckMethod) -> CheckMethod:
@@ -185,6 +186,8 @@ class Handler:
     attempts: ClassVar[int] = 3  # tries when run raises TransientError
     # Environment variables the handler needs → what each is and where to get it.
     needs_env: ClassVar[Mapping[str, str]] = {}
+    provides: ClassVar[tuple[type[Fact], ...]] = ()  # facts run publishes for the tasks after it
+    needs: ClassVar[tuple[Need, ...]] = ()  # facts run reads, which an earlier task must provide
     # Memory keys that name remote work still worth finding when the task is redone (a pod's
     # id and name): the rest of what the handler saved is forgotten, so the work runs again.
     remembers: ClassVar[frozenset[str]] = frozenset()
@@ -219,7 +222,7 @@ class Handler:
         """The bound check whose pattern matches the criterion, if any (first defined wins)."""
         if len(criterion_text) > LONGEST_MATCHED:
             return None
-        folded = fold(criterion_text)
+        folded = normalise(criterion_text)
         for klass in type(self).__mro__:
             for attribute in vars(klass).values():
                 pattern = getattr(attribute, "__ralph_criterion__", None)

@@ -42,8 +42,17 @@ PROMPT = re.compile(
     re.I,
 )
 
-# Section names as people write them, in English or French.
-SECTIONS = {
+
+def normalise(text: str) -> str:
+    """Text as ralph compares it (section and field names, titles, criteria, check patterns):
+    lower-case, accents removed, spaces collapsed."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(plain.casefold().split())
+
+
+# Section names as people write them, in English or French (compared normalised).
+SECTIONS = {normalise(name): section for name, section in {
     "overview": "overview",
     "aperçu": "overview",
     "success criteria": "success_criteria",
@@ -56,12 +65,7 @@ SECTIONS = {
     "contraintes": "constraints",
     "exit conditions": "exit_conditions",
     "conditions de sortie": "exit_conditions",
-}
-
-
-def normalise(text: str) -> str:
-    """Text compared for identity: NFC, case-folded, spaces collapsed."""
-    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+}.items()}
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import Config, handler_name, load_config
 from .errors import RalphError
+from .facts import Fact
 from .handler import Handler, Param, Problem
 from .model import Task, TaskFile
 from .parser import parse_file, task_yaml
@@ -76,7 +77,27 @@ def make_plan(path: Path, *, deep: bool = True) -> Plan:
         problems.extend(param_problems)
         if deep and not param_problems:
             problems.extend(step.handler.validate(file, task, step.params))
+    if deep:
+        for step, problem in unmet_needs(steps):
+            step.problems.append(problem)
     return Plan(file, config, steps)
+
+
+def unmet_needs(steps: Iterable[Step]) -> list[tuple[Step, Problem]]:
+    """Each fact a task needs that no earlier task provides (and no parameter stands in for)."""
+    provided: set[type[Fact]] = set()
+    unmet: list[tuple[Step, Problem]] = []
+    for step in steps:
+        if step.handler is None:
+            continue
+        for need in step.handler.needs:
+            if need.fact not in provided and not (need.unless and step.params.get(need.unless)):
+                instead = f" (or give {need.unless}:)" if need.unless else ""
+                message = (f"task {step.task.number} ({step.handler.name}) needs {need.fact.what}: "
+                           f"no earlier task provides one{instead}")
+                unmet.append((step, Problem(step.task.line, message)))
+        provided.update(step.handler.provides)
+    return unmet
 
 
 def missing_env(steps: Iterable[Step], environ: Mapping[str, str] = os.environ) -> list[Problem]:

@@ -408,7 +408,7 @@ class Runner:
             run_id=self.run_id,
             reporter=self.reporter,
             events=events,
-            results={int(n): r["result"] for n, r in state.data["tasks"].items() if "result" in r},
+            records=state.records(),
         )
 
     def _skip(self, steps: list[Step], reason: str, events: EventLog) -> list[Outcome]:

@@ -21,7 +21,8 @@ import socket
 import sys
 import uuid
 from collections.abc import Iterator, MutableMapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from .textfile import write_atomically
 
 def now() -> str:
     """The time in UTC, as people read it in task files and logs."""
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def state_home() -> Path:
@@ -99,8 +100,10 @@ class RunState:
         return body
 
     def task(self, number: int) -> dict[str, Any]:
-        record: dict[str, Any] = self.data["tasks"].setdefault(str(number), {})
-        return record
+        return self.data["tasks"].setdefault(str(number), {})
+
+    def records(self) -> dict[int, TaskRecord]:
+        return {int(number): TaskRecord.of(entry) for number, entry in self.data["tasks"].items()}
 
     def memory(self, number: int) -> TaskMemory:
         return TaskMemory(self, number)
@@ -108,6 +111,20 @@ class RunState:
     @property
     def resources(self) -> Resources:
         return Resources(self)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What the state holds of one task: its last outcome and the Result ``run`` reported."""
+
+    status: str | None = None
+    seconds: float | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None  # summary, data, cost_usd, files
+
+    @classmethod
+    def of(cls, entry: dict[str, Any]) -> TaskRecord:
+        return cls(entry.get("status"), entry.get("seconds"), entry.get("error"), entry.get("result"))
 
 
 class TaskMemory(MutableMapping[str, Any]):
@@ -151,9 +168,10 @@ class Resources:
         self._data[name] = {"value": value, "owner": task, "generation": uuid.uuid4().hex, "users": [task]}
         self._state.save(task)
 
-    def get(self, name: str) -> Any | None:
+    def get(self, name: str, *, released: bool = False) -> Any | None:
+        """The resource's value; one since released only when ``released`` is asked for."""
         entry = self._data.get(name)
-        return None if entry is None or entry.get("released") else entry["value"]
+        return None if entry is None or (entry.get("released") and not released) else entry["value"]
 
     def use(self, name: str, *, task: int) -> Any | None:
         """The resource's value, recording that ``task`` depends on it."""

@@ -17,7 +17,7 @@ import pytest
 from ralph.handlers.comfyui.client import (
     ComfyClient,
     ExecutionFailed,
-    Interrupted,
+    PromptInterrupted,
     OutputFile,
     PromptRejected,
     ServerGone,
@@ -193,7 +193,7 @@ def test_interrupt_stops_only_that_prompt(comfyui_server: ComfyServer) -> None:
     prompt_id = str(uuid.uuid4())
     with ComfyClient(comfyui_server.url) as client:
         interrupting = _once_running(comfyui_server.url, lambda: client.interrupt(prompt_id))
-        with pytest.raises(Interrupted):
+        with pytest.raises(PromptInterrupted):
             client.run(_slow_graph(120.0, "interrupted"), prompt_id=prompt_id)
         interrupting.join(timeout=60)  # interrupt() also clears the queue: let it finish with the client
         assert client.find(prompt_id) == "error"

@@ -28,15 +28,16 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from ralph.handlers.comfyui import run, setup
-from ralph.handlers.machines import session
-from ralph.handlers.machines.forwarding import forward
-from ralph.handlers.machines.ssh import SshMachine, SshTarget
 from rich.console import Console
 
 from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, criterion
+from ralph.handlers.comfyui import run, service, setup
+from ralph.handlers.facts import ComfyServer, MachineHandle
+from ralph.handlers.machines import session
+from ralph.handlers.machines.ssh import SshMachine, SshTarget
+from ralph.handlers.machines.forwarding import forward
 from ralph.measures import UPLOAD_SPEED, Measures
 from ralph.parser import parse_file
 from ralph.plan import make_plan
@@ -80,10 +81,11 @@ class HoldPod(Handler):
     """Test stand-in for runpod.create: holds the given sshd as the run's pod."""
 
     name = "hold"
-    params = {"pod": Param(dict, help="a MachineHandle as a resource")}
+    provides = (MachineHandle,)
+    params = {"pod": Param(dict, help="a MachineHandle's record")}
 
     def run(self, ctx: Context) -> Result:
-        ctx.hold(session.RESOURCE, ctx.params["pod"])
+        ctx.publish(MachineHandle(**ctx.params["pod"]))
         return Result(summary="holding the test sshd")
 
     @criterion(r"pod cree|ssh accessible")
@@ -157,7 +159,7 @@ class Pod:
     def configure(self, params: dict[str, Any]) -> None:
         params = {"workspace": str(self.workspace), "port": self.port, **params}
         config = {"handlers": {"hold": "tests.test_comfyui_setup:HoldPod"},
-                  "tasks": {1: {"handler": "hold", "params": {"pod": self.handle.as_resource()}},
+                  "tasks": {1: {"handler": "hold", "params": {"pod": self.handle.record()}},
                             2: {"handler": "comfyui.setup", "params": params}}}
         (self.file.parent / "ralph.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
         # Tasks 1 and 2 verbatim (all PENDING again), the port the test server uses.
@@ -201,8 +203,8 @@ def pod(sshd: SshServer, tmp_path: Path) -> Iterator[Pod]:
     yield p
     session.detach_all()
     with p.provider() as ssh:
-        setup.stop_service(ssh, str(workspace), grace=5)
-    pid_file = workspace / ".ralph" / "comfyui.pid"  # belt and braces: never leave a server behind
+        service.stop_service(ssh, handle.services_dir, grace=5)
+    pid_file = sshd.start_dir / ".ralph" / "services" / "comfyui.pid"  # belt and braces: never leave a server behind
     if pid_file.exists():
         try:
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
@@ -227,9 +229,8 @@ def models(tmp_path: Path, files_server: tuple[str, Path, list[str]]) -> dict[st
     lora = write(disk / "elena_v4_cloud.safetensors", os.urandom(700_001))
     face = write(disk / "elena_face_ref.jpg", os.urandom(50_000))
     ip = write(served / "ip-adapter.bin", os.urandom(1_200_000))
-    write(served / "cn" / "instantid_controlnet.safetensors", os.urandom(900_000))
-    onnx = [write(served / "antelopev2" / n, os.urandom(100_000 + i))
-            for i, n in enumerate(("scrfd_10g_bnkps.onnx", "glintr100.onnx"))]
+    controlnet = write(served / "cn" / "instantid_controlnet.safetensors", os.urandom(900_000))
+    onnx = [write(served / "antelopev2" / n, os.urandom(100_000 + i)) for i, n in enumerate(("scrfd_10g_bnkps.onnx", "glintr100.onnx"))]
     return {
         "models": {
             "checkpoints": [{"path": str(checkpoint), "sha256": sha(checkpoint.read_bytes())}],
@@ -271,11 +272,9 @@ def test_setup_places_every_file_starts_comfyui_and_a_rerun_skips_everything(
         placed(pod, "models/loras", "elena_v4_cloud.safetensors"): Path(models["models"]["loras"][0]["path"]),
         placed(pod, "input", "elena_face_ref.jpg"): Path(models["face_reference"]),
         placed(pod, "models/instantid", "ip-adapter.bin"): served / "ip-adapter.bin",
-        placed(pod, "models/controlnet", "instantid_controlnet.safetensors"):
-            served / "cn" / "instantid_controlnet.safetensors",
+        placed(pod, "models/controlnet", "instantid_controlnet.safetensors"): served / "cn" / "instantid_controlnet.safetensors",
         placed(pod, "models/insightface/models/antelopev2", "glintr100.onnx"): served / "antelopev2" / "glintr100.onnx",
-        placed(pod, "models/insightface/models/antelopev2", "scrfd_10g_bnkps.onnx"):
-            served / "antelopev2" / "scrfd_10g_bnkps.onnx",
+        placed(pod, "models/insightface/models/antelopev2", "scrfd_10g_bnkps.onnx"): served / "antelopev2" / "scrfd_10g_bnkps.onnx",
     }
     for dest, src in sources.items():
         assert dest.read_bytes() == src.read_bytes(), dest
@@ -320,15 +319,18 @@ def test_a_later_experiment_on_the_same_workspace_links_its_models_from_the_cach
 
 def test_comfyui_run_reaches_comfyui_on_the_port_setup_started_it_on(
         pod: Pod, stand_in_comfyui: Path, tmp_path: Path) -> None:
-    assert pod.port != session.COMFYUI_PORT
+    assert pod.port != service.DEFAULT_PORT
     pod.run(base_params(tmp_path, stand_in_comfyui))  # no models: their criteria go to review
     assert pod.result()["result"]["data"]["service"]["port"] == pod.port, pod.output
     state = RunState(pod.file.parent / ".ralph" / pod.file.stem)
+    server = ComfyServer.from_record(state.resources.get(ComfyServer.key))  # the fact setup published
+    assert server is not None and (server.port, server.machine) == (pod.port, pod.handle.id)
+    assert server.folder == f"{pod.workspace}/ComfyUI"
     file = parse_file(pod.file)[0]
     after_setup = dataclasses.replace(file.task(2), number=3)  # the example's task 3, comfyui.run
-    ctx = Context(file, after_setup, {"server": None}, state.memory(3), state.resources, pod.file.parent,
-                  state.directory, "test", reporter=None, events=None,
-                  results={int(n): r["result"] for n, r in state.data["tasks"].items() if "result" in r})
+    ctx = Context(file, state.resources, pod.file.parent, state.directory, "test", reporter=None,  # type: ignore[arg-type]
+                  events=None, task=after_setup, params={"server": None}, memory=state.memory(3),  # type: ignore[arg-type]
+                  records=state.records())
     with run.server_url(ctx) as url:
         stats = httpx.get(f"{url}/system_stats", timeout=30).json()
     assert stats["system"]["comfyui_version"] == "0.0.0-stand-in"
@@ -391,8 +393,7 @@ def test_torch_missing_or_too_old_fails_its_criterion_and_is_checked_again(
 
     old = fake_torch(tmp_path / "old", "2.3.1+cu121")
     found = verdicts(pod.run({**params, "python": str(old)}))
-    torch = found["torch >= 2.4.0"]
-    assert torch.verified is False and torch.detail.startswith("torch 2.3.1+cu121 < 2.4.0")
+    assert found["torch >= 2.4.0"].verified is False and found["torch >= 2.4.0"].detail.startswith("torch 2.3.1+cu121 < 2.4.0")
 
     # The upgrade command runs when torch is too old (here: it installs the stand-in 2.14.1).
     upgrade = f"printf '__version__ = \"2.14.1+cu124\"\\n' > {tmp_path / 'old' / 'site' / 'torch' / '__init__.py'}"
@@ -415,8 +416,8 @@ def test_a_dead_comfyui_is_started_again_and_a_crashing_one_fails_with_its_log(
     assert second["started"] is True and second["pid"] != first["pid"]
     with pod.provider() as ssh, forward(ssh, remote_port=pod.port) as tunnel:
         assert httpx.get(f"{tunnel.url}/system_stats").json()["system"]["comfyui_version"] == "0.0.0-stand-in"
-        assert setup.stop_service(ssh, str(pod.workspace)) is True
-        assert setup.service_pid(ssh, setup.Layout(str(pod.workspace))) is None
+        assert service.stop_service(ssh, pod.handle.services_dir) is True
+        assert service.service_pid(ssh, pod.handle.services_dir) is None
 
     (pod.workspace / "ComfyUI" / "main.py").write_text("raise SystemExit('bad config: no models folder')\n")
     pod.run(params)
@@ -432,7 +433,7 @@ def test_an_existing_comfyui_is_not_reinstalled_and_install_failures_are_named(
     pod.run(params)
     assert pod.result()["result"]["data"]["install"] == {"installed": False, "found": True, "skipped": False}
     with pod.provider() as ssh:
-        setup.stop_service(ssh, str(pod.workspace))
+        service.stop_service(ssh, pod.handle.services_dir)
     shutil.rmtree(pod.workspace / "ComfyUI")
     pod.run(params)
     assert pod.status() == "FAILED" and "installing ComfyUI failed: command exited 3" in pod.result()["error"]
@@ -458,7 +459,7 @@ def test_file_parameters_are_checked_before_anything_runs(tmp_path: Path) -> Non
         ("models/checkpoints", "ok.bin", tmp_path / "ok.bin"),
         ("models/vae", "v ae.safetensors", "https://h/x/v%20ae.safetensors?dl=1"),
         ("input", "face.jpg", tmp_path / "ok.bin")]
-    bad: list[tuple[dict[str, Any], str | None]] = [
+    bad = [
         ({"models": {"loras": {"path": "a"}}}, "models.loras: expected a list"),
         ({"models": {"loras": [{"path": "a", "url": "https://h/a"}]}}, "exactly one of path or url"),
         ({"models": {"loras": [{"url": "https://h/a", "sha256": "abc"}]}}, "sha256 must be 64 hex digits"),

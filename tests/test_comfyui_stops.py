@@ -68,8 +68,8 @@ def run(file: Path) -> RunSummary:
 def test_a_comfyui_killed_mid_prompt_is_named_and_the_rerun_restarts_it_and_finishes(
         pod: Pod, tmp_path: Path) -> None:  # noqa: F811
     file = project(pod, tmp_path)
-    log = pod.workspace / ".ralph" / "comfyui.log"
-    pid_file = pod.workspace / ".ralph" / "comfyui.pid"
+    log = Path(pod.handle.services_dir) / "comfyui.log"
+    pid_file = Path(pod.handle.services_dir) / "comfyui.pid"
     killed: list[int] = []
 
     def crash_once_the_prompt_runs() -> None:

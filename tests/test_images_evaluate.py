@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from ralph.handlers.images import face
-from ralph.handlers.machines.local import LocalMachine
 from rich.console import Console
 from scipy.ndimage import gaussian_filter
 
 from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, criterion
+from ralph.handlers.facts import Images, MachineHandle
+from ralph.handlers.images import face
+from ralph.handlers.machines.local import LocalMachine
 from ralph.parser import parse_file
 from ralph.registry import Registry
 from ralph.runner import Runner, RunSummary
@@ -61,22 +62,23 @@ def save(path: Path, pixels: np.ndarray) -> Path:
 
 
 class Generate(Handler):
-    """Stands in for comfyui.run: writes each variant's PNG and records images/workflow/lint/pod
-    (the pod's data only: no pod resource is held, as after a pod handler that could not start one)."""
+    """Stands in for comfyui.run: writes each variant's PNG and publishes them as Images, and the
+    pod as a MachineHandle (with no host unless hold_pod gives one: no machine to reach, as after
+    a pod handler that could not start one)."""
 
     name = "test.generate"
+    provides = (Images, MachineHandle)
     params = {
         "variants": Param(list, [], "{label, grain, blur, params}"),
         "lint": Param(list, []),
         "folder": Param(str, "output/quality_tests"),
-        "hold_pod": Param((dict, type(None)), None, "a pod resource to hold, as runpod.create does"),
+        "hold_pod": Param((dict, type(None)), None, "a MachineHandle record to publish, as runpod.create does"),
     }
 
     def run(self, ctx: Context) -> Result:
         images = []
         for v in ctx.params["variants"]:
-            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"),
-                        scene(grain=v["grain"], blur=v.get("blur", 0)))
+            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"), scene(grain=v["grain"], blur=v.get("blur", 0)))
             params = {**WORKFLOW, **v.get("params", {})}
             images.append(
                 {
@@ -88,8 +90,9 @@ class Generate(Handler):
                     "seed": params["seed"],
                 }
             )
-        if ctx.params["hold_pod"]:
-            ctx.hold("machine", ctx.params["hold_pod"])
+        held = MachineHandle.from_record(ctx.params["hold_pod"]) if ctx.params["hold_pod"] else None
+        ctx.publish(held or MachineHandle(POD["id"], "", "", 0, "", "", "", "", "", 0.0, POD["gpu"], POD["cost_per_hr"]))
+        ctx.publish(Images(images, WORKFLOW, ctx.params["lint"]))
         return Result(
             summary=f"{len(images)} image(s)",
             data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD},
@@ -143,8 +146,7 @@ class Project:
 
     def run(self) -> RunSummary:
         output = io.StringIO()
-        reporter = ConsoleReporter(Console(file=output, width=200, color_system=None))
-        summary = Runner(self.file, reporter, retry_wait=0).run()
+        summary = Runner(self.file, ConsoleReporter(Console(file=output, width=200, color_system=None)), retry_wait=0).run()
         self.output = output.getvalue()
         return summary
 
@@ -152,7 +154,7 @@ class Project:
         state = json.loads((self.root / ".ralph" / self.file.stem / "state.json").read_text("utf-8"))
         return state["tasks"][str(number)]["result"]
 
-    def parsed(self):
+    def parsed(self):  # type: ignore[no-untyped-def]
         return parse_file(self.file)[0]
 
     def checks(self, number: int) -> dict[str, bool]:
@@ -226,8 +228,7 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     either = crit(ends, "Image générée avec grain")  # merged with its "OU …" alternative
     assert either.verified is True
     assert "OU identification claire de la prochaine piste si échec: success: no lead needed" in either.detail
-    assert ("✔ verified: Image générée avec grain significativement réduit / OU identification"
-            in project.file.read_text("utf-8"))
+    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
     file = project.parsed()
     assert [c.checked for c in file.success_criteria] == [True, False, True]
 
@@ -253,8 +254,7 @@ def test_a_blurred_after_is_not_less_grain_and_the_doc_names_the_next_lead(proje
     either = crit(ends, "Image générée avec grain")
     assert either.verified is True, "no less grain, but the next lead is written: the alternative holds"
     assert "detail lost" in either.detail and "lead written" in either.detail
-    assert ("✔ verified: Image générée avec grain significativement réduit / OU identification"
-            in project.file.read_text("utf-8"))
+    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
 
 
 def test_a_sweep_is_ranked_and_the_best_variant_marked(project: Project) -> None:
@@ -319,8 +319,7 @@ def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
         placed = face.upload_images(provider, local, "faces")
         named = {Path(k).name: v for k, v in placed.items()}
         env = {"PYTHONPATH": str(pod / "site")}
-        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable,
-                                     env=env)
+        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable, env=env)
         assert measure.available, measure.reason
         data = measure.as_data()
         assert data["similarities"]["same.png"] == pytest.approx(1.0, abs=1e-3)
@@ -388,7 +387,7 @@ def test_face_identity_is_measured_on_the_held_pod_over_ssh(tmp_path: Path, sshd
     project = Project(tmp_path / "proj", {"python": str(python), "face_reference": str(pod_dir / "ref.png"),
                                           "face_remote_dir": str(pod_dir / "faces")})
     save(project.root / "before.png", scene(grain=7))
-    project.write([{"label": "refined", "grain": 2.5}], previous="before.png", pod=handle.as_resource())
+    project.write([{"label": "refined", "grain": 2.5}], previous="before.png", pod=handle.record())
     try:
         summary = project.run()
     finally:

@@ -8,14 +8,14 @@ from typing import NamedTuple
 from ralph.handlers.comfyui.compile import LineMap, PromptText, compile_workflow
 from ralph.handlers.comfyui.lint import lint
 from ralph.handlers.comfyui.nodelist import parse_node_list
-from ralph.handlers.comfyui.problem import Problem
+from ralph.handlers.comfyui.finding import Finding
 from ralph.handlers.comfyui.schema import NodeSchema
 from ralph.handlers.comfyui.validate import validate
 
 
 class Checked(NamedTuple):
     graph: dict
-    problems: list[Problem]  # parse, compile, validate, then lint findings, each group in file order
+    problems: list[Finding]  # parse, compile, validate, then lint findings, each group in file order
     line_of: LineMap
 
     @property
@@ -26,7 +26,7 @@ class Checked(NamedTuple):
 
 class CompiledList(NamedTuple):
     graph: dict
-    problems: list[Problem]  # parse and compile findings, in file order
+    problems: list[Finding]  # parse and compile findings, in file order
     line_of: LineMap
     has_nodes: bool
 
@@ -41,7 +41,7 @@ def compile_node_list(text: str, first_line: int, schemas: Mapping[str, NodeSche
 
 
 def check_graph(graph: dict, schemas: Mapping[str, NodeSchema], line_of: LineMap | None = None, *,
-                provided_files: Collection[str] | None = None, family: str | None = None) -> list[Problem]:
+                provided_files: Collection[str] | None = None, family: str | None = None) -> list[Finding]:
     """Validation errors, then lint findings, each group in file order."""
     found = sorted(validate(graph, schemas, line_of), key=_by_line)
     return found + sorted(lint(graph, schemas, line_of, provided_files=provided_files, family=family), key=_by_line)
@@ -59,5 +59,5 @@ def check_node_list(text: str, first_line: int, schemas: Mapping[str, NodeSchema
     return Checked(compiled.graph, problems, compiled.line_of)
 
 
-def _by_line(problem: Problem) -> int:
+def _by_line(problem: Finding) -> int:
     return problem.line if problem.line is not None else 0

@@ -65,7 +65,7 @@ class ExecutionFailed(ComfyError):
         super().__init__(f"{where} failed: {message}")
 
 
-class Interrupted(ComfyError):
+class PromptInterrupted(ComfyError):
     """The prompt was interrupted (by us, the UI or another client)."""
 
 
@@ -395,7 +395,7 @@ class ComfyClient:
                 elif kind == "execution_error":
                     raise _execution_failed(prompt_id, data)
                 elif kind == "execution_interrupted":
-                    raise Interrupted(f"prompt {prompt_id} was interrupted at node {data.get('node_id')}")
+                    raise PromptInterrupted(f"prompt {prompt_id} was interrupted at node {data.get('node_id')}")
             if time.monotonic() - last_life > self.stall_timeout:
                 raise Stalled(f"prompt {prompt_id}: no progress for {self.stall_timeout:.0f} s")
 
@@ -437,7 +437,7 @@ class ComfyClient:
                 if kind == "execution_error":
                     raise _execution_failed(prompt_id, data)
                 if kind == "execution_interrupted":
-                    raise Interrupted(f"prompt {prompt_id} was interrupted at node {data.get('node_id')}")
+                    raise PromptInterrupted(f"prompt {prompt_id} was interrupted at node {data.get('node_id')}")
             raise ExecutionFailed(prompt_id, None, None, "ComfyUI reports an error without details")
         return RunResult(prompt_id, outputs_of(entry), entry)
 

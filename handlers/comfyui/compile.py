@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ralph.handlers.comfyui.nodelist import Item, Link, NodeSpec, PromptRef, Size
-from ralph.handlers.comfyui.problem import Problem
+from ralph.handlers.comfyui.finding import Finding
 from ralph.handlers.comfyui.schema import InputSpec, NodeSchema, looks_like_file
 
 
@@ -43,7 +43,7 @@ class LineMap:
 
 class Compiled(NamedTuple):
     graph: dict[str, dict[str, Any]]
-    problems: list[Problem]
+    problems: list[Finding]
     line_of: LineMap
 
 
@@ -83,12 +83,12 @@ def compile_workflow(
 
     ``prompts`` maps "positive"/"negative" (any case) to the task's prompt lines. Required widget
     inputs left out get the schema default; a seed left out gets the schema's (fixed) default, so
-    two runs of one file sample the same noise, and an info Problem says so. Node types missing
+    two runs of one file sample the same noise, and an info Finding says so. Node types missing
     from ``schemas`` are passed through with their inputs as written (validate reports them).
     """
     prompt_map = {k.lower(): _prompt(v) for k, v in (prompts or {}).items()}
     graph: dict[str, dict[str, Any]] = {}
-    problems: list[Problem] = []
+    problems: list[Finding] = []
     lines = LineMap()
     for node in nodes:
         lines.nodes[node.node_id] = node.line
@@ -118,7 +118,7 @@ class _NodeBuilder:
 
     def __init__(self, node: NodeSpec, schema: NodeSchema | None, schemas: Mapping[str, NodeSchema],
                  nodes: Sequence[NodeSpec], prompts: Mapping[str, PromptText], lines: LineMap,
-                 problems: list[Problem]) -> None:
+                 problems: list[Finding]) -> None:
         self.node, self.schema, self.schemas = node, schema, schemas
         self.by_id = {n.node_id: n for n in nodes}
         self.prompts, self.lines, self.problems = prompts, lines, problems
@@ -128,7 +128,7 @@ class _NodeBuilder:
     def problem(self, item: Item | None, input_name: str | None, message: str, severity: str = "error",
                 code: str = "compile") -> None:
         line = item.line if item else self.node.line
-        self.problems.append(Problem(line, self.node.node_id, self.node.class_type, input_name, message,
+        self.problems.append(Finding(line, self.node.node_id, self.node.class_type, input_name, message,
                                      severity, code))  # type: ignore[arg-type]
 
     def build(self) -> dict[str, Any]:

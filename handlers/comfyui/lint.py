@@ -1,6 +1,6 @@
 """Domain warnings: graphs ComfyUI runs happily but that defeat the experiment. Each says why.
 
-Rules (Problem.code):
+Rules (Finding.code):
 - ``denoise-on-empty-latent``: a sampler with denoise < 1 on an empty latent (text-to-image).
 - ``refiner-via-pixels``: a sampler whose latent comes from re-encoding a decoded image.
 - ``sdxl-resolution``: an SDXL model asked for a size outside its training buckets.
@@ -14,7 +14,7 @@ import re
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
-from ralph.handlers.comfyui.problem import LineOf, Problem, no_lines
+from ralph.handlers.comfyui.finding import LineOf, Finding, no_lines
 from ralph.handlers.comfyui.schema import NodeSchema
 from ralph.handlers.comfyui.validate import is_link
 
@@ -28,13 +28,13 @@ LORA_STRENGTH_RANGE = (0.0, 1.5)
 
 
 def lint(api_graph: Any, schemas: Mapping[str, NodeSchema], line_of: LineOf | None = None, *,
-         provided_files: Collection[str] | None = None, family: str | None = None) -> list[Problem]:
+         provided_files: Collection[str] | None = None, family: str | None = None) -> list[Finding]:
     """Warnings for ``api_graph``. ``provided_files``: file names the setup task provides (only
     their base names count; None skips that rule). ``family``: "sdxl", "sd15"… as the task's
     Context states it; None guesses from the checkpoint names. Never raises on a broken graph."""
     graph = {str(k): v for k, v in api_graph.items()} if isinstance(api_graph, Mapping) else {}
     ctx = _Graph(graph, schemas, line_of or no_lines)
-    problems: list[Problem] = []
+    problems: list[Finding] = []
     problems += ctx.denoise_on_empty_latent()
     problems += ctx.refiner_via_pixels()
     if (family or guess_family(graph) or "").lower() == "sdxl":
@@ -72,8 +72,8 @@ class _Graph:
                     and isinstance(entry.get("inputs", {}), Mapping):
                 yield str(node_id), entry["class_type"], entry.get("inputs", {})
 
-    def warn(self, node_id: str, class_type: str, input_name: str | None, message: str, code: str) -> Problem:
-        return Problem(self.line_of(node_id, input_name), node_id, class_type, input_name, message, "warning", code)
+    def warn(self, node_id: str, class_type: str, input_name: str | None, message: str, code: str) -> Finding:
+        return Finding(self.line_of(node_id, input_name), node_id, class_type, input_name, message, "warning", code)
 
     def source(self, value: Any) -> tuple[str, str, Mapping[str, Any]] | None:
         """The node a link points at, if it exists and is well formed."""
@@ -125,7 +125,7 @@ class _Graph:
 
     # --- rules ----------------------------------------------------------------------------------
 
-    def denoise_on_empty_latent(self) -> list[Problem]:
+    def denoise_on_empty_latent(self) -> list[Finding]:
         found = []
         for node_id, class_type, inputs in self.samplers():
             denoise = inputs.get("denoise")
@@ -141,7 +141,7 @@ class _Graph:
                     f"and keep low denoise for the refiner pass", "denoise-on-empty-latent"))
         return found
 
-    def refiner_via_pixels(self) -> list[Problem]:
+    def refiner_via_pixels(self) -> list[Finding]:
         found = []
         for node_id, class_type, inputs in self.samplers():
             for enc_id, enc_type, enc_inputs in self.upstream(inputs.get("latent_image")):
@@ -161,7 +161,7 @@ class _Graph:
         for value in inputs.values():
             yield from self.upstream(value)
 
-    def sdxl_resolution(self) -> list[Problem]:
+    def sdxl_resolution(self) -> list[Finding]:
         found = []
         for node_id, class_type, inputs in self.nodes():
             width, height = inputs.get("width"), inputs.get("height")
@@ -177,7 +177,7 @@ class _Graph:
                     f"(buckets: {buckets})", "sdxl-resolution"))
         return found
 
-    def lora_strength(self) -> list[Problem]:
+    def lora_strength(self) -> list[Finding]:
         low, high = LORA_STRENGTH_RANGE
         found = []
         for node_id, class_type, inputs in self.nodes():
@@ -192,7 +192,7 @@ class _Graph:
                         f"artefacts, below 0 they invert their effect", "lora-strength"))
         return found
 
-    def files_not_provided(self, provided: Collection[str]) -> list[Problem]:
+    def files_not_provided(self, provided: Collection[str]) -> list[Finding]:
         names = {_base(p) for p in provided}
         lowered = {n.lower(): n for n in names}
         found = []

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ralph.handlers.comfyui.problem import Problem
+from ralph.handlers.comfyui.finding import Finding
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class NodeSpec:
 
 class ParsedNodeList(NamedTuple):
     nodes: list[NodeSpec]
-    problems: list[Problem]
+    problems: list[Finding]
 
 
 _ARROW = r"(?:→|->|-->|=>|⇒|➜|➔)"
@@ -104,9 +104,9 @@ _CLOSE = {"(": ")", "[": "]", "{": "}"}
 def parse_node_list(text: str, first_line: int) -> ParsedNodeList:
     """Parse a node list. ``first_line`` is the 1-based file line of ``text``'s first line
     (the line after the opening fence). Never raises on bad input: what cannot be read
-    becomes a Problem on its line."""
+    becomes a Finding on its line."""
     nodes: list[NodeSpec] = []
-    problems: list[Problem] = []
+    problems: list[Finding] = []
     seen: dict[str, int] = {}
     node: NodeSpec | None = None
     section: str | None = None  # open section that an indented line may continue
@@ -126,7 +126,7 @@ def parse_node_list(text: str, first_line: int) -> ParsedNodeList:
             if node is None:
                 continue
             if node.node_id in seen:
-                problems.append(Problem(line, node.node_id, node.class_type, None,
+                problems.append(Finding(line, node.node_id, node.class_type, None,
                                         f"node {node.node_id} is defined twice (first on line {seen[node.node_id]})",
                                         code="duplicate-node"))
                 node, skipped = None, True
@@ -140,10 +140,10 @@ def parse_node_list(text: str, first_line: int) -> ParsedNodeList:
             if node is None:
                 where = "belongs to a `Node` line that could not be read" if skipped \
                     else "comes before any `Node N:` line"
-                problems.append(Problem(line, None, None, None, f"this line {where}", code="syntax"))
+                problems.append(Finding(line, None, None, None, f"this line {where}", code="syntax"))
                 section = None
             elif name is None:
-                problems.append(Problem(line, node.node_id, node.class_type, None,
+                problems.append(Finding(line, node.node_id, node.class_type, None,
                                         f"unknown section {match.group(1)!r} (expected inputs, params or outputs)",
                                         code="syntax"))
                 section = None
@@ -154,23 +154,23 @@ def parse_node_list(text: str, first_line: int) -> ParsedNodeList:
         if section is not None and node is not None and raw[:1].isspace() and not _BARE_ARROW.match(raw):
             _add_items(node, section, stripped, line, problems)
             continue
-        problems.append(Problem(line, node.node_id if node else None, node.class_type if node else None, None,
+        problems.append(Finding(line, node.node_id if node else None, node.class_type if node else None, None,
                                 "cannot read this line: expected `Node N: Type`, `→ inputs: …`, `→ params: …` "
                                 "or `→ outputs: …`", code="syntax"))
         section = None
     if not nodes and not problems:
-        problems.append(Problem(first_line, None, None, None, "no `Node N: Type` line found", code="syntax"))
+        problems.append(Finding(first_line, None, None, None, "no `Node N: Type` line found", code="syntax"))
     return ParsedNodeList(nodes, problems)
 
 
-def _parse_header(node_id: str, rest: str, line: int, problems: list[Problem]) -> NodeSpec | None:
+def _parse_header(node_id: str, rest: str, line: int, problems: list[Finding]) -> NodeSpec | None:
     if not _NODE_ID.match(node_id):
-        problems.append(Problem(line, None, None, None, f"bad node id {node_id!r} (use letters, digits, _ . -)",
+        problems.append(Finding(line, None, None, None, f"bad node id {node_id!r} (use letters, digits, _ . -)",
                                 code="syntax"))
         return None
     match = _CLASS.match(rest)
     if not match or not match.group(1).strip():
-        problems.append(Problem(line, node_id, None, None, f"no node type after `Node {node_id}:`", code="syntax"))
+        problems.append(Finding(line, node_id, None, None, f"no node type after `Node {node_id}:`", code="syntax"))
         return None
     class_type = match.group(1).strip()
     node = NodeSpec(node_id, class_type, line)
@@ -178,7 +178,7 @@ def _parse_header(node_id: str, rest: str, line: int, problems: list[Problem]) -
     if tail.startswith("("):
         end = _closing(tail, 0)
         if end < 0:
-            problems.append(Problem(line, node_id, class_type, None, "unclosed `(` after the node type",
+            problems.append(Finding(line, node_id, class_type, None, "unclosed `(` after the node type",
                                     code="syntax"))
             return node
         _add_items(node, "args", tail[1:end], line, problems)
@@ -237,10 +237,10 @@ def split_items(text: str) -> tuple[list[str], str | None]:
     return pieces, None
 
 
-def _add_items(node: NodeSpec, section: str, text: str, line: int, problems: list[Problem]) -> None:
+def _add_items(node: NodeSpec, section: str, text: str, line: int, problems: list[Finding]) -> None:
     pieces, error = split_items(text)
     if error:
-        problems.append(Problem(line, node.node_id, node.class_type, None, f"cannot read {text!r}: {error}",
+        problems.append(Finding(line, node.node_id, node.class_type, None, f"cannot read {text!r}: {error}",
                                 code="syntax"))
         return
     for piece in pieces:
@@ -253,7 +253,7 @@ def _add_items(node: NodeSpec, section: str, text: str, line: int, problems: lis
             continue
         item = parse_item(piece, line, section)
         if isinstance(item, str):
-            problems.append(Problem(line, node.node_id, node.class_type, None, item, code="syntax"))
+            problems.append(Finding(line, node.node_id, node.class_type, None, item, code="syntax"))
         else:
             node.items.append(item)
 

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from ralph.handlers.comfyui import workflow as wf
-from ralph.handlers.images import pngtext
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ralph import units
 from ralph.config import load_config
 from ralph.context import Context, EstimateContext
+from ralph.facts import Need
 from ralph.handler import (
     Estimate,
     Evidence,
@@ -32,6 +31,10 @@ from ralph.handler import (
     TransientError,
     criterion,
 )
+from ralph.handlers.comfyui import workflow as wf
+from ralph.handlers.comfyui.service import DEFAULT_PORT
+from ralph.handlers.facts import ComfyServer, Images, MachineHandle
+from ralph.handlers.images import pngtext
 from ralph.measures import SECONDS_PER_IMAGE, Measures
 from ralph.model import Task, TaskFile
 from ralph.state import state_dir_for
@@ -57,6 +60,8 @@ class ComfyRun(Handler):
     """
 
     name = "comfyui.run"
+    needs = (Need(MachineHandle, unless="server"),)
+    provides = (Images,)
     params = {
         "template": Param((str, type(None)), None, "a workflow template of workflows/ instead of the node list"),
         "overrides": Param(dict, {}, "workflow parameters to change, by name or 'node.input'"),
@@ -81,10 +86,8 @@ class ComfyRun(Handler):
         return [_as_problem(p, flow.fallback_line, params["strict_lint"]) for p in flow.problems]
 
     def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
-        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir),
-                        _provided_files(context.file))
-        source = (f"template {params['template']}" if params["template"]
-                  else f"the task's node list ({len(flow.graph)} nodes)")
+        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir), _provided_files(context.file))
+        source = f"template {params['template']}" if params["template"] else f"the task's node list ({len(flow.graph)} nodes)"
         lines = [f"runs {source} on ComfyUI" + (f" at {params['server']}" if params["server"] else "")]
         if params["overrides"]:
             lines.append("overrides: " + ", ".join(f"{k}={v}" for k, v in params["overrides"].items()))
@@ -111,25 +114,28 @@ class ComfyRun(Handler):
             except (ComfyError, OSError) as error:
                 raise TransientError(f"ComfyUI at {url} did not answer: {error}") from error
             wf.cache_schemas(object_info, ctx.state_dir)  # `ralph check` validates against it next time
-            flow = wf.build(ctx.file, ctx.task, ctx.params, schemas, _provided_files(ctx.file))
+            server = ctx.fact(ComfyServer)
+            flow = wf.build(ctx.file, ctx.task, ctx.params, schemas,
+                            (server.files or None) if server is not None else _provided_files(ctx.file))
             errors = [p for p in flow.problems if p.is_error or (ctx.params["strict_lint"] and p.severity == "warning")]
             if errors:
                 raise TaskFailed("; ".join(f"line {p.line or flow.fallback_line}: {p}" for p in errors))
             variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
             images = [image for variant in variants for image in self._variant(ctx, client, variant, flow)]
+        lint = [str(p) for p in flow.problems if p.severity == "warning"]
+        ctx.publish(Images(images, flow.values(), lint))
         return Result(
             summary=f"{len(images)} image(s) from {len(variants)} variant(s) in {ctx.params['output_dir']}",
             data={
                 "images": images,
                 "workflow": flow.values(),
-                "lint": [str(p) for p in flow.problems if p.severity == "warning"],
+                "lint": lint,
                 "server": url,
             },
             files=[image["path"] for image in images],
         )
 
-    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant,
-                 flow: wf.Workflow) -> list[dict[str, Any]]:
+    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant, flow: wf.Workflow) -> list[dict[str, Any]]:
         from ralph.handlers.comfyui.client import ComfyError, PromptRejected, ServerGone, Stalled
 
         done: dict[str, Any] = ctx.memory.get("variants", {})
@@ -167,7 +173,7 @@ class ComfyRun(Handler):
         paths = client.download(result, folder)
         values = {**flow.values(), **variant.values}
         images = []
-        for output, path in zip([o for o in result.outputs if o.type == "output"], paths, strict=False):
+        for output, path in zip([o for o in result.outputs if o.type == "output"], paths):
             _stamp_png(path, values)
             images.append(
                 {
@@ -185,8 +191,8 @@ class ComfyRun(Handler):
         done[variant.label] = record
         ctx.memory["variants"] = done
         if images and result.server_seconds:
-            machine = ctx.resources.get("machine") or {}
-            on = f" on {machine['gpu']}" if machine.get("gpu") else ""
+            machine = ctx.fact(MachineHandle)
+            on = f" on {machine.gpu}" if machine is not None and machine.gpu else ""
             Measures().record(SECONDS_PER_IMAGE, result.server_seconds / len(images),
                               f"{len(images)} image(s) of {ctx.file.path.name} task {ctx.task.number}{on}")
         return images
@@ -252,51 +258,49 @@ def _stamp_png(path: Path, values: dict[str, Any]) -> None:
 
 @contextmanager
 def server_url(ctx: Context) -> Iterator[str]:
-    """The ``server`` parameter, else ComfyUI on the held machine through an SSH tunnel, on the
-    port an earlier comfyui.setup started it on (its ``port`` parameter), else ComfyUI's 8188."""
+    """The ``server`` parameter, else ComfyUI on the held machine through an SSH tunnel (the
+    machine exposes no port but SSH; ComfyUI listens on its 127.0.0.1), on the port the
+    comfyui.setup before started it on (its ``ComfyServer`` fact), else ComfyUI's default."""
     if ctx.params["server"]:
         yield ctx.params["server"].rstrip("/")
         return
     try:
-        from ralph.handlers.machines.session import COMFYUI_PORT, comfyui_url
+        from ralph.handlers.machines import session
+        from ralph.handlers.machines.forwarding import forward
     except ImportError:
         raise TaskBlocked("no ComfyUI server: set the `server` parameter (pods are not available here)") from None
-    service = ctx.result_of("service") or {}
-    if service.get("start"):
-        _start_again_if_stopped(ctx, service)
-    with comfyui_url(ctx, service.get("port", COMFYUI_PORT)) as url:
-        yield url
+    handle, machine = session.connect(ctx)
+    server = ctx.fact(ComfyServer)
+    ours = server is not None and server.machine == handle.id
+    if server is not None and ours and server.python:
+        _start_again_if_stopped(ctx, machine, handle, server)
+    with forward(machine, remote_port=server.port if server is not None and ours else DEFAULT_PORT) as forwarded:
+        yield forwarded.url
 
 
-def _service_layout(ctx: Context) -> tuple[Any, Any]:
-    """The held machine and where comfyui.setup put ComfyUI, its pid file and its log."""
-    from ralph.handlers.comfyui import setup
-    from ralph.handlers.machines import session
-
-    _, machine = session.connect(ctx)
-    return machine, setup.Layout(ctx.result_of("workspace") or "/workspace")
-
-
-def _start_again_if_stopped(ctx: Context, service: dict[str, Any]) -> None:
+def _start_again_if_stopped(ctx: Context, machine: Any, handle: MachineHandle, server: ComfyServer) -> None:
     """A ComfyUI that died (a crash, a reboot of the machine) is started again the way
     comfyui.setup started it, so a rerun of this task finds a server to resubmit to."""
-    from ralph.handlers.comfyui import setup
+    from ralph.handlers.comfyui import service
+    from ralph.handlers.comfyui.workspace import Layout
 
-    machine, layout = _service_layout(ctx)
-    if setup.service_pid(machine, layout) is None:
+    if service.service_pid(machine, handle.services_dir) is None:
         ctx.log("ComfyUI is not running on the machine: starting it again as comfyui.setup did")
-        setup.ensure_service(machine, layout, port=service["port"], log=ctx.log, **service["start"])
+        service.ensure_service(machine, handle.services_dir, Layout(posixpath.dirname(server.folder)), server.python,
+                               server.port, list(server.args), server.start_timeout, ctx.log)
 
 
 def _stopped(ctx: Context, error: Exception) -> TaskFailed:
     """A server that went away mid-task, named as such, with the end of its log when ralph started it."""
     message = f"ComfyUI on the machine stopped: {error}"
-    if (ctx.result_of("service") or {}).get("start") and not ctx.params["server"]:
-        from ralph.handlers.comfyui import setup
+    server = ctx.fact(ComfyServer)
+    if server is not None and server.python and not ctx.params["server"]:
+        from ralph.handlers.comfyui.service import SERVICE
+        from ralph.handlers.machines import services, session
 
         try:
-            machine, layout = _service_layout(ctx)
-            tail = setup.log_tail(machine, layout)
+            handle, machine = session.connect(ctx)
+            tail = services.log_tail(machine, handle.services_dir, SERVICE)
         except Exception as failure:  # noqa: BLE001 (the machine itself may be gone; the message stands)
             tail = f"(its log could not be read: {type(failure).__name__})"
         message += f"; a rerun starts it again and resubmits the prompt. Its log ends:\n{tail[-1500:]}"

@@ -8,7 +8,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from ralph.handlers.comfyui.problem import LineOf, Problem, no_lines
+from ralph.handlers.comfyui.finding import LineOf, Finding, no_lines
 from ralph.handlers.comfyui.schema import InputSpec, NodeSchema, Schemas
 
 
@@ -18,7 +18,7 @@ def is_link(value: Any) -> bool:
             and not isinstance(value[0], bool) and isinstance(value[1], int) and not isinstance(value[1], bool))
 
 
-def validate(api_graph: Any, schemas: Mapping[str, NodeSchema], line_of: LineOf | None = None) -> list[Problem]:
+def validate(api_graph: Any, schemas: Mapping[str, NodeSchema], line_of: LineOf | None = None) -> list[Finding]:
     """All problems found in ``api_graph`` (``{id: {"class_type", "inputs"}}``), errors and warnings.
 
     ``line_of(node_id, input_or_None)`` gives file lines (compile's LineMap; None for a graph
@@ -34,14 +34,14 @@ class _Validator:
         self.graph = {str(k): v for k, v in graph.items()} if isinstance(graph, Mapping) else {}
         self.schemas, self.line_of = schemas, line_of
         self.files_listed = isinstance(schemas, Schemas) and schemas.files_listed
-        self.problems: list[Problem] = []
+        self.problems: list[Finding] = []
         if not isinstance(graph, Mapping):
             self.add(None, None, None, "the workflow is not a JSON object of nodes", code="shape")
 
     def add(self, node_id: str | None, class_type: str | None, input_name: str | None, message: str,
             severity: str = "error", code: str = "") -> None:
         line = self.line_of(node_id, input_name) if node_id is not None else None
-        self.problems.append(Problem(line, node_id, class_type, input_name, message, severity, code))  # type: ignore[arg-type]
+        self.problems.append(Finding(line, node_id, class_type, input_name, message, severity, code))  # type: ignore[arg-type]
 
     def node(self, node_id: str) -> tuple[str | None, Mapping[str, Any]]:
         entry = self.graph.get(node_id)
@@ -51,7 +51,7 @@ class _Validator:
         inputs = entry.get("inputs")
         return (class_type if isinstance(class_type, str) else None), (inputs if isinstance(inputs, Mapping) else {})
 
-    def run(self) -> list[Problem]:
+    def run(self) -> list[Finding]:
         for node_id in self.graph:
             self.check_node(str(node_id))
         self.check_cycles()
@@ -218,7 +218,7 @@ class _Validator:
                 outputs.append(str(node_id))
         if not outputs:
             first = str(next(iter(self.graph)))
-            self.problems.append(Problem(self.line_of(first, None), None, None, None,
+            self.problems.append(Finding(self.line_of(first, None), None, None, None,
                                          "no output node (such as SaveImage): ComfyUI would refuse the workflow "
                                          "(prompt_no_outputs)", "error", "no-output"))
             return

@@ -18,7 +18,7 @@ from typing import Any
 from ralph.handlers.comfyui.check import check_graph, compile_node_list
 from ralph.handlers.comfyui.compile import LineMap, PromptText
 from ralph.handlers.comfyui.parameters import infer_parameters
-from ralph.handlers.comfyui.problem import Problem
+from ralph.handlers.comfyui.finding import Finding
 from ralph.handlers.comfyui.schema import NodeSchema, load_object_info, schemas_from_object_info
 from ralph.handlers.comfyui.template import apply_overrides, load_template
 
@@ -38,7 +38,7 @@ class Variant:
 class Workflow:
     graph: dict[str, Any]
     parameters: dict[str, list[str]]  # name → "node.input" paths
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Finding] = field(default_factory=list)
     line_of: LineMap | None = None
     fallback_line: int = 0  # where problems without a line of their own are reported
 
@@ -128,7 +128,7 @@ def build(
         except (FileNotFoundError, ModuleNotFoundError):
             return Workflow({}, {}, [_problem(fallback, f"no workflow template {params['template']!r} in workflows/")])
         graph, parameters = template["prompt"], template["parameters"]
-        problems: list[Problem] = []
+        problems: list[Finding] = []
         line_of = None
     else:
         found = node_list_block(task)
@@ -159,5 +159,5 @@ def graph_digest(graph: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(graph, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _problem(line: int, message: str) -> Problem:
-    return Problem(line, None, None, None, message)
+def _problem(line: int, message: str) -> Finding:
+    return Finding(line, None, None, None, message)

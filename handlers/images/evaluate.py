@@ -23,12 +23,16 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from ralph.handlers.machines.base import Machine, MachineError
 
 from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion, fold
+from ralph.facts import Need
+from ralph.handler import BACKTICKED, Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion
+from ralph.handlers.facts import ComfyServer, Evaluation, Images
+from ralph.handlers.machines.base import Machine, MachineError
 from ralph.model import Task
+from ralph.parser import normalise
 from ralph.state import now
+from ralph.textfile import write_atomically
 
 from . import face
 from .colour import NATURAL_HUE, NATURAL_MAX_CHROMA, ColourDrift, ColourStats, colour_drift, colour_stats
@@ -37,7 +41,7 @@ from .grain import GrainComparison, GrainMeasure, compare_grain, measure_grain
 
 HISTORY = "images-history.json"
 DEFAULT_DIR = "output"
-BACKTICKED = re.compile(r"`([^`]+)`")
+DEFAULT_COMFYUI_DIR = "/workspace/ComfyUI"  # a RunPod ComfyUI image's
 MARKDOWN_LINK = re.compile(r"\]\(<?([^)>]+)>?\)")
 # Verdicts from worst to best, for ranking (index = group; lower is better).
 _GROUPS = {"less grain": 0, "not less grain": 1, "grain coarser": 2, "detail lost": 2, "not measurable": 3}
@@ -133,13 +137,15 @@ class EvaluateImages(Handler):
     """
 
     name = "images.evaluate"
+    needs = (Need(Images, unless="images"),)
+    provides = (Evaluation,)
     params = {
         "images": Param((str, list, type(None)), None, "image paths or globs; default: the earlier task's images"),
         "dir": Param((str, type(None)), None, "local folder for the images; default: the one the criterion names"),
         "previous": Param((str, type(None)), None, "the image to compare with (relative to the task file)"),
-        "face_reference": Param((str, type(None)), None, "face reference on the pod; default: "
-                                                         "<comfyui_dir>/input/<face_image>"),
-        "comfyui_dir": Param(str, "/workspace/ComfyUI", "ComfyUI's folder on the pod"),
+        "face_reference": Param((str, type(None)), None, "face reference on the pod; default: <comfyui_dir>/input/<face_image>"),
+        "comfyui_dir": Param((str, type(None)), None, "ComfyUI's folder on the pod; default: the one "
+                             "comfyui.setup set up, else /workspace/ComfyUI"),
         "python": Param(str, "python3", "the pod's Python that has insightface (ComfyUI's)"),
         "face_remote_dir": Param(str, "ralph-face", "where images are copied on the machine for the face measure "
                                  "(relative: in its working folder)"),
@@ -150,8 +156,7 @@ class EvaluateImages(Handler):
         if isinstance(images, list):
             images = ", ".join(images)
         previous = params["previous"] or next(
-            (_field_path(f.value) for key in ("previous", "baseline")
-             if (f := task.fields.get(key)) and f.value.strip()),
+            (_field_path(f.value) for key in ("previous", "baseline") if (f := task.fields.get(key)) and f.value.strip()),
             "the best image of the last run")
         return Estimate((f"measures grain, detail and colour of {images} against {previous}; "
                          "face identity on the machine if it has insightface",))
@@ -190,28 +195,24 @@ class EvaluateImages(Handler):
         _remember(ctx, records, rows[0])
         best_row = rows[0]
         summary = f"{len(records)} image(s) in {ctx.display_path(folder)}; {grain['explanation']}"
-        return Result(
-            summary=summary,
-            files=files,
-            data={
-                "images": records,
-                "previous": previous,
-                "ranking": rows,
-                "best": best_row,
-                "grain": grain,
-                "colour": best_row["colour"] if previous else {**best_row["colour"], "verdict": None},
-                "face": {**face_data, "image": best_row["path"], "previous": previous["path"] if previous else None},
-                "comparison": comparison,
-                "success": success,
-            },
+        found = Evaluation(
+            ranking=rows,
+            previous=previous,
+            grain=grain,
+            colour=best_row["colour"] if previous else {**best_row["colour"], "verdict": None},
+            face={**face_data, "image": best_row["path"], "previous": previous["path"] if previous else None},
+            comparison=comparison,
+            success=success,
         )
+        ctx.publish(found)
+        return Result(summary=summary, files=files, data={"images": records, "best": best_row, **found.record()})
 
     def _face(self, ctx: Context, records: list[dict[str, Any]], previous: dict[str, Any] | None) -> dict[str, Any]:
         reference = ctx.params["face_reference"] or _face_reference(ctx)
         if reference is None:
             return face.unavailable("no face reference: set `face_reference` or a face_image in the workflow").as_data()
         local = [ctx.path(r["path"]) for r in records] + ([ctx.path(previous["path"])] if previous else [])
-        root = ctx.params["comfyui_dir"].rstrip("/") + "/models/insightface"
+        root = _comfyui_dir(ctx) + "/models/insightface"
         try:
             provider, machine, reason = held_machine(ctx)
             if provider is None:
@@ -221,8 +222,7 @@ class EvaluateImages(Handler):
                 return face.unavailable(missing).as_data()
             placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
             by_name = {ctx.display_path(Path(k)): v for k, v in placed.items()}
-            measure = face.measure_faces(provider, by_name, reference, insightface_root=root,
-                                         python=ctx.params["python"])
+            measure = face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"])
         except (TaskBlocked, MachineError, OSError) as error:  # the face measure is optional: no verdict, no failure
             return face.unavailable(f"the pod could not be reached for the face measure: {error}").as_data()
         return measure.as_data()
@@ -296,7 +296,7 @@ def _size(size: int) -> str:
 def _named_folder(ctx: Context) -> str | None:
     """The folder a "image téléchargée … dans `X`" criterion names."""
     for criterion_ in ctx.task.criteria:
-        if re.search(r"telecharge|download", fold(criterion_.text)):
+        if re.search(r"telecharge|download", normalise(criterion_.text)):
             found = BACKTICKED.search(criterion_.text)
             if found:
                 return found.group(1)
@@ -314,7 +314,8 @@ def _sources(ctx: Context) -> list[dict[str, Any]]:
                 raise TaskBlocked(f"no image matches `{pattern}` (relative to the task file's folder)")
             records += [{"path": ctx.display_path(Path(m)), "variant": Path(m).stem, "params": {}} for m in matches]
         return records
-    images = ctx.result_of("images")
+    made = ctx.fact(Images)
+    images = made.images if made is not None else None
     if not images:
         raise TaskBlocked("no images to evaluate: no earlier task recorded any and no `images` parameter was given")
     missing = [i["path"] for i in images if not ctx.path(i["path"]).is_file()]
@@ -388,7 +389,7 @@ def _assess(
     if reference is None and len(records) > 1:  # no previous image: rank the sweep against its first variant
         reference, against = pixels[0], f"variant {records[0].get('variant')}"
     assessed = []
-    for record, image in zip(records, pixels, strict=False):
+    for record, image in zip(records, pixels):
         if reference is None:
             assessed.append(Assessed(record, image, measure_grain(image), None, None, colour_stats(image), None))
             continue
@@ -424,11 +425,18 @@ def _grain_data(best: Assessed, previous: dict[str, Any] | None, note: str, coun
 
 
 def _face_reference(ctx: Context) -> str | None:
-    workflow = ctx.result_of("workflow") or {}
-    name = workflow.get("face_image")
+    made = ctx.fact(Images)
+    name = made.workflow.get("face_image") if made is not None else None
     if not isinstance(name, str) or not name:
         return None
-    return name if name.startswith("/") else f"{ctx.params['comfyui_dir'].rstrip('/')}/input/{name}"
+    return name if name.startswith("/") else f"{_comfyui_dir(ctx)}/input/{name}"
+
+
+def _comfyui_dir(ctx: Context) -> str:
+    """The ``comfyui_dir`` parameter, else the folder of the ComfyUI an earlier task set up."""
+    server = ctx.fact(ComfyServer)
+    chosen = ctx.params["comfyui_dir"] or (server.folder if server is not None else DEFAULT_COMFYUI_DIR)
+    return chosen.rstrip("/")
 
 
 def held_machine(ctx: Context) -> tuple[Machine | None, str, str]:
@@ -438,7 +446,7 @@ def held_machine(ctx: Context) -> tuple[Machine | None, str, str]:
     """
     from ralph.handlers.machines import session
 
-    if ctx.resources.get(session.RESOURCE) is None:
+    if session.held(ctx) is None:
         return None, "", "no machine is held; the face measure runs on the machine, where insightface is"
     handle, provider = session.connect(ctx)  # records that this task used the machine
     return provider, handle.id, ""
@@ -466,12 +474,9 @@ def _remember(ctx: Context, records: list[dict[str, Any]], best: dict[str, Any])
             "time": now(),
             "task": ctx.task.number,
             "images": [{"path": r["path"], "variant": r.get("variant")} for r in records],
-            "best": {"path": best["path"], "sha256": sha256(ctx.path(best["path"])),
-                     "grain_index": best["grain_index"]},
+            "best": {"path": best["path"], "sha256": sha256(ctx.path(best["path"])), "grain_index": best["grain_index"]},
         }
     )
     path = ctx.state_dir / HISTORY
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(HISTORY + ".part")
-    partial.write_text(json.dumps(entries, indent=1, ensure_ascii=False), "utf-8")
-    os.replace(partial, path)
+    write_atomically(path, json.dumps(entries, indent=1, ensure_ascii=False).encode("utf-8"))

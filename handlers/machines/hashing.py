@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 
 from ralph.handlers.machines.base import Progress
+from ralph.textfile import write_atomically
 
 CHUNK = 1 << 20
 
@@ -60,10 +60,7 @@ class HashCache:
             data = self._load()
             data[str(path.resolve())] = [*(stamp or _stamp(path.stat())), sha256]
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sha256-cache.")
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, self.path)
+            write_atomically(self.path, json.dumps(data).encode())
 
     def sha256(self, path: Path) -> str:
         if (known := self.lookup(path)) is not None:

@@ -9,12 +9,12 @@ The same file serves OpenSSH (rsync, scp) through ``openssh_options``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from pathlib import Path
 
 import paramiko
+
+from ralph.textfile import write_atomically
 
 
 class HostKeyChanged(paramiko.SSHException):
@@ -50,10 +50,8 @@ class HostKeyStore:
 
     def _save(self, keys: paramiko.HostKeys) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".known_hosts.")
-        os.close(fd)
-        keys.save(tmp)
-        os.replace(tmp, self.path)
+        lines = [f"{name} {key.get_name()} {key.get_base64()}\n" for name in keys.keys() for key in keys[name].values()]
+        write_atomically(self.path, "".join(lines).encode())
 
     def pinned(self, name: str) -> paramiko.PKey | None:
         entry = self._load().lookup(name)

@@ -1,9 +1,9 @@
 """Machines that are not rented: an SSH host of the user's, or this machine.
 
-``machine.ssh`` and ``machine.local`` hold the same "pod" resource ``runpod.create`` does, so
-``comfyui.setup``, ``comfyui.run``, ``pod.shell`` and ``images.evaluate`` run on them unchanged.
-Nothing here is billed, so there is no dead-man's switch and no heartbeat; ``machine.release``
-stops the ComfyUI ralph started and lets the machine go.
+``machine.ssh`` and ``machine.local`` publish the same fact ``runpod.create`` does, a
+``MachineHandle``, so ``comfyui.setup``, ``comfyui.run``, ``pod.shell`` and ``images.evaluate``
+run on them unchanged. Nothing here is billed, so there is no dead-man's switch and no
+heartbeat; ``machine.release`` stops the services ralph started there and lets the machine go.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ralph.handlers.machines import session
-
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, TaskFailed, criterion
+from ralph.handlers.facts import MachineHandle
+from ralph.handlers.machines import services, session
 from ralph.model import Task
 
 _ADDRESS = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>[^:@\s]+)(?::(?P<port>\d{1,5}))?$")
 
 
-def _hold(ctx: Context, handle: session.MachineHandle) -> Result:
+def _hold(ctx: Context, handle: MachineHandle) -> Result:
     """Check the machine answers, then hold it for the tasks that follow."""
     started = time.monotonic()
     machine = session.attach(handle)
@@ -35,9 +35,9 @@ def _hold(ctx: Context, handle: session.MachineHandle) -> Result:
         session.detach(handle.id)
         raise TaskFailed(f"{handle.address}: `true` exited {outcome.exit_code}: {outcome.stderr.strip()[-200:]}")
     seconds = time.monotonic() - started
-    ctx.hold(session.RESOURCE, handle.as_resource())
+    ctx.publish(handle)
     ctx.memory["answered"] = {"address": handle.address, "seconds": round(seconds, 3)}
-    return Result(summary=f"using {handle.address} ({handle.kind})", data={"pod": handle.as_resource()}, cost_usd=0.0)
+    return Result(summary=f"using {handle.address} ({handle.kind})", data={"pod": handle.record()}, cost_usd=0.0)
 
 
 class UseSshHost(Handler):
@@ -50,6 +50,7 @@ class UseSshHost(Handler):
     """
 
     name = "machine.ssh"
+    provides = (MachineHandle,)
     params = {
         "host": Param(str, help="user@host:port of the machine"),
         "key": Param(str, "~/.ssh/id_ed25519", "private key to log in with"),
@@ -68,7 +69,7 @@ class UseSshHost(Handler):
         if not key.is_file():
             raise TaskBlocked(f"no SSH key at {ctx.display_path(key)}")
         user, host, port = found["user"] or "root", found["host"], int(found["port"] or 22)
-        handle = session.MachineHandle(
+        handle = MachineHandle(
             id=f"ssh-{user}@{host}-{port}",
             name=f"{user}@{host}:{port}",
             host=host,
@@ -96,6 +97,7 @@ class UseThisMachine(Handler):
     (relative to the task file).  For trying a whole experiment file without renting a GPU."""
 
     name = "machine.local"
+    provides = (MachineHandle,)
     params = {"workspace": Param(str, "workspace", "working folder (relative to the task file)")}
 
     def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
@@ -104,7 +106,7 @@ class UseThisMachine(Handler):
     def run(self, ctx: Context) -> Result:
         workspace = ctx.path(ctx.params["workspace"])
         workspace.mkdir(parents=True, exist_ok=True)
-        handle = session.MachineHandle(
+        handle = MachineHandle(
             id=f"local-{ctx.run_id}",
             name="this machine",
             host="localhost",
@@ -121,14 +123,14 @@ class UseThisMachine(Handler):
 
 
 class ReleaseMachine(Handler):
-    """Clean-up for machine.ssh / machine.local: stop the ComfyUI ralph started there and let
-    the machine go (nothing is deleted; it is yours).  Runs even after a failure."""
+    """Clean-up for machine.ssh / machine.local: stop the services ralph started there (ComfyUI)
+    and let the machine go (nothing is deleted; it is yours).  Runs even after a failure."""
 
     name = "machine.release"
     cleanup = True
 
     def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
-        return Estimate(("stops the ComfyUI ralph started and lets your machine go",))
+        return Estimate(("stops the services ralph started and lets your machine go",))
 
     def run(self, ctx: Context) -> Result:
         handle = session.held(ctx)
@@ -136,13 +138,12 @@ class ReleaseMachine(Handler):
             return Result(summary="no machine to release")
         if handle.kind == "runpod":
             raise TaskFailed("this file's machine is a RunPod pod: terminate it with runpod.terminate")
-        from ralph.handlers.comfyui.setup import stop_service
-
         _, machine = session.connect(ctx)
-        stopped = stop_service(machine, ctx.result_of("workspace") or handle.workspace or "/workspace")
+        stopped = services.stop_all(machine, handle.services_dir)
         session.detach(handle.id)
-        ctx.release(session.RESOURCE)
-        return Result(summary=f"released {handle.name}" + ("; stopped ComfyUI" if stopped else ""))
+        ctx.withdraw(MachineHandle)
+        return Result(summary=f"released {handle.name}" + (f"; stopped {', '.join(stopped)}" if stopped else ""),
+                      data={"stopped": stopped})
 
     @criterion(r"(machine|pod|host).*(released|liberee|rendue|stopped|arretee)")
     def released(self, ctx: Context, result: Result, text: str) -> Evidence:

@@ -43,3 +43,8 @@ def in_dir(directory: str | os.PathLike[str], command: str) -> str:
     would only partly guard.
     """
     return f"cd -- {quote(directory)} || exit 1\n{command}"
+
+
+def assign(**values: str | os.PathLike[str] | int) -> str:
+    """``k='v'; …``: shell variables a fixed script then reads as "$k" (names are ralph's own)."""
+    return "".join(f"{name}={quote(value)}; " for name, value in values.items())

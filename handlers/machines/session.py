@@ -1,8 +1,8 @@
 """Reaching the pod a task holds, and keeping its dead-man's switch fed while ralph uses it.
 
-``runpod.create`` records the pod as the resource ``"pod"`` (``MachineHandle.as_resource``); later
-tasks call ``connect(ctx)`` for an ``SshMachine`` to it (key and host key pinned in ralph's state
-folder). The first connection to a pod in this process also starts its heartbeat: a daemon thread
+``runpod.create``, ``machine.ssh`` and ``machine.local`` publish the fact ``MachineHandle``; later
+tasks call ``connect(ctx)`` for a provider to it (an ``SshMachine``, key and host key pinned in
+ralph's state folder, or a ``LocalMachine``). The first connection to a pod in this process also starts its heartbeat: a daemon thread
 that rewrites the switch's heartbeat file on the pod every few seconds, over its own SSH
 connection. One per pod per process; it dies with the process, which is the point: a ralph that
 is killed stops feeding the switch and the pod deletes itself ``heartbeat_timeout_s`` later.
@@ -13,61 +13,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from ralph.handlers.runpod import deadman
+from typing import TYPE_CHECKING
 
 from ralph.context import Context
 from ralph.handler import TaskBlocked
+from ralph.handlers.facts import MachineHandle
+from ralph.handlers.runpod import deadman
 
 if TYPE_CHECKING:  # paramiko and cryptography load when a pod is used, not when a handler is
     from ralph.handlers.machines.base import Machine
-    from ralph.handlers.machines.ssh import SshTarget
-
-RESOURCE = "machine"
-
-
-@dataclass(frozen=True)
-class MachineHandle:
-    """What tasks need to reach a pod; stored in state.json as the ``pod`` resource."""
-
-    id: str
-    name: str
-    host: str
-    port: int
-    user: str
-    key_file: str
-    known_hosts: str
-    workspace: str  # "" : where SSH sessions start
-    state_base: str  # the switch's folder on the pod (deadman.pod_dir)
-    heartbeat_interval_s: float
-    gpu: str = ""
-    cost_per_hr: float = 0.0
-    created_at: float = 0.0  # epoch seconds: the create call returned
-    ready_at: float = 0.0  # epoch seconds: ssh true first answered
-    kind: str = "runpod"  # or "ssh" (an existing machine) or "local" (this one): see machine.py
-
-    def as_resource(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_resource(cls, value: dict[str, Any]) -> MachineHandle:
-        known = {k: value[k] for k in cls.__dataclass_fields__ if k in value}
-        return cls(**known)
-
-    def target(self) -> SshTarget:
-        from ralph.handlers.machines.ssh import SshTarget
-
-        return SshTarget(self.host, int(self.port), Path(self.key_file), user=self.user, alias=self.id,
-                         workdir=self.workspace or None)
-
-    @property
-    def address(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
 
 
 def provider(handle: MachineHandle, *, connect_timeout: float = 20.0, attempts: int = 3) -> Machine:
@@ -207,8 +163,9 @@ def _close(session: _Session) -> None:
 
 
 def held(ctx: Context) -> MachineHandle | None:
-    value = ctx.use(RESOURCE)
-    return MachineHandle.from_resource(value) if isinstance(value, dict) and value.get("host") else None
+    """The machine this run holds, if it can be reached (a pod being created has no host yet)."""
+    handle = ctx.fact(MachineHandle)
+    return handle if handle is not None and handle.host else None
 
 
 def connect(ctx: Context) -> tuple[MachineHandle, Machine]:
@@ -221,16 +178,3 @@ def connect(ctx: Context) -> tuple[MachineHandle, Machine]:
         )
     return handle, attach(handle)
 
-
-COMFYUI_PORT = 8188
-
-
-@contextmanager
-def comfyui_url(ctx: Context, port: int = COMFYUI_PORT) -> Iterator[str]:
-    """A local URL for ComfyUI on the held pod, through an SSH tunnel: the pod exposes no public
-    port but 22/tcp, and ComfyUI listens on the pod's 127.0.0.1."""
-    _, ssh = connect(ctx)
-    from ralph.handlers.machines.forwarding import forward
-
-    with forward(ssh, remote_port=port) as forwarded:
-        yield forwarded.url

@@ -9,12 +9,12 @@ import os
 import threading
 from pathlib import Path
 
+from ralph.context import Context, RunInfo
+from ralph.handler import Handler, TaskBlocked
+from ralph.handlers.facts import MachineHandle
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import reaper
 from ralph.handlers.runpod.api import KEY_VARIABLE, APIError, AuthError, RunPodAPI
-
-from ralph.context import Context, RunInfo
-from ralph.handler import Handler, TaskBlocked
 
 CONSOLE = "https://www.runpod.io/console/pods"
 SETTINGS = "https://www.runpod.io/console/user/settings"
@@ -51,9 +51,9 @@ def run_hook(run: RunInfo, phase: str) -> None:
             return
         _hooks_done.add((run.run_id, phase))
     if phase == "before":
-        value = run.resources.get(session.RESOURCE)
-        if isinstance(value, dict) and value.get("host"):
-            session.attach(session.MachineHandle.from_resource(value))
+        handle = MachineHandle.from_record(run.resources.get(MachineHandle.key))
+        if handle is not None:
+            session.attach(handle)
     else:
         session.detach_all(run.state_dir)
     if not os.environ.get(KEY_VARIABLE, "").strip():

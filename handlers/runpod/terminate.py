@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Param, Result, TaskFailed, TransientError, criterion
+from ralph.handlers.facts import MachineHandle, MachineTime
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import estimate, reaper
 from ralph.handlers.runpod.api import AuthError, RunPodAPI, TransientAPIError
 from ralph.handlers.runpod.common import CONSOLE, PodHandler, api_for_task, blocked_by_auth, task_file
-
-from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Param, Result, TaskFailed, TransientError, criterion
 from ralph.model import Task
 from ralph.state import now
 
@@ -33,10 +33,10 @@ class TerminatePod(PodHandler):
     """
 
     name = "runpod.terminate"
+    provides = (MachineTime,)
     cleanup = True
     params = {
-        "terminate_timeout_s": Param((int, float), 120, "seconds to keep re-sending terminate until the pod reads "
-                                                        "gone"),
+        "terminate_timeout_s": Param((int, float), 120, "seconds to keep re-sending terminate until the pod reads gone"),
         "poll_s": Param((int, float), 2, "seconds between reads while confirming"),
     }
 
@@ -56,7 +56,7 @@ class TerminatePod(PodHandler):
 
     def _run(self, ctx: Context, api: RunPodAPI) -> Result:
         prefix = reaper.owner_prefix(task_file(ctx))
-        held = ctx.resources.get(session.RESOURCE)
+        held = ctx.resources.get(MachineHandle.key)  # a record: a pod being created is not reachable yet
         targets: dict[str, str] = {}
         if isinstance(held, dict) and held.get("id"):
             targets[held["id"]] = held.get("name", "")
@@ -75,7 +75,7 @@ class TerminatePod(PodHandler):
             raise TaskFailed(f"still listed after termination: {', '.join(f'{p.name} ({p.id})' for p in active)}")
         confirmed_at = now()
         ledger = reaper.Ledger()
-        for name in targets.values():
+        for pod_id, name in targets.items():
             if name:
                 ledger.gone(name)
         cost, hours = 0.0, 0.0
@@ -86,7 +86,8 @@ class TerminatePod(PodHandler):
             hours = (time.time() - float(held.get("created_at") or time.time())) / 3600
             since = float(held.get("ready_at") or held.get("created_at") or time.time())
             cost = (time.time() - since) / 3600 * float(held.get("cost_per_hr") or 0.0)
-            ctx.release(session.RESOURCE)
+            ctx.withdraw(MachineHandle)
+            ctx.publish(MachineTime(round(hours, 4)))
         total = hours * float((held or {}).get("cost_per_hr") or 0.0)
         ctx.memory["terminated"] = list(targets)
         summary = (f"terminated {', '.join(f'{n} ({i})' for i, n in targets.items())}; "
@@ -108,8 +109,7 @@ class TerminatePod(PodHandler):
         if gone is None:
             return Evidence(False, "the terminate task did not run")
         if not gone:
-            return Evidence(True, f"no pod of this file existed (none named {result.data.get('prefix')}*): nothing to "
-                                  "terminate")
+            return Evidence(True, f"no pod of this file existed (none named {result.data.get('prefix')}*): nothing to terminate")
         api = RunPodAPI.from_env()
         try:
             left = [g["id"] for g in gone if api.get_pod(g["id"]) is not None]

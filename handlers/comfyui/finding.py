@@ -20,7 +20,7 @@ def no_lines(node_id: str, input_name: str | None = None) -> int | None:
 
 
 @dataclass(frozen=True)
-class Problem:
+class Finding:
     """A finding. ``str()`` gives ``node 11 (KSampler) input cfg: message``;
     the engine prefixes ``file:line:`` itself, which is why ``line`` is kept apart."""
 
