@@ -17,8 +17,8 @@ import pytest
 from ralph.handlers.comfyui.client import (
     ComfyClient,
     ExecutionFailed,
-    PromptInterrupted,
     OutputFile,
+    PromptInterrupted,
     PromptRejected,
     ServerGone,
     Stalled,

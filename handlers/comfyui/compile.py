@@ -16,8 +16,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ralph.handlers.comfyui.nodelist import Item, Link, NodeSpec, PromptRef, Size
 from ralph.handlers.comfyui.finding import Finding
+from ralph.handlers.comfyui.nodelist import Item, Link, NodeSpec, PromptRef, Size
 from ralph.handlers.comfyui.schema import InputSpec, NodeSchema, looks_like_file
 
 

@@ -8,10 +8,15 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ralph.handlers.comfyui import workflow as wf
+from ralph.handlers.comfyui.service import DEFAULT_PORT
+from ralph.handlers.facts import ComfyServer, Images, MachineHandle
+from ralph.handlers.images import pngtext
 
 from ralph import units
 from ralph.config import load_config
@@ -31,10 +36,6 @@ from ralph.handler import (
     TransientError,
     criterion,
 )
-from ralph.handlers.comfyui import workflow as wf
-from ralph.handlers.comfyui.service import DEFAULT_PORT
-from ralph.handlers.facts import ComfyServer, Images, MachineHandle
-from ralph.handlers.images import pngtext
 from ralph.measures import SECONDS_PER_IMAGE, Measures
 from ralph.model import Task, TaskFile
 from ralph.state import state_dir_for
@@ -86,8 +87,10 @@ class ComfyRun(Handler):
         return [_as_problem(p, flow.fallback_line, params["strict_lint"]) for p in flow.problems]
 
     def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
-        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir), _provided_files(context.file))
-        source = f"template {params['template']}" if params["template"] else f"the task's node list ({len(flow.graph)} nodes)"
+        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir),
+                        _provided_files(context.file))
+        source = (f"template {params['template']}" if params["template"]
+                  else f"the task's node list ({len(flow.graph)} nodes)")
         lines = [f"runs {source} on ComfyUI" + (f" at {params['server']}" if params["server"] else "")]
         if params["overrides"]:
             lines.append("overrides: " + ", ".join(f"{k}={v}" for k, v in params["overrides"].items()))
@@ -135,7 +138,8 @@ class ComfyRun(Handler):
             files=[image["path"] for image in images],
         )
 
-    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant, flow: wf.Workflow) -> list[dict[str, Any]]:
+    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant,
+                 flow: wf.Workflow) -> list[dict[str, Any]]:
         from ralph.handlers.comfyui.client import ComfyError, PromptRejected, ServerGone, Stalled
 
         done: dict[str, Any] = ctx.memory.get("variants", {})
@@ -173,7 +177,7 @@ class ComfyRun(Handler):
         paths = client.download(result, folder)
         values = {**flow.values(), **variant.values}
         images = []
-        for output, path in zip([o for o in result.outputs if o.type == "output"], paths):
+        for output, path in zip([o for o in result.outputs if o.type == "output"], paths, strict=False):
             _stamp_png(path, values)
             images.append(
                 {

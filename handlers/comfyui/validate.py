@@ -8,7 +8,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from ralph.handlers.comfyui.finding import LineOf, Finding, no_lines
+from ralph.handlers.comfyui.finding import Finding, LineOf, no_lines
 from ralph.handlers.comfyui.schema import InputSpec, NodeSchema, Schemas
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from ralph.handlers.comfyui.check import check_graph, compile_node_list
 from ralph.handlers.comfyui.compile import LineMap, PromptText
-from ralph.handlers.comfyui.parameters import infer_parameters
 from ralph.handlers.comfyui.finding import Finding
+from ralph.handlers.comfyui.parameters import infer_parameters
 from ralph.handlers.comfyui.schema import NodeSchema, load_object_info, schemas_from_object_info
 from ralph.handlers.comfyui.template import apply_overrides, load_template
 

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from ralph.handlers.machines.base import Progress
+
 from ralph.textfile import write_atomically
 
 CHUNK = 1 << 20
