@@ -185,7 +185,7 @@ class FaceVerdict:
     detail: str
 
 
-def judge(measure: dict[str, Any] | None, image: str, previous: str | None) -> FaceVerdict:
+def judge(measure: dict[str, Any] | None, image: str | None, previous: str | None) -> FaceVerdict:
     """The criterion "qualité visage maintenue" for ``image`` from a recorded measure
     (``FaceMeasure.as_data``): never verified without a similarity."""
     if not measure or not measure.get("available"):
