@@ -100,6 +100,8 @@ class Evaluation(Fact):
     face: dict[str, Any] | None = None
     comparison: str | None = None  # the before/after picture
     success: bool | None = None
+    gallery: dict[str, str] | None = None  # every variant × seed: {"png": …, "html": …}
+    ranked: bool = False  # the ranking rests on measures ("best" means something only then)
 
 
 @dataclass(frozen=True)

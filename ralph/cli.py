@@ -94,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     accept.set_defaults(command=_accept)
 
     new = commands.add_parser("new", help="create the next RALPH-00N-slug.md from a template")
-    new.add_argument("title")
+    new.add_argument("title", nargs="?", help="the experiment's title (not with --from)")
+    new.add_argument("--from", dest="source", type=Path, metavar="FILE",
+                     help="copy this task file as the next number, ralph's results, statuses and ticks cleared")
     new.add_argument("--dir", type=Path, help="where to create it (default: roadmap/ralph if present, else .)")
     new.set_defaults(command=_new)
 
@@ -185,7 +187,7 @@ def _dry_run(path: Path, args: argparse.Namespace) -> int:
     steps = select(plan, RunState(state_dir_for(path)), only=args.only, start_from=args.start_from)
     problems = sorted([p for s in steps for p in s.problems] + missing_env(steps), key=lambda p: p.line)
     for problem in problems:
-        print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
+        print(f"{problem.path or path}:{problem.line}: {problem.severity}: {problem.message}")
     if any(p.severity == "error" for p in problems):
         return 2
     print("\n".join(preview(plan, steps, max_cost_usd=args.max_cost_usd).lines()))
@@ -294,7 +296,7 @@ def _check(args: argparse.Namespace) -> int:
         if args.json:
             continue
         for problem in found:
-            print(f"{path}:{problem.line}: {problem.severity}: {problem.message}")
+            print(f"{problem.path or path}:{problem.line}: {problem.severity}: {problem.message}")
         if not found:
             print(f"{path}: ok ({len(plan.file.tasks)} tasks)")
     code = EXIT_USAGE if failed or unset else 0
@@ -312,8 +314,15 @@ def _accept(args: argparse.Namespace) -> int:
 
 
 def _new(args: argparse.Namespace) -> int:
-    from .template import create_task_file
+    from .template import copy_task_file, create_task_file
 
+    if args.source is not None:
+        if args.title:
+            raise RalphError("give a title or --from FILE, not both")
+        print(copy_task_file(args.source, args.dir))
+        return 0
+    if not args.title:
+        raise RalphError("ralph new needs a title (or --from FILE)")
     directory = args.dir or (Path("roadmap/ralph") if Path("roadmap/ralph").is_dir() else Path("."))
     print(create_task_file(directory, args.title))
     return 0

@@ -36,6 +36,7 @@ class TaskConfig:
     handler: str | None
     params: dict[str, Any]
     line: int
+    param_lines: dict[str, int] = field(default_factory=dict)  # each param's line in ralph.yaml
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Config:
     path: Path | None = None
     handlers: dict[str, str] = field(default_factory=dict)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    param_lines: dict[str, dict[str, int]] = field(default_factory=dict)  # handler → param → line in ralph.yaml
     tasks: dict[str, TaskConfig] = field(default_factory=dict)  # by normalised title or number
     max_cost_usd: float | None = None
     default_handler: str | None = None
@@ -103,6 +105,7 @@ def _read_config(path: Path, root: Any, fail: Callable[..., RalphError]) -> Conf
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise fail("params: expected 'handler.name: {param: value}' entries", line)
             config.params = value
+            config.param_lines = {name: _key_lines(node) for name, node in _children(value_node).items()}
         elif key == "tasks":
             if not isinstance(value_node, yaml.MappingNode):
                 raise fail("tasks: expected 'task title: {handler: name, params: {...}}' entries", line)
@@ -116,7 +119,8 @@ def _read_config(path: Path, root: Any, fail: Callable[..., RalphError]) -> Conf
                 params = entry.get("params") or {}
                 if not isinstance(params, dict):
                     raise fail("params: expected a mapping", entry_line)
-                config.tasks[normalise(str(title_node.value))] = TaskConfig(entry.get("handler"), params, entry_line)
+                lines = _key_lines(_children(entry_node).get("params"))
+                config.tasks[normalise(str(title_node.value))] = TaskConfig(entry.get("handler"), params, entry_line, lines)
         elif key == "max_cost_usd":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise fail(f"max_cost_usd: expected a positive number of US dollars, not {value!r}", line)
@@ -128,6 +132,20 @@ def _read_config(path: Path, root: Any, fail: Callable[..., RalphError]) -> Conf
         else:
             raise fail(f"unknown key {key!r}; expected {KEYS}", line)
     return config
+
+
+def _children(node: Any) -> dict[str, Any]:
+    """A YAML mapping node's value nodes by key (empty for anything else)."""
+    import yaml
+
+    return {str(k.value): v for k, v in node.value} if isinstance(node, yaml.MappingNode) else {}
+
+
+def _key_lines(node: Any) -> dict[str, int]:
+    """A YAML mapping node's keys → their 1-based lines, for problems reported at ralph.yaml:LINE."""
+    import yaml
+
+    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) else {}
 
 
 def _construct(node: Any) -> Any:

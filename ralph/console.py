@@ -1,19 +1,36 @@
 """What a person sees during ``ralph run``: a live task list and progress bars on a terminal,
 plain lines otherwise (CI logs, pipes), colour off under ``NO_COLOR``.  Everything shown
 passes through ``redact``.
+
+The live view owns the terminal while it runs: a line written past it (a library's log record
+on stderr) would break its cursor bookkeeping and leave a copy of the table in the scrollback
+at every redraw. So Python logging is routed through the console for the run (warnings and
+above; libraries' INFO chatter such as httpx's "HTTP Request" lines is dropped), and a task's
+own log lines show as a short tail under its row, with its elapsed time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections import deque
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from .model import Task
 from .secrets import redact
@@ -34,7 +51,7 @@ STYLE = {
 
 
 class _Bar:
-    def __init__(self, progress: Progress, task_id: TaskID) -> None:
+    def __init__(self, progress: Progress, task_id: int) -> None:
         self._progress = progress
         self._id = task_id
 
@@ -42,6 +59,42 @@ class _Bar:
         # Like the bar's first description: a line of a program's output may hold "[/x]" or a key.
         shown = None if description is None else escape(redact(description))
         self._progress.update(self._id, completed=completed, total=total, description=shown)
+
+
+class _Amount(ProgressColumn):
+    """Bytes as sizes, anything else (ComfyUI's sampler steps) as "done/total unit"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bytes = DownloadColumn()
+
+    def render(self, task):  # type: ignore[no-untyped-def]
+        unit = task.fields.get("unit", "bytes")
+        if unit == "bytes":
+            return self._bytes.render(task)
+        total = f"/{task.total:g}" if task.total is not None else ""
+        return Text(f"{task.completed:g}{total} {unit}", style="progress.download")
+
+
+class _ConsoleLogging(logging.Handler):
+    """Log records shown through the reporter while the live view runs."""
+
+    def __init__(self, reporter: ConsoleReporter) -> None:
+        super().__init__(logging.WARNING)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.reporter.warn(f"{record.name}: {record.getMessage()}")
+        except Exception:  # logging must never break the run
+            self.handleError(record)
+
+
+TAIL = 3  # log lines shown under a running task
+
+
+def _elapsed(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
 class _QuietBar:
@@ -60,11 +113,16 @@ class ConsoleReporter:
             SpinnerColumn(),
             TextColumn("{task.description}"),
             BarColumn(),
-            DownloadColumn(),
+            _Amount(),
             TimeRemainingColumn(),
             console=self.console,
         )
         self.live: Live | None = None
+        self.started: dict[int, float] = {}  # task → monotonic start, for elapsed times
+        self.finished: dict[int, float] = {}  # task → seconds it ran, as this console saw it
+        self.tails: dict[int, deque[str]] = {}
+        self._logging: tuple[_ConsoleLogging, list[tuple[logging.Handler, int]]] | None = None
+        self.cleaning = False  # the run stopped (failure, Ctrl-C): what still starts is clean-up
 
     # -- output primitives ---------------------------------------------------------------
 
@@ -73,8 +131,14 @@ class ConsoleReporter:
 
     def _table(self) -> Table:
         table = Table(box=None, show_header=False, pad_edge=False)
+        now = time.monotonic()
         for number, (title, status, handler) in self.rows.items():
-            table.add_row(f"{number}.", title, f"[{STYLE.get(status, '')}]{status}[/]", f"[dim]{handler}[/]")
+            running = status == "IN_PROGRESS" and number in self.started and number not in self.finished
+            clock = _elapsed(now - self.started[number]) if running else ""
+            table.add_row(f"{number}.", escape(title), f"[{STYLE.get(status, '')}]{status}[/]", f"[dim]{handler}[/]", clock)
+            if running:
+                for line in self.tails.get(number, ()):
+                    table.add_row("", f"[dim]  {escape(line)}[/]", "", "", "")
         return table
 
     def __rich__(self) -> Group:
@@ -93,15 +157,41 @@ class ConsoleReporter:
             self._print(f"task {number} changed since it was done; `ralph run --only {number}` redoes it", "yellow")
         self.rows = {s.task.number: [s.task.title, s.task.status, s.handler_name or "?"] for s in steps}
         if self.live_mode and steps:
-            self.live = Live(self, console=self.console, refresh_per_second=8)
+            self._route_logging()
+            self.live = Live(self, console=self.console, refresh_per_second=8, transient=False)
             self.live.start()
+
+    def _route_logging(self) -> None:
+        """Send Python logging through the console for the run; put things back in ``finish``."""
+        root = logging.getLogger()
+        handler = _ConsoleLogging(self)
+        muted = [(h, h.level) for h in root.handlers]
+        for h, _ in muted:
+            h.setLevel(logging.CRITICAL + 1)  # their stream would write past the live view
+        root.addHandler(handler)
+        self._logging = (handler, muted)
+
+    def _restore_logging(self) -> None:
+        if self._logging is None:
+            return
+        handler, muted = self._logging
+        logging.getLogger().removeHandler(handler)
+        for h, level in muted:
+            h.setLevel(level)
+        self._logging = None
 
     def task_started(self, task: Task, handler: str, resumed: bool) -> None:
         self.rows[task.number][1] = "IN_PROGRESS"
+        self.started[task.number] = time.monotonic()
+        self.tails[task.number] = deque(maxlen=TAIL)
+        if self.live_mode and self.cleaning:  # the person waits for this before closing the terminal
+            self._print(f"cleaning up: task {task.number} {task.title} ({handler})…", "yellow")
         if not self.live_mode and self.loudness != "quiet":
             self._print(f"▶ task {task.number} {task.title} ({handler}{', resumed' if resumed else ''})")
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
+        if task.number in self.started:
+            self.finished[task.number] = time.monotonic() - self.started[task.number]
         if task.number in self.rows:
             self.rows[task.number][1] = outcome.status
         if not self.live_mode and self.loudness != "quiet":
@@ -115,6 +205,7 @@ class ConsoleReporter:
 
     def tasks_skipped(self, tasks: list[Task], outcomes: list[Outcome]) -> None:
         """One line for them all: after Ctrl-C, a long file stops at once."""
+        self.cleaning = True
         for task in tasks:
             if task.number in self.rows:
                 self.rows[task.number][1] = "SKIPPED"
@@ -122,6 +213,9 @@ class ConsoleReporter:
             self._print(f"  {_numbers([t.number for t in tasks])} SKIPPED — {outcomes[0].error}")
 
     def log(self, task: Task, message: str) -> None:
+        if self.live_mode and task.number in self.tails:
+            self.tails[task.number].append(redact(message))  # shown under the running task's row
+            return
         if self.loudness != "quiet":
             self._print(f"  task {task.number}: {message}", "dim")
 
@@ -129,7 +223,7 @@ class ConsoleReporter:
         self._print(f"warning: {message}", "yellow")
 
     @contextmanager
-    def progress(self, description: str, total: float | None) -> Iterator[_Bar | _QuietBar]:
+    def progress(self, description: str, total: float | None, unit: str = "bytes") -> Iterator[_Bar | _QuietBar]:
         if not self.live_mode:
             if self.loudness != "quiet":
                 self._print(f"  {description}…")
@@ -137,7 +231,7 @@ class ConsoleReporter:
             if self.loudness != "quiet":
                 self._print(f"  {description}: done")
             return
-        task_id = self.bars.add_task(escape(redact(description)), total=total)
+        task_id = self.bars.add_task(escape(redact(description)), total=total, unit=unit)
         try:
             yield _Bar(self.bars, task_id)
         finally:
@@ -147,6 +241,7 @@ class ConsoleReporter:
         if self.live is not None:
             self.live.stop()
             self.live = None
+        self._restore_logging()
         if summary.outcomes:
             self._summary_table(summary)
         self._open_for_review(summary)
@@ -158,21 +253,19 @@ class ConsoleReporter:
         for group in _skipped_together(summary.outcomes):
             if len(group) > 1:
                 title = f"{len(group)} tasks"
-                table.add_row(_numbers([o.number for o in group], ""), title, "[dim]SKIPPED[/]", "", "",
-                              escape(group[0].error))
+                table.add_row(_numbers([o.number for o in group], ""), title, "[dim]SKIPPED[/]", "", "", escape(group[0].error))
                 continue
             o = group[0]
             cost = f"${o.cost_usd:.4f}" if o.cost_usd is not None else ""
             note = o.error or o.summary
             reviews = sum(1 for v in o.verdicts if v.evidence and v.evidence.verified is None)
             if reviews:
-                criteria = "criterion" if reviews == 1 else "criteria"
-                note = (note + "; " if note else "") + f"{reviews} {criteria} to review"
+                note = (note + "; " if note else "") + f"{reviews} {'criterion' if reviews == 1 else 'criteria'} to review"
             table.add_row(
                 str(o.number),
                 escape(o.title),
                 f"[{STYLE.get(o.status, '')}]{o.status}[/]",
-                f"{o.seconds:.1f} s",
+                "" if o.status == "SKIPPED" else _elapsed(o.seconds or self.finished.get(o.number, 0.0)),  # an interrupt records no time
                 cost,
                 escape(redact(note)),
             )

@@ -29,7 +29,7 @@ class Reporter(Protocol):
 
     def warn(self, message: str) -> None: ...
 
-    def progress(self, description: str, total: float | None) -> AbstractContextManager[ProgressBar]: ...
+    def progress(self, description: str, total: float | None, unit: str = "bytes") -> AbstractContextManager[ProgressBar]: ...
 
 
 @dataclass
@@ -84,9 +84,10 @@ class Context(RunInfo):
         self.events.write("log", task=self.task.number, message=message)
         self.reporter.log(self.task, message)
 
-    def progress(self, description: str, total: float | None = None) -> AbstractContextManager[ProgressBar]:
-        """A progress bar for a long step: ``with ctx.progress("upload", size) as bar: bar.update(n)``."""
-        return self.reporter.progress(description, total)
+    def progress(self, description: str, total: float | None = None, unit: str = "bytes") -> AbstractContextManager[ProgressBar]:
+        """A progress bar for a long step: ``with ctx.progress("upload", size) as bar: bar.update(n)``;
+        ``unit`` other than bytes ("steps") is shown as done/total."""
+        return self.reporter.progress(description, total, unit)
 
     def hold(self, name: str, value: Any) -> None:
         """Record a resource this task created for later tasks, before any long wait (a pod being

@@ -117,6 +117,7 @@ class Problem:
     line: int
     message: str
     severity: str = "error"  # or "warning"
+    path: str | None = None  # the file the line is in when it is not the task file (ralph.yaml)
 
 
 @dataclass(frozen=True)

@@ -42,3 +42,9 @@ def _home() -> Path | None:
     except RuntimeError:  # no HOME and no password entry
         return None
     return home if home != Path(home.anchor) else None  # HOME=/ would make every path "~/…"
+
+
+def run_folder(base: Path, task_file: Path, run_id: str) -> Path:
+    """Where one run of one task file writes its images and pictures: ``base/<file stem>/<run id>``,
+    so that a later run, or another experiment writing to the same ``base``, never overwrites them."""
+    return base / task_file.stem / run_id

@@ -120,24 +120,31 @@ def _params(handler: Handler, task: Task, config: Config) -> tuple[dict[str, Any
     """Defaults, then ralph.yaml's per-handler params, its per-task params, then the task's yaml block."""
     values: dict[str, Any] = {k: p.default for k, p in handler.params.items() if not p.required}
     where: dict[str, int] = {}
+    from_config: dict[str, int] = {}  # parameters ralph.yaml set, by their line there
     values.update(config.params.get(handler.name, {}))
+    for key in config.params.get(handler.name, {}):
+        from_config[key] = config.param_lines.get(handler.name, {}).get(key, 1)
     entry = config.for_task(task.number, task.title)
     if entry:
         values.update(entry.params)
+        from_config.update({key: entry.param_lines.get(key, entry.line) for key in entry.params})
     block = task_yaml(task)
     if block:
         data, where = block
         values.update(data)
+        for key in data:
+            from_config.pop(key, None)
+    config_path = os.path.relpath(config.path) if config.path else None
     problems = []
     for key, value in values.items():
         spec = handler.params.get(key)
-        line = where.get(key, task.line)
+        line, path = (from_config[key], config_path) if key in from_config else (where.get(key, task.line), None)
         if spec is None:
             known = ", ".join(sorted(handler.params)) or "none"
-            problems.append(Problem(line, f"{task.label}: unknown parameter {key!r} for {handler.name} (known: "
-                                          f"{known})"))
+            problems.append(Problem(line, f"{task.label}: unknown parameter {key!r} for {handler.name} (known: {known})",
+                                    path=path))
         elif message := _type_problem(key, value, spec):
-            problems.append(Problem(line, f"{task.label}: {message}"))
+            problems.append(Problem(line, f"{task.label}: {message}", path=path))
     for key, spec in handler.params.items():
         if spec.required and key not in values:
             problems.append(Problem(task.line, f"{task.label}: {handler.name} needs parameter {key!r} ({spec.help})"))

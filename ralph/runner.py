@@ -173,7 +173,7 @@ class Runner:
         if errors:
             first = errors[0]
             more = f" (and {len(errors) - 1} more: ralph check {self.path})" if len(errors) > 1 else ""
-            raise RalphError(first.message + more, self.path, first.line)
+            raise RalphError(first.message + more, first.path or self.path, first.line)
         if self.before_start is not None:
             self.before_start(plan, chosen)
         lock = RunLock(directory, self.path)

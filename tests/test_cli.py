@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from ralph.model import RESULTS_BEGIN
 from ralph.parser import parse_file
+from ralph.template import TEMPLATE
 from tests.engine.project import make_project, task
 from tests.repo_files import EXAMPLE
 
@@ -35,6 +37,27 @@ def test_new_creates_the_next_numbered_file_which_checks_and_runs(tmp_path: Path
     assert [t.status for t in file.tasks] == ["DONE", "NEEDS_REVIEW"]
     again = ralph("new", "Réduire le grain, encore", cwd=tmp_path)
     assert again.stdout.strip().endswith("RALPH-009-reduire-le-grain-encore.md")
+
+
+def test_new_from_copies_an_experiment_as_the_next_number_with_ralphs_results_cleared(tmp_path: Path) -> None:
+    created = ralph("new", "Grain, first try", cwd=tmp_path)
+    ran = tmp_path / created.stdout.strip()
+    assert ralph("run", ran.name, cwd=tmp_path).returncode == 3
+    before = ran.read_bytes()
+    assert b"[x]" in before and RESULTS_BEGIN.encode() in before and b"**Status**: DONE" in before
+
+    copied = ralph("new", "--from", ran.name, cwd=tmp_path)
+    assert copied.returncode == 0, copied.stderr
+    copy = tmp_path / copied.stdout.strip()
+    assert copy.name == "RALPH-002-grain-first-try.md" and ran.read_bytes() == before
+    text = copy.read_text("utf-8")
+    assert "[x]" not in text and RESULTS_BEGIN not in text and "\n\n\n" not in text
+    file, _ = parse_file(copy)
+    assert [t.status for t in file.tasks] == ["PENDING", "PENDING"]
+    assert text == TEMPLATE.format(title="Grain, first try"), "the person's text comes back exactly as before the run"
+    assert ralph("check", copy.name, cwd=tmp_path).returncode == 0
+    both = ralph("new", "Title", "--from", ran.name, cwd=tmp_path)
+    assert both.returncode == 2 and "not both" in both.stderr
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
@@ -64,6 +87,23 @@ def test_check_reports_each_problem_as_file_line_message_and_exits_2(tmp_path: P
     assert "parameter 'pause' must be int or float, not str" in lines[1]
     text = project.file.read_text().splitlines()
     assert text[int(lines[1].split(":")[1]) - 1] == "pause: long"
+
+
+def test_check_reports_ralph_yaml_parameters_at_their_line_there(tmp_path: Path) -> None:
+    config = "params:\n  step:\n    pause: soon\ntasks:\n  2:\n    params:\n      pause: later\n      colour: blue\n"
+    project = make_project(tmp_path, task(1, "First"), task(2, "Second"), config=config)
+    yaml_lines = (tmp_path / "ralph.yaml").read_text().splitlines()
+    result = project.cli("check", project.file.name)
+    assert result.returncode == 2
+    lines = result.stdout.strip().splitlines()
+    assert lines and all(line.startswith("ralph.yaml:") for line in lines), lines
+    for line in lines:
+        number = int(line.split(":")[1])
+        key = "colour" if "colour" in line else "pause"
+        assert yaml_lines[number - 1].strip().startswith(f"{key}:"), (line, yaml_lines[number - 1])
+    assert any("pause" in line and "First" in line for line in lines) and any("colour" in line for line in lines)
+    run = project.cli("run", project.file.name)
+    assert run.returncode == 2 and run.stderr.startswith("ralph: ralph.yaml:"), run.stderr
 
 
 def test_check_reports_a_malformed_file_with_its_line(tmp_path: Path) -> None:

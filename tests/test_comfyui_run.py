@@ -141,6 +141,32 @@ def test_the_node_list_infers_the_templates_parameter_names() -> None:
 
 
 
+def test_sweep_values_and_seeds_are_range_checked_like_overrides() -> None:
+    from ralph.handlers.comfyui.workflow import build, snapshot_schemas
+
+    file, _ = parse_file(EXAMPLE)
+    task = file.task(3)
+    assert task is not None
+    good = build(file, task, {"sweep": {"denoise2": [0.2, 0.3], "steps": [20, 30]}, "seeds": [1, 2]}, snapshot_schemas())
+    assert not [p for p in good.problems if p.is_error], good.problems
+    bad = build(file, task, {"sweep": {"denoise2": [0.2, 1.5], "steps": [0, 20]}, "seeds": [1, -3]}, snapshot_schemas())
+    errors = [str(p) for p in bad.problems if p.is_error]
+    assert any("sweep denoise2=1.5:" in e for e in errors), errors
+    assert any("sweep steps=0:" in e for e in errors), errors
+    assert any("sweep seed=-3:" in e for e in errors), errors
+    assert not any("denoise2=0.2:" in e or "steps=20:" in e for e in errors), "valid values are not reported"
+    yaml_block = task.code("yaml", "yml")
+    assert {p.line for p in bad.problems if "sweep" in p.message} == {yaml_block.line if yaml_block else task.line}
+
+
+def test_file_names_carry_the_variant() -> None:
+    from ralph.handlers.comfyui.run import file_label
+
+    assert file_label("cfg=7 denoise2=0.25 seed=1") == "cfg7-den2_0.25-s1"
+    assert file_label("sampler=dpmpp_2m steps=30") == "smpdpmpp_2m-st30"
+    assert file_label("base") == ""
+
+
 @pytest.mark.slow
 def test_check_uses_the_schemas_the_live_server_gave_last_time(
     tmp_path: Path, comfyui_server: ComfyServer  # noqa: F811

@@ -146,3 +146,33 @@ def test_unmeasurable_pair_still_renders(pair, tmp_path: Path) -> None:
     heat = region(np.asarray(pic.image), pic.regions["heat_before"])
     assert np.all(heat == UNMEASURED)  # every block too bright to measure
     assert Image.open(tmp_path / "x.png").size == pic.image.size
+
+
+def test_a_face_crop_of_both_is_drawn_when_a_face_is_found(tmp_path: Path) -> None:
+    """A real portrait (skimage's astronaut) with grain, then with less: the face row shows the
+    same box of both at the same size, and the colour headline agrees with the evidence."""
+    from skimage import data
+
+    img = data.astronaut().astype(float)
+    h, w = img.shape[:2]
+    before = q(img + film_grain(np.random.default_rng(1), 0.8, 8.0, h, w))
+    after = q(img + film_grain(np.random.default_rng(2), 0.8, 3.0, h, w))
+    pic = save_comparison(before, after, tmp_path / "face.png")
+    face = pic.colour.face
+    assert face is not None and pic.colour.verified is True, pic.colour.explanation
+    a, b = pic.regions["face_before"], pic.regions["face_after"]
+    assert a.size == b.size and a.size[0] == PANEL and a.top > pic.regions["bar"].bottom
+    pixels = np.asarray(pic.image)
+    shown = region(pixels, a).astype(float)
+    expected = np.asarray(Image.fromarray(before).crop(
+        (face.left - face.width // 4, face.top - face.height // 4, face.right + face.width // 4,
+         face.bottom + face.height // 4)).resize(a.size, Image.Resampling.LANCZOS)).astype(float)
+    assert np.abs(shown - expected).mean() < 1.0
+    assert _has(pixels[32:60], GREEN), "colours verified: the colour line is green"
+
+
+def test_without_a_face_there_is_no_face_row_and_the_colour_line_says_so(picture) -> None:
+    pic, _ = picture
+    assert pic.colour.face is None and pic.colour.verified is None
+    assert not any(name.startswith("face_") for name in pic.regions)
+    assert "no face found" in pic.colour.explanation

@@ -265,7 +265,8 @@ def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmula
 
     # Task 6: the session document stands on its own.
     doc = (project / DOC).read_text("utf-8")
-    for expected in ("## Session ", f"`{NAME}`", "**Parameters**", "`cfg=7`", "`denoise2=0.25`", "`width=64`",
+    for expected in ("## Session ", "**Verdict**: ", f"`{NAME}`", "### Parameters that ran", "| cfg | 7 |",
+                     "| denoise2 | 0.25 |", "| width | 64 |", "**Versions**: ComfyUI ",
                      "**Pod**: NVIDIA RTX A5000, $0.27/h", "**cost**: $", f"**Previous image**: `{PREVIOUS}`",
                      "### Measures", "**Grain**", "**Colours**", "**Face**", "### Verdict", "**Result**"):
         assert expected in doc, (expected, doc)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,40 +15,31 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from ralph.handlers.facts import Images, MachineHandle
-from ralph.handlers.images import face
-from ralph.handlers.machines.local import LocalMachine
 from rich.console import Console
 from scipy.ndimage import gaussian_filter
+from skimage import data
 
 from ralph.console import ConsoleReporter
 from ralph.context import Context
-from ralph.handler import Evidence, Handler, Param, Result, criterion
+from ralph.handler import Evidence, Handler, Param, Result, TaskFailed, criterion
+from ralph.handlers.facts import ComfyServer, Images, MachineHandle
+from ralph.handlers.images import face
+from ralph.handlers.machines.local import LocalMachine
 from ralph.parser import parse_file
 from ralph.registry import Registry
 from ralph.runner import Runner, RunSummary
 from tests.repo_files import EXAMPLE
 
-POD: dict[str, Any] = {"id": "pod-test-1", "gpu": "NVIDIA RTX A5000", "cost_per_hr": 0.27}
+POD = {"id": "pod-test-1", "gpu": "NVIDIA RTX A5000", "cost_per_hr": 0.27}
 WORKFLOW = {"cfg": 7.0, "denoise": 0.8, "denoise2": 0.25, "sampler": "dpmpp_2m", "scheduler": "karras", "seed": 42,
             "face_image": "elena_face_ref.jpg"}
 
 
-def scene(seed: int = 1, grain: float = 0.0, blur: float = 0.0, size: tuple[int, int] = (384, 512)) -> np.ndarray:
-    """A portrait-like picture: a flat graded background, a skin-toned oval, a textured band
-    (detail a blur would remove) and film-like grain (noise blurred 0.8 px) of luma std ``grain``."""
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.empty((h, w, 3), np.float32)
-    base = 165 - 50 * y / h
-    img[..., 0], img[..., 1], img[..., 2] = base + 12, base, base - 14
-    oval = ((x - w / 2) / (w * 0.22)) ** 2 + ((y - h * 0.38) / (h * 0.2)) ** 2 < 1
-    shade = 1 - 0.15 * (x - w / 2) / w
-    for channel, value in enumerate((224, 172, 140)):
-        img[..., channel] = np.where(oval, value * shade, img[..., channel])
-    band = y > h * 0.72
-    texture = gaussian_filter(np.random.default_rng(seed).normal(0, 1, (h, w)), 1.2) * 60
-    img[band] += texture[band][:, None]
+def scene(seed: int = 1, grain: float = 0.0, blur: float = 0.0) -> np.ndarray:
+    """A portrait photograph (scikit-image's astronaut: a face, an orange suit, flags, texture a blur
+    would remove) with film-like grain (noise blurred 0.8 px) of luma std ``grain``."""
+    img = data.astronaut().astype(np.float32)
+    h, w = img.shape[:2]
     noise = gaussian_filter(np.random.default_rng(seed + 1000).normal(0, 1, (h, w)), 0.8)
     img += (grain * noise / noise.std())[..., None]
     if blur:
@@ -73,13 +65,17 @@ class Generate(Handler):
         "lint": Param(list, []),
         "folder": Param(str, "output/quality_tests"),
         "hold_pod": Param((dict, type(None)), None, "a MachineHandle record to publish, as runpod.create does"),
+        "fail": Param((str, type(None)), None, "fail with this before making anything (as without an API key)"),
     }
 
     def run(self, ctx: Context) -> Result:
+        if ctx.params["fail"] == "Ctrl-C":
+            signal.raise_signal(signal.SIGINT)  # a person presses Ctrl-C before anything is made
+        if ctx.params["fail"]:
+            raise TaskFailed(ctx.params["fail"])
         images = []
         for v in ctx.params["variants"]:
-            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"),
-                        scene(grain=v["grain"], blur=v.get("blur", 0)))
+            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"), scene(grain=v["grain"], blur=v.get("blur", 0)))
             params = {**WORKFLOW, **v.get("params", {})}
             images.append(
                 {
@@ -92,12 +88,15 @@ class Generate(Handler):
                 }
             )
         held = MachineHandle.from_record(ctx.params["hold_pod"]) if ctx.params["hold_pod"] else None
-        ctx.publish(held or MachineHandle(POD["id"], "", "", 0, "", "", "", "", "", 0.0, POD["gpu"],
-                                          POD["cost_per_hr"]))
+        ctx.publish(held or MachineHandle(POD["id"], "", "", 0, "", "", "", "", "", 0.0, POD["gpu"], POD["cost_per_hr"]))
         ctx.publish(Images(images, WORKFLOW, ctx.params["lint"]))
+        ctx.publish(ComfyServer(POD["id"], 8188, "/workspace/ComfyUI", "0.3.40"))  # as comfyui.setup does
         return Result(
             summary=f"{len(images)} image(s)",
-            data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD},
+            data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD,
+                  # what comfyui.setup records: the versions that ran
+                  "service": {"version": "0.3.40"}, "torch": {"version": "2.5.1"},
+                  "files": [{"name": "bigLove_xl1.safetensors", "sha256": "ab" * 32}]},
             cost_usd=0.0125,
         )
 
@@ -148,8 +147,7 @@ class Project:
 
     def run(self) -> RunSummary:
         output = io.StringIO()
-        reporter = ConsoleReporter(Console(file=output, width=200, color_system=None))
-        summary = Runner(self.file, reporter, retry_wait=0).run()
+        summary = Runner(self.file, ConsoleReporter(Console(file=output, width=200, color_system=None)), retry_wait=0).run()
         self.output = output.getvalue()
         return summary
 
@@ -157,7 +155,7 @@ class Project:
         state = json.loads((self.root / ".ralph" / self.file.stem / "state.json").read_text("utf-8"))
         return state["tasks"][str(number)]["result"]
 
-    def parsed(self):
+    def parsed(self):  # type: ignore[no-untyped-def]
         return parse_file(self.file)[0]
 
     def checks(self, number: int) -> dict[str, bool]:
@@ -200,14 +198,15 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     assert crit(ticks, "Image téléchargée") and crit(ticks, "Comparaison visuelle")
     assert not crit(ticks, "Qualité visage"), "never ticked without a face identity measure"
     four = verdicts(summary, 4)
-    assert "output/runpod-quality-tests/refined_00001_.png" in crit(four, "Image téléchargée").detail
-    assert "ratio 0.3" in crit(four, "Comparaison visuelle").detail
+    run_folder = f"output/runpod-quality-tests/{project.file.stem}/"
+    assert re.search(rf"{run_folder}\d{{8}}-\d{{6}}-\w{{6}}/refined_00001_\.png", crit(four, "Image téléchargée").detail)
+    assert "grain ratio 0.4" in crit(four, "Comparaison visuelle").detail
     face_evidence = crit(four, "Qualité visage")
     assert face_evidence.verified is None and "no machine is held" in face_evidence.detail
 
     data = project.result(4)["data"]
     copy = project.root / data["images"][0]["path"]
-    assert copy.parent == project.root / "output/runpod-quality-tests" and copy.is_file()
+    assert copy.parent.parent == project.root / run_folder and copy.is_file(), "a folder of this file's run"
     assert copy.read_bytes() == (project.root / "output/quality_tests/refined_00001_.png").read_bytes()
     assert data["grain"]["verdict"] == "less grain" and data["grain"]["ratio"] < 0.5
     assert data["grain"]["detail_ratio"] > 0.9 and data["success"] is True
@@ -220,7 +219,9 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     assert all(project.checks(6).values()), project.checks(6)
     doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
     assert "NVIDIA RTX A5000, $0.27/h" in doc and "`cfg=7`" in doc and "$0.0125" in doc
-    assert "](../../output/runpod-quality-tests/refined_00001_-comparison.png)" in doc
+    assert "- **Versions**: ComfyUI 0.3.40, torch 2.5.1, `bigLove_xl1.safetensors` sha256 `abababababab…`" in doc
+    link = re.search(r"\]\((RALPH-001-grain-reduction/[\w-]+/refined_00001_-comparison\.png)\)", doc)
+    assert link and (project.root / "docs/sessions" / link.group(1)).is_file(), "the picture lives beside the doc"
     assert "**Success**: grain reduced. **Optimal parameters**: `cfg=7`, `denoise=0.8`" in doc
 
     ends = final(summary)
@@ -231,8 +232,7 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     either = crit(ends, "Image générée avec grain")  # merged with its "OU …" alternative
     assert either.verified is True
     assert "OU identification claire de la prochaine piste si échec: success: no lead needed" in either.detail
-    assert ("✔ verified: Image générée avec grain significativement réduit / OU identification"
-            in project.file.read_text("utf-8"))
+    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
     file = project.parsed()
     assert [c.checked for c in file.success_criteria] == [True, False, True]
 
@@ -258,8 +258,7 @@ def test_a_blurred_after_is_not_less_grain_and_the_doc_names_the_next_lead(proje
     either = crit(ends, "Image générée avec grain")
     assert either.verified is True, "no less grain, but the next lead is written: the alternative holds"
     assert "detail lost" in either.detail and "lead written" in either.detail
-    assert ("✔ verified: Image générée avec grain significativement réduit / OU identification"
-            in project.file.read_text("utf-8"))
+    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
 
 
 def test_a_sweep_is_ranked_and_the_best_variant_marked(project: Project) -> None:
@@ -277,7 +276,7 @@ def test_a_sweep_is_ranked_and_the_best_variant_marked(project: Project) -> None
     assert data["best"]["variant"] == "cfg=7" and data["best"]["params"]["cfg"] == 7
     assert data["comparison"].endswith("cfg7_00001_-comparison.png")
     doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
-    rows = [line for line in doc.splitlines() if line.startswith("| ")]
+    rows = [line for line in doc[doc.index("### Variants"):].splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| Rank | Variant | cfg |")
     assert rows[1].startswith("| 1 **best** | cfg=7 | 7 | 2.") and "**best**" not in "".join(rows[2:])
 
@@ -324,8 +323,7 @@ def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
         placed = face.upload_images(provider, local, "faces")
         named = {Path(k).name: v for k, v in placed.items()}
         env = {"PYTHONPATH": str(pod / "site")}
-        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable,
-                                     env=env)
+        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable, env=env)
         assert measure.available, measure.reason
         data = measure.as_data()
         assert data["similarities"]["same.png"] == pytest.approx(1.0, abs=1e-3)
@@ -400,7 +398,7 @@ def test_face_identity_is_measured_on_the_held_pod_over_ssh(tmp_path: Path, sshd
         session.detach_all()
     evidence = crit(verdicts(summary, 4), "Qualité visage")
     assert evidence.verified is True, evidence.detail
-    assert "ArcFace similarity to the reference 0.9" in evidence.detail and "previous image 0.9" in evidence.detail
+    assert re.search(r"ArcFace similarity to the reference (0\.9|1\.0).*previous image (0\.9|1\.0)", evidence.detail)
     assert (pod_dir / "faces" / "refined_00001_.png").is_file(), "the image went to the pod"
     assert {t.number: t.status for t in project.parsed().tasks}[4] == "DONE"
     state = json.loads((project.root / ".ralph" / project.file.stem / "state.json").read_text("utf-8"))
@@ -415,5 +413,104 @@ def test_an_images_parameter_takes_globs_instead_of_the_earlier_task(tmp_path: P
     project.write([{"label": "ignored", "grain": 7}], previous="before.png")
     project.run()
     data = project.result(4)["data"]
-    assert [i["path"] for i in data["images"]] == ["kept/a.png", "kept/b.png"]
-    assert data["best"]["path"] == "kept/a.png" and data["grain"]["verdict"] == "less grain"
+    run = f"kept/{project.file.stem}/{project.result(4)['run_id']}" if "run_id" in project.result(4) else None
+    paths = [i["path"] for i in data["images"]]
+    assert [Path(p).name for p in paths] == ["a.png", "b.png"] and all(p.startswith("kept/") for p in paths)
+    assert run is None or paths[0] == f"{run}/a.png"
+    assert data["best"]["path"] == paths[0] and data["grain"]["verdict"] == "less grain"
+
+
+def landscape(seed: int, grain: float) -> np.ndarray:
+    """A photograph with no face (scikit-image's rocket on its pad, sky and trees) with film grain."""
+    img = data.rocket().astype(np.float32)
+    noise = gaussian_filter(np.random.default_rng(seed).normal(0, 1, img.shape[:2]), 0.8)
+    return np.clip(np.round(img + (grain * noise / noise.std())[..., None]), 0, 255).astype(np.uint8)
+
+
+def test_a_landscape_without_a_face_gets_no_colour_tick(tmp_path: Path) -> None:
+    project = Project(tmp_path / "proj", {"images": ["shots/after.png"], "dir": "kept"})
+    save(project.root / "shots" / "after.png", landscape(2, 2.5))
+    save(project.root / "before.png", landscape(1, 8.0))
+    project.write([{"label": "ignored", "grain": 7}], previous="before.png")
+    summary = project.run()
+    four = verdicts(summary, 4)
+    assert crit(four, "Comparaison visuelle").verified is True, crit(four, "Comparaison visuelle").detail
+    colours = crit(final(summary), "Couleurs naturelles")
+    assert colours.verified is None and "no face found" in colours.detail, colours.detail
+    assert "mean chroma" in colours.detail
+    assert not project.parsed().success_criteria[2].checked  # "Couleurs naturelles préservées"
+
+
+def test_a_blurred_copy_is_never_ticked_as_less_grain(tmp_path: Path) -> None:
+    project = Project(tmp_path / "proj", {"images": ["shots/after.png"], "dir": "kept"})
+    save(project.root / "shots" / "after.png", scene(grain=7, blur=2.5))
+    save(project.root / "before.png", scene(grain=7))
+    project.write([{"label": "ignored", "grain": 7}], previous="before.png")
+    summary = project.run()
+    evidence = crit(verdicts(summary, 4), "Comparaison visuelle")
+    assert evidence.verified is False and "detail lost" in evidence.detail, evidence.detail
+    assert not crit(project.checks(4), "Comparaison visuelle")
+
+
+def test_a_sweep_gets_a_gallery_of_every_variant_and_seed(project: Project) -> None:
+    variants = [
+        {"label": f"cfg{c}-s{seed}", "grain": g + seed / 2, "params": {"cfg": c, "seed": seed}}
+        for c, g in ((5, 6.0), (7, 2.0), (9, 4.0)) for seed in (1, 2)
+    ]
+    project.write(variants, previous="output/previous/elena_before.png")
+    project.run()
+    data = project.result(4)["data"]
+    assert data["ranked"] is True and data["best"]["variant"] == "cfg=7 seed=1"
+    png, page = (project.root / data["gallery"][kind] for kind in ("png", "html"))
+    assert png.parent == (project.root / data["images"][0]["path"]).parent, "in this run's folder"
+    with Image.open(png) as sheet:
+        sheet_pixels = np.asarray(sheet.convert("RGB"))
+    from ralph.handlers.images.gallery import BEST, CAPTION_LINES, HEADER, LINE, PAD, THUMB
+
+    assert sheet_pixels.shape[1] >= 2 * (THUMB + PAD), "one column per seed"
+    assert sheet_pixels.shape[0] == HEADER + 3 * (THUMB + CAPTION_LINES * LINE + PAD) + PAD, "one row per cfg"
+    cell = THUMB + CAPTION_LINES * LINE + PAD
+    rows, cols = np.nonzero(np.all(sheet_pixels == BEST, axis=2))
+    # Rows follow the sweep (cfg 5, 7, 9), columns the seeds: the best, cfg 7 seed 1, is row 2, column 1.
+    assert HEADER + cell - 4 <= rows.min() and rows.max() < HEADER + 2 * cell, (rows.min(), rows.max())
+    assert cols.max() < PAD + THUMB + PAD
+    text = page.read_text("utf-8")
+    assert text.count("data:image/jpeg;base64,") == 6 and text.count("<b>BEST</b>") == 1
+    assert "src=\"http" not in text and "cfg=7 seed=1" in text
+    doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
+    link = re.search(r"\[!\[every variant × seed\]\(([^)]+gallery\.png)\)\]\(([^)]+gallery\.html)\)", doc)
+    assert link and all((project.root / "docs/sessions" / part).is_file() for part in link.groups())
+
+
+def test_no_variant_is_marked_best_when_nothing_could_be_measured(tmp_path: Path) -> None:
+    from ralph.handlers.images.gallery import BEST, write_gallery
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for rank, cfg in enumerate((5, 7, 9), 1):
+        save(tmp_path / f"cfg{cfg}.png", rng.integers(0, 256, (128, 128, 3), dtype=np.uint8))
+        rows.append({"path": f"cfg{cfg}.png", "variant": f"cfg={cfg}", "params": {"cfg": cfg}, "seed": 1,
+                     "rank": rank, "verdict": "not measurable"})
+    written = write_gallery(rows, lambda p: tmp_path / p, tmp_path / "gallery", "noise")
+    with Image.open(written["png"]) as sheet:
+        assert not np.all(np.asarray(sheet.convert("RGB")) == BEST, axis=2).any()
+    assert "BEST" not in written["html"].read_text("utf-8").replace("no variant marked best", "")
+
+
+def test_a_blur_that_cannot_be_checked_goes_to_review_not_a_tick(tmp_path: Path) -> None:
+    """The issue's case: a smooth picture blurred 2.5 px reads ratio ~0.1 with no texture to check
+    for blur: the grain box stays open for a person, and the run is not called a success."""
+    y, x = np.mgrid[0:512, 0:384].astype(np.float32)
+    smooth = np.stack([70 + 100 * x / 384, 60 + 110 * y / 512, 90 + 40 * (x + y) / 896], axis=-1)
+    grainy = smooth + (gaussian_filter(np.random.default_rng(3).normal(0, 1, (512, 384)), 0.8) * 20)[..., None]
+    before = np.clip(np.round(grainy), 0, 255).astype(np.uint8)
+    blurred = np.clip(np.round(gaussian_filter(before.astype(np.float32), (2.5, 2.5, 0))), 0, 255).astype(np.uint8)
+    project = Project(tmp_path / "proj", {"images": ["shots/after.png"], "dir": "kept"})
+    save(project.root / "shots" / "after.png", blurred)
+    save(project.root / "before.png", before)
+    project.write([{"label": "ignored", "grain": 7}], previous="before.png")
+    summary = project.run()
+    evidence = crit(verdicts(summary, 4), "Comparaison visuelle")
+    assert evidence.verified is None and "blur not checked" in evidence.detail, evidence.detail
+    assert not crit(project.checks(4), "Comparaison visuelle")
+    assert project.result(4)["data"]["success"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 import re
 import time
@@ -37,6 +38,7 @@ from ralph.handler import (
     criterion,
 )
 from ralph.measures import SECONDS_PER_IMAGE, Measures
+from ralph.paths import run_folder
 from ralph.model import Task, TaskFile
 from ralph.state import state_dir_for
 
@@ -153,7 +155,7 @@ class ComfyRun(Handler):
         ctx.memory["variants"] = done  # saved before submitting: a resume finds this prompt
         ctx.log(f"{variant.label}: prompt {record['prompt_id']}")
         first_step: list[float] = []  # when the server reported its first step (bench/volume_cache.py)
-        with ctx.progress(f"ComfyUI {variant.label}", None) as bar:
+        with ctx.progress(f"ComfyUI {variant.label}", None, unit="steps") as bar:
 
             def progress(node: str, value: int, maximum: int) -> None:
                 first_step[:] = first_step or [time.time()]
@@ -173,8 +175,8 @@ class ComfyRun(Handler):
                 raise TaskFailed(str(error)) from error
             except ComfyError as error:
                 raise TaskFailed(f"{variant.label}: {error}") from error
-        folder = ctx.path(ctx.params["output_dir"])
-        paths = client.download(result, folder)
+        folder = run_folder(ctx.path(ctx.params["output_dir"]), ctx.file.path, ctx.run_id)
+        paths = [_labelled(path, variant.label) for path in client.download(result, folder)]
         values = {**flow.values(), **variant.values}
         images = []
         for output, path in zip([o for o in result.outputs if o.type == "output"], paths, strict=False):
@@ -331,3 +333,29 @@ def _provided_files(file: TaskFile) -> list[str] | None:
 def _as_problem(problem: Any, fallback: int, strict: bool) -> Problem:
     severity = "error" if problem.is_error or (strict and problem.severity == "warning") else problem.severity
     return Problem(problem.line or fallback, str(problem), severity)
+
+
+# Short names for the usual swept parameters in file names ("cfg=7 denoise2=0.25 seed=1" → cfg7-den2_0.25-s1).
+_SHORT = {"seed": "s", "denoise": "den", "denoise2": "den2", "steps": "st", "steps2": "st2", "sampler": "smp",
+          "scheduler": "sch"}
+
+
+def file_label(label: str) -> str:
+    """A variant's label as a file-name part; "" for the unswept "base"."""
+    parts = []
+    for pair in label.split():
+        name, _, value = pair.partition("=")
+        short = _SHORT.get(name, name)
+        parts.append(f"{short}{'_' if short[-1:].isdigit() else ''}{value}")
+    return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts)) if "=" in label else ""
+
+
+def _labelled(path: Path, label: str) -> Path:
+    """The downloaded image renamed so that its name carries the variant's parameters."""
+    prefix = file_label(label)
+    if not prefix:
+        return path
+    target = path.with_name(f"{prefix}_{path.name}")
+    os.replace(path, target)
+    return target
+

@@ -10,18 +10,18 @@ import itertools
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ralph.handlers.comfyui.check import check_graph, compile_node_list
 from ralph.handlers.comfyui.compile import LineMap, PromptText
-from ralph.handlers.comfyui.finding import Finding
 from ralph.handlers.comfyui.parameters import infer_parameters
+from ralph.handlers.comfyui.finding import Finding
 from ralph.handlers.comfyui.schema import NodeSchema, load_object_info, schemas_from_object_info
 from ralph.handlers.comfyui.template import apply_overrides, load_template
-
+from ralph.handlers.comfyui.validate import validate as validate_graph
 from ralph.model import Task, TaskFile
 
 NODE_LINE = re.compile(r"^\s*Node\s+\d+\s*:", re.M)
@@ -64,7 +64,7 @@ class Workflow:
         template = {"prompt": self.graph, "parameters": self.parameters}
         variants = []
         for combination in itertools.product(*(axes[n] for n in names)):
-            values = dict(zip(names, combination, strict=True))
+            values = dict(zip(names, combination))
             label = " ".join(f"{n}={v}" for n, v in values.items())
             variants.append(Variant(label, values, apply_overrides(template, values)))
         return variants
@@ -73,7 +73,7 @@ class Workflow:
 CACHE_NAME = "object_info.json"  # the last live server's schemas, in the task file's state folder
 
 
-def snapshot_schemas(cache_dir: Path | None = None) -> Mapping[str, NodeSchema]:
+def snapshot_schemas(cache_dir: Path | None = None) -> dict[str, NodeSchema]:
     """Node schemas for checking a workflow with no server at hand: those a live server gave
     last time (cached in ``cache_dir``), else the snapshot shipped with ralph.  Their file
     lists are not trusted: a new pod may hold other files."""
@@ -92,7 +92,7 @@ def cache_schemas(object_info: dict[str, Any], cache_dir: Path) -> None:
     write_atomically(cache_dir / CACHE_NAME, json.dumps(object_info).encode("utf-8"))
 
 
-def live_schemas(object_info: dict[str, Any]) -> Mapping[str, NodeSchema]:
+def live_schemas(object_info: dict[str, Any]) -> dict[str, NodeSchema]:
     return schemas_from_object_info(object_info, files_listed=True)
 
 
@@ -146,11 +146,31 @@ def build(
         return Workflow(graph, parameters, problems + [_problem(fallback, str(error.args[0]))], line_of, fallback)
     # Checked once, after the overrides: what runs is what is checked.
     problems += check_graph(graph, schemas, line_of, provided_files=provided_files, family=family)
-    for name in list(params.get("sweep") or {}) + (["seed"] if params.get("seeds") else []):
+    axes = dict(params.get("sweep") or {}) | ({"seed": params["seeds"]} if params.get("seeds") else {})
+    for name, values in axes.items():
         if name not in parameters and "." not in name:
-            problems.append(_problem(fallback, f"sweep: unknown workflow parameter {name!r}; known: "
-                                               f"{', '.join(sorted(parameters))}"))
+            problems.append(_problem(fallback, f"sweep: unknown workflow parameter {name!r}; known: {', '.join(sorted(parameters))}"))
+            continue
+        problems += _sweep_problems(graph, parameters, name, values, schemas, problems, fallback)
     return Workflow(graph, parameters, problems, line_of, fallback)
+
+
+def _sweep_problems(graph: dict[str, Any], parameters: dict[str, Any], name: str, values: Any,
+                    schemas: Mapping[str, NodeSchema], known: list[Finding], line: int) -> list[Finding]:
+    """Each swept value checked like an override (range, type, choices): the findings a value adds
+    to the base graph's, at the task's yaml block, named by the value."""
+    found: list[Finding] = []
+    seen = {(p.node_id, p.input, p.message) for p in known}
+    for value in values if isinstance(values, list) else [values]:
+        try:
+            variant = apply_overrides({"prompt": graph, "parameters": parameters}, {name: value})
+        except KeyError as error:
+            found.append(_problem(line, f"sweep {name}={value!r}: {error.args[0]}"))
+            continue
+        for problem in validate_graph(variant, schemas):
+            if (problem.node_id, problem.input, problem.message) not in seen:
+                found.append(replace(problem, line=line, message=f"sweep {name}={value!r}: {problem.message}"))
+    return found
 
 
 def graph_digest(graph: Mapping[str, Any]) -> str:

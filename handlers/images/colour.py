@@ -2,8 +2,14 @@
 
 Everything is measured in CIELAB (D65), where distances are roughly perceptual:
 chroma C*ab = √(a² + b²) is colourfulness, the hue angle h = atan2(b, a) separates
-pink (≈ 20°) from orange (≈ 70°) skin. The images are box-averaged 4× first so that
-per-pixel colour noise (which raises chroma by itself) does not read as saturation.
+pink (≈ 20°) from orange (≈ 70°) skin. Whole-image figures are taken on the image
+box-averaged 4× first, so that per-pixel colour noise (which raises chroma by itself)
+does not read as saturation.
+
+Skin is read only inside a face that faces.py found (the median colour of the cheeks,
+nose and mouth), never from a colour range: an orange suit, a coffee cup or a cat is
+skin-coloured too. Without a face there is no skin to judge, and "natural colours" goes
+to a person with the drift numbers.
 """
 
 from __future__ import annotations
@@ -14,18 +20,12 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-DOWNSAMPLE = 4
+from .faces import FaceBox, largest_face
 
-# Plausible skin in CIELAB. Common skin-tone swatches from very light to dark, e.g.
-# sRGB (255,219,172), (240,190,160), (224,172,140), (141,85,36), (110,70,50), read
-# hue 52-78°, chroma 24-42, L* 34-89 through to_lab. The mask is wider, so that shading
-# and strong casts (orange skin reads C ≈ 60) are still found, and excludes greys
-# (C < 10). It cannot tell skin from beige walls or wood: those count as skin tone.
-SKIN_HUE = (20.0, 85.0)
-SKIN_CHROMA = (10.0, 65.0)
-SKIN_LIGHTNESS = (25.0, 95.0)
-MIN_SKIN_FRACTION = 0.005  # below 0.5 % of the image there is no face/body to judge
+DOWNSAMPLE = 4
 SAME_SCENE_CORRELATION = 0.9
+# Face pixels this dark or bright are eyes, brows, nostrils or highlights, not skin tone.
+SKIN_LIGHTNESS = (20.0, 97.0)
 
 # Drift thresholds, in units of the CIELAB just-noticeable difference ΔE*ab ≈ 2.3:
 # - hue: at skin chroma ≈ 25 a 5° rotation moves every skin pixel by
@@ -34,16 +34,18 @@ SAME_SCENE_CORRELATION = 0.9
 # - chroma: ±15 % of C ≈ 25 is ±3.8 ΔE (≈ 1.6 JND): visible side by side as "more/less
 #   saturated". The relative limit only counts when the absolute change exceeds one
 #   JND, so that nearly grey images do not fail on invisible changes.
-# - skin coverage halving means skin left the plausible range (e.g. went orange).
+# - cast: the whole image's mean (a*, b*) moving by two JND is a visible colour cast.
 MAX_HUE_SHIFT = 5.0
 MAX_CHROMA_CHANGE = 0.15
 JND = 2.3
-MIN_SKIN_KEPT = 0.5
-# "Natural" for the new image alone: only gross casts, as generated skin varies widely.
-# Below hue 25° skin turns pink-magenta, above 80° yellow-green; chroma above 45 is past
-# the most saturated swatch above (42): the "orange skin" the task's negative prompt names.
+MAX_CAST = 2 * JND
+# "Natural" for the new face alone: only gross casts, as generated skin varies widely.
+# Light to dark skin swatches, e.g. sRGB (255,219,172), (224,172,140), (141,85,36), read hue
+# 52-78°, chroma 24-42; skimage's astronaut portrait reads hue 62°, chroma 19. Below hue 25°
+# skin turns pink-magenta, above 80° yellow-green; chroma above 45 is the "orange skin" the
+# example's negative prompt names, below 6 a grey face.
 NATURAL_HUE = (25.0, 80.0)
-NATURAL_MAX_CHROMA = 45.0
+NATURAL_CHROMA = (6.0, 45.0)
 
 ImageLike = Image.Image | np.ndarray
 ColourVerdict = Literal["colours preserved", "colours drifted"]
@@ -82,47 +84,49 @@ def to_lab(rgb: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ColourStats:
-    """Colourfulness and skin tone of one image (skin_* None when no skin was found)."""
+    """Colourfulness of an image and the tone of its face's skin (skin_* None without a face)."""
 
     mean_chroma: float
-    skin_fraction: float
-    skin_hue: float | None  # degrees, circular (chroma-weighted) mean over skin pixels
+    mean_a: float
+    mean_b: float
+    face: FaceBox | None
+    skin_hue: float | None  # degrees: angle of the median (a*, b*) of the face's skin
     skin_chroma: float | None
     skin_lightness: float | None
 
-
-def _lab(image: ImageLike) -> np.ndarray:
-    return to_lab(_box_downsample(_rgb(image), DOWNSAMPLE))
-
-
-def _skin_mask(lab: np.ndarray) -> np.ndarray:
-    lightness, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
-    chroma = np.hypot(a, b)
-    hue = np.degrees(np.arctan2(b, a)) % 360
-    return (
-        (hue >= SKIN_HUE[0]) & (hue <= SKIN_HUE[1])
-        & (chroma >= SKIN_CHROMA[0]) & (chroma <= SKIN_CHROMA[1])
-        & (lightness >= SKIN_LIGHTNESS[0]) & (lightness <= SKIN_LIGHTNESS[1])
-    )  # fmt: skip
+    @property
+    def natural(self) -> bool | None:
+        """Skin tone within the natural range; None without a face."""
+        if self.skin_hue is None or self.skin_chroma is None:
+            return None
+        return NATURAL_HUE[0] <= self.skin_hue <= NATURAL_HUE[1] and NATURAL_CHROMA[0] <= self.skin_chroma <= NATURAL_CHROMA[1]
 
 
-def _stats(lab: np.ndarray, skin: np.ndarray) -> ColourStats:
-    lightness, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
-    chroma = np.hypot(a, b)
-    fraction = float(skin.mean())
-    if fraction < MIN_SKIN_FRACTION:
-        return ColourStats(float(chroma.mean()), fraction, None, None, None)
-    # Mean of (a, b) then its angle: a circular mean, immune to the 0/360° wrap.
-    skin_hue = float(np.degrees(np.arctan2(b[skin].mean(), a[skin].mean())) % 360)
-    return ColourStats(
-        float(chroma.mean()), fraction, skin_hue, float(chroma[skin].mean()), float(lightness[skin].mean())
-    )
+def _lab(rgb: np.ndarray) -> np.ndarray:
+    return to_lab(_box_downsample(rgb, DOWNSAMPLE))
 
 
-def colour_stats(image: ImageLike) -> ColourStats:
-    """Mean chroma of the whole image and the tone of its skin-coloured pixels."""
-    lab = _lab(image)
-    return _stats(lab, _skin_mask(lab))
+def _stats(rgb: np.ndarray, lab: np.ndarray, face: FaceBox | None) -> ColourStats:
+    chroma = np.hypot(lab[..., 1], lab[..., 2])
+    mean_a, mean_b = float(lab[..., 1].mean()), float(lab[..., 2].mean())
+    if face is None:
+        return ColourStats(float(chroma.mean()), mean_a, mean_b, None, None, None, None)
+    crop = face.as_tuple()
+    patch = to_lab(rgb[crop[1] : crop[3], crop[0] : crop[2]])
+    mask = FaceBox(0, 0, face.width, face.height).skin(patch.shape)
+    skin = patch[mask & (patch[..., 0] >= SKIN_LIGHTNESS[0]) & (patch[..., 0] <= SKIN_LIGHTNESS[1])]
+    if skin.shape[0] == 0:
+        return ColourStats(float(chroma.mean()), mean_a, mean_b, face, None, None, None)
+    lightness, a, b = (float(v) for v in np.median(skin, axis=0))
+    hue = float(np.degrees(np.arctan2(b, a)) % 360)
+    return ColourStats(float(chroma.mean()), mean_a, mean_b, face, hue, float(np.hypot(a, b)), lightness)
+
+
+def colour_stats(image: ImageLike, face: FaceBox | None | Literal["find"] = "find") -> ColourStats:
+    """Mean chroma of the whole image and the skin tone of its largest face (found unless given)."""
+    rgb = _rgb(image)
+    box = largest_face(rgb.astype(np.uint8)) if face == "find" else face
+    return _stats(rgb, _lab(rgb), box)
 
 
 def _same_scene(a: np.ndarray, b: np.ndarray) -> bool:
@@ -140,70 +144,86 @@ def _chroma_drifted(prev: float, new: float) -> bool:
     return abs(new - prev) > JND and abs(new / max(prev, 1e-6) - 1) > MAX_CHROMA_CHANGE
 
 
+ColourVerdict = Literal["colours preserved", "colours drifted", "different scenes"]
+
+
 @dataclass(frozen=True)
 class ColourDrift:
     """How the new image's colours moved from the previous one's."""
 
     verdict: ColourVerdict
-    natural: bool | None  # skin of the new image in the natural range; None without skin
     chroma_ratio: float
+    cast: float  # ΔE*ab between the two images' mean (a*, b*)
     skin_hue_shift: float | None  # degrees, + towards yellow/orange, − towards pink/red
     skin_chroma_ratio: float | None
     prev: ColourStats
-    new: ColourStats  # on the previous image's skin pixels when same_content
+    new: ColourStats  # skin read on the previous image's face box when same_content
     same_content: bool
     explanation: str
 
     @property
-    def ok(self) -> bool:
-        """Colours preserved and not unnatural: the criterion "couleurs naturelles préservées"."""
-        return self.verdict == "colours preserved" and self.natural is not False
+    def natural(self) -> bool | None:
+        return self.new.natural
 
+    @property
+    def face(self) -> FaceBox | None:
+        """The face the skin was read on (the previous image's for the same scene)."""
+        return self.new.face
 
-def _natural(s: ColourStats) -> bool | None:
-    if s.skin_hue is None or s.skin_chroma is None:
+    @property
+    def verified(self) -> bool | None:
+        """The criterion "couleurs naturelles préservées": False on a measured drift or unnatural
+        skin, True only for the same scene with a face whose skin stayed natural, else None."""
+        if self.verdict == "colours drifted" or self.natural is False:
+            return False
+        if self.verdict == "colours preserved" and self.natural is True:
+            return True
         return None
-    return NATURAL_HUE[0] <= s.skin_hue <= NATURAL_HUE[1] and s.skin_chroma <= NATURAL_MAX_CHROMA
 
 
 def colour_drift(prev: ImageLike, new: ImageLike, same_content: bool | None = None) -> ColourDrift:
-    """Compare mean chroma and skin tone of two images.
+    """Compare mean chroma, colour cast and face skin tone of two images.
 
-    For the same scene (None: decided from the lightness correlation) the new image's
-    skin is read on the previous image's skin pixels: a shift that pushes skin out of
-    the mask (e.g. towards orange) is then measured instead of silently dropped.
+    For the same scene (None: decided from the lightness correlation) the new image's skin
+    is read inside the previous image's face: a shift that makes the detector lose the face
+    is then measured instead of silently dropped. Different scenes are not judged for drift.
     """
-    lab_p, lab_n = _lab(prev), _lab(new)
+    rgb_p, rgb_n = _rgb(prev), _rgb(new)
+    lab_p, lab_n = _lab(rgb_p), _lab(rgb_n)
     same = _same_scene(lab_p, lab_n) if same_content is None else same_content
-    skin_p = _skin_mask(lab_p)
-    p = _stats(lab_p, skin_p)
-    n = _stats(lab_n, skin_p if same else _skin_mask(lab_n))
-    n_own = _stats(lab_n, _skin_mask(lab_n)) if same else n
-    problems: list[str] = []
+    face_p = largest_face(rgb_p.astype(np.uint8))
+    face_n = face_p if same and face_p is not None else largest_face(rgb_n.astype(np.uint8))
+    if same and face_n is not None and face_p is None:
+        face_p = face_n
+    p, n = _stats(rgb_p, lab_p, face_p), _stats(rgb_n, lab_n, face_n)
     chroma_ratio = n.mean_chroma / max(p.mean_chroma, 1e-6)
+    cast = float(np.hypot(n.mean_a - p.mean_a, n.mean_b - p.mean_b))
+    numbers = [f"mean chroma {p.mean_chroma:.1f} -> {n.mean_chroma:.1f} (x{chroma_ratio:.2f})", f"cast {cast:.1f} ΔE"]
+    problems: list[str] = []
     if _chroma_drifted(p.mean_chroma, n.mean_chroma):
-        problems.append(f"mean chroma {p.mean_chroma:.1f} -> {n.mean_chroma:.1f}")
+        problems.append(numbers[0])
+    if cast > MAX_CAST:
+        problems.append(f"colour cast {cast:.1f} ΔE (limit {MAX_CAST:.1f})")
     hue_shift = skin_ratio = None
     if p.skin_hue is not None and n.skin_hue is not None:
         hue_shift = _signed_hue_difference(n.skin_hue, p.skin_hue)
-        skin_ratio = n.skin_chroma / p.skin_chroma  # type: ignore[operator]
+        skin_ratio = n.skin_chroma / max(p.skin_chroma, 1e-6)  # type: ignore[operator]
+        numbers.insert(0, f"face skin hue {p.skin_hue:.1f}° -> {n.skin_hue:.1f}° ({hue_shift:+.1f}°), "
+                          f"chroma {p.skin_chroma:.1f} -> {n.skin_chroma:.1f}")
         if abs(hue_shift) > MAX_HUE_SHIFT:
-            problems.append(f"skin hue {p.skin_hue:.1f}° -> {n.skin_hue:.1f}° ({hue_shift:+.1f}°)")
+            problems.append(f"face skin hue {p.skin_hue:.1f}° -> {n.skin_hue:.1f}° ({hue_shift:+.1f}°)")
         if _chroma_drifted(p.skin_chroma, n.skin_chroma):  # type: ignore[arg-type]
-            problems.append(f"skin chroma {p.skin_chroma:.1f} -> {n.skin_chroma:.1f}")
-    if p.skin_fraction >= MIN_SKIN_FRACTION and n_own.skin_fraction < MIN_SKIN_KEPT * p.skin_fraction:
-        problems.append(f"skin-toned area {p.skin_fraction:.1%} -> {n_own.skin_fraction:.1%}")
-    natural = _natural(n)
-    verdict: ColourVerdict = "colours drifted" if problems else "colours preserved"
-    if problems:
+            problems.append(f"face skin chroma {p.skin_chroma:.1f} -> {n.skin_chroma:.1f}")
+    verdict: ColourVerdict = "different scenes" if not same else "colours drifted" if problems else "colours preserved"
+    if verdict == "colours drifted":
         why = "colours drifted: " + "; ".join(problems)
-    elif hue_shift is not None:
-        why = (
-            f"colours preserved: skin hue {hue_shift:+.1f}° (limit ±{MAX_HUE_SHIFT:.0f}°), "
-            f"skin chroma x{skin_ratio:.2f}, mean chroma x{chroma_ratio:.2f}"
-        )
+    elif verdict == "different scenes":
+        why = "different scenes, drift not judged: " + "; ".join(numbers)
     else:
-        why = f"colours preserved: mean chroma x{chroma_ratio:.2f}; no skin tones to compare"
-    if natural is False:
-        why += f"; new skin looks unnatural (hue {n.skin_hue:.0f}°, chroma {n.skin_chroma:.0f})"
-    return ColourDrift(verdict, natural, chroma_ratio, hue_shift, skin_ratio, p, n, same, why)
+        why = "colours preserved: " + "; ".join(numbers)
+    if n.natural is None:
+        why += "; no face found, so no skin tone to judge: a person must look"
+    else:
+        tone = "natural" if n.natural else "UNNATURAL"
+        why += f"; face skin {tone} (hue {n.skin_hue:.0f}°, chroma {n.skin_chroma:.0f})"
+    return ColourDrift(verdict, chroma_ratio, cast, hue_shift, skin_ratio, p, n, same, why)

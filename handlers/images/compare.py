@@ -3,7 +3,9 @@
 Three rows, one column per image: the images side by side with their grain index,
 the same flat region of both zoomed ×4 (nearest neighbour, one shared contrast
 stretch so that faint grain shows and both crops are treated alike), and a heat-map
-of the per-block grain on one shared colour scale. The header states the verdicts.
+of the per-block grain on one shared colour scale. When a face was found, a fourth row
+shows the same face box of both at the same zoom, where skin tone was read. The header
+states the verdicts in the words the evidence uses.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .colour import ColourDrift, colour_drift
+from .faces import FaceBox
 from .grain import GrainComparison, GrainMeasure, ImageLike, compare_grain
 
 PANEL = 400  # column width in the picture
@@ -26,6 +29,7 @@ LABEL = 30
 CAPTION = 28
 BAR = 56
 BACKGROUND = (24, 24, 24)
+GOOD, BAD, OPEN = (120, 220, 120), (240, 120, 100), (240, 200, 90)  # verified, refused, for a person
 TEXT = (235, 235, 235)
 CROP_OUTLINE = (255, 220, 0)
 UNMEASURED = (90, 90, 90)  # blocks too dark or too bright to measure
@@ -57,7 +61,7 @@ class ComparisonPicture:
     """The rendered picture and where each part of it is."""
 
     image: Image.Image
-    regions: dict[str, Box]  # title, before, after, zoom_before, zoom_after, heat_before, heat_after, bar
+    regions: dict[str, Box]  # title, before, after, zoom_*, heat_*, bar, face_* (when a face was found)
     crop: Box  # the zoomed region in the before image's pixels (the same in after's)
     stretch: float  # contrast factor applied to both zoom crops
     heat_max: float  # grain index at the top of the colour scale
@@ -79,7 +83,7 @@ def colour_map(values: np.ndarray) -> np.ndarray:
     return np.round(_ANCHORS[low] * (1 - t) + _ANCHORS[low + 1] * t).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError, ImportError):  # Pillow built without FreeType: fixed bitmap font
@@ -193,11 +197,20 @@ def _grain_headline(g: GrainComparison) -> str:
 
 
 def _colour_headline(c: ColourDrift) -> str:
-    parts = [f"mean chroma {c.prev.mean_chroma:.1f} -> {c.new.mean_chroma:.1f}"]
+    """The colour evidence in short: the same verdict and skin reading as its explanation."""
+    parts = [f"mean chroma x{c.chroma_ratio:.2f}", f"cast {c.cast:.1f} dE"]
     if c.skin_hue_shift is not None:
         parts.insert(0, f"skin hue {c.skin_hue_shift:+.1f}°, skin chroma x{c.skin_chroma_ratio:.2f}")
-    natural = {True: "natural skin", False: "UNNATURAL skin", None: "no skin found"}[c.natural]
-    return f"{c.verdict}, {natural}  ({', '.join(parts)})"
+    skin = {True: "face skin natural", False: "face skin UNNATURAL", None: "no face found: skin not judged"}[c.natural]
+    return f"colours: {c.verdict}, {skin}  ({', '.join(parts)})"
+
+
+def _face_crop(image: Image.Image, face: FaceBox) -> Image.Image:
+    """The face box with a quarter of its size around it, clamped to the image."""
+    margin_x, margin_y = face.width // 4, face.height // 4
+    box = (max(0, face.left - margin_x), max(0, face.top - margin_y),
+           min(image.width, face.right + margin_x), min(image.height, face.bottom + margin_y))
+    return image.crop(box)
 
 
 def render_comparison(
@@ -223,19 +236,24 @@ def render_comparison(
     y_heat_label = y_zoom + PANEL + GAP // 2
     y_heat = y_heat_label + LABEL
     y_bar = y_heat + panel_h + GAP // 2
-    height = y_bar + BAR + GAP // 2
+    y_face_label = y_bar + BAR + GAP // 2
+    y_face = y_face_label + LABEL
+    face = colour.face
+    a_fit = a_img if a_img.size == b_img.size else a_img.resize(b_img.size, Image.Resampling.LANCZOS)
+    faces = [_face_crop(im, face) for im in (b_img, a_fit)] if face is not None else []
+    face_h = max(1, round(PANEL * faces[0].height / faces[0].width)) if faces else 0
+    height = (y_face + face_h + GAP) if faces else y_bar + BAR + GAP // 2
 
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    big, small = _font(22), _font(16)
+    big, small = font(22), font(16)
 
-    good, bad = (120, 220, 120), (240, 120, 100)
-    draw.text((GAP, 6), _grain_headline(grain), fill=good if grain.reduced else bad, font=big)
-    draw.text((GAP, 36), _colour_headline(colour), fill=good if colour.ok else bad, font=small)
+    draw.text((GAP, 6), _grain_headline(grain), fill=GOOD if grain.reduced else BAD, font=big)
+    tone = {True: GOOD, False: BAD, None: OPEN}[colour.verified]
+    draw.text((GAP, 36), _colour_headline(colour), fill=tone, font=small)
     regions = {"title": Box(0, 0, width, HEADER)}
 
     crop = _crop_box(grain, b_img.size)
-    a_fit = a_img if a_img.size == b_img.size else a_img.resize(b_img.size, Image.Resampling.LANCZOS)
     crops = [np.asarray(im.crop(crop.as_tuple())) for im in (b_img, a_fit)]
     zb, za, k = _stretch(crops[0], crops[1], grain.prev.index if grain.prev.measurable else grain.new.index)
 
@@ -272,6 +290,12 @@ def render_comparison(
         draw.text((tx, bar_box.bottom + 3), f"{frac * vmax:.1f}", fill=TEXT, font=small, anchor=anchor)
     legend = "grain per 32 px block (grey levels)   grey: too dark/bright   dimmed: texture/edges"
     draw.text((bar_box.left, bar_box.bottom + 22), legend, fill=TEXT, font=small)
+    for name, x, crop_img in zip(("before", "after"), col, faces):
+        draw.text((x, y_face_label + 4), f"{name}: face, same box and zoom (skin read here)",
+                  fill=TEXT, font=small)
+        shown = crop_img.resize((PANEL, face_h), Image.Resampling.LANCZOS)
+        canvas.paste(shown, (x, y_face))
+        regions[f"face_{name}"] = Box(x, y_face, x + shown.width, y_face + shown.height)
     return ComparisonPicture(canvas, regions, crop, k, vmax, grain, colour)
 
 

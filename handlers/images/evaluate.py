@@ -4,9 +4,11 @@ The images come from the latest earlier task that recorded ``images`` (``comfyui
 from an ``images`` parameter. Each is measured against the previous image — a ``previous``
 parameter, a ``**Previous**:``/``**Baseline**:`` line in the task, else the best image of
 the last run (a history in ``images-history.json`` in ralph's state folder) — for grain on
-the same blocks, detail (blur guard) and colour. A sweep is ranked on those numbers; the
-best variant is drawn beside the previous image in a comparison PNG. Face identity is only
-measured on the pod (see face.py); without it that criterion goes to a person.
+the same blocks, detail (blur guard) and colour (skin read on a detected face). A sweep is
+ranked on those numbers; the best variant is drawn beside the previous image in a comparison
+PNG, and every image in a gallery (gallery.py). Each run writes into a folder of its own
+(``<dir>/<task file>/<run id>/``). Face identity is only measured on the pod (see face.py);
+without it that criterion goes to a person.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from ralph.facts import Need
 from ralph.handler import BACKTICKED, Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion
 from ralph.model import Task
 from ralph.parser import normalise
+from ralph.paths import run_folder
 from ralph.state import now
 from ralph.textfile import write_atomically
 
 from . import face
-from .colour import NATURAL_HUE, NATURAL_MAX_CHROMA, ColourDrift, ColourStats, colour_drift, colour_stats
+from .colour import ColourDrift, ColourStats, colour_drift, colour_stats
 from .compare import render_comparison
+from .gallery import ranked_on_measures, write_gallery
 from .grain import GrainComparison, GrainMeasure, compare_grain, measure_grain
 
 HISTORY = "images-history.json"
@@ -44,7 +48,8 @@ DEFAULT_DIR = "output"
 DEFAULT_COMFYUI_DIR = "/workspace/ComfyUI"  # a RunPod ComfyUI image's
 MARKDOWN_LINK = re.compile(r"\]\(<?([^)>]+)>?\)")
 # Verdicts from worst to best, for ranking (index = group; lower is better).
-_GROUPS = {"less grain": 0, "not less grain": 1, "grain coarser": 2, "detail lost": 2, "not measurable": 3}
+_GROUPS = {"less grain": 0, "blur not checked": 1, "not less grain": 2, "grain coarser": 3, "detail lost": 3,
+           "not measurable": 4}
 
 
 def _r(value: float | None, digits: int = 4) -> float | None:
@@ -80,7 +85,7 @@ class Assessed:
         """Ranking: grain verdict first, then colours kept, then how far grain fell."""
         if self.grain is None:
             return (_GROUPS["not measurable"], 0, float(self.measure.index or np.inf))
-        colour_bad = 1 if self.colour is not None and not self.colour.ok else 0
+        colour_bad = 1 if self.colour is not None and self.colour.verified is False else 0
         ratio = self.grain.ratio if self.grain.ratio is not None else np.inf
         return (_GROUPS[self.grain.verdict], colour_bad, float(ratio))
 
@@ -104,27 +109,24 @@ class Assessed:
 def _colour_data(drift: ColourDrift | None, stats: ColourStats) -> dict[str, Any]:
     data: dict[str, Any] = {
         "mean_chroma": _r(stats.mean_chroma, 2),
-        "skin_fraction": _r(stats.skin_fraction),
+        "face": stats.face.as_data() if stats.face else None,
         "skin_hue": _r(stats.skin_hue, 2),
         "skin_chroma": _r(stats.skin_chroma, 2),
-        "natural": _natural(stats),
+        "natural": stats.natural,
     }
     if drift is not None:
         data.update(
             verdict=drift.verdict,
-            ok=drift.ok,
+            verified=drift.verified,
+            face=drift.face.as_data() if drift.face else None,
+            natural=drift.natural,
             hue_shift=_r(drift.skin_hue_shift, 2),
             chroma_ratio=_r(drift.chroma_ratio),
+            cast=_r(drift.cast, 2),
             skin_chroma_ratio=_r(drift.skin_chroma_ratio),
             explanation=drift.explanation,
         )
     return data
-
-
-def _natural(stats: ColourStats) -> bool | None:
-    if stats.skin_hue is None or stats.skin_chroma is None:
-        return None
-    return NATURAL_HUE[0] <= stats.skin_hue <= NATURAL_HUE[1] and stats.skin_chroma <= NATURAL_MAX_CHROMA
 
 
 class EvaluateImages(Handler):
@@ -164,7 +166,8 @@ class EvaluateImages(Handler):
                          "face identity on the machine if it has insightface",))
 
     def run(self, ctx: Context) -> Result:
-        folder = ctx.path(ctx.params["dir"] or _named_folder(ctx) or DEFAULT_DIR)
+        base = ctx.path(ctx.params["dir"] or _named_folder(ctx) or DEFAULT_DIR)
+        folder = run_folder(base, ctx.file.path, ctx.run_id)  # a later run never overwrites this one's
         folder.mkdir(parents=True, exist_ok=True)
         records = [dict(r, path=ctx.display_path(_bring(ctx.path(r["path"]), folder))) for r in _sources(ctx)]
         for record in records:
@@ -192,8 +195,16 @@ class EvaluateImages(Handler):
         face_data = self._face(ctx, records, previous)
         for row in rows:
             row["face_similarity"] = face_data.get("similarities", {}).get(row["path"])
-        grain = _grain_data(best, previous, previous_note, len(ranking))
-        success = grain.get("reduced") if previous and grain["verdict"] != "not measurable" else None
+        gallery = None
+        if len(records) > 1:
+            order = {r["path"]: i for i, r in enumerate(records)}  # the sweep's order, not the ranking's
+            in_order = sorted(rows, key=lambda r: order[r["path"]])
+            written = write_gallery(in_order, ctx.path, folder / "gallery", f"{ctx.file.path.stem}: {len(rows)} images")
+            gallery = {kind: ctx.display_path(path) for kind, path in written.items()}
+            files += list(gallery.values())
+        grain = _grain_data(best, previous, previous_note, len(ranking), ranked_on_measures(rows))
+        undecided = ("not measurable", "blur not checked")  # a person decides: no success, no failure
+        success = grain.get("reduced") if previous and grain["verdict"] not in undecided else None
         _remember(ctx, records, rows[0])
         best_row = rows[0]
         summary = f"{len(records)} image(s) in {ctx.display_path(folder)}; {grain['explanation']}"
@@ -205,6 +216,8 @@ class EvaluateImages(Handler):
             face={**face_data, "image": best_row["path"], "previous": previous["path"] if previous else None},
             comparison=comparison,
             success=success,
+            gallery=gallery,
+            ranked=ranked_on_measures(rows),
         )
         ctx.publish(found)
         return Result(summary=summary, files=files, data={"images": records, "best": best_row, **found.record()})
@@ -268,13 +281,13 @@ class EvaluateImages(Handler):
         if not colour:
             return Evidence(None, "no colour measure recorded")
         if colour.get("verdict") is None:
-            natural = {True: "natural", False: "unnatural", None: "no skin found"}[colour.get("natural")]
+            skin = "no face found" if colour.get("face") is None else (
+                f"face skin hue {colour['skin_hue']}°, chroma {colour['skin_chroma']} "
+                f"({'natural' if colour.get('natural') else 'UNNATURAL'})")
             return Evidence(
-                None,
-                f"no previous image to compare colours with: mean chroma {colour['mean_chroma']}, skin hue "
-                f"{colour['skin_hue']}°, skin chroma {colour['skin_chroma']} ({natural}); a person must judge",
-            )
-        return Evidence(bool(colour["ok"]), colour["explanation"])
+                None, f"no previous image to compare colours with: mean chroma {colour['mean_chroma']}, {skin}; "
+                      "a person must judge")
+        return Evidence(colour.get("verified"), colour["explanation"])
 
     @criterion(r"grain|comparaison visuelle|visual comparison")
     def grain_reduced(self, ctx: Context, result: Result, text: str) -> Evidence:
@@ -284,7 +297,7 @@ class EvaluateImages(Handler):
         verdict = grain["verdict"]
         if verdict == "less grain":
             return Evidence(True, grain["explanation"])
-        if verdict in ("no previous image", "not measurable"):
+        if verdict in ("no previous image", "not measurable", "blur not checked"):
             return Evidence(None, grain["explanation"])
         return Evidence(False, grain["explanation"])
 
@@ -402,8 +415,9 @@ def _assess(
     return assessed
 
 
-def _grain_data(best: Assessed, previous: dict[str, Any] | None, note: str, count: int) -> dict[str, Any]:
-    sweep = f"best of {count} variants ({best.record.get('variant')}): " if count > 1 else ""
+def _grain_data(best: Assessed, previous: dict[str, Any] | None, note: str, count: int, ranked: bool) -> dict[str, Any]:
+    which = "best" if ranked else "none ranked on measures, first"
+    sweep = f"{which} of {count} variants ({best.record.get('variant')}): " if count > 1 else ""
     if previous is None or best.grain is None:
         index = best.measure.index
         reading = f"grain index {index:.2f}" if index is not None else best.measure.explanation

@@ -49,7 +49,9 @@ DETAIL_PERCENTILE = 90.0
 MAX_COARSE_RATIO = 1.15
 COARSE_FLOOR = 0.5
 
-Verdict = Literal["less grain", "not less grain", "grain coarser", "detail lost", "not measurable"]
+# "blur not checked": grain fell but detail could not be compared (too little texture in the
+# previous image, or different scenes), so a blur cannot be told from grain removal: never ticked.
+Verdict = Literal["less grain", "blur not checked", "not less grain", "grain coarser", "detail lost", "not measurable"]
 ImageLike = Image.Image | np.ndarray
 
 
@@ -336,15 +338,15 @@ def compare_grain(prev: ImageLike, new: ImageLike, same_content: bool | None = N
             which, m = ("previous", p) if not p.measurable else ("new", n)
             return result("not measurable", None, none, f"not measurable: the {which} image has too few flat areas "
                                                         f"({_flat_count(m)})")
-        assert n.index is not None and p.index is not None  # both measurable
-        ratio = max(n.index, NOISE_FLOOR) / max(p.index, NOISE_FLOOR)
-        verdict: Verdict = "less grain" if ratio <= DIFFERENT_CONTENT_RATIO else "not less grain"
+        ratio = max(n.index, NOISE_FLOOR) / max(p.index, NOISE_FLOOR)  # type: ignore[type-var]
+        verdict: Verdict = "blur not checked" if ratio <= DIFFERENT_CONTENT_RATIO else "not less grain"
         return result(
             verdict,
             ratio,
             none,
             f"{verdict}: different content, grain index {p.index:.2f} -> {n.index:.2f} (ratio {ratio:.2f}, "
-            f"needs <= {DIFFERENT_CONTENT_RATIO}; {detail_txt}, not used across scenes)",
+            f"needs <= {DIFFERENT_CONTENT_RATIO}); detail cannot be compared across scenes, so a blur "
+            "cannot be ruled out: a person must look",
         )
     ids = _compared_blocks(p.blocks, n.blocks) if p.measurable else none
     if ids.size == 0:
@@ -359,7 +361,9 @@ def compare_grain(prev: ImageLike, new: ImageLike, same_content: bool | None = N
         verdict = "not less grain"
     elif coarse > MAX_COARSE_RATIO:
         verdict = "grain coarser"
-    elif detail is not None and detail < MIN_DETAIL_RATIO:
+    elif detail is None:
+        verdict = "blur not checked"
+    elif detail < MIN_DETAIL_RATIO:
         verdict = "detail lost"
     else:
         verdict = "less grain"
@@ -371,4 +375,6 @@ def compare_grain(prev: ImageLike, new: ImageLike, same_content: bool | None = N
         why += "; the image was smoothed, texture went down with the grain"
     elif verdict == "grain coarser":
         why += "; the fine grain became larger clumps rather than going away"
+    elif verdict == "blur not checked":
+        why += "; the previous image has too little texture to tell grain removal from a blur: a person must look"
     return result(verdict, ratio, ids, why, coarse)

@@ -1,0 +1,104 @@
+"""Where the faces are: OpenCV's frontal-face Haar cascade, shipped inside opencv-python-headless.
+
+Nothing is downloaded at run time: the cascade XML is part of the pinned wheel (``cv2.data``;
+OpenCV 5 dropped both the cascades and ``CascadeClassifier`` from the main package, hence the
+``<5`` pin). The cascade is a detector, not a recogniser: it says where a face is so that skin tone
+is read on a face and not on an orange suit, a coffee cup or a cat; identity is face.py's job.
+
+``alt2`` with 5 neighbours finds skimage's astronaut portrait and none of its coffee, cat, rocket
+or noise images; a face smaller than 1/12 of the short side is too small to read skin on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+CASCADE = "haarcascade_frontalface_alt2.xml"
+SCALE_STEP = 1.1
+MIN_NEIGHBOURS = 5
+MIN_FACE_FRACTION = 1 / 12
+DETECT_WIDTH = 1024  # larger images are searched at this width: the same faces, a fraction of the time
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A face's bounding box in image pixels."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return self.left, self.top, self.right, self.bottom
+
+    def skin(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Boolean mask (image ``shape``) of the cheeks, nose and mouth: an ellipse inside the box
+        that leaves out hair, background corners and most of the eyes."""
+        h, w = shape[:2]
+        y, x = np.ogrid[0:h, 0:w]
+        cx, cy = (self.left + self.right) / 2, self.top + 0.58 * self.height
+        rx, ry = 0.30 * self.width, 0.32 * self.height
+        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1.0
+
+    def as_data(self) -> list[int]:
+        return list(self.as_tuple())
+
+
+@cache
+def _cascade() -> Any:
+    import cv2  # imported here: only evaluation needs it, and it takes a while to load
+
+    classifier = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
+    if classifier.empty():
+        raise RuntimeError(f"OpenCV's bundled {CASCADE} could not be loaded")
+    return classifier
+
+
+def find_faces(rgb: np.ndarray) -> list[FaceBox]:
+    """Faces in an H×W×3 uint8 RGB image, largest first."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    scale = min(1.0, DETECT_WIDTH / w)
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8), cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+        grey = cv2.resize(grey, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    grey = cv2.equalizeHist(grey)
+    side = max(24, int(min(grey.shape) * MIN_FACE_FRACTION))
+    found = _cascade().detectMultiScale(grey, SCALE_STEP, MIN_NEIGHBOURS, minSize=(side, side))
+    boxes = [
+        FaceBox(round(x / scale), round(y / scale), round((x + fw) / scale), round((y + fh) / scale))
+        for x, y, fw, fh in (found if len(found) else [])
+    ]
+    return sorted(boxes, key=lambda b: b.width * b.height, reverse=True)
+
+
+_LARGEST: OrderedDict[tuple[tuple[int, ...], str], FaceBox | None] = OrderedDict()
+REMEMBERED = 32
+
+
+def largest_face(rgb: np.ndarray) -> FaceBox | None:
+    """The largest face, remembered by the pixels' digest: a sweep compares every variant with
+    the same previous image, which is then searched once, not once per variant."""
+    key = (rgb.shape, hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).hexdigest())
+    if key not in _LARGEST:
+        faces = find_faces(rgb)
+        _LARGEST[key] = faces[0] if faces else None
+        while len(_LARGEST) > REMEMBERED:
+            _LARGEST.popitem(last=False)
+    return _LARGEST[key]
