@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from ralph.handlers.facts import ComfyServer, Evaluation, Images, MachineHandle, MachineTime
+
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Handler, Param, Result, criterion
-from ralph.handlers.facts import ComfyServer, Evaluation, Images, MachineHandle, MachineTime
 from ralph.model import Task, TaskFile
 from ralph.state import now
 
@@ -227,14 +228,18 @@ def next_lead(
         more = f" (and {len(lint) - 1} more lint finding(s))" if len(lint) > 1 else ""
         return f"fix what the workflow check found first: {lint[0]}{more}"
     keys = _varying(ranking)
-    ratios = [r["ratio"] for r in ranking if r.get("ratio") is not None and r.get("against") == ranking[0].get("against")]
+    ratios = [r["ratio"] for r in ranking
+              if r.get("ratio") is not None and r.get("against") == ranking[0].get("against")]
     if keys and len(ratios) > 1:
         spans = ", ".join(f"{k} {_span([(r.get('params') or {}).get(k) for r in ranking])}" for k in keys)
         if max(ratios) - min(ratios) <= FLAT_SPREAD:
-            elsewhere = "the checkpoint/LoRA or the VAE" if {"sampler", "scheduler"} & set(keys) else "the sampler/scheduler"
+            elsewhere = ("the checkpoint/LoRA or the VAE" if {"sampler", "scheduler"} & set(keys)
+                         else "the sampler/scheduler")
             return f"grain unchanged across {spans} (ratios {min(ratios):.2f}–{max(ratios):.2f}): look at {elsewhere}"
         best = ranking[0].get("params") or {}
-        return f"grain moved with {spans} but not enough (best ratio {min(ratios):.2f} at {_params_text({k: best.get(k) for k in keys})}): extend the sweep beyond that end"
+        at = _params_text({k: best.get(k) for k in keys})
+        return (f"grain moved with {spans} but not enough (best ratio {min(ratios):.2f} at {at}): "
+                "extend the sweep beyond that end")
     return f"grain not reduced (ratio {grain.get('ratio')}): sweep cfg and the refiner's denoise to find what moves it"
 
 
@@ -298,7 +303,8 @@ class SessionDoc(Handler):
             record = records[number]
             if record.status in ("FAILED", "BLOCKED"):
                 task = ctx.file.task(number)
-                failures.append(f"task {number} ({task.title if task else '?'}) {record.status.lower()}: {record.error or ''}")
+                failures.append(f"task {number} ({task.title if task else '?'}) {record.status.lower()}: "
+                                f"{record.error or ''}")
         costs = {n: r["cost_usd"] for n, r in earlier.items() if r.get("cost_usd") is not None}
         seconds = sum(float(records[n].seconds or 0.0) for n in earlier)
 
@@ -316,7 +322,8 @@ class SessionDoc(Handler):
             lines.append(f"- **Pod**: {pod.get('gpu', 'unknown GPU')}{price} (id `{pod.get('id', '?')}`)")
         else:
             lines.append("- **Pod**: none recorded")
-        cost = f"${sum(costs.values()):.4f} (recorded by task(s) {', '.join(map(str, sorted(costs)))})" if costs else "not recorded"
+        cost = (f"${sum(costs.values()):.4f} (recorded by task(s) {', '.join(map(str, sorted(costs)))})" if costs
+                else "not recorded")
         held = ctx.fact(MachineTime)
         pod_time = f" (pod time {held.hours * 60:.1f} min)" if held is not None else ""
         lines.append(
@@ -401,7 +408,8 @@ class SessionDoc(Handler):
         if section is None:
             return Evidence(False, where)
         record = result.data["session_doc"]
-        return Evidence(True, f"section appended to {where} at byte {record['offset']} ({record['size']} bytes); earlier content unchanged")
+        return Evidence(True, f"section appended to {where} at byte {record['offset']} ({record['size']} bytes); "
+                              "earlier content unchanged")
 
     @criterion(r"avant.?/?.?apres|before.?/?.?after")
     def comparison(self, ctx: Context, result: Result, text: str) -> Evidence:
@@ -461,14 +469,16 @@ class SessionDoc(Handler):
 
 
 def _colour_reading(colour: dict[str, Any]) -> str:
-    return f"mean chroma {colour.get('mean_chroma')}, skin hue {colour.get('skin_hue')}°, skin chroma {colour.get('skin_chroma')} (no previous image)"
+    return (f"mean chroma {colour.get('mean_chroma')}, skin hue {colour.get('skin_hue')}°, "
+            f"skin chroma {colour.get('skin_chroma')} (no previous image)")
 
 
 def _found(doc: Path, record: dict[str, Any]) -> bool:
     if not doc.is_file():
         return False
     content = doc.read_bytes()
-    return _sha(content[: record["offset"]]) == record["before_sha256"] and record["marker"].encode() in content[record["offset"] :]
+    offset = record["offset"]
+    return _sha(content[:offset]) == record["before_sha256"] and record["marker"].encode() in content[offset:]
 
 
 def _num(value: Any, digits: int = 2) -> str:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -51,7 +52,7 @@ STYLE = {
 
 
 class _Bar:
-    def __init__(self, progress: Progress, task_id: int) -> None:
+    def __init__(self, progress: Progress, task_id: TaskID) -> None:
         self._progress = progress
         self._id = task_id
 
@@ -253,14 +254,16 @@ class ConsoleReporter:
         for group in _skipped_together(summary.outcomes):
             if len(group) > 1:
                 title = f"{len(group)} tasks"
-                table.add_row(_numbers([o.number for o in group], ""), title, "[dim]SKIPPED[/]", "", "", escape(group[0].error))
+                table.add_row(_numbers([o.number for o in group], ""), title, "[dim]SKIPPED[/]", "", "",
+                              escape(group[0].error))
                 continue
             o = group[0]
             cost = f"${o.cost_usd:.4f}" if o.cost_usd is not None else ""
             note = o.error or o.summary
             reviews = sum(1 for v in o.verdicts if v.evidence and v.evidence.verified is None)
             if reviews:
-                note = (note + "; " if note else "") + f"{reviews} {'criterion' if reviews == 1 else 'criteria'} to review"
+                criteria = "criterion" if reviews == 1 else "criteria"
+                note = (note + "; " if note else "") + f"{reviews} {criteria} to review"
             table.add_row(
                 str(o.number),
                 escape(o.title),

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from ralph.handlers.facts import ComfyServer, Images, MachineHandle
+from ralph.handlers.images import face
+from ralph.handlers.machines.local import LocalMachine
 from rich.console import Console
 from scipy.ndimage import gaussian_filter
 from skimage import data
@@ -22,9 +25,6 @@ from skimage import data
 from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, TaskFailed, criterion
-from ralph.handlers.facts import ComfyServer, Images, MachineHandle
-from ralph.handlers.images import face
-from ralph.handlers.machines.local import LocalMachine
 from ralph.parser import parse_file
 from ralph.registry import Registry
 from ralph.runner import Runner, RunSummary
@@ -147,7 +147,8 @@ class Project:
 
     def run(self) -> RunSummary:
         output = io.StringIO()
-        summary = Runner(self.file, ConsoleReporter(Console(file=output, width=200, color_system=None)), retry_wait=0).run()
+        reporter = ConsoleReporter(Console(file=output, width=200, color_system=None))
+        summary = Runner(self.file, reporter, retry_wait=0).run()
         self.output = output.getvalue()
         return summary
 
@@ -155,7 +156,7 @@ class Project:
         state = json.loads((self.root / ".ralph" / self.file.stem / "state.json").read_text("utf-8"))
         return state["tasks"][str(number)]["result"]
 
-    def parsed(self):  # type: ignore[no-untyped-def]
+    def parsed(self):
         return parse_file(self.file)[0]
 
     def checks(self, number: int) -> dict[str, bool]:
@@ -232,7 +233,8 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     either = crit(ends, "Image générée avec grain")  # merged with its "OU …" alternative
     assert either.verified is True
     assert "OU identification claire de la prochaine piste si échec: success: no lead needed" in either.detail
-    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
+    assert ("✔ verified: Image générée avec grain significativement réduit / OU identification"
+            in project.file.read_text("utf-8"))
     file = project.parsed()
     assert [c.checked for c in file.success_criteria] == [True, False, True]
 
@@ -258,7 +260,8 @@ def test_a_blurred_after_is_not_less_grain_and_the_doc_names_the_next_lead(proje
     either = crit(ends, "Image générée avec grain")
     assert either.verified is True, "no less grain, but the next lead is written: the alternative holds"
     assert "detail lost" in either.detail and "lead written" in either.detail
-    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
+    assert ("✔ verified: Image générée avec grain significativement réduit / OU identification"
+            in project.file.read_text("utf-8"))
 
 
 def test_a_sweep_is_ranked_and_the_best_variant_marked(project: Project) -> None:
@@ -323,7 +326,8 @@ def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
         placed = face.upload_images(provider, local, "faces")
         named = {Path(k).name: v for k, v in placed.items()}
         env = {"PYTHONPATH": str(pod / "site")}
-        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable, env=env)
+        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable,
+                                     env=env)
         assert measure.available, measure.reason
         data = measure.as_data()
         assert data["similarities"]["same.png"] == pytest.approx(1.0, abs=1e-3)

@@ -38,8 +38,8 @@ from ralph.handler import (
     criterion,
 )
 from ralph.measures import SECONDS_PER_IMAGE, Measures
-from ralph.paths import run_folder
 from ralph.model import Task, TaskFile
+from ralph.paths import run_folder
 from ralph.state import state_dir_for
 
 if TYPE_CHECKING:  # httpx and websockets load when a workflow runs, not for `ralph check`
