@@ -106,7 +106,8 @@ def _params_section(ran: dict[str, Any], previous: dict[str, Any] | None) -> lis
         changed = [k for k in dict.fromkeys([*previous, *plain]) if not _is_prose(previous.get(k, params.get(k)))
                    and previous.get(k) != params.get(k)]
         if changed:
-            lines += ["", "Changed since the previous session:", "", "| Parameter | Previous | This run |", "|---|---|---|"]
+            lines += ["", "Changed since the previous session:", "",
+                      "| Parameter | Previous | This run |", "|---|---|---|"]
             lines += [f"| {k} | {_cell(previous.get(k, '–'))} | {_cell(params.get(k, '–'))} |" for k in changed]
         else:
             lines.append("- Same parameters as the previous session" + (" (apart from the sweep)" if swept else ""))
@@ -134,7 +135,8 @@ def _versions(ctx: Context) -> str:
     if torch := (setup.get("torch") or {}).get("version"):
         parts.append(f"torch {torch}")
     files = [f for f in setup.get("files") or [] if isinstance(f, dict) and f.get("name")]
-    parts += [f"`{f['name']}` sha256 `{str(f['sha256'])[:12]}…`" if f.get("sha256") else f"`{f['name']}` (no hash recorded)"
+    parts += [f"`{f['name']}` sha256 `{str(f['sha256'])[:12]}…`" if f.get("sha256") else f"`{f['name']}` (no hash "
+                                                                                         "recorded)"
               for f in files]
     return ", ".join(parts)
 
@@ -206,17 +208,20 @@ def next_lead(
             return f"grain went down but {colour.get('explanation')}: lower cfg or the refiner's denoise"
         return None
     if verdict == "no previous image":
-        return "no previous image to compare with: name one with a **Previous**: line (this run's best is kept for the next run)"
+        return ("no previous image to compare with: name one with a **Previous**: line "
+                "(this run's best is kept for the next run)")
     if verdict == "blur not checked":
         return (
             f"grain fell (ratio {grain.get('ratio')}) but detail could not be compared, so a blur is not ruled out: "
             "look at the zoomed crops, or compare with an image of the same seed and a textured subject"
         )
     if verdict == "not measurable":
-        return "the images have no flat areas where grain can be measured: compare crops by eye, or prompt a plainer background"
+        return ("the images have no flat areas where grain can be measured: compare crops by eye, "
+                "or prompt a plainer background")
     if verdict == "detail lost":
         return (
-            f"the image was smoothed, not de-grained (detail x{grain.get('detail_ratio')}): lower the refiner's denoise "
+            f"the image was smoothed, not de-grained (detail x{grain.get('detail_ratio')}): lower the refiner's "
+            "denoise "
             "or steps, and check for a blur or resize step"
         )
     if verdict == "grain coarser":
@@ -260,7 +265,8 @@ class SessionDoc(Handler):
         doc = ctx.path(relative)
         pending = ctx.memory.get("section")
         if ctx.task.status == "IN_PROGRESS" and pending and pending.get("path") == relative and _found(doc, pending):
-            return Result(summary=f"section already appended to {relative} before the interruption", data=pending["data"])
+            return Result(summary=f"section already appended to {relative} before the interruption",
+                          data=pending["data"])
         if not any(r.result for n, r in ctx.records.items() if n < ctx.task.number):
             return Result(summary=f"nothing ran before this task: no section written to {relative}",
                           data={"session_doc": None, "nothing_ran": True})
@@ -348,8 +354,8 @@ class SessionDoc(Handler):
             lines += [f"- **Workflow check**: {finding}" for finding in lint]
         for failure in failures:
             lines.append(f"- **Failure**: {failure}")
-        for task in incomplete:
-            lines.append(f"- **Incomplete**: {task}")
+        for entry in incomplete:
+            lines.append(f"- **Incomplete**: {entry}")
         link = None
         if comparison:
             link = _beside(ctx, doc, comparison)
@@ -357,7 +363,8 @@ class SessionDoc(Handler):
         gallery_links = None
         if gallery:
             gallery_links = {kind: _beside(ctx, doc, path) for kind, path in gallery.items() if path}
-            lines += ["", f"[![every variant × seed]({gallery_links['png']})]({gallery_links.get('html', gallery_links['png'])})"]
+            lines += ["", "[![every variant × "
+                          f"seed]({gallery_links['png']})]({gallery_links.get('html', gallery_links['png'])})"]
         if len(ranking) > 1:
             lines += ["", "### Variants", ""] + _table(ranking, ranked)
 
@@ -433,10 +440,11 @@ class SessionDoc(Handler):
             return Evidence(False, where)
         success, params = result.data.get("success"), result.data.get("best_params") or {}
         if success:
-            line = next((l for l in section.splitlines() if OPTIMAL in l), "")
+            line = next((text for text in section.splitlines() if OPTIMAL in text), "")
             missing = [k for k in params if not _is_prose(params[k]) and f"`{k}={_fmt(params[k])}`" not in line]
             if not line or missing:
-                return Evidence(False, f"optimal parameters not written in full (missing {', '.join(missing) or 'the line'})")
+                return Evidence(False, "optimal parameters not written in full (missing "
+                                       f"{', '.join(missing) or 'the line'})")
             return Evidence(True, f"success; optimal parameters noted: {_params_text(params)}")
         if result.data.get("next_lead") and f"{LEAD} {result.data['next_lead']}" in section:
             if success is None:

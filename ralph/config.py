@@ -120,7 +120,8 @@ def _read_config(path: Path, root: Any, fail: Callable[..., RalphError]) -> Conf
                 if not isinstance(params, dict):
                     raise fail("params: expected a mapping", entry_line)
                 lines = _key_lines(_children(entry_node).get("params"))
-                config.tasks[normalise(str(title_node.value))] = TaskConfig(entry.get("handler"), params, entry_line, lines)
+                config.tasks[normalise(str(title_node.value))] = TaskConfig(entry.get("handler"), params, entry_line,
+                                                                            lines)
         elif key == "max_cost_usd":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise fail(f"max_cost_usd: expected a positive number of US dollars, not {value!r}", line)

@@ -27,6 +27,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -136,7 +137,8 @@ class ConsoleReporter:
         for number, (title, status, handler) in self.rows.items():
             running = status == "IN_PROGRESS" and number in self.started and number not in self.finished
             clock = _elapsed(now - self.started[number]) if running else ""
-            table.add_row(f"{number}.", escape(title), f"[{STYLE.get(status, '')}]{status}[/]", f"[dim]{handler}[/]", clock)
+            table.add_row(f"{number}.", escape(title), f"[{STYLE.get(status, '')}]{status}[/]", f"[dim]{handler}[/]",
+                          clock)
             if running:
                 for line in self.tails.get(number, ()):
                     table.add_row("", f"[dim]  {escape(line)}[/]", "", "", "")
@@ -268,7 +270,8 @@ class ConsoleReporter:
                 str(o.number),
                 escape(o.title),
                 f"[{STYLE.get(o.status, '')}]{o.status}[/]",
-                "" if o.status == "SKIPPED" else _elapsed(o.seconds or self.finished.get(o.number, 0.0)),  # an interrupt records no time
+                # an interrupt records no time
+                "" if o.status == "SKIPPED" else _elapsed(o.seconds or self.finished.get(o.number, 0.0)),
                 cost,
                 escape(redact(note)),
             )

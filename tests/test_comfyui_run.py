@@ -147,7 +147,8 @@ def test_sweep_values_and_seeds_are_range_checked_like_overrides() -> None:
     file, _ = parse_file(EXAMPLE)
     task = file.task(3)
     assert task is not None
-    good = build(file, task, {"sweep": {"denoise2": [0.2, 0.3], "steps": [20, 30]}, "seeds": [1, 2]}, snapshot_schemas())
+    good = build(file, task, {"sweep": {"denoise2": [0.2, 0.3], "steps": [20, 30]}, "seeds": [1, 2]},
+                 snapshot_schemas())
     assert not [p for p in good.problems if p.is_error], good.problems
     bad = build(file, task, {"sweep": {"denoise2": [0.2, 1.5], "steps": [0, 20]}, "seeds": [1, -3]}, snapshot_schemas())
     errors = [str(p) for p in bad.problems if p.is_error]

@@ -48,7 +48,7 @@ def project(pod: Pod, tmp_path: Path) -> Path:  # noqa: F811
     }
     config: dict[str, Any] = {
         "handlers": {"hold": "tests.test_comfyui_setup:HoldPod"},
-        "tasks": {1: {"handler": "hold", "params": {"pod": pod.handle.as_resource()}},
+        "tasks": {1: {"handler": "hold", "params": {"pod": pod.handle.record()}},
                   2: {"handler": "comfyui.setup", "params": setup},
                   3: {"handler": "comfyui.run", "params": {"overrides": TINY, "output_dir": "output",
                                                           "stall_timeout": 120}}},

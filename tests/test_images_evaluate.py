@@ -30,7 +30,7 @@ from ralph.registry import Registry
 from ralph.runner import Runner, RunSummary
 from tests.repo_files import EXAMPLE
 
-POD = {"id": "pod-test-1", "gpu": "NVIDIA RTX A5000", "cost_per_hr": 0.27}
+POD: dict[str, Any] = {"id": "pod-test-1", "gpu": "NVIDIA RTX A5000", "cost_per_hr": 0.27}
 WORKFLOW = {"cfg": 7.0, "denoise": 0.8, "denoise2": 0.25, "sampler": "dpmpp_2m", "scheduler": "karras", "seed": 42,
             "face_image": "elena_face_ref.jpg"}
 
@@ -75,7 +75,8 @@ class Generate(Handler):
             raise TaskFailed(ctx.params["fail"])
         images = []
         for v in ctx.params["variants"]:
-            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"), scene(grain=v["grain"], blur=v.get("blur", 0)))
+            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"),
+                        scene(grain=v["grain"], blur=v.get("blur", 0)))
             params = {**WORKFLOW, **v.get("params", {})}
             images.append(
                 {
@@ -88,7 +89,8 @@ class Generate(Handler):
                 }
             )
         held = MachineHandle.from_record(ctx.params["hold_pod"]) if ctx.params["hold_pod"] else None
-        ctx.publish(held or MachineHandle(POD["id"], "", "", 0, "", "", "", "", "", 0.0, POD["gpu"], POD["cost_per_hr"]))
+        ctx.publish(held or MachineHandle(POD["id"], "", "", 0, "", "", "", "", "", 0.0, POD["gpu"],
+                                          POD["cost_per_hr"]))
         ctx.publish(Images(images, WORKFLOW, ctx.params["lint"]))
         ctx.publish(ComfyServer(POD["id"], 8188, "/workspace/ComfyUI", "0.3.40"))  # as comfyui.setup does
         return Result(
@@ -200,7 +202,8 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     assert not crit(ticks, "Qualité visage"), "never ticked without a face identity measure"
     four = verdicts(summary, 4)
     run_folder = f"output/runpod-quality-tests/{project.file.stem}/"
-    assert re.search(rf"{run_folder}\d{{8}}-\d{{6}}-\w{{6}}/refined_00001_\.png", crit(four, "Image téléchargée").detail)
+    assert re.search(rf"{run_folder}\d{{8}}-\d{{6}}-\w{{6}}/refined_00001_\.png",
+                     crit(four, "Image téléchargée").detail)
     assert "grain ratio 0.4" in crit(four, "Comparaison visuelle").detail
     face_evidence = crit(four, "Qualité visage")
     assert face_evidence.verified is None and "no machine is held" in face_evidence.detail

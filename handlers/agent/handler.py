@@ -120,7 +120,8 @@ class AgentHandler(LocalChecks):
         base = ctx.state_dir / f"task-{ctx.task.number}-iteration-{number}"
         prompt, log = base.with_suffix(".prompt.md"), base.with_suffix(".log")
         text = build_prompt(ctx.file, ctx.task, file_name=ctx.file.path.name, iteration=number,
-                            max_iterations=ctx.params["max_iterations"], notes=notes, results={n: r.result for n, r in ctx.records.items() if r.result})
+                            max_iterations=ctx.params["max_iterations"], notes=notes,
+                            results={n: r.result for n, r in ctx.records.items() if r.result})
         prompt.write_text(redact(text), encoding="utf-8")
         timeout = min(float(ctx.params["iteration_timeout_s"]), budget_left)
         ctx.log(f"iteration {number}: `{shlex.join(argv)}` (log: {ctx.display_path(log)})")

@@ -150,7 +150,8 @@ def build(
     axes = dict(params.get("sweep") or {}) | ({"seed": params["seeds"]} if params.get("seeds") else {})
     for name, values in axes.items():
         if name not in parameters and "." not in name:
-            problems.append(_problem(fallback, f"sweep: unknown workflow parameter {name!r}; known: {', '.join(sorted(parameters))}"))
+            problems.append(_problem(fallback, f"sweep: unknown workflow parameter {name!r}; known: "
+                                               f"{', '.join(sorted(parameters))}"))
             continue
         problems += _sweep_problems(graph, parameters, name, values, schemas, problems, fallback)
     return Workflow(graph, parameters, problems, line_of, fallback)

@@ -290,7 +290,7 @@ def render_comparison(
         draw.text((tx, bar_box.bottom + 3), f"{frac * vmax:.1f}", fill=TEXT, font=small, anchor=anchor)
     legend = "grain per 32 px block (grey levels)   grey: too dark/bright   dimmed: texture/edges"
     draw.text((bar_box.left, bar_box.bottom + 22), legend, fill=TEXT, font=small)
-    for name, x, crop_img in zip(("before", "after"), col, faces):
+    for name, x, crop_img in zip(("before", "after"), col, faces, strict=False):
         draw.text((x, y_face_label + 4), f"{name}: face, same box and zoom (skin read here)",
                   fill=TEXT, font=small)
         shown = crop_img.resize((PANEL, face_h), Image.Resampling.LANCZOS)
