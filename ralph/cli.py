@@ -11,9 +11,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Callable
 
 from . import __version__, exits
 from .errors import RalphError
@@ -72,10 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true",
                      help="print the outcomes as JSON on stdout (what a person reads goes to stderr)")
     loudness = run.add_mutually_exclusive_group()
-    loudness.add_argument("-q", "--quiet", action="store_true",
-                          help="only warnings, the summary and what is open for review")
-    loudness.add_argument("-v", "--verbose", action="store_true",
-                          help="also each criterion's evidence as each task ends")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="only warnings, the summary and what is open for review")
+    loudness.add_argument("-v", "--verbose", action="store_true", help="also each criterion's evidence as each task ends")
+    run.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                     help="run up to N files at once, each in its own process (max_cost_usd split evenly)")
     run.set_defaults(command=_run)
 
     status = commands.add_parser("status", help="show the tasks of a file (or of every task file in a folder)")
@@ -114,6 +113,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         return exits.worst(*(_dry_run(path, args) for path in args.files))
+    if args.jobs > 1 and len(args.files) > 1:
+        return _run_side_by_side(args)
     loudness = "quiet" if args.quiet else "verbose" if args.verbose else "normal"
     reporter = ConsoleReporter(Console(highlight=False, stderr=args.json), loudness=loudness)
     codes, runs = [], []
@@ -143,6 +144,31 @@ def _run(args: argparse.Namespace) -> int:
 def _print_json(data: object) -> None:
     json.dump(data, sys.stdout, ensure_ascii=False, indent=2)
     print()
+
+
+def _run_side_by_side(args: argparse.Namespace) -> int:
+    """``--jobs N``: every file's plan first (one question for them all), then the files in parallel."""
+    from .parallel import run_files
+
+    planned = exits.worst(*(_dry_run(path, args) for path in args.files))
+    if planned:
+        return planned
+    if not args.yes and sys.stdin.isatty() and sys.stdout.isatty():
+        try:
+            answer = input(f"Run these {len(args.files)} files, {args.jobs} at once? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("ralph: not confirmed: nothing was run or written", file=sys.stderr)
+            return 1
+    return run_files(args.files, args.jobs, only=args.only, start_from=args.start_from,
+                     max_cost_usd=args.max_cost_usd)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of files, at least 1, not {text!r}")
+    return int(text)
 
 
 def _positive_usd(text: str) -> float:
@@ -235,7 +261,7 @@ def _status_of_folder(folder: Path, as_json: bool) -> int:
     from .config import handler_name, load_config
     from .parser import parse_file
 
-    reports: list[dict[str, Any]] = []
+    reports = []
     for path in sorted(p for p in folder.rglob("RALPH-*.md") if ".ralph" not in p.relative_to(folder).parts):
         try:
             file, _ = parse_file(path)
@@ -264,8 +290,7 @@ def _status_of_folder(folder: Path, as_json: bool) -> int:
         standing = ", ".join(f"{n} {status}" for status, n in counts.items())
         holder = report["lock_holder"]
         running = f"running (pid {holder.get('pid', '?')})" if report["locked"] else ""
-        table.add_row(escape(report["file"]), str(len(report["tasks"])), standing,
-                      str(len(report["review"])) if report["review"] else "",
+        table.add_row(escape(report["file"]), str(len(report["tasks"])), standing, str(len(report["review"])) if report["review"] else "",
                       f"${report['cost_usd']:.4f}" if report["cost_usd"] else "", running)
     Console(highlight=False).print(table)
     return 0

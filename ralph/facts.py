@@ -40,8 +40,20 @@ class Fact:
 
 @dataclass(frozen=True)
 class Need:
-    """A fact a handler cannot work without, unless the parameter ``unless`` stands in for it
-    (``server:`` for a ComfyUI server)."""
+    """A fact a handler cannot work without, unless a parameter stands in for it: ``unless`` names
+    each such parameter, ``"server"`` (any value) or ``"executor=serverless"`` (that value)."""
 
     fact: type[Fact]
-    unless: str | None = None
+    unless: tuple[str, ...] = ()
+
+    def waived(self, params: dict[str, Any]) -> bool:
+        for condition in self.unless:
+            name, _, value = condition.partition("=")
+            if (params.get(name) == value) if value else params.get(name):
+                return True
+        return False
+
+    def instead(self) -> str:
+        """`` (or give server:)``: what a message offers in its place."""
+        given = [f"{c.partition('=')[0]}: {c.partition('=')[2]}" if "=" in c else f"{c}:" for c in self.unless]
+        return f" (or give {', or '.join(given)})" if given else ""

@@ -91,10 +91,9 @@ def unmet_needs(steps: Iterable[Step]) -> list[tuple[Step, Problem]]:
         if step.handler is None:
             continue
         for need in step.handler.needs:
-            if need.fact not in provided and not (need.unless and step.params.get(need.unless)):
-                instead = f" (or give {need.unless}:)" if need.unless else ""
+            if need.fact not in provided and not need.waived(step.params):
                 message = (f"task {step.task.number} ({step.handler.name}) needs {need.fact.what}: "
-                           f"no earlier task provides one{instead}")
+                           f"no earlier task provides one{need.instead()}")
                 unmet.append((step, Problem(step.task.line, message)))
         provided.update(step.handler.provides)
     return unmet

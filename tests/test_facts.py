@@ -67,7 +67,7 @@ def test_a_server_parameter_stands_in_for_the_machine_comfyui_run_needs(tmp_path
     project = make_project(tmp_path, task(1, "Generate", handler="comfyui.run"))
     needs = [line for line in project.cli("check", project.file.name).stdout.splitlines() if "needs" in line]
     assert needs == [f"{project.file.name}:{_line_of(project.file, '### 1.')}: error: task 1 (comfyui.run) needs a "
-                     "machine: no earlier task provides one (or give server:)"]
+                     "machine: no earlier task provides one (or give server:, or executor: serverless)"]
     given = make_project(tmp_path / "given", task(1, "Generate", handler="comfyui.run",
                                                   params={"server": "http://127.0.0.1:1"}))
     assert not [line for line in given.cli("check", given.file.name).stdout.splitlines() if "needs" in line]

@@ -613,3 +613,31 @@ def test_every_answer_was_checked_and_a_broken_one_would_be_caught(tmp_path, mon
     [violation] = emulator.response_violations
     assert (violation.kind, violation.status, violation.message) == \
         ("response", 200, "body $: 'cost' is a required property")
+
+
+# ---- serverless endpoints (management) ------------------------------------------------------------------------
+
+
+def test_a_serverless_endpoint_is_created_read_and_deleted_as_the_contract_says(emu, api):
+    volume = emu.create_volume("models", 50, "EU-RO-1")
+    body = {"name": "ralph-sweep", "type": "QUEUE", "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4},
+            "image": "runpod/worker-comfyui:5.5.0-base", "gpu": {"pools": ["ADA_24"]},
+            "workers": {"min": 0, "max": 2}, "networkVolumes": [volume.id], "dataCenterIds": ["EU-RO-1"]}
+    created = api.post("/serverless", json=body)
+    assert created.status_code == 201, created.text
+    endpoint = created.json()
+    assert endpoint["workers"]["max"] == 2 and endpoint["networkVolumes"] == [volume.id]
+    assert api.get(f"/serverless/{endpoint['id']}").json()["name"] == "ralph-sweep"
+    assert [e["id"] for e in api.get("/serverless").json()["endpoints"]] == [endpoint["id"]]
+    assert api.delete(f"/serverless/{endpoint['id']}").status_code == 204
+    assert api.get(f"/serverless/{endpoint['id']}").status_code == 404
+    assert emu.request_violations == []
+
+
+def test_an_endpoint_off_the_contract_or_on_a_missing_volume_is_refused(emu, api):
+    no_scaling = api.post("/serverless", json={"name": "x", "type": "QUEUE", "image": "i"})
+    assert no_scaling.status_code == 422 and "scaling" in no_scaling.text
+    missing = api.post("/serverless", json={"name": "x", "type": "QUEUE", "image": "i", "networkVolumes": ["nope"],
+                                            "scaling": {"type": "QUEUE_DELAY", "queueDelay": 4}})
+    assert missing.status_code == 404
+    assert emu.endpoints() == []

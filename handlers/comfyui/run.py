@@ -9,15 +9,10 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from ralph.handlers.comfyui import workflow as wf
-from ralph.handlers.comfyui.service import DEFAULT_PORT
-from ralph.handlers.facts import ComfyServer, Images, MachineHandle
-from ralph.handlers.images import pngtext
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ralph import units
 from ralph.config import load_config
@@ -37,9 +32,13 @@ from ralph.handler import (
     TransientError,
     criterion,
 )
+from ralph.handlers.comfyui import workflow as wf
+from ralph.handlers.comfyui.service import DEFAULT_PORT
+from ralph.handlers.facts import ComfyServer, Images, MachineHandle
+from ralph.handlers.images import pngtext
 from ralph.measures import SECONDS_PER_IMAGE, Measures
-from ralph.model import Task, TaskFile
 from ralph.paths import run_folder
+from ralph.model import Task, TaskFile
 from ralph.state import state_dir_for
 
 if TYPE_CHECKING:  # httpx and websockets load when a workflow runs, not for `ralph check`
@@ -60,10 +59,12 @@ class ComfyRun(Handler):
     anything the run validates it again against the live server's /object_info.
     Each prompt id is saved before submitting, so a resumed run finds its prompt instead of
     resubmitting.  Images land in ``output_dir`` with their parameters in the PNG's "ralph" text.
+    ``executor: serverless`` runs each variant as a job on a RunPod Serverless endpoint instead
+    (serverless.py).
     """
 
     name = "comfyui.run"
-    needs = (Need(MachineHandle, unless="server"),)
+    needs = (Need(MachineHandle, unless=("server", "executor=serverless")),)
     provides = (Images,)
     params = {
         "template": Param((str, type(None)), None, "a workflow template of workflows/ instead of the node list"),
@@ -76,6 +77,12 @@ class ComfyRun(Handler):
         "strict_lint": Param(bool, False, "treat lint warnings as errors"),
         "seconds_per_image": Param((int, float, type(None)), None, "generation time the estimate assumes; "
                                    "default: the last one measured on this machine"),
+        # executor: serverless (handlers/comfyui/serverless.py): each variant a RunPod Serverless job
+        "executor": Param(str, "pod", "pod (a ComfyUI server) or serverless (jobs on a RunPod endpoint)"),
+        "endpoint": Param((str, dict, type(None)), None, "serverless: the endpoint id, or {create: true, …}"),
+        "concurrency": Param(int, 3, "serverless: jobs running at once"),
+        "inputs": Param(dict, {}, "serverless: files the LoadImage nodes name, {name: path}"),
+        "worker_usd_per_hour": Param((int, float, type(None)), None, "serverless: the worker's price"),
     }
 
     def kept_on_redo(self, memory: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,13 +93,18 @@ class ComfyRun(Handler):
 
     def validate(self, file: TaskFile, task: Task, params: dict[str, Any]) -> list[Problem]:
         flow = wf.build(file, task, params, wf.snapshot_schemas(state_dir_for(file.path)), _provided_files(file))
-        return [_as_problem(p, flow.fallback_line, params["strict_lint"]) for p in flow.problems]
+        problems = [_as_problem(p, flow.fallback_line, params["strict_lint"]) for p in flow.problems]
+        if params["executor"] == "serverless":
+            from ralph.handlers.comfyui import serverless
+
+            problems += serverless.problems(params, flow, file.path.parent)
+        elif params["executor"] != "pod":
+            problems.append(Problem(flow.fallback_line, f"executor: {params['executor']!r} is not pod or serverless"))
+        return problems
 
     def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
-        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir),
-                        _provided_files(context.file))
-        source = (f"template {params['template']}" if params["template"]
-                  else f"the task's node list ({len(flow.graph)} nodes)")
+        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir), _provided_files(context.file))
+        source = f"template {params['template']}" if params["template"] else f"the task's node list ({len(flow.graph)} nodes)"
         lines = [f"runs {source} on ComfyUI" + (f" at {params['server']}" if params["server"] else "")]
         if params["overrides"]:
             lines.append("overrides: " + ", ".join(f"{k}={v}" for k, v in params["overrides"].items()))
@@ -107,11 +119,24 @@ class ComfyRun(Handler):
         lines.append(f"{units.count(images, 'image')}{shape}, into {params['output_dir']}/")
         pace = seconds_per_image(params, context.measures)
         basis = f"{units.count(images, 'image')} × {units.duration(pace.value)} ({pace.basis})"
+        if params["executor"] == "serverless":
+            from ralph.handlers.comfyui import serverless
+
+            lines.extend(serverless.plan(params, variants, images * pace.value))
         return Estimate(tuple(lines), images=images, machine_seconds=Figure(images * pace.value, basis))
 
     def run(self, ctx: Context) -> Result:
         from ralph.handlers.comfyui.client import ComfyClient, ComfyError
 
+        if ctx.params["executor"] == "serverless":
+            from ralph.handlers.comfyui import serverless
+
+            # No server to ask: the workflow is checked against the schemas `ralph check` uses.
+            flow = wf.build(ctx.file, ctx.task, ctx.params, wf.snapshot_schemas(ctx.state_dir), _provided_files(ctx.file))
+            _refuse_errors(flow, ctx.params["strict_lint"])
+            variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
+            images, cost, where = serverless.run(ctx, flow, variants)
+            return _result(ctx, flow, variants, images, where, cost)
         with server_url(ctx) as url, ComfyClient(url, stall_timeout=ctx.params["stall_timeout"]) as client:
             try:
                 object_info = client.object_info()
@@ -122,31 +147,17 @@ class ComfyRun(Handler):
             server = ctx.fact(ComfyServer)
             flow = wf.build(ctx.file, ctx.task, ctx.params, schemas,
                             (server.files or None) if server is not None else _provided_files(ctx.file))
-            errors = [p for p in flow.problems if p.is_error or (ctx.params["strict_lint"] and p.severity == "warning")]
-            if errors:
-                raise TaskFailed("; ".join(f"line {p.line or flow.fallback_line}: {p}" for p in errors))
+            _refuse_errors(flow, ctx.params["strict_lint"])
             variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
             images = [image for variant in variants for image in self._variant(ctx, client, variant, flow)]
-        lint = [str(p) for p in flow.problems if p.severity == "warning"]
-        ctx.publish(Images(images, flow.values(), lint))
-        return Result(
-            summary=f"{len(images)} image(s) from {len(variants)} variant(s) in {ctx.params['output_dir']}",
-            data={
-                "images": images,
-                "workflow": flow.values(),
-                "lint": lint,
-                "server": url,
-            },
-            files=[image["path"] for image in images],
-        )
+        return _result(ctx, flow, variants, images, url)
 
-    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant,
-                 flow: wf.Workflow) -> list[dict[str, Any]]:
+    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant, flow: wf.Workflow) -> list[dict[str, Any]]:
         from ralph.handlers.comfyui.client import ComfyError, PromptRejected, ServerGone, Stalled
 
         done: dict[str, Any] = ctx.memory.get("variants", {})
         record = done.get(variant.label, {})
-        if record.get("images") and all(ctx.path(i["path"]).exists() for i in record["images"]):
+        if brought_home(ctx, record):
             return list(record["images"])  # finished in an earlier run
         if record.get("graph") != wf.graph_digest(variant.graph):
             record = {"prompt_id": None, "graph": wf.graph_digest(variant.graph)}
@@ -179,20 +190,10 @@ class ComfyRun(Handler):
         paths = [_labelled(path, variant.label) for path in client.download(result, folder)]
         values = {**flow.values(), **variant.values}
         images = []
-        for output, path in zip([o for o in result.outputs if o.type == "output"], paths, strict=False):
-            _stamp_png(path, values)
-            images.append(
-                {
-                    "path": ctx.display_path(path),
-                    "server_path": "/".join(p for p in ("output", output.subfolder, output.filename) if p),
-                    "params": values,
-                    "variant": variant.label,
-                    "prompt_id": result.prompt_id,
-                    "seed": values.get("seed"),
-                    "server_seconds": result.server_seconds,
-                    "first_step_at": first_step[0] if first_step else None,
-                }
-            )
+        for output, path in zip([o for o in result.outputs if o.type == "output"], paths):
+            server_path = "/".join(p for p in ("output", output.subfolder, output.filename) if p)
+            images.append(kept_image(ctx, path, server_path, values, variant.label, result.prompt_id,
+                                     result.server_seconds, first_step[0] if first_step else None))
         record["images"] = images
         done[variant.label] = record
         ctx.memory["variants"] = done
@@ -227,6 +228,30 @@ class ComfyRun(Handler):
         return Evidence(True, f"saved {where}")
 
 
+def _refuse_errors(flow: wf.Workflow, strict: bool) -> None:
+    errors = [p for p in flow.problems if p.is_error or (strict and p.severity == "warning")]
+    if errors:
+        raise TaskFailed("; ".join(f"line {p.line or flow.fallback_line}: {p}" for p in errors))
+
+
+def _result(ctx: Context, flow: wf.Workflow, variants: list[wf.Variant], images: list[dict[str, Any]],
+            server: str, cost_usd: float | None = None) -> Result:
+    """The images for the tasks after this one (the ``Images`` fact) and this task's result."""
+    lint = [str(p) for p in flow.problems if p.severity == "warning"]
+    ctx.publish(Images(images, flow.values(), lint))
+    return Result(
+        summary=f"{len(images)} image(s) from {len(variants)} variant(s) in {ctx.params['output_dir']}",
+        data={
+            "images": images,
+            "workflow": flow.values(),
+            "lint": lint,
+            "server": server,
+        },
+        cost_usd=cost_usd,
+        files=[image["path"] for image in images],
+    )
+
+
 def seconds_per_image(params: dict[str, Any], measures: Measures) -> Figure:
     """ComfyUI's time per image: configured, else measured on an earlier run, else a default."""
     if params.get("seconds_per_image"):
@@ -253,6 +278,28 @@ def _named_folder(text: str) -> str | None:
         return None
     folder = found.group(1)
     return folder if folder.startswith("output/") else "output/" + folder
+
+
+def brought_home(ctx: Context, record: dict[str, Any]) -> bool:
+    """Whether a variant's images, as an earlier run recorded them, are all on disk."""
+    images = record.get("images")
+    return bool(images) and all(ctx.path(i["path"]).exists() for i in images)
+
+
+def kept_image(ctx: Context, path: Path, server_path: str, values: dict[str, Any], variant: str, prompt_id: str,
+               server_seconds: float | None, first_step_at: float | None) -> dict[str, Any]:
+    """An image on disk, stamped with its variant's parameters, as the result records it (whoever ran it)."""
+    _stamp_png(path, values)
+    return {
+        "path": ctx.display_path(path),
+        "server_path": server_path,
+        "params": values,
+        "variant": variant,
+        "prompt_id": prompt_id,
+        "seed": values.get("seed"),
+        "server_seconds": server_seconds,
+        "first_step_at": first_step_at,
+    }
 
 
 def _stamp_png(path: Path, values: dict[str, Any]) -> None:

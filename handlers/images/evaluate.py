@@ -139,7 +139,7 @@ class EvaluateImages(Handler):
     """
 
     name = "images.evaluate"
-    needs = (Need(Images, unless="images"),)
+    needs = (Need(Images, unless=("images",)),)
     provides = (Evaluation,)
     params = {
         "images": Param((str, list, type(None)), None, "image paths or globs; default: the earlier task's images"),

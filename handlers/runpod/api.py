@@ -302,6 +302,29 @@ class RunPodAPI:
         except (KeyError, TypeError, ValueError):
             raise TransientAPIError("create_network_volume: unexpected answer shape") from None
 
+    # ---- serverless endpoints ----------------------------------------------------------------
+
+    def create_endpoint(self, body: Mapping[str, Any]) -> str:
+        """Create a serverless endpoint (``CreateEndpointRequest``); its id. Workers bill only while they run."""
+        answer = self._json("POST", "/serverless", "create_endpoint", json=dict(body))
+        if not isinstance(answer, dict) or not isinstance(answer.get("id"), str):
+            raise TransientAPIError("create_endpoint: the answer has no endpoint id")
+        return answer["id"]
+
+    def endpoint_exists(self, endpoint_id: str) -> bool:
+        try:
+            self._json("GET", f"/serverless/{_checked_id(endpoint_id)}", "get_endpoint")
+        except NotFound:
+            return False
+        return True
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        """Delete the endpoint (204); one already gone is fine."""
+        try:
+            self._json("DELETE", f"/serverless/{_checked_id(endpoint_id)}", "delete_endpoint")
+        except NotFound:
+            pass
+
     # ---- plumbing ----------------------------------------------------------------------------
 
     def _pages(self, path: str, key: str, what: str) -> Iterator[Pod]:

@@ -62,6 +62,9 @@ methods 405 with ``Allow``)
 - Network volumes: ``GET/POST /v2/network-volumes``, ``GET/PATCH/DELETE /v2/network-volumes/{id}``.
   Each is a directory under ``root/volumes``; a pod mounting one works in that directory, so its files
   outlive the pod. Deleting a volume a live pod mounts is 400; its size only grows.
+- Serverless endpoints: ``GET/POST /v2/serverless``, ``GET/DELETE /v2/serverless/{id}`` (queue-based only;
+  ``networkVolumes`` must exist). With ``emulator.serverless`` set to a ``serverless_emulator.ServerlessEmulator``,
+  a created endpoint gets ``workers.max`` workers there (its job API) and a deleted one loses them.
 - Every response has ``x-request-id``; authenticated ones ``RateLimit-Policy`` and ``RateLimit``
   (structured-field lists as in the document's examples: ``"minute";r=59;t=60, "hour";...``), counted
   over fixed windows from the emulator's start (reported, not enforced: use the RATE_LIMITED fault);
@@ -539,6 +542,10 @@ class RunPodEmulator:
         self._lock = threading.RLock()
         self._pods: dict[str, EmulatedPod] = {}  # every pod ever created, terminated ones included
         self._volumes: dict[str, EmulatedVolume] = {}
+        self._endpoints: dict[str, dict[str, Any]] = {}  # serverless endpoints, by id
+        # The job side of the endpoints: an object with add_endpoint(id, workers) and remove_endpoint(id),
+        # such as serverless_emulator.ServerlessEmulator; None: endpoints exist but run nothing.
+        self.serverless: Any = None
         self._requests: list[RecordedRequest] = []
         self._violations: list[Violation] = []
         self._window_counts: dict[tuple[str, int], int] = {}
@@ -1353,8 +1360,59 @@ class RunPodEmulator:
             raise _Refusal(404, f"network volume {volume_id} not found")
         return volume
 
+    # ---- serverless endpoints (management) ---------------------------------------------------------
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._endpoints.values())
+
+    def _list_endpoints(self, request: _Request) -> _Reply:
+        return _json(200, {"endpoints": self.endpoints()})
+
+    def _create_endpoint(self, request: _Request) -> _Reply:
+        spec = request.body
+        if spec["type"] != "QUEUE":
+            raise _Refusal(400, "only queue-based endpoints are emulated")
+        for volume_id in spec.get("networkVolumes", []):
+            self._existing_volume(volume_id)
+        workers = {"min": 0, "max": 3, "idleTimeout": 10, **spec.get("workers", {})}
+        gpu = spec.get("gpu")
+        record: dict[str, Any] = {
+            "id": _new_id(14), "name": spec["name"], "type": "QUEUE", "image": spec.get("image", ""),
+            "env": spec.get("env", {}), "workers": workers, "scaling": spec["scaling"],
+            "gpu": {"pools": gpu["pools"], "allowedCudaVersions": gpu.get("allowedCudaVersions", []),
+                    "minCudaVersion": gpu.get("minCudaVersion")} if gpu else None,
+            "dataCenterIds": spec.get("dataCenterIds", []), "networkVolumes": spec.get("networkVolumes", []),
+            "timeout": spec.get("timeout", 300000), "flashboot": spec.get("flashboot", "OFF"), "createdAt": _now_iso(),
+        }
+        with self._lock:
+            self._endpoints[record["id"]] = record
+        if self.serverless is not None:
+            self.serverless.add_endpoint(record["id"], workers=max(1, workers["max"]))
+        return _json(201, record)
+
+    def _get_endpoint(self, request: _Request) -> _Reply:
+        with self._lock:
+            record = self._endpoints.get(request.params["id"])
+        if record is None:
+            raise _Refusal(404, f"endpoint {request.params['id']} not found")
+        return _json(200, record)
+
+    def _delete_endpoint(self, request: _Request) -> _Reply:
+        with self._lock:
+            record = self._endpoints.pop(request.params["id"], None)
+        if record is None:
+            raise _Refusal(404, f"endpoint {request.params['id']} not found")
+        if self.serverless is not None:
+            self.serverless.remove_endpoint(record["id"])
+        return _Reply(204)
+
 
 _OPERATIONS: dict[str, _OperationHandler] = {
+    "listEndpoints": RunPodEmulator._list_endpoints,
+    "createEndpoint": RunPodEmulator._create_endpoint,
+    "getEndpoint": RunPodEmulator._get_endpoint,
+    "deleteEndpoint": RunPodEmulator._delete_endpoint,
     "listPods": RunPodEmulator._list_pods,
     "createPod": RunPodEmulator._create_pod,
     "getPod": RunPodEmulator._get_pod,
