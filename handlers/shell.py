@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ralph import children
 from ralph.context import Context, EstimateContext
@@ -23,6 +23,9 @@ from ralph.model import Task, TaskFile
 from ralph.secrets import redact
 
 from . import checks
+
+if TYPE_CHECKING:
+    from ralph.handlers.machines.base import CommandResult
 
 _TAIL_LINES = 5
 PLACES = ("here", "machine")
@@ -140,9 +143,11 @@ class _Here:
             stdin=subprocess.DEVNULL,
             env=_environment(self.ctx.params["env"]),
         ) as process:
+            # A daemon, started inside the try: a Ctrl-C at any moment leaves no timer for ralph's exit to wait on.
             timer = threading.Timer(timeout, children.kill, (process,))
-            timer.start()
+            timer.daemon = True
             try:
+                timer.start()
                 assert process.stdout is not None
                 for raw in process.stdout:
                     out.write(redact(raw.decode("utf-8", "replace")))
@@ -172,44 +177,57 @@ class _OnMachine:
         self.id, self.on = self.handle.id, f" on machine {self.handle.id}"
 
     def run_script(self, script: str, log: Path) -> int:
-        """The script leads its own process group on the machine (sshd starts each command in a new
-        session); its group id is written first, so a timeout or Ctrl-C can kill the whole group."""
         from ralph.handlers.machines import remote_shell
         from ralph.handlers.machines.base import CommandTimeout, MachineError
 
         timeout = self.ctx.params["timeout"]
-        group_file = f"/tmp/ralph-{uuid.uuid4().hex}.pgid"
-        command = (f"echo $$ > {remote_shell.quote(group_file)}; exec "
-                   + remote_shell.join("bash", "-e", "-o", "pipefail", "-c", script))
         env = {str(k): str(v) for k, v in self.ctx.params["env"].items()}
         try:
-            done = self.machine.run(command, check=False, timeout=timeout, env=env)
+            done = self._in_group(remote_shell.join("bash", "-e", "-o", "pipefail", "-c", script), env)
         except CommandTimeout as error:
-            self._kill_group(group_file)
             log.write_text(redact(error.partial.stdout + error.partial.stderr), encoding="utf-8")
             raise TaskFailed(_with_tail(f"the script ran past its {timeout} s timeout{self.on} and was killed with "
                                         "what it started", _tail(log))) from None
         except MachineError as error:
             raise TaskFailed(f"machine {self.handle.id}: {error}; run again to rerun the script") from None
-        except BaseException:  # Ctrl-C: the script must not go on without ralph
-            self._kill_group(group_file)
-            raise
-        self.machine.run(f"rm -f -- {remote_shell.quote(group_file)}", check=False, timeout=30)
         log.write_text(redact(done.stdout + done.stderr), encoding="utf-8")
         return done.exit_code
 
-    def _kill_group(self, group_file: str) -> None:
+    def run_command(self, command: str) -> tuple[int, str]:
         from ralph.handlers.machines import remote_shell
 
-        quoted = remote_shell.quote(group_file)
+        # Past the timeout: killed, and the check could not run.
+        done = self._in_group(remote_shell.join("bash", "-c", command), {})
+        return done.exit_code, done.stdout + done.stderr
+
+    def _in_group(self, command: str, env: dict[str, str]) -> CommandResult:
+        """``command`` as the leader of its own process group on the machine (sshd starts each
+        command in a new session); the group's id is written first, so that a timeout or Ctrl-C
+        kills the whole group, not just the shell."""
+        from ralph.handlers.machines import remote_shell
+        from ralph.handlers.machines.base import CommandTimeout, MachineError
+
+        group_file = remote_shell.quote(f"/tmp/ralph-{uuid.uuid4().hex}.pgid")
         try:
-            self.machine.run(f'g=$(cat -- {quoted}) && kill -KILL -- "-$g"; rm -f -- {quoted}', check=False, timeout=30)
+            done = self.machine.run(f"echo $$ > {group_file}; exec {command}", check=False,
+                                    timeout=self.ctx.params["timeout"], env=env)
+        except CommandTimeout:
+            self._kill_group(group_file)
+            raise
+        except MachineError:
+            raise  # the connection is gone: nothing to reach the group with
+        except BaseException:  # Ctrl-C: the command must not go on without ralph
+            self._kill_group(group_file)
+            raise
+        self.machine.run(f"rm -f -- {group_file}", check=False, timeout=30)
+        return done
+
+    def _kill_group(self, group_file: str) -> None:
+        try:
+            self.machine.run(f'g=$(cat -- {group_file}) && kill -KILL -- "-$g"; rm -f -- {group_file}', check=False,
+                             timeout=30)
         except Exception as error:  # noqa: BLE001 (the connection is gone: the machine's own clean-up applies)
             self.ctx.log(f"could not kill the script on machine {self.handle.id}: {error}")
-
-    def run_command(self, command: str) -> tuple[int, str]:
-        done = self.machine.run(command, check=False, timeout=self.ctx.params["timeout"])
-        return done.exit_code, done.stdout + done.stderr
 
     def path_evidence(self, path: str) -> Evidence:
         from ralph.handlers.machines import remote_shell

@@ -10,6 +10,9 @@ started.  Two things make the groups die with ralph even when ralph is SIGKILLed
   pipe closes (ralph exited, however it died) it kills every group ralph started.  It drops a
   group once the group is empty, so an unrelated process that later gets its number is safe.
 
+A Ctrl-C that comes while a child starts (before any caller holds it to kill) is raised once
+it is held: the runner's signal handler goes through ``raise_when_safe``.
+
 A grandchild that leaves its group on purpose (``setsid nohup server &``: a service meant to
 outlive the run) is not ralph's to kill.
 """
@@ -64,6 +67,8 @@ def _die_with_parent() -> None:
 
 
 def _tell_warden(message: str) -> None:
+    """``message`` to the warden, started first if need be (``""``: only start it).  What is
+    written stays readable in the pipe after ralph dies, so a group told of is never missed."""
     global _warden
     with _warden_lock:
         if _warden is None or _warden.poll() is not None:
@@ -75,6 +80,8 @@ def _tell_warden(message: str) -> None:
                 start_new_session=True,  # Ctrl-C to ralph's terminal group does not reach it
             )
         assert _warden.stdin is not None
+        if not message:
+            return
         try:
             _warden.stdin.write(message.encode() + b"\n")
             _warden.stdin.flush()
@@ -82,10 +89,51 @@ def _tell_warden(message: str) -> None:
             _warden = None
 
 
+_starting = 0  # > 0 while the main thread starts a child that no caller holds yet
+_deferred: BaseException | None = None  # what a signal handler raised meanwhile
+
+
+def raise_when_safe(error: BaseException) -> None:
+    """For a signal handler (Python runs them in the main thread): raise ``error`` now, or, while
+    the main thread is starting a child (a Ctrl-C there would leave it running, held by no one),
+    as soon as the child is held, so that leaving kills it."""
+    global _deferred
+    if _starting:
+        _deferred = error
+        return
+    raise error
+
+
+@contextmanager
+def _holding_signals() -> Iterator[None]:
+    global _starting
+    main = threading.current_thread() is threading.main_thread()
+    _starting += main
+    try:
+        yield
+    finally:
+        _starting -= main
+
+
+def _raise_deferred() -> None:
+    global _deferred
+    if _deferred is not None and not _starting and threading.current_thread() is threading.main_thread():
+        error, _deferred = _deferred, None
+        raise error
+
+
 def start(argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen`` in a new process group that dies with ralph."""
-    process = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **options)
-    _tell_warden(f"+{process.pid}")
+    with _holding_signals():
+        _tell_warden("")  # up before the child: once it exists, telling the warden is one write
+        process = subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **options)
+        _tell_warden(f"+{process.pid}")
+    try:
+        _raise_deferred()
+    except BaseException:  # a Ctrl-C came while it started: it must not outlive this
+        kill(process)
+        process.wait()
+        raise
     return process
 
 
@@ -100,9 +148,11 @@ def kill(process: subprocess.Popen[Any]) -> None:
 @contextmanager
 def running(argv: list[str], **options: Any) -> Iterator[subprocess.Popen[bytes]]:
     """``start``, and on leaving by an exception (a timeout, Ctrl-C) kill the whole group."""
-    process = start(argv, **options)
+    with _holding_signals():
+        process = start(argv, **options)
     with process:  # its exit waits for the process: the group must be killed before it
         try:
+            _raise_deferred()  # a Ctrl-C that came while it started
             yield process
         except BaseException:
             kill(process)

@@ -6,9 +6,13 @@ sleep or report chosen output names.
 """
 from __future__ import annotations
 
+import json
+import ssl
+import subprocess
 import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +80,37 @@ def test_example_workflow_runs_and_its_image_lands_on_disk(comfyui_server: Comfy
     assert files[0].read_bytes() == served.read_bytes()
     assert ("11", 3, 3) in progress and ("12", 2, 2) in progress  # both samplers, to the last step
     assert result.server_seconds is not None and result.server_seconds > 0
+
+
+@slow
+def test_outputs_are_fetched_as_their_node_reports_them(comfyui_server: ComfyServer, tmp_path: Path) -> None:
+    # With dest, run() fetches each saved file on the node's `executed` event and returns on
+    # `execution_success`, before ComfyUI's post-prompt cleanup (bench/comfy_overhead.py).
+    prefix = f"early-{uuid.uuid4().hex[:8]}"
+    with ComfyClient(comfyui_server.url) as client:
+        result = client.run(refiner_graph(seed=7, prefix=prefix), dest=tmp_path)
+        served = _outputs(comfyui_server, prefix)
+        assert [p.read_bytes() for p in result.fetched.values()] == [p.read_bytes() for p in served]
+        for p in served:
+            p.unlink()  # download() must not ask /view again: it would now get a 404
+        files = client.download(result, tmp_path)
+    assert files == list(result.fetched.values()) and all(f.is_file() for f in files)
+    assert [(f.node_id, f.filename) for f in result.outputs] == [("14", served[0].name)]
+    assert result.server_seconds is not None and result.server_seconds > 0
+
+
+@slow
+def test_a_prompt_failing_after_an_output_leaves_no_fetched_file(comfyui_server: ComfyServer, tmp_path: Path) -> None:
+    prefix = f"half-{uuid.uuid4().hex[:8]}"
+    graph = refiner_graph(prefix=prefix)
+    # Node 14 saves first (an output node as soon as its input is ready); a second branch fails later.
+    graph["15"] = {"class_type": "RalphSleep", "inputs": {"images": ["13", 0], "seconds": 0.5}}
+    graph["16"] = {"class_type": "RalphFail", "inputs": {"images": ["15", 0], "message": "disk full"}}
+    graph["17"] = {"class_type": "SaveImage", "inputs": {"images": ["16", 0], "filename_prefix": f"{prefix}-b"}}
+    with ComfyClient(comfyui_server.url) as client, pytest.raises(ExecutionFailed, match="node 16"):
+        client.run(graph, dest=tmp_path)
+    assert len(_outputs(comfyui_server, prefix)) == 1  # the first output was saved, and fetched…
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # …then removed with the failure
 
 
 @slow
@@ -265,3 +300,34 @@ def test_server_killed_mid_run_fails_clearly(tmp_path: Path) -> None:
         assert server.url in str(err.value) and prompt_id in str(err.value)
     finally:
         server.stop()
+
+
+def test_an_https_server_is_still_verified(tmp_path: Path) -> None:
+    # Plain http skips building a TLS context (0.1-0.3 s); https must still check the certificate.
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+
+    class Stats(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"system": {"comfyui_version": "0.3.75"}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stats)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with ComfyClient(f"https://127.0.0.1:{server.server_address[1]}", gone_timeout=1) as client:
+            with pytest.raises(ServerGone, match="CERTIFICATE_VERIFY_FAILED"):
+                client.system_stats()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -150,3 +150,17 @@ def test_ctrl_c_on_the_machine_kills_the_script_and_its_child(tmp_path: Path, ss
     text = ON_MACHINE.format(params=params, script=a_script_with_a_long_child(name))
     text = text.replace("timeout: 1", "timeout: 600")
     interrupt_while_running(project(tmp_path / "project", text), name)
+
+
+def test_a_criterion_command_past_its_timeout_on_the_machine_is_killed_with_its_children(tmp_path: Path,
+                                                                                         sshd: SshServer) -> None:
+    name = f"ralph-test-{uuid.uuid4().hex}"
+    params = f"host: {sshd.user}@{sshd.host}:{sshd.port}\nkey: {sshd.client_key}"
+    command = f"(exec -a {name} sleep 300) & exec -a {name} sleep 300"
+    text = ON_MACHINE.format(params=params, script="true").replace(
+        "- [ ] The script runs without error", f"- [ ] The script runs without error\n- [ ] `{command}` succeeds")
+    shell = project(tmp_path / "project", text)
+    outcome = shell.run().outcomes[1]
+    assert outcome.status == "NEEDS_REVIEW", outcome.error  # a check that could not finish decides nothing
+    assert "check could not run: CommandTimeout" in shell.file.read_text()
+    wait_for(lambda: not processes_named(name), timeout=10, what="no process of the command left on the machine")

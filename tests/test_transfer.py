@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from ralph.handlers.machines import hashing
 from ralph.handlers.machines.ssh import SshMachine, SshTarget
+from ralph.handlers.machines.base import TransferFailed
 from ralph.handlers.machines.transfer import TransferInterrupted
 
 from tests.far.sshd import SshServer, start_sshd
@@ -149,11 +150,34 @@ def test_drop_within_one_call_is_retried(ssh, sshd, tmp_path) -> None:
     assert (sshd.start_dir / "m.bin").read_bytes() == src.read_bytes()
 
 
-def test_stale_partial_from_another_file_is_discarded(ssh, sshd, tmp_path) -> None:
+@pytest.mark.parametrize("method", ["rsync", "sftp"])
+@pytest.mark.parametrize("stale_mib", [2, 4], ids=["half", "full-size"])
+def test_stale_partial_from_another_file_is_discarded(ssh, sshd, tmp_path, method, stale_mib) -> None:
+    # A full-size part is one rsync would skip without its whole-file check.
     src = _random_file(tmp_path / "m.bin", 4 * MiB)
-    (sshd.start_dir / ".m.bin.ralph-part").write_bytes(os.urandom(2 * MiB))
-    r = ssh.put(src, "m.bin", method="sftp")
-    assert (sshd.start_dir / "m.bin").read_bytes() == src.read_bytes() and r.resumed_from == 0
+    (sshd.start_dir / ".m.bin.ralph-part").write_bytes(os.urandom(stale_mib * MiB))
+    r = ssh.put(src, "m.bin", method=method)
+    # rsync's whole-file check finds the foreign half and resends; ralph's sha256 finds it after SFTP.
+    assert (sshd.start_dir / "m.bin").read_bytes() == src.read_bytes() and r.sha256 == _sha(src)
+    assert r.resumed_from == 0 or method == "rsync"
+    assert ssh.put(src, "m.bin", method=method).skipped  # the remote cache holds the right sha256
+
+
+@pytest.mark.parametrize("method", ["rsync", "sftp"])
+def test_local_file_changed_while_uploading_is_refused(ssh, sshd, tmp_path, method) -> None:
+    # The sha256 is taken while sending: a file rewritten meanwhile must not be vouched for.
+    src = _random_file(tmp_path / "m.bin", 8 * MiB)
+    rewritten: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if not rewritten and done < total:
+            rewritten.append(done)
+            with src.open("r+b") as f:
+                f.write(os.urandom(MiB))
+
+    with pytest.raises(TransferFailed, match="changed while it was uploaded"):
+        ssh.put(src, "m.bin", method=method, progress=progress, bwlimit=16 * MiB)
+    assert rewritten and not (sshd.start_dir / "m.bin").exists()
 
 
 @pytest.mark.parametrize("method", ["rsync", "sftp"])

@@ -170,6 +170,7 @@ class ComfyRun(Handler):
         done[variant.label] = record
         ctx.memory["variants"] = done  # saved before submitting: a resume finds this prompt
         ctx.log(f"{variant.label}: prompt {record['prompt_id']}")
+        folder = run_folder(ctx.path(ctx.params["output_dir"]), ctx.file.path, ctx.run_id)
         first_step: list[float] = []  # when the server reported its first step (bench/volume_cache.py)
         with ctx.progress(f"ComfyUI {variant.label}", None, unit="steps") as bar:
 
@@ -179,7 +180,7 @@ class ComfyRun(Handler):
                 bar.update(value, maximum, f"{variant.label}: node {node} ({kind}) step {value}/{maximum}")
 
             try:
-                result = client.run(variant.graph, prompt_id=record["prompt_id"], on_progress=progress)
+                result = client.run(variant.graph, prompt_id=record["prompt_id"], on_progress=progress, dest=folder)
             except Interrupted:
                 client.interrupt(record["prompt_id"])
                 raise
@@ -191,8 +192,7 @@ class ComfyRun(Handler):
                 raise TaskFailed(str(error)) from error
             except ComfyError as error:
                 raise TaskFailed(f"{variant.label}: {error}") from error
-        folder = run_folder(ctx.path(ctx.params["output_dir"]), ctx.file.path, ctx.run_id)
-        paths = [_labelled(path, variant.label) for path in client.download(result, folder)]
+        paths = [_labelled(path, variant.label) for path in client.download(result, folder)]  # what run() left
         values = {**flow.values(), **variant.values}
         images = []
         for output, path in zip([o for o in result.outputs if o.type == "output"], paths, strict=False):

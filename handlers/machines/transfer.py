@@ -8,11 +8,15 @@ provider's key/port/pinned host key) when both sides have rsync, else pipelined 
 large window. A destination that already holds the same size and sha256 is skipped; sha256s
 are cached against (size, mtime, ctime) on both sides, so confirming an unchanged multi-GB
 file costs a stat and one round trip instead of a full re-hash.
+
+An upload hashes the local file in a thread while it sends. rsync verifies its copy against
+the sender's whole-file checksum itself (``--append-verify`` resends the file on a mismatch),
+so the remote side then only records the sha256 instead of reading the file a second time; an
+SFTP copy, and a part rsync skipped as already full-size, are hashed on the remote side.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 import re
@@ -21,17 +25,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import paramiko
-from ralph.handlers.machines import remote_shell
-from ralph.handlers.machines.base import MachineError, Progress, TransferFailed, TransferResult
-from ralph.handlers.machines.hashing import CHUNK, sha256_file
 
 from ralph import children
+from ralph.handlers.machines import remote_shell
+from ralph.handlers.machines.base import Progress, MachineError, TransferFailed, TransferResult
+from ralph.handlers.machines.hashing import CHUNK, file_stamp, sha256_file
 
 if TYPE_CHECKING:
     from ralph.handlers.machines.ssh import SshMachine
@@ -72,10 +75,10 @@ _r_sha() {
   s0=$(_r_stat "$1") && h=$(_r_hash < "$1") || return 1
   h=${h%% *}; [ "$(_r_stat "$1")" = "$s0" ] && _r_store "$1" "$h" "$s0"; printf '%s\n' "$h"
 }
-"""  # noqa: E501 (a shell script's lines)
+"""
 
 
-def _remote(ssh: SshMachine, script: str, **values: str) -> str:
+def _remote(ssh: "SshMachine", script: str, **values: str) -> str:
     return ssh.run(_SH_LIB + remote_shell.assign(**values) + script, timeout=None).stdout
 
 
@@ -87,7 +90,7 @@ class _RemoteState:
     rsync: bool
 
 
-def _probe(ssh: SshMachine, path: str, part: str) -> _RemoteState:
+def _probe(ssh: "SshMachine", path: str, part: str) -> _RemoteState:
     out = _remote(ssh, """
 if [ -f "$f" ]; then echo "size $(stat -c %s -- "$f")"; h=$(_r_cached "$f") && echo "sha256 $h"; fi
 [ -f "$p" ] && echo "part $(stat -c %s -- "$p")"
@@ -100,13 +103,13 @@ true""", f=path, p=part)
                         rsync="rsync" in fields)
 
 
-def remote_sha256(ssh: SshMachine, remote: str) -> str:
+def remote_sha256(ssh: "SshMachine", remote: str) -> str:
     """sha256 of a remote file, from the remote cache when the file is unchanged."""
     return _remote(ssh, '_r_sha "$f"', f=ssh.path(remote)).strip()
 
 
 # -- engines ----------------------------------------------------------------------------------
-def _rsync(ssh: SshMachine, src: str, dst: str, size: int, progress: Progress | None,
+def _rsync(ssh: "SshMachine", src: str, dst: str, size: int, progress: Progress | None,
            bwlimit: int | None) -> int:
     """One rsync run appending to ``dst``; returns bytes rsync sent over the link."""
     argv = ["rsync", "-s", "--partial", "--append-verify", "--stats", "--info=progress2",
@@ -120,8 +123,7 @@ def _rsync(ssh: SshMachine, src: str, dst: str, size: int, progress: Progress | 
         output = bytearray()
         pending = b""
         first = last = None
-        stdout = cast(io.BufferedReader, proc.stdout)  # stdout=PIPE
-        while data := stdout.read1(1 << 16):
+        while data := proc.stdout.read1(1 << 16):
             output += data
             *pieces, pending = re.split(rb"[\r\n]", pending + data)
             for piece in pieces:
@@ -141,8 +143,8 @@ def _rsync(ssh: SshMachine, src: str, dst: str, size: int, progress: Progress | 
                                   (last or 0) - (first or 0))
     if code != 0:
         raise MachineError(f"rsync failed (exit {code}): {stderr}")
-    sent = _SENT.search(output.decode("utf-8", "replace"))
-    return int(sent.group(1).replace(",", "")) if sent else 0
+    m = _SENT.search(output.decode("utf-8", "replace"))
+    return int(m.group(1).replace(",", "")) if m else 0
 
 
 class _Throttle:
@@ -155,12 +157,12 @@ class _Throttle:
             time.sleep(ahead)
 
 
-def _dropped(ssh: SshMachine, e: BaseException) -> bool:
+def _dropped(ssh: "SshMachine", e: BaseException) -> bool:
     """A connection failure, as opposed to an SFTP status error such as permission denied."""
     return isinstance(e, (EOFError, paramiko.SSHException, ConnectionError)) or not ssh.transport_alive()
 
 
-def _sftp_put(ssh: SshMachine, local: Path, part: str, size: int, offset: int,
+def _sftp_put(ssh: "SshMachine", local: Path, part: str, size: int, offset: int,
               progress: Progress | None, bwlimit: int | None) -> int:
     def open_ends(sftp: paramiko.SFTPClient) -> tuple[Any, Any]:
         src, dst = local.open("rb"), sftp.open(part, "r+b" if offset else "wb")
@@ -172,7 +174,7 @@ def _sftp_put(ssh: SshMachine, local: Path, part: str, size: int, offset: int,
     return _sftp_copy(ssh, open_ends, "upload", size, offset, progress, bwlimit)
 
 
-def _sftp_get(ssh: SshMachine, remote: str, part: Path, size: int, offset: int,
+def _sftp_get(ssh: "SshMachine", remote: str, part: Path, size: int, offset: int,
               progress: Progress | None, bwlimit: int | None) -> int:
     def open_ends(sftp: paramiko.SFTPClient) -> tuple[Any, Any]:
         src, dst = sftp.open(remote, "rb"), part.open("ab")
@@ -183,7 +185,7 @@ def _sftp_get(ssh: SshMachine, remote: str, part: Path, size: int, offset: int,
     return _sftp_copy(ssh, open_ends, "download", size, offset, progress, bwlimit)
 
 
-def _sftp_copy(ssh: SshMachine, open_ends: Callable[[paramiko.SFTPClient], tuple[Any, Any]], what: str,
+def _sftp_copy(ssh: "SshMachine", open_ends: Callable[[paramiko.SFTPClient], tuple[Any, Any]], what: str,
                size: int, offset: int, progress: Progress | None, bwlimit: int | None) -> int:
     """Copy the rest of the file between the two ends ``open_ends`` gives, both already at
     ``offset``; a dropped connection becomes TransferInterrupted with the bytes that arrived."""
@@ -228,7 +230,7 @@ def _retrying(attempts: int, step, resume_point):
 
 
 # -- public API ---------------------------------------------------------------------------------
-def upload(ssh: SshMachine, local: Path, remote: str, *, progress: Progress | None = None,
+def upload(ssh: "SshMachine", local: Path, remote: str, *, progress: Progress | None = None,
            method: Method = "auto", attempts: int = 3, bwlimit: int | None = None) -> TransferResult:
     """Copy ``local`` to ``remote`` on ``ssh``'s machine; ``bwlimit`` is in bytes/s.
 
@@ -237,12 +239,13 @@ def upload(ssh: SshMachine, local: Path, remote: str, *, progress: Progress | No
     """
     t0 = time.monotonic()
     local = local.resolve()
-    size = local.stat().st_size
-    sha = ssh.hashes.sha256(local)
+    stat0 = os.stat(local)
+    size = stat0.st_size
+    local_sha = ssh.hashes.sha256_ahead(local)
     dest = ssh.path(remote)
     part = part_name(dest)
     state = _probe(ssh, dest, part)
-    if state.size == size and (state.sha256 or remote_sha256(ssh, dest)) == sha:
+    if state.size == size and (state.sha256 or remote_sha256(ssh, dest)) == (sha := local_sha()):
         if progress:
             progress(size, size)
         return TransferResult(str(local), dest, size, sha, 0, 0, True, "skip", time.monotonic() - t0)
@@ -254,9 +257,17 @@ def upload(ssh: SshMachine, local: Path, remote: str, *, progress: Progress | No
     def part_size() -> int:
         return int(_remote(ssh, '[ -f "$p" ] && stat -c %s -- "$p" || echo 0', p=part))
 
+    # rsync checks the whole file it appended to against the sender's checksum (and resends it on a
+    # mismatch), so its copy needs no second reading on the remote side: only its size is checked
+    # and the local sha256 recorded. But rsync skips a part that is already full-size, unchecked:
+    # that one, like an SFTP copy, is hashed there.
+    rsync_checked = False
     if engine == "rsync":
         def step(offset: int) -> int:
-            return _rsync(ssh, str(local), ssh.rsync_spec(part), size, progress, bwlimit)
+            nonlocal rsync_checked
+            sent = _rsync(ssh, str(local), ssh.rsync_spec(part), size, progress, bwlimit)
+            rsync_checked = offset < size
+            return sent
     else:
         def step(offset: int) -> int:
             return _sftp_put(ssh, local, part, size, offset, progress, bwlimit)
@@ -264,10 +275,15 @@ def upload(ssh: SshMachine, local: Path, remote: str, *, progress: Progress | No
     sent = 0
     for fresh in (False, True):
         sent += _retrying(attempts, step, part_size)
-        verdict = _remote(ssh, """
-h=$(_r_hash < "$p") && h=${h%% *} || exit 1
+        sha = local_sha()
+        if file_stamp(os.stat(local)) != file_stamp(stat0):
+            raise TransferFailed(f"{local} changed while it was uploaded; run again to send the new version")
+        check = ('[ "$(stat -c %s -- "$p")" = "$n" ] && h=$want || exit 1' if rsync_checked
+                 else 'h=$(_r_hash < "$p") && h=${h%% *} || exit 1')
+        verdict = _remote(ssh, check + """
 if [ "$h" != "$want" ]; then rm -f -- "$p"; echo "mismatch $h"; exit 0; fi
-mv -f -- "$p" "$f" && _r_store "$f" "$h" "$(_r_stat "$f")" && echo ok""", p=part, f=dest, want=sha).strip()
+mv -f -- "$p" "$f" && _r_store "$f" "$h" "$(_r_stat "$f")" && echo ok""", p=part, f=dest, want=sha,
+                          n=str(size)).strip()
         if verdict == "ok":
             return TransferResult(str(local), dest, size, sha, sent, resumed_from, False, engine,
                                   time.monotonic() - t0)
@@ -277,7 +293,7 @@ mv -f -- "$p" "$f" && _r_store "$f" "$h" "$(_r_stat "$f")" && echo ok""", p=part
     raise TransferFailed(f"{dest}: uploaded copy does not match {local} ({verdict}, want {sha})")
 
 
-def download(ssh: SshMachine, remote: str, local: Path, *, progress: Progress | None = None,
+def download(ssh: "SshMachine", remote: str, local: Path, *, progress: Progress | None = None,
              method: Method = "auto", attempts: int = 3, bwlimit: int | None = None) -> TransferResult:
     """Copy ``remote`` from ``ssh``'s machine to ``local``, resuming and verifying like ``upload``."""
     t0 = time.monotonic()

@@ -1,5 +1,12 @@
 """Test-only nodes for the far side of ralph's ComfyUI client tests."""
 
+import os
+
+# A server on a GPU box holds millions of Python objects (torch, models), so the gc.collect()
+# ComfyUI runs after a prompt stalls it for 0.25-0.35 s. bench/comfy_overhead.py sets this to
+# give the CPU test server a heap that size; the tests leave it unset.
+_BALLAST = [[i] for i in range(int(os.environ.get("RALPH_TEST_GC_BALLAST", "0")))]
+
 
 class RalphReportOutput:
     """Reports an output file under a name the test chooses, as a hostile or broken
