@@ -4,8 +4,9 @@ Runs RALPH-001's refiner graph (tiny random models, CPU, 64x64) N times on the t
 ComfyUI server and prints, per image: the server's execution time (execution_start →
 execution_success, by its own clock), the time from submit until ``run()`` returns, until
 the PNG is on local disk, and the tail: from the server's execution_success stamp to the PNG
-on disk (same machine, same wall clock; negative when the file came before the prompt ended). Beside it, in the same process on the same server, a
-reference client that does the least possible (POST, poll /history every 10 ms, GET /view).
+on disk (same machine, same wall clock; negative when the file came before the prompt ended).
+Beside it, in the same process on the same server, a reference client that does the least
+possible (POST, poll /history every 10 ms, GET /view).
 
 On a GPU box ComfyUI's process holds millions of Python objects, and the ``gc.collect()`` it runs
 after a prompt (at most every 10 s) stalls it for 0.25-0.35 s just when a client wants its
@@ -30,11 +31,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.far
-from tests.far import tiny_models  # noqa: E402
-from tests.far.comfyui_server import refiner_graph, start_server  # noqa: E402
-
 from ralph.handlers.comfyui.client import ComfyClient  # noqa: E402
 
+from tests.far import tiny_models  # noqa: E402
+from tests.far.comfyui_server import refiner_graph, start_server  # noqa: E402
 
 Timings = tuple[float, float, float, float]  # server execution, done, on disk, tail
 

@@ -66,10 +66,11 @@ class GpuSampler(threading.Thread):
         self.name_of_card = ""
         self.process: subprocess.Popen[str] | None = None
         if shutil.which("nvidia-smi"):
-            self.name_of_card = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                                               capture_output=True, text=True).stdout.strip()
+            query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+            self.name_of_card = subprocess.run(query, capture_output=True, text=True).stdout.strip()
             self.process = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "50"],
+                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                 "-lms", "50"],
                 stdout=subprocess.PIPE, text=True)
 
     def run(self) -> None:
@@ -114,7 +115,8 @@ def build_models(python: str, comfyui: Path, work: Path, tiny: bool) -> Path:
     """The tests' small models (LoRA, ControlNet, InstantID, face) and, unless tiny, the SDXL-sized checkpoint."""
     root = work / "models-root"
     started = time.monotonic()
-    subprocess.run([python, str(Path(tiny_models.__file__)), "--comfyui", str(comfyui), "--dest", str(root)], check=True)
+    subprocess.run([python, str(Path(tiny_models.__file__)), "--comfyui", str(comfyui), "--dest", str(root)],
+                   check=True)
     if not tiny:
         checkpoint = root / tiny_models.FILES[tiny_models.CHECKPOINT]
         subprocess.run([python, str(REPO / "bench" / "sdxl_checkpoint.py"), "--comfyui", str(comfyui),
@@ -255,7 +257,6 @@ def grain_seconds(png: Path) -> dict[str, float]:
     """ralph's grain measure beside skimage's estimate_sigma on the luma of the same image (medians of 5)."""
     import numpy as np
     from PIL import Image
-
     from ralph.handlers.images.grain import measure_grain
 
     with Image.open(png) as image:
@@ -311,8 +312,12 @@ def report(card: str, cold: Image_, alone: list[Image_], single: list[RalphRun],
     def comfy_overhead(runs: list[RalphRun]) -> float | None:
         return median([r.per_image(r.tasks.get("comfyui.run", 0) - r.execution) for r in runs])
 
+    def percent(part: float | None, of: float | None) -> float | None:
+        return None if part is None or not of else 100 * part / of
+
     def whole(runs: list[RalphRun], without_evaluate: bool) -> float | None:
-        return median([r.per_image(r.wall - r.execution - (r.tasks.get("images.evaluate", 0) if without_evaluate else 0))
+        return median([r.per_image(r.wall - r.execution
+                                   - (r.tasks.get("images.evaluate", 0) if without_evaluate else 0))
                        for r in runs])
 
     rows = [
@@ -324,8 +329,8 @@ def report(card: str, cold: Image_, alone: list[Image_], single: list[RalphRun],
                                                      f"{fmt(median([i.peak_gib for i in alone]), 'GiB', 1)}"),
         ("ralph, one image: ComfyUI execution", fmt(median([r.execution for r in single]))),
         ("  comfyui.run overhead (task − execution)", fmt(comfy_overhead(single), digits=3)),
-        ("    as a share of the execution", fmt(100 * comfy_overhead(single) / median([r.execution for r in single]), "%", 1)
-         if single and comfy_overhead(single) is not None else "—"),
+        ("    as a share of the execution", fmt(percent(comfy_overhead(single), median([r.execution for r in single])),
+                                                "%", 1)),
         ("  whole `ralph run` overhead, without images.evaluate", fmt(whole(single, True), digits=3)),
         ("  images.evaluate", fmt(median([r.tasks.get("images.evaluate") for r in single]), digits=3)),
         ("  machine.local", fmt(median([r.tasks.get("machine.local") for r in single]), digits=3)),
@@ -334,7 +339,8 @@ def report(card: str, cold: Image_, alone: list[Image_], single: list[RalphRun],
         ("ralph, 3-variant sweep, per image: comfyui.run overhead", fmt(comfy_overhead(sweep), digits=3)),
         ("  whole run overhead without images.evaluate", fmt(whole(sweep, True), digits=3)),
         ("  images.evaluate", fmt(median([r.per_image(r.tasks.get("images.evaluate", 0)) for r in sweep]), digits=3)),
-        ("python -c pass; + the imports of a machine.local run", f"{fmt(imports[0], digits=3)}; {fmt(imports[1], digits=3)}"),
+        ("python -c pass; + the imports of a machine.local run", f"{fmt(imports[0], digits=3)}; "
+                                                                 f"{fmt(imports[1], digits=3)}"),
         *[(f"grain: {name}", fmt(1000 * seconds, "ms", 0)) for name, seconds in grain.items()],
     ]
     width = max(len(r[0]) for r in rows)

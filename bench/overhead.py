@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from ralph.handlers.images import pngtext
 
 from ralph import secrets
-from ralph.handlers.images import pngtext
 from ralph.state import RunState
 from ralph.textfile import write_atomically
 
@@ -72,7 +72,7 @@ def old_save(state: RunState) -> None:
 def old_stamp(path: Path, key: str, text: str) -> None:
     with Image.open(path) as image:
         info = PngInfo()
-        for name, value in image.text.items():
+        for name, value in image.text.items():  # type: ignore[attr-defined]  # a PNG's text chunks
             if name != key:
                 info.add_text(name, value)
         info.add_text(key, text)
@@ -104,7 +104,8 @@ def run_like_state(directory: Path, variants: int) -> RunState:
                         "skin_hue": 31.2, "skin_chroma": 18.4, "verdict": "kept", "explanation": "hue moved 0.8°"}}
                    for r, i in enumerate(images, 1)]
         task["result"] = {"summary": f"{kind} done", "files": [i["path"] for i in images], "cost_usd": 0.01,
-                          "data": {"images": images, "ranking": ranking} if kind == "images.evaluate" else {"images": images}}
+                          "data": ({"images": images, "ranking": ranking} if kind == "images.evaluate"
+                                   else {"images": images})}
         task["verdicts"] = [{"criterion": f"criterion {c} of task {number}", "verified": True,
                              "detail": "evidence " * 8} for c in range(3)]
     return state
@@ -123,7 +124,7 @@ def comfyui_png(path: Path) -> None:
 
 
 # -- timing ----------------------------------------------------------------------------------
-def median_ms(action: Callable[[], None], repeats: int) -> float:
+def median_ms(action: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -149,7 +150,7 @@ def main() -> None:
         for variants in args.variants:
             state = run_like_state(Path(tmp) / f"s{variants}", variants)
             state.task(1)["memory"]["login"] = f"--key {SECRET}"
-            before, now = median_ms(lambda: old_save(state), args.n), median_ms(state.save, args.n)
+            before, now = median_ms(lambda: old_save(state), args.n), median_ms(state.save, args.n)  # noqa: B023 (called at once)
             assert SECRET not in state.path.read_text("utf-8")
             size = state.path.stat().st_size / 1000
             print(f"  {variants:>2} variant(s), {size:5.0f} kB{'':<8}{before:>9.1f} ms{now:>9.1f} ms"

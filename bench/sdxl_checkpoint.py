@@ -27,7 +27,7 @@ VAE = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3,
            num_res_blocks=2, attn_resolutions=[], dropout=0.0)
 
 
-def randomise(module, torch, generator) -> None:  # type: ignore[no-untyped-def]
+def randomise(module, torch, generator) -> None:
     """ComfyUI's layers skip initialisation (a checkpoint is expected): biases 0, norms 1, weights N(0, 1/fan_in)."""
     with torch.no_grad():
         for name, p in module.named_parameters():
@@ -44,21 +44,20 @@ def build(comfyui: Path, out: Path, device: str) -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = device == "cpu"  # before model_management looks for a GPU
-    import torch
-    from safetensors.torch import save_file
-
     import comfy.ops
     import comfy.sdxl_clip
     import comfy.supported_models
+    import torch
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from safetensors.torch import save_file
 
     ops = comfy.ops.disable_weight_init
     dtype = torch.float16
     generator = torch.Generator(device=device).manual_seed(0)
     weights: dict[str, torch.Tensor] = {}
 
-    def take(module, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    def take(module, prefix: str) -> None:
         randomise(module, torch, generator)
         weights.update({prefix + k: v.to(dtype).contiguous().cpu() for k, v in module.state_dict().items()})
 

@@ -28,12 +28,11 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.far
+from ralph.units import usd  # noqa: E402
 from tests.far.comfyui_server import start_server  # noqa: E402
 from tests.far.serverless_emulator import ServerlessEmulator  # noqa: E402
 from tests.far.tiny_models import comfyui_home, ensure_models  # noqa: E402
 from tests.repo_files import EXAMPLE  # noqa: E402
-
-from ralph.units import usd  # noqa: E402
 
 TASK_3 = "Générer avec workflow optimisé (Refiner Pass)"
 TINY = {"width": 64, "height": 64, "steps": 3, "steps2": 2}

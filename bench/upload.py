@@ -17,11 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ralph.handlers.machines.ssh import SshMachine, SshTarget  # noqa: E402
+
 from tests.far.sshd import start_sshd  # noqa: E402
 
 MiB = 1 << 20
@@ -36,7 +39,10 @@ def _random_file(path: Path, size: int) -> None:
             left -= n
 
 
-def _timed(fn) -> tuple[float, object]:
+T = TypeVar("T")
+
+
+def _timed(fn: Callable[[], T]) -> tuple[float, T]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
@@ -60,6 +66,7 @@ def main() -> None:
     try:
         src = work / "model.safetensors"
         _random_file(src, size)
+        assert server.client_key is not None  # start_sshd made the client's key
         ssh = SshMachine(SshTarget(server.host, server.port, server.client_key),
                           known_hosts=work / "state" / "known_hosts")
         ssh.run("true")  # pins the host key
@@ -83,13 +90,13 @@ def main() -> None:
         clean()
         for method in ("rsync", "sftp"):
             (work / "state" / "sha256-cache.json").unlink(missing_ok=True)
-            t, r = _timed(lambda: ssh.put(src, f"{method}.bin", method=method))
+            t, r = _timed(lambda: ssh.put(src, f"{method}.bin", method=method))  # noqa: B023 (called at once)
             row(f"ralph {method} (hash+send+verify)", t, r.bytes_sent)
             # Resume: the first half is already there from an interrupted run.
             final = remote_dir / f"{method}.bin"
             final.rename(remote_dir / f".{method}.bin.ralph-part")
             os.truncate(remote_dir / f".{method}.bin.ralph-part", size // 2)
-            t, r = _timed(lambda: ssh.put(src, f"{method}.bin", method=method))
+            t, r = _timed(lambda: ssh.put(src, f"{method}.bin", method=method))  # noqa: B023 (called at once)
             row(f"ralph {method} resume from 50%", t, r.bytes_sent, f"resumed_from={r.resumed_from / MiB:.0f} MiB")
         t, r = _timed(lambda: ssh.put(src, "sftp.bin"))
         assert r.skipped

@@ -24,7 +24,7 @@ SCHEMAS = REPO / "tests" / "data" / "comfyui-object-info-subset.json"  # the 12 
 
 def example_block() -> tuple[str, int]:
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, l in enumerate(lines) if "Workflow Order" in l) + 1
+    start = next(i for i, text in enumerate(lines) if "Workflow Order" in text) + 1
     end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("```"))
     return "\n".join(lines[start + 1:end]), start + 2
 

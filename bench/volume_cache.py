@@ -26,13 +26,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import yaml  # noqa: E402
+
 from tests.far import tiny_models  # noqa: E402
 from tests.far.comfyui_server import free_port, require_install  # noqa: E402
 from tests.far.runpod_emulator import RunPodEmulator  # noqa: E402
 from tests.repo_files import EXAMPLE  # noqa: E402
 from tests.test_full_example import SHIPPED_CONFIG, example_params  # noqa: E402
-
-import yaml  # noqa: E402
 
 
 def experiment_text(port: int) -> str:

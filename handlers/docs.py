@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from ralph.handlers.facts import ComfyServer, Evaluation, Images, MachineHandle, MachineTime
+
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Handler, Param, Result, criterion
-from ralph.handlers.facts import ComfyServer, Evaluation, Images, MachineHandle, MachineTime
 from ralph.model import Task, TaskFile
 from ralph.state import now
 
@@ -105,7 +106,8 @@ def _params_section(ran: dict[str, Any], previous: dict[str, Any] | None) -> lis
         changed = [k for k in dict.fromkeys([*previous, *plain]) if not _is_prose(previous.get(k, params.get(k)))
                    and previous.get(k) != params.get(k)]
         if changed:
-            lines += ["", "Changed since the previous session:", "", "| Parameter | Previous | This run |", "|---|---|---|"]
+            lines += ["", "Changed since the previous session:", "",
+                      "| Parameter | Previous | This run |", "|---|---|---|"]
             lines += [f"| {k} | {_cell(previous.get(k, '–'))} | {_cell(params.get(k, '–'))} |" for k in changed]
         else:
             lines.append("- Same parameters as the previous session" + (" (apart from the sweep)" if swept else ""))
@@ -133,7 +135,8 @@ def _versions(ctx: Context) -> str:
     if torch := (setup.get("torch") or {}).get("version"):
         parts.append(f"torch {torch}")
     files = [f for f in setup.get("files") or [] if isinstance(f, dict) and f.get("name")]
-    parts += [f"`{f['name']}` sha256 `{str(f['sha256'])[:12]}…`" if f.get("sha256") else f"`{f['name']}` (no hash recorded)"
+    parts += [f"`{f['name']}` sha256 `{str(f['sha256'])[:12]}…`" if f.get("sha256") else f"`{f['name']}` (no hash "
+                                                                                         "recorded)"
               for f in files]
     return ", ".join(parts)
 
@@ -205,17 +208,20 @@ def next_lead(
             return f"grain went down but {colour.get('explanation')}: lower cfg or the refiner's denoise"
         return None
     if verdict == "no previous image":
-        return "no previous image to compare with: name one with a **Previous**: line (this run's best is kept for the next run)"
+        return ("no previous image to compare with: name one with a **Previous**: line "
+                "(this run's best is kept for the next run)")
     if verdict == "blur not checked":
         return (
             f"grain fell (ratio {grain.get('ratio')}) but detail could not be compared, so a blur is not ruled out: "
             "look at the zoomed crops, or compare with an image of the same seed and a textured subject"
         )
     if verdict == "not measurable":
-        return "the images have no flat areas where grain can be measured: compare crops by eye, or prompt a plainer background"
+        return ("the images have no flat areas where grain can be measured: compare crops by eye, "
+                "or prompt a plainer background")
     if verdict == "detail lost":
         return (
-            f"the image was smoothed, not de-grained (detail x{grain.get('detail_ratio')}): lower the refiner's denoise "
+            f"the image was smoothed, not de-grained (detail x{grain.get('detail_ratio')}): lower the refiner's "
+            "denoise "
             "or steps, and check for a blur or resize step"
         )
     if verdict == "grain coarser":
@@ -227,14 +233,18 @@ def next_lead(
         more = f" (and {len(lint) - 1} more lint finding(s))" if len(lint) > 1 else ""
         return f"fix what the workflow check found first: {lint[0]}{more}"
     keys = _varying(ranking)
-    ratios = [r["ratio"] for r in ranking if r.get("ratio") is not None and r.get("against") == ranking[0].get("against")]
+    ratios = [r["ratio"] for r in ranking
+              if r.get("ratio") is not None and r.get("against") == ranking[0].get("against")]
     if keys and len(ratios) > 1:
         spans = ", ".join(f"{k} {_span([(r.get('params') or {}).get(k) for r in ranking])}" for k in keys)
         if max(ratios) - min(ratios) <= FLAT_SPREAD:
-            elsewhere = "the checkpoint/LoRA or the VAE" if {"sampler", "scheduler"} & set(keys) else "the sampler/scheduler"
+            elsewhere = ("the checkpoint/LoRA or the VAE" if {"sampler", "scheduler"} & set(keys)
+                         else "the sampler/scheduler")
             return f"grain unchanged across {spans} (ratios {min(ratios):.2f}–{max(ratios):.2f}): look at {elsewhere}"
         best = ranking[0].get("params") or {}
-        return f"grain moved with {spans} but not enough (best ratio {min(ratios):.2f} at {_params_text({k: best.get(k) for k in keys})}): extend the sweep beyond that end"
+        at = _params_text({k: best.get(k) for k in keys})
+        return (f"grain moved with {spans} but not enough (best ratio {min(ratios):.2f} at {at}): "
+                "extend the sweep beyond that end")
     return f"grain not reduced (ratio {grain.get('ratio')}): sweep cfg and the refiner's denoise to find what moves it"
 
 
@@ -255,7 +265,8 @@ class SessionDoc(Handler):
         doc = ctx.path(relative)
         pending = ctx.memory.get("section")
         if ctx.task.status == "IN_PROGRESS" and pending and pending.get("path") == relative and _found(doc, pending):
-            return Result(summary=f"section already appended to {relative} before the interruption", data=pending["data"])
+            return Result(summary=f"section already appended to {relative} before the interruption",
+                          data=pending["data"])
         if not any(r.result for n, r in ctx.records.items() if n < ctx.task.number):
             return Result(summary=f"nothing ran before this task: no section written to {relative}",
                           data={"session_doc": None, "nothing_ran": True})
@@ -298,7 +309,8 @@ class SessionDoc(Handler):
             record = records[number]
             if record.status in ("FAILED", "BLOCKED"):
                 task = ctx.file.task(number)
-                failures.append(f"task {number} ({task.title if task else '?'}) {record.status.lower()}: {record.error or ''}")
+                failures.append(f"task {number} ({task.title if task else '?'}) {record.status.lower()}: "
+                                f"{record.error or ''}")
         costs = {n: r["cost_usd"] for n, r in earlier.items() if r.get("cost_usd") is not None}
         seconds = sum(float(records[n].seconds or 0.0) for n in earlier)
 
@@ -316,7 +328,8 @@ class SessionDoc(Handler):
             lines.append(f"- **Pod**: {pod.get('gpu', 'unknown GPU')}{price} (id `{pod.get('id', '?')}`)")
         else:
             lines.append("- **Pod**: none recorded")
-        cost = f"${sum(costs.values()):.4f} (recorded by task(s) {', '.join(map(str, sorted(costs)))})" if costs else "not recorded"
+        cost = (f"${sum(costs.values()):.4f} (recorded by task(s) {', '.join(map(str, sorted(costs)))})" if costs
+                else "not recorded")
         held = ctx.fact(MachineTime)
         pod_time = f" (pod time {held.hours * 60:.1f} min)" if held is not None else ""
         lines.append(
@@ -341,8 +354,8 @@ class SessionDoc(Handler):
             lines += [f"- **Workflow check**: {finding}" for finding in lint]
         for failure in failures:
             lines.append(f"- **Failure**: {failure}")
-        for task in incomplete:
-            lines.append(f"- **Incomplete**: {task}")
+        for entry in incomplete:
+            lines.append(f"- **Incomplete**: {entry}")
         link = None
         if comparison:
             link = _beside(ctx, doc, comparison)
@@ -350,7 +363,8 @@ class SessionDoc(Handler):
         gallery_links = None
         if gallery:
             gallery_links = {kind: _beside(ctx, doc, path) for kind, path in gallery.items() if path}
-            lines += ["", f"[![every variant × seed]({gallery_links['png']})]({gallery_links.get('html', gallery_links['png'])})"]
+            lines += ["", "[![every variant × "
+                          f"seed]({gallery_links['png']})]({gallery_links.get('html', gallery_links['png'])})"]
         if len(ranking) > 1:
             lines += ["", "### Variants", ""] + _table(ranking, ranked)
 
@@ -401,7 +415,8 @@ class SessionDoc(Handler):
         if section is None:
             return Evidence(False, where)
         record = result.data["session_doc"]
-        return Evidence(True, f"section appended to {where} at byte {record['offset']} ({record['size']} bytes); earlier content unchanged")
+        return Evidence(True, f"section appended to {where} at byte {record['offset']} ({record['size']} bytes); "
+                              "earlier content unchanged")
 
     @criterion(r"avant.?/?.?apres|before.?/?.?after")
     def comparison(self, ctx: Context, result: Result, text: str) -> Evidence:
@@ -425,10 +440,11 @@ class SessionDoc(Handler):
             return Evidence(False, where)
         success, params = result.data.get("success"), result.data.get("best_params") or {}
         if success:
-            line = next((l for l in section.splitlines() if OPTIMAL in l), "")
+            line = next((text for text in section.splitlines() if OPTIMAL in text), "")
             missing = [k for k in params if not _is_prose(params[k]) and f"`{k}={_fmt(params[k])}`" not in line]
             if not line or missing:
-                return Evidence(False, f"optimal parameters not written in full (missing {', '.join(missing) or 'the line'})")
+                return Evidence(False, "optimal parameters not written in full (missing "
+                                       f"{', '.join(missing) or 'the line'})")
             return Evidence(True, f"success; optimal parameters noted: {_params_text(params)}")
         if result.data.get("next_lead") and f"{LEAD} {result.data['next_lead']}" in section:
             if success is None:
@@ -461,14 +477,16 @@ class SessionDoc(Handler):
 
 
 def _colour_reading(colour: dict[str, Any]) -> str:
-    return f"mean chroma {colour.get('mean_chroma')}, skin hue {colour.get('skin_hue')}°, skin chroma {colour.get('skin_chroma')} (no previous image)"
+    return (f"mean chroma {colour.get('mean_chroma')}, skin hue {colour.get('skin_hue')}°, "
+            f"skin chroma {colour.get('skin_chroma')} (no previous image)")
 
 
 def _found(doc: Path, record: dict[str, Any]) -> bool:
     if not doc.is_file():
         return False
     content = doc.read_bytes()
-    return _sha(content[: record["offset"]]) == record["before_sha256"] and record["marker"].encode() in content[record["offset"] :]
+    offset = record["offset"]
+    return _sha(content[:offset]) == record["before_sha256"] and record["marker"].encode() in content[offset:]
 
 
 def _num(value: Any, digits: int = 2) -> str:

@@ -11,8 +11,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, exits
 from .errors import RalphError
@@ -71,8 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true",
                      help="print the outcomes as JSON on stdout (what a person reads goes to stderr)")
     loudness = run.add_mutually_exclusive_group()
-    loudness.add_argument("-q", "--quiet", action="store_true", help="only warnings, the summary and what is open for review")
-    loudness.add_argument("-v", "--verbose", action="store_true", help="also each criterion's evidence as each task ends")
+    loudness.add_argument("-q", "--quiet", action="store_true",
+                          help="only warnings, the summary and what is open for review")
+    loudness.add_argument("-v", "--verbose", action="store_true",
+                          help="also each criterion's evidence as each task ends")
     run.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                      help="run up to N files at once, each in its own process (max_cost_usd split evenly)")
     run.set_defaults(command=_run)
@@ -261,7 +264,7 @@ def _status_of_folder(folder: Path, as_json: bool) -> int:
     from .config import handler_name, load_config
     from .parser import parse_file
 
-    reports = []
+    reports: list[dict[str, Any]] = []
     for path in sorted(p for p in folder.rglob("RALPH-*.md") if ".ralph" not in p.relative_to(folder).parts):
         try:
             file, _ = parse_file(path)
@@ -290,7 +293,8 @@ def _status_of_folder(folder: Path, as_json: bool) -> int:
         standing = ", ".join(f"{n} {status}" for status, n in counts.items())
         holder = report["lock_holder"]
         running = f"running (pid {holder.get('pid', '?')})" if report["locked"] else ""
-        table.add_row(escape(report["file"]), str(len(report["tasks"])), standing, str(len(report["review"])) if report["review"] else "",
+        table.add_row(escape(report["file"]), str(len(report["tasks"])), standing,
+                      str(len(report["review"])) if report["review"] else "",
                       f"${report['cost_usd']:.4f}" if report["cost_usd"] else "", running)
     Console(highlight=False).print(table)
     return 0

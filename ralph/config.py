@@ -18,9 +18,10 @@ It lets files written with no ralph-specific lines run unchanged, by mapping tas
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import RalphError
 from .model import Task
@@ -74,7 +75,8 @@ def load_config(task_file: Path) -> Config:
         return _read_config(path, yaml.compose(path.read_text("utf-8")), fail)
     except yaml.YAMLError as error:  # invalid YAML, or a tag no safe loader builds (!!python/...)
         mark = getattr(error, "problem_mark", None)
-        raise fail(f"invalid YAML: {getattr(error, 'problem', None) or error}", mark.line + 1 if mark else None) from None
+        raise fail(f"invalid YAML: {getattr(error, 'problem', None) or error}",
+                   mark.line + 1 if mark else None) from None
     except RecursionError:
         raise fail("invalid YAML: nested too deeply") from None
     except UnicodeDecodeError:
@@ -118,7 +120,8 @@ def _read_config(path: Path, root: Any, fail: Callable[..., RalphError]) -> Conf
                 if not isinstance(params, dict):
                     raise fail("params: expected a mapping", entry_line)
                 lines = _key_lines(_children(entry_node).get("params"))
-                config.tasks[normalise(str(title_node.value))] = TaskConfig(entry.get("handler"), params, entry_line, lines)
+                config.tasks[normalise(str(title_node.value))] = TaskConfig(entry.get("handler"), params, entry_line,
+                                                                            lines)
         elif key == "max_cost_usd":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise fail(f"max_cost_usd: expected a positive number of US dollars, not {value!r}", line)

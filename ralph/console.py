@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -26,6 +27,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -51,7 +53,7 @@ STYLE = {
 
 
 class _Bar:
-    def __init__(self, progress: Progress, task_id: int) -> None:
+    def __init__(self, progress: Progress, task_id: TaskID) -> None:
         self._progress = progress
         self._id = task_id
 
@@ -135,7 +137,8 @@ class ConsoleReporter:
         for number, (title, status, handler) in self.rows.items():
             running = status == "IN_PROGRESS" and number in self.started and number not in self.finished
             clock = _elapsed(now - self.started[number]) if running else ""
-            table.add_row(f"{number}.", escape(title), f"[{STYLE.get(status, '')}]{status}[/]", f"[dim]{handler}[/]", clock)
+            table.add_row(f"{number}.", escape(title), f"[{STYLE.get(status, '')}]{status}[/]", f"[dim]{handler}[/]",
+                          clock)
             if running:
                 for line in self.tails.get(number, ()):
                     table.add_row("", f"[dim]  {escape(line)}[/]", "", "", "")
@@ -253,19 +256,22 @@ class ConsoleReporter:
         for group in _skipped_together(summary.outcomes):
             if len(group) > 1:
                 title = f"{len(group)} tasks"
-                table.add_row(_numbers([o.number for o in group], ""), title, "[dim]SKIPPED[/]", "", "", escape(group[0].error))
+                table.add_row(_numbers([o.number for o in group], ""), title, "[dim]SKIPPED[/]", "", "",
+                              escape(group[0].error))
                 continue
             o = group[0]
             cost = f"${o.cost_usd:.4f}" if o.cost_usd is not None else ""
             note = o.error or o.summary
             reviews = sum(1 for v in o.verdicts if v.evidence and v.evidence.verified is None)
             if reviews:
-                note = (note + "; " if note else "") + f"{reviews} {'criterion' if reviews == 1 else 'criteria'} to review"
+                criteria = "criterion" if reviews == 1 else "criteria"
+                note = (note + "; " if note else "") + f"{reviews} {criteria} to review"
             table.add_row(
                 str(o.number),
                 escape(o.title),
                 f"[{STYLE.get(o.status, '')}]{o.status}[/]",
-                "" if o.status == "SKIPPED" else _elapsed(o.seconds or self.finished.get(o.number, 0.0)),  # an interrupt records no time
+                # an interrupt records no time
+                "" if o.status == "SKIPPED" else _elapsed(o.seconds or self.finished.get(o.number, 0.0)),
                 cost,
                 escape(redact(note)),
             )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -29,7 +29,8 @@ class Reporter(Protocol):
 
     def warn(self, message: str) -> None: ...
 
-    def progress(self, description: str, total: float | None, unit: str = "bytes") -> AbstractContextManager[ProgressBar]: ...
+    def progress(self, description: str, total: float | None,
+                 unit: str = "bytes") -> AbstractContextManager[ProgressBar]: ...
 
 
 @dataclass
@@ -84,7 +85,8 @@ class Context(RunInfo):
         self.events.write("log", task=self.task.number, message=message)
         self.reporter.log(self.task, message)
 
-    def progress(self, description: str, total: float | None = None, unit: str = "bytes") -> AbstractContextManager[ProgressBar]:
+    def progress(self, description: str, total: float | None = None,
+                 unit: str = "bytes") -> AbstractContextManager[ProgressBar]:
         """A progress bar for a long step: ``with ctx.progress("upload", size) as bar: bar.update(n)``;
         ``unit`` other than bytes ("steps") is shown as done/total."""
         return self.reporter.progress(description, total, unit)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
 
 from .model import RESULTS_BEGIN, RESULTS_END, CodeBlock, Criterion, Field, Item, Task, TaskFile
 from .parser import CHECKBOX_LINE, STATUS_LINE, normalise, parse_bytes
@@ -43,7 +43,7 @@ class SetResults:
     lines: tuple[str, ...]
 
 
-Edit = Union[SetStatus, SetCheck, SetResults]
+Edit = SetStatus | SetCheck | SetResults
 
 
 def apply_edits(file: TaskFile, text: Text, edits: list[Edit]) -> list[str]:

@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .secrets import redact
 from .facts import Fact, Need
 from .parser import normalise
+from .secrets import redact
 
 if TYPE_CHECKING:
     from .context import Context, EstimateContext, RunInfo

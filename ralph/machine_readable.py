@@ -15,7 +15,7 @@ from .review import open_for_review
 from .state import RunState, lock_holder, state_dir_for
 
 if TYPE_CHECKING:
-    from .plan import Problem
+    from .handler import Problem
     from .runner import RunSummary, Verdict
 
 

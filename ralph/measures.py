@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .state import state_home
@@ -55,7 +55,7 @@ class Measures:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # read-modify-write: another run may record at once
             data = self._read()
-            data[name] = {"value": value, "at": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "detail": detail}
+            data[name] = {"value": value, "at": datetime.now(UTC).strftime("%Y-%m-%d"), "detail": detail}
             write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
         except OSError:
             return False

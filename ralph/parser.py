@@ -11,9 +11,10 @@ import hashlib
 import re
 import unicodedata
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ParseError
 from .model import (
@@ -119,7 +120,7 @@ class _Reader:
         for _ in self._walk(tokens):
             pass  # collects code-fence lines, needed before reading any region
         regions = self._regions(headings)
-        for (kind, heading, start, stop), blocks in zip(regions, self._blocks(tokens, regions)):
+        for (kind, heading, start, stop), blocks in zip(regions, self._blocks(tokens, regions), strict=False):
             if kind == "task":
                 file.tasks.append(self._task(heading, start, stop, blocks))
             elif kind == "overview":

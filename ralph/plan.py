@@ -140,7 +140,8 @@ def _params(handler: Handler, task: Task, config: Config) -> tuple[dict[str, Any
         line, path = (from_config[key], config_path) if key in from_config else (where.get(key, task.line), None)
         if spec is None:
             known = ", ".join(sorted(handler.params)) or "none"
-            problems.append(Problem(line, f"{task.label}: unknown parameter {key!r} for {handler.name} (known: {known})",
+            problems.append(Problem(line, f"{task.label}: unknown parameter {key!r} for {handler.name} (known: "
+                                          f"{known})",
                                     path=path))
         elif message := _type_problem(key, value, spec):
             problems.append(Problem(line, f"{task.label}: {message}", path=path))

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from typing import Any, Match
+from re import Match
+from typing import Any
 
 from mistune.block_parser import BlockParser
 from mistune.core import BlockState
@@ -79,7 +80,7 @@ class _State(BlockState):
 class _Parser(BlockParser):
     state_cls = _State
 
-    def parse_method(self, m: Match[str], state: BlockState) -> int | None:  # type: ignore[override]
+    def parse_method(self, m: Match[str], state: BlockState) -> int | None:
         assert isinstance(state, _State)
         saved = state.block_start, state.container, state.item_start
         state.block_start = m.start()

@@ -15,24 +15,29 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from . import children, secrets
 from .budget import CostWatch
 from .context import Context, RunInfo
 from .edits import Edit, SetCheck, SetResults, SetStatus, TaskFileWriter
-from .errors import EnvironmentFailure, RalphError
-from .exits import FAILED as EXIT_FAILED, INTERRUPTED as EXIT_INTERRUPTED, OK as EXIT_OK, REVIEW as EXIT_REVIEW, worst
+from .errors import EnvironmentFailure, ParseError, RalphError
+from .exits import FAILED as EXIT_FAILED
+from .exits import INTERRUPTED as EXIT_INTERRUPTED
+from .exits import OK as EXIT_OK
+from .exits import REVIEW as EXIT_REVIEW
+from .exits import worst
 from .handler import Evidence, Handler, Interrupted, Result, TaskBlocked, TaskFailed, TransientError
 from .model import FINISHED, Task, TaskFile
-from .parser import ParseError, normalise
-from . import children, secrets
+from .parser import normalise
 from .plan import Plan, Step, make_plan, missing_env
 from .review import ReviewItem, accept_record, open_for_review
 from .secrets import redact
@@ -142,7 +147,7 @@ class Runner:
         self.cost_stop = ""  # why the cost watcher stopped the run
         self._cost_interrupt = False  # the next SIGINT is the watcher's, not a person's
         self._working = False  # a task that is work, not clean-up, is running: a cost stop ends it
-        self.run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         self.writer = TaskFileWriter(path)
         self.pending_edits: list[Edit] = []
         self.unwritten: list[str] = []
@@ -177,7 +182,8 @@ class Runner:
         chosen = select(plan, state, only=self.only, start_from=self.start_from)
         events = EventLog(directory, self.run_id)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        run = RunInfo(plan.file, state.resources, self.path.resolve().parent, directory, self.run_id, self.reporter, events)
+        run = RunInfo(plan.file, state.resources, self.path.resolve().parent, directory, self.run_id, self.reporter,
+                      events)
         handlers = list({type(s.handler): s.handler for s in plan.steps if s.handler is not None}.values())
         limit = self.max_cost_usd if self.max_cost_usd is not None else plan.config.max_cost_usd
         watch = CostWatch(limit, state.resources, self._over_budget, interval_s=self.cost_check_s) if limit else None
@@ -347,11 +353,13 @@ class Runner:
         edits += [SetCheck(task.number, text, False) for text in unverified if text in record.get("ticked", [])]
         if outcome.verdicts:
             record["ticked"] = verified
-        record["review"] = {v.criterion: v.evidence.detail for v in outcome.verdicts if v.evidence and v.evidence.verified is None}
+        record["review"] = {v.criterion: v.evidence.detail for v in outcome.verdicts
+                            if v.evidence and v.evidence.verified is None}
         state.save(task.number)
         edits.append(SetResults(task.number, tuple(_results_lines(outcome))))
         self._write(edits)
-        events.write("task_finished", task=task.number, status=outcome.status, seconds=outcome.seconds, error=outcome.error)
+        events.write("task_finished", task=task.number, status=outcome.status, seconds=outcome.seconds,
+                     error=outcome.error)
         self.reporter.task_finished(task, outcome)
         return outcome
 
@@ -451,7 +459,8 @@ class Runner:
         verdicts = [Verdict(c.text, None if c.checked else judge(c.text)) for c in file.success_criteria]
         exits = list(_exit_groups([Verdict(e.text, judge(e.text)) for e in file.exit_conditions]))
         edits: list[Edit] = [SetCheck(None, v.criterion, True) for v in verdicts if v.evidence and v.evidence.verified]
-        state.data["review"] = {v.criterion: v.evidence.detail for v in verdicts if v.evidence and v.evidence.verified is None}
+        state.data["review"] = {v.criterion: v.evidence.detail for v in verdicts
+                                if v.evidence and v.evidence.verified is None}
         state.save()
         lines = ["**Run summary** (ralph, " + now() + ")", ""]
         lines += [_verdict_line(v) for v in verdicts]

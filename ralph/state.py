@@ -22,7 +22,7 @@ import sys
 import uuid
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from .textfile import write_atomically
 
 def now() -> str:
     """The time in UTC, as people read it in task files and logs."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def state_home() -> Path:
@@ -100,7 +100,8 @@ class RunState:
         return body
 
     def task(self, number: int) -> dict[str, Any]:
-        return self.data["tasks"].setdefault(str(number), {})
+        record: dict[str, Any] = self.data["tasks"].setdefault(str(number), {})
+        return record
 
     def records(self) -> dict[int, TaskRecord]:
         return {int(number): TaskRecord.of(entry) for number, entry in self.data["tasks"].items()}

@@ -63,7 +63,7 @@ class Text:
         return cls(lines, endings, bom)
 
     def encode(self) -> bytes:
-        body = "".join(chain.from_iterable(zip(self.lines, self.endings)))
+        body = "".join(chain.from_iterable(zip(self.lines, self.endings, strict=False)))
         return ((BOM if self.bom else "") + body).encode("utf-8")
 
     @property

@@ -26,7 +26,7 @@ def test_a_long_run_parses_its_file_a_fixed_number_of_times(tmp_path: Path, monk
     project = make_project(tmp_path, *(task(n, f"Task {n}") for n in range(1, 201)))
     reads = []
     original = ralph.parser._Reader.read
-    monkeypatch.setattr(ralph.parser._Reader, "read", lambda self: reads.append(1) or original(self))
+    monkeypatch.setattr(ralph.parser._Reader, "read", lambda self: reads.append(1) or original(self))  # type: ignore[func-returns-value]
     summary = project.run()
     assert summary.exit_code == 0 and set(project.statuses().values()) == {"DONE"}
     assert len(reads) <= 3, f"{len(reads)} parses for 200 tasks"  # the plan, the writer's first read
@@ -34,7 +34,8 @@ def test_a_long_run_parses_its_file_a_fixed_number_of_times(tmp_path: Path, monk
 
 def test_a_persons_edit_during_a_long_run_is_kept_and_parsed_again(tmp_path: Path) -> None:
     """The parse ralph keeps is dropped as soon as the bytes on disk are not its own."""
-    project = make_project(tmp_path, *(task(n, f"Task {n}", params={"pause": 0.3} if n == 2 else None) for n in range(1, 4)))
+    project = make_project(tmp_path, *(task(n, f"Task {n}", params={"pause": 0.3} if n == 2 else None)
+                                       for n in range(1, 4)))
     def edit_while_task_2_runs() -> None:
         deadline = time.monotonic() + 30
         while len(project.ledger_lines()) < 2 and time.monotonic() < deadline:
@@ -53,10 +54,14 @@ def test_a_persons_edit_during_a_long_run_is_kept_and_parsed_again(tmp_path: Pat
 
 
 def test_sigterm_marks_every_remaining_task_in_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    project = make_project(tmp_path, task(1, "Slow", params={"pause": 60}), *(task(n, f"Task {n}") for n in range(2, 301)))
+    project = make_project(tmp_path, task(1, "Slow", params={"pause": 60}),
+                           *(task(n, f"Task {n}") for n in range(2, 301)))
     writes: list[float] = []
-    original = ralph.edits.write_atomically
-    monkeypatch.setattr(ralph.edits, "write_atomically", lambda path, data: writes.append(time.monotonic()) or original(path, data))
+    original = ralph.edits.write_atomically  # type: ignore[attr-defined]  # patched where edits looks it up
+    def timed_write(path: Path, data: bytes) -> None:
+        writes.append(time.monotonic())
+        original(path, data)
+    monkeypatch.setattr(ralph.edits, "write_atomically", timed_write)
     signalled: list[float] = []
 
     def terminate_when_task_1_works() -> None:

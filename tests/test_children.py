@@ -35,14 +35,15 @@ def with_marker(marker: str) -> list[int]:
     return found
 
 
-def wait_until(condition, what: str, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
+def wait_until(condition, what: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.05)
 
 
-def shell_project(root: Path, script: str, criterion: str = "The script ran without error", timeout: int = 3600) -> Project:
+def shell_project(root: Path, script: str, criterion: str = "The script ran without error",
+                  timeout: int = 3600) -> Project:
     text = f"""# RALPH-TASK: Children
 
 ## Tasks
@@ -131,7 +132,8 @@ def test_sigkill_during_an_upload_leaves_no_rsync_or_ssh(sshd: SshServer, tmp_pa
     source = tmp_path / f"{marker}.bin"
     source.write_bytes(os.urandom(16 << 20))  # at 256 KiB/s: a minute, far longer than the test waits
     uploader = subprocess.Popen(
-        [sys.executable, "-c", UPLOAD, sshd.host, str(sshd.port), str(sshd.client_key), str(tmp_path / "known_hosts"), str(source)],
+        [sys.executable, "-c", UPLOAD, sshd.host, str(sshd.port), str(sshd.client_key), str(tmp_path / "known_hosts"),
+         str(source)],
         cwd=REPO,
     )
     part = sshd.start_dir / "uploads" / f".{source.name}.ralph-part"

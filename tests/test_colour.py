@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data
-from skimage.color import rgb2lab
-
 from ralph.handlers.images.colour import MAX_HUE_SHIFT, colour_drift, colour_stats, to_lab
 from ralph.handlers.images.faces import find_faces
+from skimage import data
+from skimage.color import rgb2lab
 
 
 def portrait() -> np.ndarray:

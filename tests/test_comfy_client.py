@@ -12,20 +12,17 @@ import subprocess
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.far.comfyui_server import ComfyServer, TcpRelay, comfyui_server, refiner_graph, require_install, start_server  # noqa: F401
-from tests.waiting import wait_for
 from ralph.handlers.comfyui.client import (
     ComfyClient,
     ExecutionFailed,
-    PromptInterrupted,
     OutputFile,
+    PromptInterrupted,
     PromptRejected,
     ServerGone,
     Stalled,
@@ -33,6 +30,9 @@ from ralph.handlers.comfyui.client import (
     UploadTooLarge,
     local_path,
 )
+
+from tests.far.comfyui_server import ComfyServer, TcpRelay, comfyui_server, refiner_graph, require_install, start_server  # noqa: F401
+from tests.waiting import wait_for
 
 slow = pytest.mark.slow
 
@@ -270,7 +270,7 @@ def test_stall_timeout_instead_of_a_fixed_one(comfyui_server: ComfyServer) -> No
 def test_upload_checks_size_first_and_lands_in_input(comfyui_server: ComfyServer, tmp_path: Path) -> None:
     face = comfyui_server.input_dir / "elena_face_ref.jpg"
     with ComfyClient(comfyui_server.url) as client:
-        name = client.upload_image(face.read_bytes() and _copy(face, tmp_path / "face-up.jpg"), subfolder="refs")
+        name = client.upload_image(_copy(face, tmp_path / "face-up.jpg"), subfolder="refs")
         assert name == "refs/face-up.jpg"
         assert (comfyui_server.input_dir / "refs" / "face-up.jpg").read_bytes() == face.read_bytes()
         graph = refiner_graph(prefix="uploaded")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ralph.handlers.comfyui.client import ComfyClient, ExecutionFailed, PromptInterrupted, PromptRejected, ServerGone
 
 from tests.far.comfyui_jobs_server import IMAGE, JobsServer, contract_problems
 from tests.far.comfyui_server import ComfyServer, comfyui_server  # noqa: F401
 from tests.waiting import wait_for
-from ralph.handlers.comfyui.client import ComfyClient, ExecutionFailed, PromptInterrupted, PromptRejected, ServerGone
 
 GRAPH = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ralph"}}}
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from ralph.handlers.comfyui.check import check_node_list
 from ralph.handlers.comfyui.lint import SDXL_BUCKETS, guess_family, lint, nearest_bucket
 from ralph.handlers.comfyui.schema import load_object_info
 from ralph.handlers.comfyui.template import load_template
+
 from tests.repo_files import EXAMPLE, OBJECT_INFO
 
 ALL_FILES = {"bigLove_xl1.safetensors", "elena_v4_cloud.safetensors", "ip-adapter.bin",
@@ -38,7 +38,7 @@ def test_the_corrected_graph_is_clean(schemas):
 
 def test_the_example_is_flagged_for_denoise_on_its_file_line(schemas):
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, l in enumerate(lines) if "Workflow Order" in l) + 1
+    start = next(i for i, text in enumerate(lines) if "Workflow Order" in text) + 1
     end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("```"))
     checked = check_node_list("\n".join(lines[start + 1:end]), start + 2, schemas,
                               {"positive": ("p", 1), "negative": ("n", 2)}, provided_files=ALL_FILES)

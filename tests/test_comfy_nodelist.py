@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from ralph.handlers.comfyui.nodelist import Link, PromptRef, Size, parse_node_list, parse_value
-from tests.repo_files import EXAMPLE
 
+from tests.repo_files import EXAMPLE
 
 
 def example_block() -> tuple[str, int]:
     """The workflow code block of task 3 and the file line of its first line (1-based)."""
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, l in enumerate(lines) if "Workflow Order" in l) + 1
+    start = next(i for i, text in enumerate(lines) if "Workflow Order" in text) + 1
     assert lines[start].startswith("```")
     end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("```"))
     return "\n".join(lines[start + 1:end]), start + 2
@@ -22,7 +20,7 @@ def example_block() -> tuple[str, int]:
 
 def file_line(needle: str) -> int:
     """1-based line of the first line of the example containing ``needle``."""
-    return next(i for i, l in enumerate(EXAMPLE.read_text(encoding="utf-8").splitlines(), 1) if needle in l)
+    return next(i for i, text in enumerate(EXAMPLE.read_text(encoding="utf-8").splitlines(), 1) if needle in text)
 
 
 def items(node) -> dict:
@@ -56,7 +54,8 @@ def test_example_values_and_their_lines():
     assert apply[("weight", "args")].value == 0.85
     # Parenthesised forms.
     assert [(i.name, i.value) for i in by_id["1"].items] == [(None, "bigLove_xl1.safetensors")]
-    assert [(i.name, i.value) for i in by_id["2"].items][:2] == [(None, "elena_v4_cloud.safetensors"), ("strength", 1.0)]
+    assert [(i.name, i.value) for i in by_id["2"].items][:2] == [(None, "elena_v4_cloud.safetensors"),
+                                                                 ("strength", 1.0)]
     assert [(i.name, i.value) for i in by_id["10"].items] == [(None, Size(832, 1216)), ("batch", 1)]
     assert [(i.name, i.value) for i in by_id["4"].items] == [("provider", "CUDA")]
     assert by_id["7"].items[0].value == PromptRef("positive") and by_id["8"].items[0].value == PromptRef("negative")

@@ -8,13 +8,13 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from ralph.handlers.comfyui.check import check_node_list
 from ralph.handlers.comfyui.compile import PromptText, compile_workflow
 from ralph.handlers.comfyui.nodelist import parse_node_list
 from ralph.handlers.comfyui.schema import load_object_info, schemas_from_object_info
 from ralph.handlers.comfyui.template import apply_overrides, load_template, parameter_paths
 from ralph.handlers.comfyui.validate import validate
+
 from tests.far.comfyui_server import comfyui_server  # noqa: F401  (fixture: a real ComfyUI, slow tests only)
 from tests.repo_files import EXAMPLE, OBJECT_INFO
 
@@ -27,13 +27,13 @@ def schemas():
 
 
 def example_block() -> tuple[str, int]:
-    start = next(i for i, l in enumerate(LINES) if "Workflow Order" in l) + 1
+    start = next(i for i, text in enumerate(LINES) if "Workflow Order" in text) + 1
     end = next(i for i in range(start + 1, len(LINES)) if LINES[i].startswith("```"))
     return "\n".join(LINES[start + 1:end]), start + 2
 
 
 def file_line(needle: str) -> int:
-    return next(i for i, l in enumerate(LINES, 1) if needle in l)
+    return next(i for i, text in enumerate(LINES, 1) if needle in text)
 
 
 def example_prompts() -> dict[str, PromptText]:
@@ -75,7 +75,8 @@ def test_planted_bad_sampler_is_reported_on_its_line(schemas):
     assert len(errors) == 1
     (error,) = errors
     assert error.line == file_line("steps=30, CFG=7.0") and error.code == "bad-choice"
-    assert str(error).startswith("node 11 (KSampler) input sampler_name: 'dpmpp_2mm' is not allowed; did you mean 'dpmpp_2m'")
+    assert str(error).startswith("node 11 (KSampler) input sampler_name: 'dpmpp_2mm' is not allowed; did you mean "
+                                 "'dpmpp_2m'")
     assert not checked.ok
 
 

@@ -36,7 +36,8 @@ def test_check_finds_the_denoise_on_empty_latent_pattern_and_a_planted_bad_sampl
         "         → params: steps=30, CFG=7.0, sampler=dpmpp_2m, scheduler=karras, denoise=0.8"
     ) + 1
     assert any(
-        line.startswith(f"{project.file.name}:{denoise_line}: warning: node 11 (KSampler) input denoise: denoise 0.8 on an empty latent")
+        line.startswith(f"{project.file.name}:{denoise_line}: warning: node 11 (KSampler) input denoise: denoise 0.8 "
+                        "on an empty latent")
         for line in lines
     ), result.stdout
     project.file.write_text(
@@ -69,8 +70,8 @@ def test_the_examples_task_3_runs_and_its_criteria_are_ticked_from_evidence(
     assert len(images) == 1
     with Image.open(images[0]) as image:
         assert image.size == (64, 64)
-        recorded = json.loads(image.text["ralph"])
-        assert "prompt" in image.text, "ComfyUI's own metadata is kept"
+        recorded = json.loads(image.text["ralph"])  # type: ignore[attr-defined]  # a PNG's text chunks
+        assert "prompt" in image.text, "ComfyUI's own metadata is kept"  # type: ignore[attr-defined]
     assert recorded["cfg"] == 7.0 and recorded["denoise2"] == 0.25 and recorded["steps"] == 3
     server_files = sorted((comfyui_server.output_dir / "quality_tests").glob("elena_refiner*.png"))
     assert server_files, "the server saved under output/quality_tests/ as the task says"
@@ -97,7 +98,7 @@ def test_a_sweep_runs_every_variant_in_one_session_and_records_its_parameters(
     seen = set()
     for path in images:
         with Image.open(path) as image:
-            values = json.loads(image.text["ralph"])
+            values = json.loads(image.text["ralph"])  # type: ignore[attr-defined]  # a PNG's text chunks
         seen.add((values["cfg"], values["seed"]))
     assert seen == {(5.0, 1), (5.0, 2), (9.0, 1), (9.0, 2)}
     state = json.loads((tmp_path / ".ralph" / project.file.stem / "state.json").read_text())
@@ -146,7 +147,8 @@ def test_sweep_values_and_seeds_are_range_checked_like_overrides() -> None:
     file, _ = parse_file(EXAMPLE)
     task = file.task(3)
     assert task is not None
-    good = build(file, task, {"sweep": {"denoise2": [0.2, 0.3], "steps": [20, 30]}, "seeds": [1, 2]}, snapshot_schemas())
+    good = build(file, task, {"sweep": {"denoise2": [0.2, 0.3], "steps": [20, 30]}, "seeds": [1, 2]},
+                 snapshot_schemas())
     assert not [p for p in good.problems if p.is_error], good.problems
     bad = build(file, task, {"sweep": {"denoise2": [0.2, 1.5], "steps": [0, 20]}, "seeds": [1, -3]}, snapshot_schemas())
     errors = [str(p) for p in bad.problems if p.is_error]

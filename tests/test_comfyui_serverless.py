@@ -8,16 +8,17 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 from PIL import Image
+from ralph.handlers.runpod.endpoint import WORKER_IMAGE
 
 from ralph.parser import parse_file
 from tests.engine.project import Project
-from ralph.handlers.runpod.endpoint import WORKER_IMAGE
 from tests.far.comfyui_server import require_install
 from tests.far.runpod_emulator import RunPodEmulator
 from tests.far.serverless_emulator import ServerlessEmulator
@@ -100,10 +101,10 @@ def test_a_cfg_sweep_runs_as_concurrent_jobs_with_the_face_and_lands_one_image_p
     assert emu.peak_running == 3, "the three jobs ran at once, one per worker"
     images = sorted((tmp_path / "output" / "runpod-quality-tests").rglob("*.png"))
     assert [p.name for p in images] == [f"elena_refiner_cfg={c}.png" for c in SWEEP["cfg"]]
-    for path, cfg in zip(images, SWEEP["cfg"]):
+    for path, cfg in zip(images, SWEEP["cfg"], strict=False):
         with Image.open(path) as image:
             assert image.size == (64, 64)
-            assert json.loads(image.text["ralph"])["cfg"] == cfg
+            assert json.loads(image.text["ralph"])["cfg"] == cfg  # type: ignore[attr-defined]  # a PNG
     task = parse_file(project.file)[0].task(3)
     assert task is not None and task.status == "DONE" and all(c.checked for c in task.criteria)
     state = json.loads((tmp_path / ".ralph" / project.file.stem / "state.json").read_text())

@@ -28,16 +28,16 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from ralph.handlers.comfyui import run, service, setup
+from ralph.handlers.facts import ComfyServer, MachineHandle
+from ralph.handlers.machines import session
+from ralph.handlers.machines.forwarding import forward
+from ralph.handlers.machines.ssh import SshMachine, SshTarget
 from rich.console import Console
 
 from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, criterion
-from ralph.handlers.comfyui import run, service, setup
-from ralph.handlers.facts import ComfyServer, MachineHandle
-from ralph.handlers.machines import session
-from ralph.handlers.machines.ssh import SshMachine, SshTarget
-from ralph.handlers.machines.forwarding import forward
 from ralph.measures import UPLOAD_SPEED, Measures
 from ralph.parser import parse_file
 from ralph.plan import make_plan
@@ -229,8 +229,9 @@ def models(tmp_path: Path, files_server: tuple[str, Path, list[str]]) -> dict[st
     lora = write(disk / "elena_v4_cloud.safetensors", os.urandom(700_001))
     face = write(disk / "elena_face_ref.jpg", os.urandom(50_000))
     ip = write(served / "ip-adapter.bin", os.urandom(1_200_000))
-    controlnet = write(served / "cn" / "instantid_controlnet.safetensors", os.urandom(900_000))
-    onnx = [write(served / "antelopev2" / n, os.urandom(100_000 + i)) for i, n in enumerate(("scrfd_10g_bnkps.onnx", "glintr100.onnx"))]
+    write(served / "cn" / "instantid_controlnet.safetensors", os.urandom(900_000))
+    onnx = [write(served / "antelopev2" / n, os.urandom(100_000 + i))
+            for i, n in enumerate(("scrfd_10g_bnkps.onnx", "glintr100.onnx"))]
     return {
         "models": {
             "checkpoints": [{"path": str(checkpoint), "sha256": sha(checkpoint.read_bytes())}],
@@ -272,9 +273,11 @@ def test_setup_places_every_file_starts_comfyui_and_a_rerun_skips_everything(
         placed(pod, "models/loras", "elena_v4_cloud.safetensors"): Path(models["models"]["loras"][0]["path"]),
         placed(pod, "input", "elena_face_ref.jpg"): Path(models["face_reference"]),
         placed(pod, "models/instantid", "ip-adapter.bin"): served / "ip-adapter.bin",
-        placed(pod, "models/controlnet", "instantid_controlnet.safetensors"): served / "cn" / "instantid_controlnet.safetensors",
+        placed(pod, "models/controlnet", "instantid_controlnet.safetensors"):
+            served / "cn" / "instantid_controlnet.safetensors",
         placed(pod, "models/insightface/models/antelopev2", "glintr100.onnx"): served / "antelopev2" / "glintr100.onnx",
-        placed(pod, "models/insightface/models/antelopev2", "scrfd_10g_bnkps.onnx"): served / "antelopev2" / "scrfd_10g_bnkps.onnx",
+        placed(pod, "models/insightface/models/antelopev2", "scrfd_10g_bnkps.onnx"):
+            served / "antelopev2" / "scrfd_10g_bnkps.onnx",
     }
     for dest, src in sources.items():
         assert dest.read_bytes() == src.read_bytes(), dest
@@ -328,8 +331,8 @@ def test_comfyui_run_reaches_comfyui_on_the_port_setup_started_it_on(
     assert server.folder == f"{pod.workspace}/ComfyUI"
     file = parse_file(pod.file)[0]
     after_setup = dataclasses.replace(file.task(2), number=3)  # the example's task 3, comfyui.run
-    ctx = Context(file, state.resources, pod.file.parent, state.directory, "test", reporter=None,  # type: ignore[arg-type]
-                  events=None, task=after_setup, params={"server": None}, memory=state.memory(3),  # type: ignore[arg-type]
+    ctx = Context(file, state.resources, pod.file.parent, state.directory, "test", reporter=None,
+                  events=None, task=after_setup, params={"server": None}, memory=state.memory(3),
                   records=state.records())
     with run.server_url(ctx) as url:
         stats = httpx.get(f"{url}/system_stats", timeout=30).json()
@@ -393,7 +396,8 @@ def test_torch_missing_or_too_old_fails_its_criterion_and_is_checked_again(
 
     old = fake_torch(tmp_path / "old", "2.3.1+cu121")
     found = verdicts(pod.run({**params, "python": str(old)}))
-    assert found["torch >= 2.4.0"].verified is False and found["torch >= 2.4.0"].detail.startswith("torch 2.3.1+cu121 < 2.4.0")
+    torch = found["torch >= 2.4.0"]
+    assert torch.verified is False and torch.detail.startswith("torch 2.3.1+cu121 < 2.4.0")
 
     # The upgrade command runs when torch is too old (here: it installs the stand-in 2.14.1).
     upgrade = f"printf '__version__ = \"2.14.1+cu124\"\\n' > {tmp_path / 'old' / 'site' / 'torch' / '__init__.py'}"
@@ -459,7 +463,7 @@ def test_file_parameters_are_checked_before_anything_runs(tmp_path: Path) -> Non
         ("models/checkpoints", "ok.bin", tmp_path / "ok.bin"),
         ("models/vae", "v ae.safetensors", "https://h/x/v%20ae.safetensors?dl=1"),
         ("input", "face.jpg", tmp_path / "ok.bin")]
-    bad = [
+    bad: list[tuple[dict[str, Any], str | None]] = [
         ({"models": {"loras": {"path": "a"}}}, "models.loras: expected a list"),
         ({"models": {"loras": [{"path": "a", "url": "https://h/a"}]}}, "exactly one of path or url"),
         ({"models": {"loras": [{"url": "https://h/a", "sha256": "abc"}]}}, "sha256 must be 64 hex digits"),

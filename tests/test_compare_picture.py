@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from skimage.filters import gaussian
-
 from ralph.handlers.images.compare import (
     GAP,
     PANEL,
@@ -18,6 +16,8 @@ from ralph.handlers.images.compare import (
     render_comparison,
     save_comparison,
 )
+from skimage.filters import gaussian
+
 from tests.test_grain import film_grain, portrait, q
 
 H, W = 608, 416
@@ -55,7 +55,8 @@ def test_png_has_the_layout_it_reports(picture) -> None:
         assert PANEL - 32 < pic.regions[name].size[0] <= PANEL
     assert pic.regions["before"].right < pic.regions["after"].left  # side by side, before on the left
     assert pic.regions["before"].bottom < pic.regions["zoom_before"].top < pic.regions["heat_before"].top
-    assert all(0 <= b.left < b.right <= pixels.shape[1] and 0 <= b.top < b.bottom <= pixels.shape[0] for b in pic.regions.values())
+    assert all(0 <= b.left < b.right <= pixels.shape[1] and 0 <= b.top < b.bottom <= pixels.shape[0]
+               for b in pic.regions.values())
 
 
 def test_panels_show_the_right_images(picture, pair) -> None:

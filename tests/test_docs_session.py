@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ralph.handlers.docs import SessionDoc, next_lead
 
 from ralph.context import Context
 from ralph.handler import Handler, Result
-from ralph.handlers.docs import SessionDoc, next_lead
 from ralph.state import RunState
 from tests.test_images_evaluate import Project, crit, save, scene, verdicts
 
@@ -20,7 +20,7 @@ PERSON = "# Elena sessions\n\nWritten by a person; ralph must never change these
 
 
 def _run_with_doc(project: Project, grain: float, **kwargs: object) -> None:
-    project.write([{"label": "img", "grain": grain}], session_doc=DOC, **kwargs)  # type: ignore[arg-type]
+    project.write([{"label": "img", "grain": grain}], session_doc=DOC, **kwargs)
     project.run()
 
 
@@ -83,7 +83,7 @@ def test_the_checks_notice_a_rewritten_doc(tmp_path: Path) -> None:
     state = RunState(project.root / ".ralph" / project.file.stem)
     file = project.parsed()
     ctx = Context(file, state.resources, project.root, state.directory, "check", reporter=None, events=None,
-                  task=file.task(6), params={"path": None}, memory=state.memory(6))  # type: ignore[arg-type]
+                  task=file.task(6), params={"path": None}, memory=state.memory(6))
     handler, result = SessionDoc(), Result(**record)
     assert handler.updated(ctx, result, "Session doc mise à jour").verified is True
     doc.write_bytes(doc.read_bytes().replace(b"never change", b"never alter", 1))
@@ -103,7 +103,8 @@ def test_a_doc_task_resumed_after_a_crash_does_not_append_twice(tmp_path: Path) 
     # As if ralph died after the append, before recording the task as done.
     text = project.file.read_text("utf-8")
     head, six = text.split("### 6.", 1)
-    project.file.write_text(head + "### 6." + re.sub(r"\*\*Status\*\*: \w+", "**Status**: IN_PROGRESS", six, count=1), "utf-8")
+    six = re.sub(r"\*\*Status\*\*: \w+", "**Status**: IN_PROGRESS", six, count=1)
+    project.file.write_text(head + "### 6." + six, "utf-8")
     project.run()
     assert doc.read_bytes() == written
     assert {t.number: t.status for t in project.parsed().tasks}[6] == status
@@ -118,7 +119,8 @@ def test_grain_flat_across_a_cfg_sweep_points_at_the_sampler(tmp_path: Path) -> 
     summary = project.run()
     assert {t.number: t.status for t in project.parsed().tasks}[4] == "FAILED"
     doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
-    assert re.search(r"\*\*Next lead\*\*: grain unchanged across cfg 5–9 \(ratios 1\.0\d–1\.0\d\): look at the sampler/scheduler", doc)
+    assert re.search(r"\*\*Next lead\*\*: grain unchanged across cfg 5–9 \(ratios 1\.0\d–1\.0\d\): look at the "
+                     r"sampler/scheduler", doc)
     assert doc.count("**best**") == 1
     assert crit(verdicts(summary, 6), "Paramètres optimaux").verified is True
 
@@ -126,7 +128,8 @@ def test_grain_flat_across_a_cfg_sweep_points_at_the_sampler(tmp_path: Path) -> 
 def test_next_lead_prefers_a_lint_finding_and_explains_failures_before_any_measure() -> None:
     grain = {"verdict": "not less grain", "ratio": 0.98}
     lint = ["denoise 0.8 on an empty latent from node 10 (EmptyLatentImage): ...", "other"]
-    assert next_lead(grain, [], lint, [], None) == f"fix what the workflow check found first: {lint[0]} (and 1 more lint finding(s))"
+    assert next_lead(grain, [], lint, [], None) == (f"fix what the workflow check found first: {lint[0]} "
+                                                   "(and 1 more lint finding(s))")
     assert "sweep cfg" in (next_lead(grain, [], [], [], None) or "")
     moved = [
         {"ratio": 0.80, "params": {"cfg": 9}, "against": "p"},

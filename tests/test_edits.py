@@ -114,7 +114,7 @@ def edits_for(draw: st.DrawFn, spec: Spec) -> list[Edit]:
             task = draw(st.sampled_from([None, *targets]))
             known = spec.criteria.get(task, [])
             text = draw(st.sampled_from([*known, "no such criterion"]))
-            if known and draw(st.booleans()):  # people's spacing and case differ from ralph's
+            if bool(known) and draw(st.booleans()):  # people's spacing and case differ from ralph's
                 text = "  " + text.upper().replace(" ", "   ")
             edits.append(SetCheck(task, text, draw(st.booleans())))
         else:
@@ -139,7 +139,7 @@ def _strip_results(file: TaskFile, text: Text, inserted: set[int | None]) -> lis
             if target in inserted:
                 assert text.lines[span[0] - 2] == "", "a new block is set off by a blank line"
                 drop.add(span[0] - 2)
-    pairs = list(zip(text.lines, text.endings))
+    pairs = list(zip(text.lines, text.endings, strict=False))
     return [pair for i, pair in enumerate(pairs) if i not in drop]
 
 
@@ -184,7 +184,7 @@ def check_edit_result(before: bytes, after: bytes, edits: list[Edit], spec: Spec
     new_rest = _strip_results(new, new_text, inserted)
     assert len(old_rest) == len(new_rest)
     status_lines = {t.fields["status"].line for t in new.tasks}
-    for (a, a_end), (b, b_end) in zip(old_rest, new_rest):
+    for (a, a_end), (b, b_end) in zip(old_rest, new_rest, strict=False):
         if a == b:
             # Allowed: the old last line's ending when a block is appended to an unterminated
             # file, and CR to CRLF where an added empty line would otherwise merge with it.
@@ -195,7 +195,7 @@ def check_edit_result(before: bytes, after: bytes, edits: list[Edit], spec: Spec
                 r"(\*\*Status\*\*:[ \t]*)[A-Za-z_]+", r"\1", b
             ), (a, b)
         else:
-            diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+            diff = [i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y]
             assert len(a) == len(b) and len(diff) == 1 and {a[diff[0]], b[diff[0]]} <= {" ", "x", "X"}, (a, b)
             assert a[diff[0] - 1] == "[" and a[diff[0] + 1] == "]"
     assert status_lines  # the file still has its tasks
@@ -326,7 +326,8 @@ class _PersonEditsAfterRead(type(Path())):  # type: ignore[misc]
 
 EXAMPLE_TEXT = EXAMPLE.read_text(encoding="utf-8")
 PERSON_EDITS = {
-    "line added above a task": (EXAMPLE_TEXT.replace("### 2. Setup", "Note ajoutée par une personne.\n\n### 2. Setup"), []),
+    "line added above a task": (
+        EXAMPLE_TEXT.replace("### 2. Setup", "Note ajoutée par une personne.\n\n### 2. Setup"), []),
     "criterion reworded": (
         EXAMPLE_TEXT.replace("- [ ] SSH accessible", "- [ ] SSH accessible avec la clé ed25519"),
         ["criterion 'SSH accessible' is no longer in the file"],

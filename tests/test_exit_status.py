@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ralph import exits
-from tests.test_review import ROADMAP, QUICKSTART, ralph
+from tests.test_review import QUICKSTART, ROADMAP, ralph
 
 
 def test_worst_orders_the_statuses_by_meaning() -> None:
@@ -40,7 +40,8 @@ def test_a_failure_and_a_review_exit_1_in_either_order(tmp_path: Path, order: st
 
 def test_a_bad_file_among_several_exits_2_and_the_others_still_run(tmp_path: Path) -> None:
     failing, review = two_files(tmp_path)
-    (tmp_path / "BAD.md").write_text("# RALPH-TASK: bad\n\n## Tasks\n\n### 1. X\n**Status**: WHATEVER\n", encoding="utf-8")
+    (tmp_path / "BAD.md").write_text("# RALPH-TASK: bad\n\n## Tasks\n\n### 1. X\n**Status**: WHATEVER\n",
+                                     encoding="utf-8")
     done = ralph(tmp_path, "run", "BAD.md", failing, review)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("ralph: BAD.md:") and len(done.stderr.strip().splitlines()) == 1

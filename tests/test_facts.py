@@ -8,11 +8,12 @@ import os
 import sys
 from pathlib import Path
 
+from ralph.handlers.facts import MachineHandle
+from ralph.handlers.machines import services, session
+
 from ralph.context import Context
 from ralph.facts import Need
 from ralph.handler import Handler, Result
-from ralph.handlers.facts import MachineHandle
-from ralph.handlers.machines import services, session
 from ralph.state import RunState
 from tests.engine.project import make_project, task
 from tests.waiting import wait_for
@@ -50,7 +51,8 @@ def test_check_names_a_task_that_needs_a_machine_no_earlier_task_provides(tmp_pa
         task(3, "Use this machine", handler="machine.local"),
         task(4, "Shell again", handler="pod.shell"),
     )
-    text = project.file.read_text().replace("**Handler**: pod.shell\n", "**Handler**: pod.shell\n\n```bash\ntrue\n```\n")
+    text = project.file.read_text().replace("**Handler**: pod.shell\n",
+                                            "**Handler**: pod.shell\n\n```bash\ntrue\n```\n")
     project.file.write_text(text)
     result = project.cli("check", project.file.name)
     assert result.returncode == 2, result.stdout + result.stderr

@@ -38,7 +38,8 @@ def test_yaml_nested_thousands_deep_in_a_task_file_is_a_one_line_error(tmp_path:
     project = make_project(tmp_path, task(1, "Deep"))
     text = project.file.read_text()
     deep = "pause: " + "[" * 5000 + "]" * 5000
-    project.file.write_text(text.replace("- [ ] The work is done\n\n---", f"- [ ] The work is done\n\n```yaml\n{deep}\n```\n\n---", 1))
+    project.file.write_text(text.replace("- [ ] The work is done\n\n---",
+                                         f"- [ ] The work is done\n\n```yaml\n{deep}\n```\n\n---", 1))
     before = project.file.read_bytes()
     line = one_line_error(project.cli("run", project.file.name), 2)
     assert f"{project.file.name}:" in line and "nested too deeply" in line
@@ -56,7 +57,8 @@ def test_yaml_nested_thousands_deep_in_a_task_file_is_a_one_line_error(tmp_path:
     ids=["unknown tag in params", "unknown tag in tasks", "deep flow", "deep block"],
 )
 @pytest.mark.parametrize("command", ["run", "status", "check"])
-def test_a_bad_ralph_yaml_is_a_one_line_error_for_every_command(tmp_path: Path, config: str, problem: str, command: str) -> None:
+def test_a_bad_ralph_yaml_is_a_one_line_error_for_every_command(tmp_path: Path, config: str, problem: str,
+                                                                command: str) -> None:
     project = make_project(tmp_path, task(1, "One"))
     (tmp_path / "ralph.yaml").write_text(config)
     before = project.file.read_bytes()
@@ -77,7 +79,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, unmounted at the end."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
     try:

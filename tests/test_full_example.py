@@ -34,13 +34,12 @@ import httpx
 import pytest
 import yaml
 from PIL import Image
-
 from ralph.handlers.comfyui.client import ComfyClient
+
 from ralph.model import RESULTS_BEGIN, RESULTS_END
 from ralph.parser import parse_file
 from tests.far import tiny_models
-from tests.far.comfyui_server import NODES_DIR, ComfyServer, comfyui_server, refiner_graph  # noqa: F401
-from tests.far.comfyui_server import free_port, require_install
+from tests.far.comfyui_server import NODES_DIR, ComfyServer, comfyui_server, free_port, refiner_graph, require_install  # noqa: F401
 from tests.far.runpod_emulator import RunPodEmulator, emulated_runpod
 from tests.repo_files import EXAMPLE, REPO
 from tests.test_pod_handlers import A5000, RTX4090
@@ -108,7 +107,8 @@ def example_params(tmp_path: Path, home: Path, models: Path, workspace: Path, po
             # Nothing is installed from the network: the test ComfyUI is copied in without its
             # models, and the stand-in InstantID nodes go into custom_nodes/.
             "install_command": f"cp -r {source} {{dir}}.part && rm -rf {{dir}}.part/models {{dir}}.part/user "
-                               f"{{dir}}.part/input {{dir}}.part/output && cp -r {NODES_DIR}/. {{dir}}.part/custom_nodes/ "
+                               f"{{dir}}.part/input {{dir}}.part/output && cp -r {NODES_DIR}/. "
+                               f"{{dir}}.part/custom_nodes/ "
                                f"&& mv {{dir}}.part {{dir}}",
             "comfyui_args": ["--cpu", "--disable-auto-launch", "--disable-api-nodes"],
             "start_timeout": 180,
@@ -282,8 +282,8 @@ def test_the_example_runs_end_to_end_as_written(tmp_path: Path, emu: RunPodEmula
     # Paths for people are relative to the project (or ~/…): neither the project's folder nor the
     # home folder appears.
     for_people = [task_block(text, n) for n in range(1, 7)] + [file_block(text), doc]
-    for home in (str(project), str(Path.home())):
-        assert not [line for part in for_people for line in part.splitlines() if home in line], home
+    for shown in (str(project), str(Path.home())):
+        assert not [line for part in for_people for line in part.splitlines() if shown in line], shown
 
     # The person's bytes: all but status words, checkboxes and ralph's results blocks unchanged.
     assert without_ralphs_edits(text).encode("utf-8") == original

@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from ralph.handlers.images.grain import compare_grain, luma, measure_grain
 from skimage.filters import gaussian
 from skimage.restoration import estimate_sigma
-
-from ralph.handlers.images.grain import compare_grain, luma, measure_grain
 
 H, W = 1216, 832  # the task's SDXL portrait size
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -135,7 +134,8 @@ def grainy_prev() -> np.ndarray:
         (0.0, "less grain", 0.0, 0.15),
     ],
 )
-def test_pair_ratio_follows_grain_strength(grainy_prev: np.ndarray, strength: float, verdict: str, low: float, high: float) -> None:
+def test_pair_ratio_follows_grain_strength(grainy_prev: np.ndarray, strength: float, verdict: str, low: float,
+                                           high: float) -> None:
     new = q(portrait() + film_grain(np.random.default_rng(200), 1.0, 5.0 * strength))
     c = compare_grain(grainy_prev, new)
     assert c.same_content and c.correlation > 0.99

@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from ralph.handlers.facts import ComfyServer, Images, MachineHandle
+from ralph.handlers.images import face
+from ralph.handlers.machines.local import LocalMachine
 from rich.console import Console
 from scipy.ndimage import gaussian_filter
 from skimage import data
@@ -22,15 +25,12 @@ from skimage import data
 from ralph.console import ConsoleReporter
 from ralph.context import Context
 from ralph.handler import Evidence, Handler, Param, Result, TaskFailed, criterion
-from ralph.handlers.facts import ComfyServer, Images, MachineHandle
-from ralph.handlers.images import face
-from ralph.handlers.machines.local import LocalMachine
 from ralph.parser import parse_file
 from ralph.registry import Registry
 from ralph.runner import Runner, RunSummary
 from tests.repo_files import EXAMPLE
 
-POD = {"id": "pod-test-1", "gpu": "NVIDIA RTX A5000", "cost_per_hr": 0.27}
+POD: dict[str, Any] = {"id": "pod-test-1", "gpu": "NVIDIA RTX A5000", "cost_per_hr": 0.27}
 WORKFLOW = {"cfg": 7.0, "denoise": 0.8, "denoise2": 0.25, "sampler": "dpmpp_2m", "scheduler": "karras", "seed": 42,
             "face_image": "elena_face_ref.jpg"}
 
@@ -75,7 +75,8 @@ class Generate(Handler):
             raise TaskFailed(ctx.params["fail"])
         images = []
         for v in ctx.params["variants"]:
-            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"), scene(grain=v["grain"], blur=v.get("blur", 0)))
+            path = save(ctx.path(f"{ctx.params['folder']}/{v['label']}_00001_.png"),
+                        scene(grain=v["grain"], blur=v.get("blur", 0)))
             params = {**WORKFLOW, **v.get("params", {})}
             images.append(
                 {
@@ -88,7 +89,8 @@ class Generate(Handler):
                 }
             )
         held = MachineHandle.from_record(ctx.params["hold_pod"]) if ctx.params["hold_pod"] else None
-        ctx.publish(held or MachineHandle(POD["id"], "", "", 0, "", "", "", "", "", 0.0, POD["gpu"], POD["cost_per_hr"]))
+        ctx.publish(held or MachineHandle(POD["id"], "", "", 0, "", "", "", "", "", 0.0, POD["gpu"],
+                                          POD["cost_per_hr"]))
         ctx.publish(Images(images, WORKFLOW, ctx.params["lint"]))
         ctx.publish(ComfyServer(POD["id"], 8188, "/workspace/ComfyUI", "0.3.40"))  # as comfyui.setup does
         return Result(
@@ -147,7 +149,8 @@ class Project:
 
     def run(self) -> RunSummary:
         output = io.StringIO()
-        summary = Runner(self.file, ConsoleReporter(Console(file=output, width=200, color_system=None)), retry_wait=0).run()
+        reporter = ConsoleReporter(Console(file=output, width=200, color_system=None))
+        summary = Runner(self.file, reporter, retry_wait=0).run()
         self.output = output.getvalue()
         return summary
 
@@ -155,7 +158,7 @@ class Project:
         state = json.loads((self.root / ".ralph" / self.file.stem / "state.json").read_text("utf-8"))
         return state["tasks"][str(number)]["result"]
 
-    def parsed(self):  # type: ignore[no-untyped-def]
+    def parsed(self):
         return parse_file(self.file)[0]
 
     def checks(self, number: int) -> dict[str, bool]:
@@ -199,7 +202,8 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     assert not crit(ticks, "Qualité visage"), "never ticked without a face identity measure"
     four = verdicts(summary, 4)
     run_folder = f"output/runpod-quality-tests/{project.file.stem}/"
-    assert re.search(rf"{run_folder}\d{{8}}-\d{{6}}-\w{{6}}/refined_00001_\.png", crit(four, "Image téléchargée").detail)
+    assert re.search(rf"{run_folder}\d{{8}}-\d{{6}}-\w{{6}}/refined_00001_\.png",
+                     crit(four, "Image téléchargée").detail)
     assert "grain ratio 0.4" in crit(four, "Comparaison visuelle").detail
     face_evidence = crit(four, "Qualité visage")
     assert face_evidence.verified is None and "no machine is held" in face_evidence.detail
@@ -232,7 +236,8 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     either = crit(ends, "Image générée avec grain")  # merged with its "OU …" alternative
     assert either.verified is True
     assert "OU identification claire de la prochaine piste si échec: success: no lead needed" in either.detail
-    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
+    assert ("✔ verified: Image générée avec grain significativement réduit / OU identification"
+            in project.file.read_text("utf-8"))
     file = project.parsed()
     assert [c.checked for c in file.success_criteria] == [True, False, True]
 
@@ -258,7 +263,8 @@ def test_a_blurred_after_is_not_less_grain_and_the_doc_names_the_next_lead(proje
     either = crit(ends, "Image générée avec grain")
     assert either.verified is True, "no less grain, but the next lead is written: the alternative holds"
     assert "detail lost" in either.detail and "lead written" in either.detail
-    assert "✔ verified: Image générée avec grain significativement réduit / OU identification" in project.file.read_text("utf-8")
+    assert ("✔ verified: Image générée avec grain significativement réduit / OU identification"
+            in project.file.read_text("utf-8"))
 
 
 def test_a_sweep_is_ranked_and_the_best_variant_marked(project: Project) -> None:
@@ -323,7 +329,8 @@ def test_face_measure_runs_the_script_on_the_pod_side(tmp_path: Path) -> None:
         placed = face.upload_images(provider, local, "faces")
         named = {Path(k).name: v for k, v in placed.items()}
         env = {"PYTHONPATH": str(pod / "site")}
-        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable, env=env)
+        measure = face.measure_faces(provider, named, "ref.png", insightface_root="models", python=sys.executable,
+                                     env=env)
         assert measure.available, measure.reason
         data = measure.as_data()
         assert data["similarities"]["same.png"] == pytest.approx(1.0, abs=1e-3)

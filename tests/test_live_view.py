@@ -93,14 +93,15 @@ class Terminal:
 
 
 @pytest.fixture
-def terminal(tmp_path: Path):  # type: ignore[no-untyped-def]
+def terminal(tmp_path: Path):
     t = Terminal(tmp_path)
     yield t
     t.close()
 
 
 def project(folder: Path, *tasks: str) -> str:
-    (folder / "ralph.yaml").write_text("handlers:\n  noisy: tests.test_live_view:Noisy\n  tidy: tests.test_live_view:Tidy\n", "utf-8")
+    (folder / "ralph.yaml").write_text("handlers:\n  noisy: tests.test_live_view:Noisy\n  tidy: "
+                                       "tests.test_live_view:Tidy\n", "utf-8")
     name = "RALPH-001-live.md"
     text = ("# RALPH-TASK: Live view\n\n## Overview\nA check of the terminal view.\n\n## Tasks\n\n" + "".join(tasks)
             + "## Exit Conditions\n- It ran\n")

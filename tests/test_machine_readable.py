@@ -50,7 +50,8 @@ def test_status_of_a_folder_summarises_every_task_file_below_it(tmp_path: Path) 
     ralph(tmp_path / "done", "run", QUICKSTART)
     (tmp_path / "later").mkdir()
     shutil.copy(ROADMAP / QUICKSTART, tmp_path / "later" / "RALPH-009-later.md")
-    (tmp_path / "later" / "RALPH-010-broken.md").write_text("# RALPH-TASK: x\n\n## Tasks\n\n### 1. X\n**Status**: NOPE\n")
+    broken = "# RALPH-TASK: x\n\n## Tasks\n\n### 1. X\n**Status**: NOPE\n"
+    (tmp_path / "later" / "RALPH-010-broken.md").write_text(broken)
     report = json.loads(ralph(tmp_path, "status", "--json", ".").stdout)
     files = {Path(f["file"]).name: f for f in report["files"]}
     assert set(files) == {QUICKSTART, "RALPH-009-later.md", "RALPH-010-broken.md"}
@@ -77,7 +78,8 @@ def test_quiet_leaves_the_summary_and_the_review_verbose_adds_the_evidence(tmp_p
     quickstart(tmp_path / "quiet")
     quiet = ralph(tmp_path / "quiet", "run", "-q", QUICKSTART)
     assert quiet.returncode == 3
-    assert "▶ task" not in quiet.stdout and "would run" not in quiet.stdout and "running the bash block" not in quiet.stdout
+    assert "▶ task" not in quiet.stdout and "would run" not in quiet.stdout
+    assert "running the bash block" not in quiet.stdout
     assert "ralph run" in quiet.stdout and "open for review (1)" in quiet.stdout
     quickstart(tmp_path / "verbose")
     verbose = ralph(tmp_path / "verbose", "run", "-v", QUICKSTART)

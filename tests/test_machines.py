@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ralph.exits import REVIEW as EXIT_REVIEW
 from ralph.parser import parse_file
-from ralph.runner import EXIT_REVIEW
 from tests.engine.project import Project
 from tests.far.sshd import SshServer
 
@@ -67,7 +67,7 @@ def test_a_file_runs_on_this_machine_in_its_workspace(tmp_path: Path) -> None:
     file, _ = parse_file(project.file)
     assert [t.status for t in file.tasks] == ["NEEDS_REVIEW", "DONE", "DONE"]
     # "SSH accessible" means nothing locally: left for review, not ticked; the work itself verified.
-    assert [c.checked for c in file.task(2).criteria] == [True, True]  # type: ignore[union-attr]
+    assert [c.checked for c in file.task(2).criteria] == [True, True]
     assert (tmp_path / "box" / "made" / "it.txt").read_text() == str(tmp_path / "box")
 
 
@@ -176,7 +176,7 @@ def test_machine_local_shell_and_evaluate_run_without_the_ssh_stack(tmp_path: Pa
     assert done.returncode == EXIT_REVIEW, done.stdout + done.stderr  # no check for "Machine answers"
     parsed, _ = parse_file(file)
     assert [t.status for t in parsed.tasks] == ["NEEDS_REVIEW", "DONE", "DONE"], file.read_text()
-    assert all(c.checked for c in parsed.task(3).criteria)  # type: ignore[union-attr]
+    assert all(c.checked for c in parsed.task(3).criteria)
     text = file.read_text()
     assert "ArcFace similarity to the reference 1.000" in text
     assert (tmp_path / "box" / "ralph-face" / "picture.png").is_file(), "copied inside the workspace"

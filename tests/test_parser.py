@@ -23,7 +23,7 @@ from tests.variants import (
 HEAD = "# RALPH-TASK: T\n\n## Tasks\n\n"
 
 
-def parse(text: str):  # type: ignore[no-untyped-def]
+def parse(text: str):
     return parse_bytes(text.encode(), Path("t.md"))[0]
 
 
@@ -51,7 +51,8 @@ def test_example_contents() -> None:
     assert file.tasks[2].prompts["negative"].text.startswith("grainy, noisy")
     assert "KSampler #2 - REFINER PASS" in file.tasks[2].code_blocks[0].text
     assert file.tasks[1].criteria[1].text == "torch >= 2.4.0 (fix comfy_kitchen)"
-    assert [c.text for c in file.tasks[4].criteria] == ["Pod terminé (pas juste pause)", "Confirmation via API qu'aucun pod actif"]
+    assert [c.text for c in file.tasks[4].criteria] == ["Pod terminé (pas juste pause)",
+                                                        "Confirmation via API qu'aucun pod actif"]
 
 
 # -- regressions: structures that hid lines from the parser ---------------------------------
@@ -91,7 +92,8 @@ def test_checkboxes_in_code_comments_and_results_are_not_criteria() -> None:
         f"{RESULTS_BEGIN}\n- [x] ralph's own line\n{RESULTS_END}\n"
     )
     task = parse(text).tasks[0]
-    assert [(c.text, c.checked) for c in task.criteria] == [("real", False), ("nested real", True), ("quoted real", True)]
+    assert [(c.text, c.checked) for c in task.criteria] == [("real", False), ("nested real", True),
+                                                            ("quoted real", True)]
     assert task.results == (18, 20)
 
 
@@ -127,7 +129,8 @@ CASES = {
         48,
         ["task 3", "no '**Status**: PENDING' line"],
     ),
-    "duplicate task numbers": (EXAMPLE_TEXT.replace("### 4. ", "### 2. "), 116, ["task number 2 already used on line 32"]),
+    "duplicate task numbers": (
+        EXAMPLE_TEXT.replace("### 4. ", "### 2. "), 116, ["task number 2 already used on line 32"]),
     "unterminated results block": (
         EXAMPLE_TEXT.replace(
             "**Notes**: BigLove = 6.5GB", f"{RESULTS_BEGIN}\n- ralph wrote this\n\n**Notes**: BigLove = 6.5GB"
@@ -136,7 +139,8 @@ CASES = {
         ["results block has no closing", RESULTS_END],
     ),
     "no title": (EXAMPLE_TEXT.replace("# RALPH-TASK:", "RALPH-TASK:", 1), 1, ["no title", "# RALPH-TASK:"]),
-    "unknown priority": (EXAMPLE_TEXT.replace("**Priority**: MEDIUM", "**Priority**: URGENT"), 136, ["unknown priority"]),
+    "unknown priority": (
+        EXAMPLE_TEXT.replace("**Priority**: MEDIUM", "**Priority**: URGENT"), 136, ["unknown priority"]),
     "box ralph cannot edit": (
         EXAMPLE_TEXT.replace("- [ ] SSH accessible", "-\n  [ ] SSH accessible"),
         27,
@@ -166,7 +170,7 @@ def test_errors_name_the_line_and_nothing_is_written(case: str, ending: str, tmp
 
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
 def test_invalid_utf8_is_a_parse_error_at_its_line(ending: bytes, tmp_path: Path) -> None:
-    data = EXAMPLE.read_bytes().replace(b"\n", ending).replace("Terminer pod".encode(), b"Termin\xe9 pod")
+    data = EXAMPLE.read_bytes().replace(b"\n", ending).replace(b"Terminer pod", b"Termin\xe9 pod")
     path = tmp_path / "RALPH-001.md"
     path.write_bytes(data)
     with pytest.raises(ParseError) as caught:

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from ralph.context import EstimateContext
-from ralph.handler import Figure
 from ralph.handlers.comfyui.setup import upload_speed
 from ralph.handlers.runpod import estimate
 from ralph.handlers.runpod.api import GpuOffer
+
+from ralph.context import EstimateContext
+from ralph.handler import Figure
 from ralph.measures import SECONDS_PER_IMAGE, UPLOAD_SPEED, Measures
 from ralph.parser import parse_file
 from tests.engine.project import Project, make_project, task
@@ -81,7 +81,7 @@ def test_a_sweep_counts_variants_times_seeds_and_a_measured_pace_is_named(tmp_pa
     Measures().record(UPLOAD_SPEED, 20e6, "6.5 GB of bigLove_xl1.safetensors over rsync")
     done = dry_run(project)
     assert done.returncode == 0, done.stdout + done.stderr
-    at = Measures().get(SECONDS_PER_IMAGE).at  # type: ignore[union-attr]
+    at = Measures().get(SECONDS_PER_IMAGE).at
     assert "     overrides: denoise2=0.3\n" in done.stdout
     assert "     6 images: 6 variants (cfg 5, 7, 9 × seeds 1, 2), into output/\n" in done.stdout
     assert f"6 images × 42 s (measured on {at}: 4 image(s) on NVIDIA RTX A5000)" in done.stdout
@@ -121,7 +121,7 @@ def context(tmp_path: Path) -> EstimateContext:
 
 def test_each_candidate_has_its_price_and_availability_and_the_worst_case_the_dearest(tmp_path: Path) -> None:
     asked = []
-    result = estimate.create_estimate(PARAMS, context(tmp_path), gpu_offers=lambda n: asked.append(n) or OFFERS)
+    result = estimate.create_estimate(PARAMS, context(tmp_path), gpu_offers=lambda n: asked.append(n) or OFFERS)  # type: ignore[func-returns-value]
     assert asked == [2]
     assert result.lines[2:] == (
         "RTX A5000 (24 GB), SECURE: $0.540/h, availability NONE",
@@ -131,7 +131,8 @@ def test_each_candidate_has_its_price_and_availability_and_the_worst_case_the_de
         "NVIDIA Imaginary 9000: not in RunPod's catalog; the create will not find it",
     )
     assert result.lines[0].startswith("creates a pod of 2 GPU(s): the first of 3 GPU type(s) × ALL with capacity")
-    assert result.lines[1] == "deletes itself after 3 h whatever happens (max_lifetime_s), or 10 min after ralph goes silent"
+    assert result.lines[1] == ("deletes itself after 3 h whatever happens (max_lifetime_s), "
+                               "or 10 min after ralph goes silent")
     rental = result.rental
     assert rental is not None and rental.per_hour is not None
     assert rental.per_hour.value == pytest.approx(1.38)  # the first candidate with capacity now

@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 import yaml
+from ralph.handlers.runpod import reaper
+from ralph.handlers.runpod.api import RunPodAPI
 from rich.console import Console
 
 from ralph.console import ConsoleReporter
-from ralph.handlers.runpod import reaper
-from ralph.handlers.runpod.api import RunPodAPI
 from ralph.parser import parse_file
 from ralph.runner import Runner, RunSummary
 from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_runpod
@@ -125,7 +125,8 @@ def test_create_shell_terminate_run_and_tick_their_boxes(emu: RunPodEmulator, tm
     assert "with GPU NVIDIA RTX A5000" in text and re.search(r"`ssh root@127\.0\.0\.1:\d+ true` answered in", text)
     assert (pod.workspace / "ComfyUI" / "models" / "checkpoints").is_dir()  # pod.shell ran on the pod
     [create] = emu.calls("POST", "/v2/pods")
-    assert pod.name.startswith(reaper.owner_prefix(file)) and create.body["ports"] == ["22/tcp"]  # no public ComfyUI port
+    assert pod.name.startswith(reaper.owner_prefix(file))
+    assert create.body["ports"] == ["22/tcp"]  # no public ComfyUI port
     # The start command carries the switch and ralph's public key, never the account's key.
     script = base64.b64decode(re.search(r"echo (\S+) \| base64", create.body["args"]).group(1)).decode()
     assert "/v2/pods/$RUNPOD_POD_ID" in script and emu.api_key not in script
@@ -134,7 +135,8 @@ def test_create_shell_terminate_run_and_tick_their_boxes(emu: RunPodEmulator, tm
     assert not emu.calls("PUT", "/v2/account/ssh-keys"), "never replace the account's keys"
     assert "$" in text and "in all" in text  # the pod's cost, written into the file
     assert "machine" not in state(file)["resources"] or state(file)["resources"]["machine"].get("released")
-    assert emu.api_key not in text and emu.api_key not in (file.parent / ".ralph").joinpath(file.stem, "state.json").read_text()
+    assert emu.api_key not in text
+    assert emu.api_key not in (file.parent / ".ralph").joinpath(file.stem, "state.json").read_text()
     assert str(tmp_path) not in text, "paths written for people are relative"
 
 
@@ -168,7 +170,7 @@ def test_no_room_anywhere_sends_no_create_and_fails_when_the_budget_runs_out(emu
     assert outcome.status == "FAILED" and "the catalog never showed room" in outcome.error, outcome.error
     assert emu.creates_sent == []
     reads = emu.calls("GET", "/v2/catalog/gpus")
-    gaps = [b.at - a.at for a, b in zip(reads[1:], reads[2:])]  # the first read is `ralph check`'s
+    gaps = [b.at - a.at for a, b in zip(reads[1:], reads[2:], strict=False)]  # the first read is `ralph check`'s
     assert len(reads) <= 1 + 3 and all(g >= 9.5 for g in gaps), gaps  # 0 s, 10 s, 20 s: a few a minute
     assert 19 <= took < 40, took
     assert output.count("no room now") == len(reads) - 2, output
@@ -225,7 +227,8 @@ def test_sigkill_while_waiting_for_ssh_then_rerun_reuses_the_same_pod(emu: RunPo
     assert emu.live_pods() == [] and statuses(file) == {1: "DONE", 2: "DONE", 5: "DONE"}
 
 
-def test_a_create_redone_with_only_finds_its_pod_instead_of_making_a_second(emu: RunPodEmulator, tmp_path: Path) -> None:
+def test_a_create_redone_with_only_finds_its_pod_instead_of_making_a_second(emu: RunPodEmulator,
+                                                                            tmp_path: Path) -> None:
     emu.seconds_per_phase = math.inf  # the pod stays PROVISIONING: ralph is polling when killed
     file = pod_project(tmp_path / "project", fast_params(tmp_path))
     process = ralph_process(file)
@@ -346,7 +349,8 @@ def test_a_missing_key_is_refused_before_anything_is_written(emu: RunPodEmulator
         done = subprocess.run([sys.executable, "-m", "ralph", *command, file.name], cwd=file.parent,
                               env=dict(os.environ), capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stdout + done.stderr
-        assert re.search(rf"{TASK_FILE}:\d+: (error: )?task 1 \(runpod\.create\): set RUNPOD_API_KEY", done.stdout + done.stderr)
+        assert re.search(rf"{TASK_FILE}:\d+: (error: )?task 1 \(runpod\.create\): set RUNPOD_API_KEY",
+                         done.stdout + done.stderr)
     assert file.read_bytes() == before and not (file.parent / ".ralph").exists()
     assert emu.requests == []
 

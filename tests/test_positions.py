@@ -22,12 +22,12 @@ from markdown_it import MarkdownIt
 from mistune.block_parser import BlockParser
 from mistune.core import BlockState
 from packaging.specifiers import SpecifierSet
-from tests.variants import Variant, variants
 
 from ralph.model import TaskFile
 from ralph.parser import parse_bytes
 from ralph.positions import Token, parse_blocks
 from ralph.textfile import Text
+from tests.variants import Variant, variants
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = re.compile(r"^[ \t>]*(?:[-*+]|\d{1,9}[.)])[ \t]+\[(?P<mark>[ xX])\][ \t]+(?P<text>.*)$")
@@ -58,7 +58,7 @@ def assert_positions(file: TaskFile, text: Text, heading: str = "###") -> None:
         assert task.line <= task.end_line <= len(lines)
         for c in task.criteria:
             assert task.line < c.line <= task.end_line
-        for key, field in task.fields.items():
+        for _key, field in task.fields.items():
             source = at(field.line)
             assert re.match(rf"[ \t]*\*\*{re.escape(field.key)}", source), source
             assert task.line < field.line <= task.end_line

@@ -5,17 +5,18 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ralph.handlers.machines import remote_shell
+from ralph.handlers.machines.base import CommandFailed, CommandTimeout, Machine
+from ralph.handlers.machines.hostkeys import HostKeyChanged, HostKeyStore
+from ralph.handlers.machines.local import LocalMachine
+from ralph.handlers.machines.ssh import ConnectionLost, SshMachine, SshTarget
 
 from tests.far.sshd import SshServer, keygen, start_sshd
 from tests.waiting import wait_for
-from ralph.handlers.machines import remote_shell
-from ralph.handlers.machines.hostkeys import HostKeyChanged, HostKeyStore
-from ralph.handlers.machines.local import LocalMachine
-from ralph.handlers.machines.base import CommandFailed, CommandTimeout, Machine
-from ralph.handlers.machines.ssh import ConnectionLost, SshMachine, SshTarget
 
 # Each would run a command or split words if anything interpreted it.
 NASTY = [
@@ -38,7 +39,7 @@ def ssh_provider(server: SshServer, state: Path, **target) -> SshMachine:
 
 
 @pytest.fixture(params=["local", "ssh"])
-def machine(request, tmp_path: Path) -> tuple[Machine, Path]:
+def machine(request, tmp_path: Path) -> Iterator[tuple[Machine, Path]]:
     """Each provider with the local directory its commands start in."""
     if request.param == "local":
         root = tmp_path / "root"

@@ -167,7 +167,9 @@ def test_secrets_never_reach_the_file_the_state_the_log_or_the_terminal(tmp_path
     project = make_project(tmp_path, task(1, "Leak", handler="shell", criteria=("`out.txt` exists",)))
     project.file.write_text(
         project.file.read_text().replace(
-            "- [ ] `out.txt` exists\n", "- [ ] `out.txt` exists\n\n```bash\necho \"$RUNPOD_API_KEY\" > out.txt\necho key=$RUNPOD_API_KEY\nexit 3\n```\n"
+            "- [ ] `out.txt` exists\n",
+            "- [ ] `out.txt` exists\n\n"
+            "```bash\necho \"$RUNPOD_API_KEY\" > out.txt\necho key=$RUNPOD_API_KEY\nexit 3\n```\n"
         )
     )
     result = project.cli("run", project.file.name, env={"RUNPOD_API_KEY": secret})
@@ -221,7 +223,8 @@ def test_a_finished_file_whose_pod_was_released_is_not_run_again(tmp_path: Path)
 def test_a_box_ralph_ticked_is_re_verified_when_its_task_runs_again_not_taken_as_a_persons(tmp_path: Path) -> None:
     project = make_project(tmp_path, task(1, "Write", handler="shell", criteria=("`out.txt` exists",)))
     project.file.write_text(
-        project.file.read_text().replace("- [ ] `out.txt` exists\n", "- [ ] `out.txt` exists\n\n```bash\ntouch out.txt\n```\n")
+        project.file.read_text().replace("- [ ] `out.txt` exists\n",
+                                         "- [ ] `out.txt` exists\n\n```bash\ntouch out.txt\n```\n")
     )
     project.run()
     assert parse_file(project.file)[0].tasks[0].criteria[0].checked

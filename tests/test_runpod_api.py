@@ -10,9 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ralph.handlers.runpod.api import (
+    APIError,
+    AuthError,
+    BadRequest,
+    BalanceError,
+    CapacityError,
+    NoAccess,
+    PodSpec,
+    RunPodAPI,
+    TransientAPIError,
+)
 
-from ralph.handlers.runpod.api import (APIError, AuthError, BadRequest, BalanceError, CapacityError, NoAccess,
-                                       PodSpec, RunPodAPI, TransientAPIError)
 from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_runpod
 
 A5000, L4 = "NVIDIA RTX A5000", "NVIDIA L4"
@@ -165,7 +174,7 @@ def test_a_used_up_window_makes_the_next_call_wait_for_its_reset(emu: RunPodEmul
     said = [c.at for c in calls]
     # Each answer's RateLimit told the client how many were left; at r=0 it waited for the reset.
     windows = [int((c.at - said[0]) // 2) for c in calls]
-    assert max(b - a for a, b in zip(said, said[1:])) >= 0.9
+    assert max(b - a for a, b in zip(said, said[1:], strict=False)) >= 0.9
     assert all(windows.count(w) <= 4 for w in set(windows)), windows
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -59,7 +60,7 @@ def test_a_job_runs_the_refiner_with_the_face_it_sends_and_returns_the_image(
     images = job.output()["images"]
     assert [i["type"] for i in images] == ["base64"]
     with Image.open(io.BytesIO(base64.b64decode(images[0]["data"]))) as image:
-        assert image.size == (64, 64) and "prompt" in image.text
+        assert image.size == (64, 64) and "prompt" in image.text  # type: ignore[attr-defined]  # a PNG
     assert emulator.cold_starts == 1
     health = endpoint.health()
     assert health["jobs"]["completed"] >= 1 and health["workers"]["idle"] == 1
@@ -79,7 +80,8 @@ def test_a_node_that_raises_fails_the_job_with_comfyuis_message(endpoint: Any) -
                         "images": [face_image()]})
     assert finished(job) == "FAILED"
     error = endpoint.rp_client.get(f"{endpoint.endpoint_id}/status/{job.job_id}")["error"]
-    assert error.strip() == "Workflow execution error: Node Type: RalphFail, Node ID: 900, Message: out of VRAM, pretend"
+    assert error.strip() == ("Workflow execution error: Node Type: RalphFail, Node ID: 900, "
+                             "Message: out of VRAM, pretend")
 
 
 def test_a_cancelled_job_stops_its_prompt(endpoint: Any, emulator: ServerlessEmulator) -> None:

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from ralph.handlers.comfyui import serverless
 
 from ralph.handler import TaskBlocked
-from ralph.handlers.comfyui import serverless
 from tests.test_comfyui_serverless import _project
 
 
@@ -76,7 +76,7 @@ def test_without_the_extra_the_task_is_blocked_with_one_line_naming_it(tmp_path:
     assert "executor: serverless needs the runpod SDK: pip install 'ralph[serverless]'" in \
         project.file.read_text(encoding="utf-8")
     previous = sys.modules.get("runpod")
-    sys.modules["runpod"] = None  # type: ignore[assignment]  # an import of it raises ImportError
+    sys.modules["runpod"] = None  # an import of it raises ImportError
     try:
         with pytest.raises(TaskBlocked, match=r"pip install 'ralph\[serverless\]'"):
             serverless.load_sdk()

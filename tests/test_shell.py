@@ -94,7 +94,8 @@ def test_a_timeout_here_kills_the_script_and_its_child(tmp_path: Path) -> None:
     shell = project(tmp_path, HERE.format(script=a_script_with_a_long_child(name)))
     summary = shell.run()
     [outcome] = summary.outcomes
-    assert outcome.status == "FAILED" and "ran past its 1 s timeout and was killed with what it started" in outcome.error
+    assert outcome.status == "FAILED"
+    assert "ran past its 1 s timeout and was killed with what it started" in outcome.error
     assert outcome.seconds < 10, "the run did not wait for the child's 300 s"
     wait_for(lambda: not processes_named(name), timeout=10, what="no process of the script left")
 
@@ -117,7 +118,8 @@ def test_a_failed_script_keeps_its_last_lines_as_lines(tmp_path: Path) -> None:
     [outcome] = shell.run().outcomes
     assert outcome.error == "the script exited 3; its last lines:\none\n```\n<!-- /ralph:results -->\nlast words"
     text = shell.file.read_text()
-    assert "- Error: the script exited 3; its last lines:\n  > one\n  > ```\n  > <!-- /ralph:results -->\n  > last words\n" in text
+    assert ("- Error: the script exited 3; its last lines:\n"
+            "  > one\n  > ```\n  > <!-- /ralph:results -->\n  > last words\n") in text
     task = parse_file(shell.file)[0].tasks[0]  # the output reached no structure of the file
     assert task.status == "FAILED" and len(task.code_blocks) == 2 and len(task.criteria) == 1
 
@@ -145,7 +147,8 @@ def test_ctrl_c_here_kills_the_script_and_its_child(tmp_path: Path) -> None:
 def test_ctrl_c_on_the_machine_kills_the_script_and_its_child(tmp_path: Path, sshd: SshServer) -> None:
     name = f"ralph-test-{uuid.uuid4().hex}"
     params = f"host: {sshd.user}@{sshd.host}:{sshd.port}\nkey: {sshd.client_key}"
-    text = ON_MACHINE.format(params=params, script=a_script_with_a_long_child(name)).replace("timeout: 1", "timeout: 600")
+    text = ON_MACHINE.format(params=params, script=a_script_with_a_long_child(name))
+    text = text.replace("timeout: 1", "timeout: 600")
     interrupt_while_running(project(tmp_path / "project", text), name)
 
 

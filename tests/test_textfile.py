@@ -128,7 +128,7 @@ def test_replace_touches_only_its_range(pairs: list[tuple[str, str]], final: boo
     endings = [ending for _, ending in pairs]
     if endings and not final:
         endings[-1] = ""
-    text = Text.split("".join(line + ending for line, ending in zip(lines, endings)))
+    text = Text.split("".join(line + ending for line, ending in zip(lines, endings, strict=False)))
     lines, endings = text.lines[:], text.endings[:]  # a CR then an empty LF line is one CRLF
     start = data.draw(st.integers(0, len(lines)))
     stop = data.draw(st.integers(start, len(lines)))

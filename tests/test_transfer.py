@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from ralph.handlers.machines import hashing
+from ralph.handlers.machines.base import TransferFailed
+from ralph.handlers.machines.ssh import SshMachine, SshTarget
+from ralph.handlers.machines.transfer import TransferInterrupted
 
 from tests.far.sshd import SshServer, start_sshd
-from ralph.handlers.machines import hashing
-from ralph.handlers.machines.ssh import SshMachine, SshTarget
-from ralph.handlers.machines.base import TransferFailed
-from ralph.handlers.machines.transfer import TransferInterrupted
 
 MiB = 1 << 20
 

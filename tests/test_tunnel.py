@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-
+from ralph.handlers.machines.forwarding import TunnelError, forward
 from ralph.handlers.machines.local import LocalMachine
 from ralph.handlers.machines.ssh import SshMachine, SshTarget
-from ralph.handlers.machines.forwarding import TunnelError, forward
 from ralph.handlers.machines.tunnel import Tunnel
+
 from tests.far.sshd import SshServer
 from tests.waiting import wait_for
 

@@ -50,7 +50,7 @@ class Variant:
             for i in range(len(endings) - 1):
                 if endings[i] == "\r" and not lines[i + 1] and endings[i + 1] == "\n":
                     endings[i] = "\r\n"
-            body = "".join(line + ending for line, ending in zip(lines, endings)) + lines[-1]
+            body = "".join(line + ending for line, ending in zip(lines, endings, strict=False)) + lines[-1]
         else:
             body = ENDINGS[self.ending].join(lines)
         return (("\ufeff" if self.bom else "") + body).encode("utf-8")
@@ -103,7 +103,8 @@ def _nested(v: Variant) -> Variant:
 def _fences(v: Variant) -> Variant:
     """Checkboxes inside fenced code at top level and inside list items: not criteria."""
     decoys = ("Boîte dans le workflow", "Boîte dans un bloc tilde", "Boîte clôturée dans un item")
-    text = _lines_after(v.text, "Node 14: SaveImage (filename_prefix: quality_tests/elena_refiner)", [f"- [ ] {decoys[0]}"])
+    text = _lines_after(v.text, "Node 14: SaveImage (filename_prefix: quality_tests/elena_refiner)",
+                        [f"- [ ] {decoys[0]}"])
     text = _lines_after(
         text,
         "(RTX A5000 ou équivalent)",

@@ -104,7 +104,8 @@ class AgentHandler(LocalChecks):
             round_notes = notes[memory["round_start"]:]
             if round_notes and _finished(round_notes[-1]):
                 memory["round_over"] = True
-                return _result(round_notes, f"the agent's work passed ralph's checks after {len(round_notes)} iteration(s)")
+                return _result(round_notes,
+                               f"the agent's work passed ralph's checks after {len(round_notes)} iteration(s)")
             reason = _stop_reason(round_notes, params)
             if reason:
                 memory["round_over"] = True
@@ -119,7 +120,8 @@ class AgentHandler(LocalChecks):
         base = ctx.state_dir / f"task-{ctx.task.number}-iteration-{number}"
         prompt, log = base.with_suffix(".prompt.md"), base.with_suffix(".log")
         text = build_prompt(ctx.file, ctx.task, file_name=ctx.file.path.name, iteration=number,
-                            max_iterations=ctx.params["max_iterations"], notes=notes, results={n: r.result for n, r in ctx.records.items() if r.result})
+                            max_iterations=ctx.params["max_iterations"], notes=notes,
+                            results={n: r.result for n, r in ctx.records.items() if r.result})
         prompt.write_text(redact(text), encoding="utf-8")
         timeout = min(float(ctx.params["iteration_timeout_s"]), budget_left)
         ctx.log(f"iteration {number}: `{shlex.join(argv)}` (log: {ctx.display_path(log)})")

@@ -42,7 +42,8 @@ def build_prompt(file: TaskFile, task: Task, *, file_name: str, iteration: int, 
     if earlier:
         parts.append("## What earlier tasks recorded\n\n" + earlier)
     if notes:
-        parts.append("## Progress so far (ralph's notes on earlier iterations)\n\n" + "\n\n".join(map(_render_note, notes)))
+        parts.append("## Progress so far (ralph's notes on earlier iterations)\n\n"
+                     + "\n\n".join(map(_render_note, notes)))
     return "\n\n".join(parts) + "\n"
 
 

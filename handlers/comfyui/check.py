@@ -6,9 +6,9 @@ from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
 from ralph.handlers.comfyui.compile import LineMap, PromptText, compile_workflow
+from ralph.handlers.comfyui.finding import Finding
 from ralph.handlers.comfyui.lint import lint
 from ralph.handlers.comfyui.nodelist import parse_node_list
-from ralph.handlers.comfyui.finding import Finding
 from ralph.handlers.comfyui.schema import NodeSchema
 from ralph.handlers.comfyui.validate import validate
 

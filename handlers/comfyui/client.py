@@ -24,10 +24,11 @@ import re
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -163,7 +164,8 @@ def node_errors(body: dict[str, Any]) -> list[NodeError]:
 
 
 def _rejection(status: int, body: dict[str, Any]) -> PromptRejected:
-    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    error = body.get("error")
+    err: dict[str, Any] = error if isinstance(error, dict) else {}
     summary = err.get("message") or f"ComfyUI rejected the prompt (HTTP {status})"
     if err.get("details"):
         summary = f"{summary.rstrip('.')} ({err['details']})"
@@ -267,8 +269,9 @@ class ComfyClient:
         """The finished prompt's history entry, or None (unknown or not finished yet)."""
         if self.has_jobs_api():
             job = self.job(prompt_id)
-            finished = job is not None and _JOB_STATES.get(job.get("status", "")) in _DONE
-            return _history_entry(job) if finished else None
+            if job is None or _JOB_STATES.get(job.get("status", "")) not in _DONE:
+                return None
+            return _history_entry(job)
         return self._get_json(f"/history/{prompt_id}").get(prompt_id)
 
     def find(self, prompt_id: str) -> PromptState | None:
@@ -385,7 +388,7 @@ class ComfyClient:
         dest.mkdir(parents=True, exist_ok=True)
         chosen = [f for f in files if f.type in types]
         targets = [local_path(dest, f) for f in chosen]
-        for f, target in zip(chosen, targets):
+        for f, target in zip(chosen, targets, strict=True):
             if fetched.get(f) != target or not target.is_file():
                 self._download_one(f, target)
         return targets

@@ -16,8 +16,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ralph.handlers.comfyui.nodelist import Item, Link, NodeSpec, PromptRef, Size
 from ralph.handlers.comfyui.finding import Finding
+from ralph.handlers.comfyui.nodelist import Item, Link, NodeSpec, PromptRef, Size
 from ralph.handlers.comfyui.schema import InputSpec, NodeSchema, looks_like_file
 
 
@@ -291,11 +291,11 @@ class _NodeBuilder:
             else:
                 self.problem(item, None, f"no free input of {self.node.class_type} takes the number {item.text!r}")
             return
-        target = self._string_target(free, str(value))
-        if isinstance(target, str):
-            self._set(target, value, item)
+        choice = self._string_target(free, str(value))
+        if isinstance(choice, str):
+            self._set(choice, value, item)
         else:
-            self.problem(item, None, target[0], code="unknown-value")
+            self.problem(item, None, choice[0], code="unknown-value")
 
     def _string_target(self, free: list[InputSpec], value: str) -> str | tuple[str]:
         """The input a positional string belongs to: a choice listing it, else a file choice for a

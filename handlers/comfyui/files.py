@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from ralph import units
-from ralph.context import Context
-from ralph.handler import TaskBlocked, TaskFailed, TransientError
 from ralph.handlers.comfyui.workspace import Layout, Markers, sh
 from ralph.handlers.machines import remote_shell
 from ralph.handlers.machines.base import CommandTimeout, Machine, TransferFailed
+
+from ralph import units
+from ralph.context import Context
+from ralph.handler import TaskBlocked, TaskFailed, TransientError
 from ralph.measures import UPLOAD_SPEED, Measures
 
 # Where each ``models:`` key goes under ComfyUI; any other key goes to ``models/<key>``.
@@ -133,8 +134,8 @@ def place_file(ctx: Context, provider: Machine, layout: Layout, markers: Markers
         local_size = spec.path.stat().st_size
         local_sha = provider.hashes.sha256(spec.path)  # type: ignore[attr-defined]
         if spec.sha256 and local_sha != spec.sha256:
-            raise TaskFailed(f"{ctx.display_path(spec.path)}: its sha256 is {local_sha}, but the sha256 given for it is "
-                             f"{spec.sha256}")
+            raise TaskFailed(f"{ctx.display_path(spec.path)}: its sha256 is {local_sha}, but the sha256 given for it "
+                             f"is {spec.sha256}")
         if spec.size is not None and local_size != spec.size:
             raise TaskFailed(f"{ctx.display_path(spec.path)}: it is {local_size} bytes, but the size given for it is "
                              f"{spec.size}")
@@ -195,7 +196,7 @@ else
   echo "neither curl nor wget on the machine" >&2; rc=127
 fi
 exit $rc
-"""
+"""  # noqa: E501 (a shell script's lines)
 
 
 def _download(ctx: Context, provider: Machine, spec: FileSpec, dest: str, exists: bool,
@@ -212,7 +213,8 @@ def _download(ctx: Context, provider: Machine, spec: FileSpec, dest: str, exists
     t0 = time.monotonic()
     with ctx.progress(f"download {spec.name} on the machine", spec.size) as bar:
         try:
-            result = provider.run(remote_shell.assign(f=dest, p=part, u=spec.url) + _DOWNLOAD, check=False, timeout=timeout)
+            result = provider.run(remote_shell.assign(f=dest, p=part, u=spec.url) + _DOWNLOAD, check=False,
+                                  timeout=timeout)
         except CommandTimeout:
             raise TransientError(f"downloading {spec.url} took over {timeout:g} s; a rerun resumes it") from None
         if not result.ok:

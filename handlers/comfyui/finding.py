@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 Severity = Literal["error", "warning", "info"]
 
 # How validate/lint find the file line of a node or of one of its inputs.
 # ``line_of(node_id, None)`` is the node's own line; ``line_of(node_id, input)``
 # falls back to it when the input has no line of its own.
-LineOf = Callable[[str, Optional[str]], Optional[int]]
+LineOf = Callable[[str, str | None], int | None]
 
 
 def no_lines(node_id: str, input_name: str | None = None) -> int | None:

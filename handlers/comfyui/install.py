@@ -10,10 +10,11 @@ import posixpath
 from collections.abc import Callable
 from typing import Any
 
-from ralph.handler import TaskFailed
 from ralph.handlers.comfyui.workspace import Layout, Markers, sh
 from ralph.handlers.machines import remote_shell
 from ralph.handlers.machines.base import CommandFailed, Machine
+
+from ralph.handler import TaskFailed
 
 DEFAULT_INSTALL = ("rm -rf {dir}.ralph-part && "
                    "git clone --depth 1 https://github.com/comfyanonymous/ComfyUI.git {dir}.ralph-part && "

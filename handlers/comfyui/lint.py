@@ -14,7 +14,7 @@ import re
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
-from ralph.handlers.comfyui.finding import LineOf, Finding, no_lines
+from ralph.handlers.comfyui.finding import Finding, LineOf, no_lines
 from ralph.handlers.comfyui.schema import NodeSchema
 from ralph.handlers.comfyui.validate import is_link
 

@@ -64,7 +64,7 @@ def infer_parameters(graph: Mapping[str, Any], prompts: Mapping[str, str] | None
                     add(which, node_id, "text")
         else:
             for input_name in inputs:
-                name = _SINGLE.get((kind, input_name))
-                if name:
-                    add(name, node_id, input_name)
+                single = _SINGLE.get((kind, input_name))
+                if single:
+                    add(single, node_id, input_name)
     return found

@@ -9,10 +9,15 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ralph.handlers.comfyui import workflow as wf
+from ralph.handlers.comfyui.service import DEFAULT_PORT
+from ralph.handlers.facts import ComfyServer, Images, MachineHandle
+from ralph.handlers.images import pngtext
 
 from ralph import units
 from ralph.config import load_config
@@ -32,13 +37,9 @@ from ralph.handler import (
     TransientError,
     criterion,
 )
-from ralph.handlers.comfyui import workflow as wf
-from ralph.handlers.comfyui.service import DEFAULT_PORT
-from ralph.handlers.facts import ComfyServer, Images, MachineHandle
-from ralph.handlers.images import pngtext
 from ralph.measures import SECONDS_PER_IMAGE, Measures
-from ralph.paths import run_folder
 from ralph.model import Task, TaskFile
+from ralph.paths import run_folder
 from ralph.state import state_dir_for
 
 if TYPE_CHECKING:  # httpx and websockets load when a workflow runs, not for `ralph check`
@@ -108,8 +109,10 @@ class ComfyRun(Handler):
         return problems
 
     def estimate(self, task: Task, params: dict[str, Any], context: EstimateContext) -> Estimate:
-        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir), _provided_files(context.file))
-        source = f"template {params['template']}" if params["template"] else f"the task's node list ({len(flow.graph)} nodes)"
+        flow = wf.build(context.file, task, params, wf.snapshot_schemas(context.state_dir),
+                        _provided_files(context.file))
+        source = (f"template {params['template']}" if params["template"]
+                  else f"the task's node list ({len(flow.graph)} nodes)")
         lines = [f"runs {source} on ComfyUI" + (f" at {params['server']}" if params["server"] else "")]
         if params["overrides"]:
             lines.append("overrides: " + ", ".join(f"{k}={v}" for k, v in params["overrides"].items()))
@@ -137,7 +140,8 @@ class ComfyRun(Handler):
             from ralph.handlers.comfyui import serverless
 
             # No server to ask: the workflow is checked against the schemas `ralph check` uses.
-            flow = wf.build(ctx.file, ctx.task, ctx.params, wf.snapshot_schemas(ctx.state_dir), _provided_files(ctx.file))
+            flow = wf.build(ctx.file, ctx.task, ctx.params, wf.snapshot_schemas(ctx.state_dir),
+                            _provided_files(ctx.file))
             _refuse_errors(flow, ctx.params["strict_lint"])
             variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
             images, cost, where = serverless.run(ctx, flow, variants)
@@ -157,7 +161,8 @@ class ComfyRun(Handler):
             images = [image for variant in variants for image in self._variant(ctx, client, variant, flow)]
         return _result(ctx, flow, variants, images, url)
 
-    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant, flow: wf.Workflow) -> list[dict[str, Any]]:
+    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant,
+                 flow: wf.Workflow) -> list[dict[str, Any]]:
         from ralph.handlers.comfyui.client import ComfyError, PromptRejected, ServerGone, Stalled
 
         done: dict[str, Any] = ctx.memory.get("variants", {})
@@ -195,7 +200,7 @@ class ComfyRun(Handler):
         paths = [_labelled(path, variant.label) for path in client.download(result, folder)]  # what run() left
         values = {**flow.values(), **variant.values}
         images = []
-        for output, path in zip([o for o in result.outputs if o.type == "output"], paths):
+        for output, path in zip([o for o in result.outputs if o.type == "output"], paths, strict=False):
             server_path = "/".join(p for p in ("output", output.subfolder, output.filename) if p)
             images.append(kept_image(ctx, path, server_path, values, variant.label, result.prompt_id,
                                      result.server_seconds, first_step[0] if first_step else None))
@@ -287,7 +292,7 @@ def _named_folder(text: str) -> str | None:
 
 def brought_home(ctx: Context, record: dict[str, Any]) -> bool:
     """Whether a variant's images, as an earlier run recorded them, are all on disk."""
-    images = record.get("images")
+    images = record.get("images") or []
     return bool(images) and all(ctx.path(i["path"]).exists() for i in images)
 
 

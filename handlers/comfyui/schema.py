@@ -132,26 +132,31 @@ def _input_spec(name: str, raw: Any, required: bool) -> InputSpec:
     return InputSpec(name, str(head), required, None, config)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else an empty one (object_info's sections are optional)."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def node_schema(class_type: str, info: Mapping[str, Any]) -> NodeSchema:
     """Build one NodeSchema from its ``/object_info`` entry."""
-    section = info.get("input") if isinstance(info.get("input"), Mapping) else {}
-    order = info.get("input_order") if isinstance(info.get("input_order"), Mapping) else {}
+    section = _mapping(info.get("input"))
+    order = _mapping(info.get("input_order"))
     inputs: dict[str, InputSpec] = {}
     for kind in ("required", "optional"):
-        group = section.get(kind) if isinstance(section.get(kind), Mapping) else {}
+        group = _mapping(section.get(kind))
         names = [n for n in order.get(kind, ()) if n in group] if isinstance(order.get(kind), list) else []
         names += [n for n in group if n not in names]  # input_order is missing on old servers
         for name in names:
             inputs[name] = _input_spec(str(name), group[name], kind == "required")
-    hidden = section.get("hidden") if isinstance(section.get("hidden"), Mapping) else {}
+    hidden = _mapping(section.get("hidden"))
     outputs = tuple(str(t) if not isinstance(t, list) else "COMBO" for t in info.get("output") or ())
-    names = info.get("output_name") or outputs
+    output_names = info.get("output_name") or outputs
     return NodeSchema(
         class_type=class_type,
         inputs=inputs,
         hidden=frozenset(map(str, hidden)),
         outputs=outputs,
-        output_names=tuple(str(n) for n in names),
+        output_names=tuple(str(n) for n in output_names),
         output_node=bool(info.get("output_node")),
     )
 

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ralph.handlers.comfyui import workflow as wf
+from ralph.handlers.comfyui.run import brought_home, kept_image
+
 from ralph import units
 from ralph.context import Context, ProgressBar
 from ralph.handler import Interrupted, Problem, TaskBlocked, TaskFailed, TransientError
-from ralph.handlers.comfyui import workflow as wf
-from ralph.handlers.comfyui.run import brought_home, kept_image
 
 EXTRA_MISSING = "executor: serverless needs the runpod SDK: pip install 'ralph[serverless]'"
 KEY_VARIABLE = "RUNPOD_API_KEY"
@@ -206,7 +207,8 @@ class Sweep:
         try:
             answer = self.endpoint.run({"input": {"workflow": job.variant.graph, "images": self.images}})
         except requests.RequestException as error:
-            raise TransientError(f"endpoint {self.endpoint_id} refused the job for {job.variant.label}: {error}") from error
+            raise TransientError(f"endpoint {self.endpoint_id} refused the job for {job.variant.label}: "
+                                 f"{error}") from error
         job.record.update(job_id=answer.job_id, submitted_at=time.time())
         self._save()  # before anything else: a run killed now finds this job instead of paying for it twice
         self.ctx.log(f"{job.variant.label}: job {answer.job_id}")

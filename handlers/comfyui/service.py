@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ralph.handler import TaskFailed
 from ralph.handlers.comfyui.workspace import Layout
 from ralph.handlers.machines import services
 from ralph.handlers.machines.base import Machine
+
+from ralph.handler import TaskFailed
 
 SERVICE = "comfyui"  # its name among the machine's services
 DEFAULT_PORT = 8188  # ComfyUI's own default

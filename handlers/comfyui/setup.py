@@ -18,11 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ralph import units
-from ralph.context import Context, EstimateContext
-from ralph.facts import Need
-from ralph.handler import (BACKTICKED, Estimate, Evidence, Figure, Handler, Param, Problem, Result, TaskBlocked, TaskFailed,
-                           TransientError, criterion)
 from ralph.handlers.comfyui.files import FACE, FOLDERS, file_specs, folder_for, place_file
 from ralph.handlers.comfyui.install import DEFAULT_INSTALL, install_comfyui
 from ralph.handlers.comfyui.service import DEFAULT_PORT, ensure_service
@@ -30,6 +25,24 @@ from ralph.handlers.comfyui.torch_check import check_torch, version_at_least, ve
 from ralph.handlers.comfyui.workspace import Layout, Markers
 from ralph.handlers.facts import ComfyServer, MachineHandle
 from ralph.handlers.machines.base import CommandFailed, Machine, MachineError, TransferFailed
+
+from ralph import units
+from ralph.context import Context, EstimateContext
+from ralph.facts import Need
+from ralph.handler import (
+    BACKTICKED,
+    Estimate,
+    Evidence,
+    Figure,
+    Handler,
+    Param,
+    Problem,
+    Result,
+    TaskBlocked,
+    TaskFailed,
+    TransientError,
+    criterion,
+)
 from ralph.measures import UPLOAD_SPEED, Measures
 from ralph.model import Task, TaskFile
 
@@ -176,7 +189,8 @@ class ComfyUISetup(Handler):
         minimum = m.group(2) if m else torch.get("min", "0")
         version = torch.get("version")
         if version is None:
-            return Evidence(False, f"torch not importable by {_python(ctx, torch)}: {torch.get('error') or 'not checked'}")
+            return Evidence(False, f"torch not importable by {_python(ctx, torch)}: "
+                                   f"{torch.get('error') or 'not checked'}")
         ok = version_at_least(version, minimum)
         return Evidence(ok, f"torch {version} {'>=' if ok else '<'} {minimum} (read with {_python(ctx, torch)})")
 
@@ -189,8 +203,8 @@ class ComfyUISetup(Handler):
         if port and int(port.group(1)) != service["port"]:
             return Evidence(False, f"ComfyUI runs on port {service['port']}, not {port.group(1)}")
         who = f"pid {service['pid']}" if service.get("ours") else "not started by ralph"
-        return Evidence(True, f"ComfyUI {service.get('version')} at {ctx.display_path(result.data['comfyui_dir'])} answered "
-                              f"/system_stats on 127.0.0.1:{service['port']} through the SSH tunnel ({who})")
+        return Evidence(True, f"ComfyUI {service.get('version')} at {ctx.display_path(result.data['comfyui_dir'])} "
+                              f"answered /system_stats on 127.0.0.1:{service['port']} through the SSH tunnel ({who})")
 
     @criterion(r"(antelopev2|insightface)\b.*\b(model|fichier|file|telecharg|download|upload|present|place)")
     def antelopev2(self, ctx: Context, result: Result, text: str) -> Evidence:

@@ -7,10 +7,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ralph.handler import TaskFailed
 from ralph.handlers.comfyui.workspace import Markers
 from ralph.handlers.machines import remote_shell
 from ralph.handlers.machines.base import CommandFailed, Machine
+
+from ralph.handler import TaskFailed
 
 
 def version_key(version: str) -> tuple[tuple[int, ...], int]:

@@ -8,7 +8,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from ralph.handlers.comfyui.finding import LineOf, Finding, no_lines
+from ralph.handlers.comfyui.finding import Finding, LineOf, no_lines
 from ralph.handlers.comfyui.schema import InputSpec, NodeSchema, Schemas
 
 
@@ -77,9 +77,9 @@ class _Validator:
             hint = f"; did you mean {' or '.join(close)}?" if close else " (is its custom node pack installed?)"
             self.add(node_id, class_type, None, f"unknown node type {class_type!r}{hint}", code="unknown-node")
             return
-        for name, spec in schema.inputs.items():
-            if spec.required and name not in inputs:
-                self.add(node_id, class_type, name, f"missing required input ({spec.type})", code="missing-input")
+        for name, wanted in schema.inputs.items():
+            if wanted.required and name not in inputs:
+                self.add(node_id, class_type, name, f"missing required input ({wanted.type})", code="missing-input")
         for name, value in inputs.items():
             spec = schema.inputs.get(name)
             if spec is None:

@@ -17,11 +17,12 @@ from typing import Any
 
 from ralph.handlers.comfyui.check import check_graph, compile_node_list
 from ralph.handlers.comfyui.compile import LineMap, PromptText
-from ralph.handlers.comfyui.parameters import infer_parameters
 from ralph.handlers.comfyui.finding import Finding
+from ralph.handlers.comfyui.parameters import infer_parameters
 from ralph.handlers.comfyui.schema import NodeSchema, load_object_info, schemas_from_object_info
 from ralph.handlers.comfyui.template import apply_overrides, load_template
 from ralph.handlers.comfyui.validate import validate as validate_graph
+
 from ralph.model import Task, TaskFile
 
 NODE_LINE = re.compile(r"^\s*Node\s+\d+\s*:", re.M)
@@ -64,7 +65,7 @@ class Workflow:
         template = {"prompt": self.graph, "parameters": self.parameters}
         variants = []
         for combination in itertools.product(*(axes[n] for n in names)):
-            values = dict(zip(names, combination))
+            values = dict(zip(names, combination, strict=True))
             label = " ".join(f"{n}={v}" for n, v in values.items())
             variants.append(Variant(label, values, apply_overrides(template, values)))
         return variants
@@ -73,7 +74,7 @@ class Workflow:
 CACHE_NAME = "object_info.json"  # the last live server's schemas, in the task file's state folder
 
 
-def snapshot_schemas(cache_dir: Path | None = None) -> dict[str, NodeSchema]:
+def snapshot_schemas(cache_dir: Path | None = None) -> Mapping[str, NodeSchema]:
     """Node schemas for checking a workflow with no server at hand: those a live server gave
     last time (cached in ``cache_dir``), else the snapshot shipped with ralph.  Their file
     lists are not trusted: a new pod may hold other files."""
@@ -92,7 +93,7 @@ def cache_schemas(object_info: dict[str, Any], cache_dir: Path) -> None:
     write_atomically(cache_dir / CACHE_NAME, json.dumps(object_info).encode("utf-8"))
 
 
-def live_schemas(object_info: dict[str, Any]) -> dict[str, NodeSchema]:
+def live_schemas(object_info: dict[str, Any]) -> Mapping[str, NodeSchema]:
     return schemas_from_object_info(object_info, files_listed=True)
 
 
@@ -149,7 +150,8 @@ def build(
     axes = dict(params.get("sweep") or {}) | ({"seed": params["seeds"]} if params.get("seeds") else {})
     for name, values in axes.items():
         if name not in parameters and "." not in name:
-            problems.append(_problem(fallback, f"sweep: unknown workflow parameter {name!r}; known: {', '.join(sorted(parameters))}"))
+            problems.append(_problem(fallback, f"sweep: unknown workflow parameter {name!r}; known: "
+                                               f"{', '.join(sorted(parameters))}"))
             continue
         problems += _sweep_problems(graph, parameters, name, values, schemas, problems, fallback)
     return Workflow(graph, parameters, problems, line_of, fallback)

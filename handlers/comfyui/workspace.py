@@ -50,7 +50,8 @@ class Markers:
     def write(self, step: str, params: dict[str, Any], outcome: dict[str, Any]) -> None:
         marker = {"step": step, "digest": digest(params), "params": params, "outcome": outcome,
                   "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-        sh(self.provider, 'mkdir -p -- "$d" && printf "%s\\n" "$body" > "$d/.$s.tmp" && mv -f -- "$d/.$s.tmp" "$d/$s.json"',
+        sh(self.provider,
+           'mkdir -p -- "$d" && printf "%s\\n" "$body" > "$d/.$s.tmp" && mv -f -- "$d/.$s.tmp" "$d/$s.json"',
             d=self.folder, s=step, body=json.dumps(marker, sort_keys=True))
         self.known[step] = marker
 

@@ -48,7 +48,6 @@ NATURAL_HUE = (25.0, 80.0)
 NATURAL_CHROMA = (6.0, 45.0)
 
 ImageLike = Image.Image | np.ndarray
-ColourVerdict = Literal["colours preserved", "colours drifted"]
 
 _SRGB_TO_XYZ = np.array(
     [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]], dtype=np.float32
@@ -99,7 +98,8 @@ class ColourStats:
         """Skin tone within the natural range; None without a face."""
         if self.skin_hue is None or self.skin_chroma is None:
             return None
-        return NATURAL_HUE[0] <= self.skin_hue <= NATURAL_HUE[1] and NATURAL_CHROMA[0] <= self.skin_chroma <= NATURAL_CHROMA[1]
+        return (NATURAL_HUE[0] <= self.skin_hue <= NATURAL_HUE[1]
+                and NATURAL_CHROMA[0] <= self.skin_chroma <= NATURAL_CHROMA[1])
 
 
 def _lab(rgb: np.ndarray) -> np.ndarray:
@@ -207,7 +207,7 @@ def colour_drift(prev: ImageLike, new: ImageLike, same_content: bool | None = No
     hue_shift = skin_ratio = None
     if p.skin_hue is not None and n.skin_hue is not None:
         hue_shift = _signed_hue_difference(n.skin_hue, p.skin_hue)
-        skin_ratio = n.skin_chroma / max(p.skin_chroma, 1e-6)  # type: ignore[operator]
+        skin_ratio = n.skin_chroma / max(p.skin_chroma, 1e-6)  # type: ignore[operator, type-var]
         numbers.insert(0, f"face skin hue {p.skin_hue:.1f}° -> {n.skin_hue:.1f}° ({hue_shift:+.1f}°), "
                           f"chroma {p.skin_chroma:.1f} -> {n.skin_chroma:.1f}")
         if abs(hue_shift) > MAX_HUE_SHIFT:

@@ -255,13 +255,14 @@ def render_comparison(
 
     crop = _crop_box(grain, b_img.size)
     crops = [np.asarray(im.crop(crop.as_tuple())) for im in (b_img, a_fit)]
-    zb, za, k = _stretch(*crops, grain.prev.index if grain.prev.measurable else grain.new.index)
+    zb, za, k = _stretch(crops[0], crops[1], grain.prev.index if grain.prev.measurable else grain.new.index)
 
     measures = (grain.prev, grain.new)
     # Twice the larger index: grain sits mid-scale, texture saturates to the top colour.
     vmax = max(1.0, 2.0 * max(m.index or 0.0 for m in measures))
 
-    for name, x, img, zoom, m in (("before", col[0], b_img, zb, measures[0]), ("after", col[1], a_img, za, measures[1])):
+    for name, x, img, zoom, m in (("before", col[0], b_img, zb, measures[0]),
+                                  ("after", col[1], a_img, za, measures[1])):
         draw.text((x, y_label + 2), name, fill=TEXT, font=big)
         canvas.paste(_fit(img, panel_h), (x, y_image))
         regions[name] = Box(x, y_image, x + PANEL, y_image + panel_h)
@@ -289,7 +290,7 @@ def render_comparison(
         draw.text((tx, bar_box.bottom + 3), f"{frac * vmax:.1f}", fill=TEXT, font=small, anchor=anchor)
     legend = "grain per 32 px block (grey levels)   grey: too dark/bright   dimmed: texture/edges"
     draw.text((bar_box.left, bar_box.bottom + 22), legend, fill=TEXT, font=small)
-    for name, x, crop_img in zip(("before", "after"), col, faces):
+    for name, x, crop_img in zip(("before", "after"), col, faces, strict=False):
         draw.text((x, y_face_label + 4), f"{name}: face, same box and zoom (skin read here)",
                   fill=TEXT, font=small)
         shown = crop_img.resize((PANEL, face_h), Image.Resampling.LANCZOS)

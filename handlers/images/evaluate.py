@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from ralph.handlers.facts import ComfyServer, Evaluation, Images
+from ralph.handlers.machines.base import Machine, MachineError
 
 from ralph.context import Context, EstimateContext
 from ralph.facts import Need
 from ralph.handler import BACKTICKED, Estimate, Evidence, Handler, Param, Result, TaskBlocked, criterion
-from ralph.handlers.facts import ComfyServer, Evaluation, Images
-from ralph.handlers.machines.base import Machine, MachineError
 from ralph.model import Task
 from ralph.parser import normalise
 from ralph.paths import run_folder
@@ -145,7 +145,8 @@ class EvaluateImages(Handler):
         "images": Param((str, list, type(None)), None, "image paths or globs; default: the earlier task's images"),
         "dir": Param((str, type(None)), None, "local folder for the images; default: the one the criterion names"),
         "previous": Param((str, type(None)), None, "the image to compare with (relative to the task file)"),
-        "face_reference": Param((str, type(None)), None, "face reference on the pod; default: <comfyui_dir>/input/<face_image>"),
+        "face_reference": Param((str, type(None)), None,
+                                "face reference on the pod; default: <comfyui_dir>/input/<face_image>"),
         "comfyui_dir": Param((str, type(None)), None, "ComfyUI's folder on the pod; default: the one "
                              "comfyui.setup set up, else /workspace/ComfyUI"),
         "python": Param(str, "python3", "the pod's Python that has insightface (ComfyUI's)"),
@@ -158,7 +159,8 @@ class EvaluateImages(Handler):
         if isinstance(images, list):
             images = ", ".join(images)
         previous = params["previous"] or next(
-            (_field_path(f.value) for key in ("previous", "baseline") if (f := task.fields.get(key)) and f.value.strip()),
+            (_field_path(f.value) for key in ("previous", "baseline")
+             if (f := task.fields.get(key)) and f.value.strip()),
             "the best image of the last run")
         return Estimate((f"measures grain, detail and colour of {images} against {previous}; "
                          "face identity on the machine if it has insightface",))
@@ -235,7 +237,8 @@ class EvaluateImages(Handler):
                 return face.unavailable(missing).as_data()
             placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
             by_name = {ctx.display_path(Path(k)): v for k, v in placed.items()}
-            measure = face.measure_faces(provider, by_name, reference, insightface_root=root, python=ctx.params["python"])
+            measure = face.measure_faces(provider, by_name, reference, insightface_root=root,
+                                         python=ctx.params["python"])
         except (TaskBlocked, MachineError, OSError) as error:  # the face measure is optional: no verdict, no failure
             return face.unavailable(f"the pod could not be reached for the face measure: {error}").as_data()
         return measure.as_data()
@@ -402,7 +405,7 @@ def _assess(
     if reference is None and len(records) > 1:  # no previous image: rank the sweep against its first variant
         reference, against = pixels[0], f"variant {records[0].get('variant')}"
     assessed = []
-    for record, image in zip(records, pixels):
+    for record, image in zip(records, pixels, strict=False):
         if reference is None:
             assessed.append(Assessed(record, image, measure_grain(image), None, None, colour_stats(image), None))
             continue
@@ -488,7 +491,8 @@ def _remember(ctx: Context, records: list[dict[str, Any]], best: dict[str, Any])
             "time": now(),
             "task": ctx.task.number,
             "images": [{"path": r["path"], "variant": r.get("variant")} for r in records],
-            "best": {"path": best["path"], "sha256": sha256(ctx.path(best["path"])), "grain_index": best["grain_index"]},
+            "best": {"path": best["path"], "sha256": sha256(ctx.path(best["path"])),
+                     "grain_index": best["grain_index"]},
         }
     )
     path = ctx.state_dir / HISTORY

@@ -161,7 +161,8 @@ def missing_insightface(provider: Machine, machine: str, python: str = "python3"
         if answer.exit_code == 1 and not answer.stderr.strip():
             _missing[key] = f"insightface not importable by {shown or python} on the machine"
         elif not answer.ok:
-            _missing[key] = f"{shown or python} did not run on the machine (exit {answer.exit_code}): {answer.stderr.strip()[-200:]}"
+            _missing[key] = (f"{shown or python} did not run on the machine (exit {answer.exit_code}): "
+                             f"{answer.stderr.strip()[-200:]}")
         else:
             _missing[key] = ""
     return _missing[key]
@@ -184,7 +185,7 @@ class FaceVerdict:
     detail: str
 
 
-def judge(measure: dict[str, Any] | None, image: str, previous: str | None) -> FaceVerdict:
+def judge(measure: dict[str, Any] | None, image: str | None, previous: str | None) -> FaceVerdict:
     """The criterion "qualité visage maintenue" for ``image`` from a recorded measure
     (``FaceMeasure.as_data``): never verified without a similarity."""
     if not measure or not measure.get("available"):

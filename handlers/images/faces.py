@@ -63,7 +63,7 @@ class FaceBox:
 def _cascade() -> Any:
     import cv2  # imported here: only evaluation needs it, and it takes a while to load
 
-    classifier = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
+    classifier = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)  # type: ignore[attr-defined]  # not in cv2's stubs
     if classifier.empty():
         raise RuntimeError(f"OpenCV's bundled {CASCADE} could not be loaded")
     return classifier

@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,8 @@ def cells(rows: list[dict[str, Any]], resolve: Callable[[str], Path]) -> list[Ce
         params = row.get("params") or {}
         label = str(row.get("variant") or Path(row["path"]).stem)
         without_seed = " ".join(p for p in label.split() if not p.startswith("seed=")) or "base"
-        measures = f"grain {_num(row.get('grain_index'))}  ratio {_num(row.get('ratio'))}  detail {_num(row.get('detail_ratio'))}"
+        measures = (f"grain {_num(row.get('grain_index'))}  ratio {_num(row.get('ratio'))}  "
+                    f"detail {_num(row.get('detail_ratio'))}")
         colour = (row.get("colour") or {}).get("verdict") or "colours: no reference"
         face = " (no face)" if (row.get("colour") or {}).get("face") is None else ""
         lines = (f"#{row.get('rank', '?')} {label}", measures, str(row.get("verdict")), f"{colour}{face}")

@@ -338,7 +338,8 @@ def compare_grain(prev: ImageLike, new: ImageLike, same_content: bool | None = N
             which, m = ("previous", p) if not p.measurable else ("new", n)
             return result("not measurable", None, none, f"not measurable: the {which} image has too few flat areas "
                                                         f"({_flat_count(m)})")
-        ratio = max(n.index, NOISE_FLOOR) / max(p.index, NOISE_FLOOR)  # type: ignore[type-var]
+        assert n.index is not None and p.index is not None  # both measurable
+        ratio = max(n.index, NOISE_FLOOR) / max(p.index, NOISE_FLOOR)
         verdict: Verdict = "blur not checked" if ratio <= DIFFERENT_CONTENT_RATIO else "not less grain"
         return result(
             verdict,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(bytes_done, total)`` while a transfer runs."""
@@ -105,7 +106,7 @@ class Machine(abc.ABC):
     def close(self) -> None:
         """Release connections; the provider must not be used afterwards."""
 
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -10,11 +10,12 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from ralph.handlers.machines.base import Progress
+
 from ralph.textfile import write_atomically
 
 CHUNK = 1 << 20

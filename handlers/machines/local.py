@@ -8,10 +8,20 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from ralph import children
-from ralph.handlers.machines.base import (CommandFailed, CommandResult, CommandTimeout, FileInfo, MachineError,
-                                          Progress, Machine, TransferFailed, TransferResult)
+from ralph.handlers.machines.base import (
+    CommandFailed,
+    CommandResult,
+    CommandTimeout,
+    FileInfo,
+    Machine,
+    MachineError,
+    Progress,
+    TransferFailed,
+    TransferResult,
+)
 from ralph.handlers.machines.hashing import CHUNK, HashCache, sha256_file
+
+from ralph import children
 
 
 class OutsideRoot(MachineError, ValueError):
@@ -39,7 +49,8 @@ class LocalMachine(Machine):
             done = children.run(["bash", "-c", command], cwd=self.root, env={**os.environ, **(env or {})},
                                 timeout=timeout)
         except subprocess.TimeoutExpired as expired:
-            raise CommandTimeout(command, timeout, _result(-1, expired.stdout or b"", expired.stderr or b"")) from None
+            partial = _result(-1, expired.stdout or b"", expired.stderr or b"")
+            raise CommandTimeout(command, expired.timeout, partial) from None
         result = _result(done.returncode, done.stdout, done.stderr)
         if check and not result.ok:
             raise CommandFailed(command, result)
@@ -93,5 +104,5 @@ class LocalMachine(Machine):
         """Nothing to release: no connection is held."""
 
 
-def _result(code: int, out: bytes, err: bytes) -> CommandResult:
+def _result(code: int, out: bytes | bytearray, err: bytes | bytearray) -> CommandResult:
     return CommandResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))

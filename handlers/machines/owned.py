@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, TaskFailed, criterion
 from ralph.handlers.facts import MachineHandle
 from ralph.handlers.machines import services, session
+
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Handler, Param, Result, TaskBlocked, TaskFailed, criterion
 from ralph.model import Task
 
 _ADDRESS = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>[^:@\s]+)(?::(?P<port>\d{1,5}))?$")

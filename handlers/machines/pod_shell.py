@@ -6,11 +6,12 @@ run, orphans reaped), and needs no RunPod key: it runs on whichever machine is h
 
 from __future__ import annotations
 
-from ralph.facts import Need
-from ralph.handler import Param
 from ralph.handlers.facts import MachineHandle
 from ralph.handlers.runpod.common import PodHandler
 from ralph.handlers.shell import PLACES, ShellHandler
+
+from ralph.facts import Need
+from ralph.handler import Param
 
 
 class PodShell(PodHandler, ShellHandler):
@@ -19,4 +20,5 @@ class PodShell(PodHandler, ShellHandler):
     needs = (Need(MachineHandle),)  # with its default on: machine
     needs_env = {}
     params = {**ShellHandler.params,
-              "on": Param(str, "machine", "where the script runs: machine (the one a task holds), or here", choices=PLACES)}
+              "on": Param(str, "machine", "where the script runs: machine (the one a task holds), or here",
+                          choices=PLACES)}

@@ -2,7 +2,8 @@
 
 ``runpod.create``, ``machine.ssh`` and ``machine.local`` publish the fact ``MachineHandle``; later
 tasks call ``connect(ctx)`` for a provider to it (an ``SshMachine``, key and host key pinned in
-ralph's state folder, or a ``LocalMachine``). The first connection to a pod in this process also starts its heartbeat: a daemon thread
+ralph's state folder, or a ``LocalMachine``). The first connection to a pod in this process also
+starts its heartbeat: a daemon thread
 that rewrites the switch's heartbeat file on the pod every few seconds, over its own SSH
 connection. One per pod per process; it dies with the process, which is the point: a ralph that
 is killed stops feeding the switch and the pod deletes itself ``heartbeat_timeout_s`` later.
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ralph.context import Context
-from ralph.handler import TaskBlocked
 from ralph.handlers.facts import MachineHandle
 from ralph.handlers.runpod import deadman
+
+from ralph.context import Context
+from ralph.handler import TaskBlocked
 
 if TYPE_CHECKING:  # paramiko and cryptography load when a pod is used, not when a handler is
     from ralph.handlers.machines.base import Machine

@@ -18,12 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
-
 from ralph.handlers.machines import hashing, remote_shell, transfer
+from ralph.handlers.machines.base import (
+    CommandFailed,
+    CommandResult,
+    CommandTimeout,
+    FileInfo,
+    Machine,
+    MachineError,
+    Progress,
+    TransferResult,
+)
 from ralph.handlers.machines.hostkeys import HostKeyChanged, HostKeyStore, entry_name
-from ralph.handlers.machines.base import (CommandFailed, CommandResult, CommandTimeout,
-                                          FileInfo, Progress, Machine, MachineError,
-                                          TransferResult)
 
 # Preferred first; the others keep older or FIPS-limited servers reachable.
 CIPHERS = ("aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com", "aes128-ctr")
@@ -93,10 +99,12 @@ class SshMachine(Machine):
         for attempt in range(1, self.connect_attempts + 1):
             try:
                 self._client = self._connect()
-                return self._client.get_transport()
+                transport = self._client.get_transport()
+                assert transport is not None  # a client just connected has one
+                return transport
             except (paramiko.AuthenticationException, paramiko.BadHostKeyException, HostKeyChanged):
                 raise  # retrying cannot fix a refused key
-            except (*_DROPPED, socket.timeout) as e:
+            except (TimeoutError, *_DROPPED) as e:
                 if attempt == self.connect_attempts:
                     raise MachineError(f"cannot connect to {self._where()}: {e}") from e
                 time.sleep(delay)
@@ -167,9 +175,11 @@ class SshMachine(Machine):
 
     def sftp(self) -> paramiko.SFTPClient:
         transport = self.transport()
-        if self._sftp is None or self._sftp.get_channel().closed:
-            self._sftp = paramiko.SFTPClient.from_transport(
-                transport, window_size=WINDOW, max_packet_size=MAX_PACKET)
+        if self._sftp is None or (channel := self._sftp.get_channel()) is None or channel.closed:
+            sftp = paramiko.SFTPClient.from_transport(transport, window_size=WINDOW, max_packet_size=MAX_PACKET)
+            if sftp is None:  # paramiko's answer when the server opens no channel
+                raise ConnectionLost(f"connection to {self._where()} opened no SFTP channel")
+            self._sftp = sftp
         return self._sftp
 
     def openssh_args(self) -> list[str]:
@@ -229,7 +239,7 @@ class SshMachine(Machine):
                 if chan.closed or not self.transport_alive():
                     raise ConnectionLost(f"connection to {self._where()} lost while running: {shown}")
                 wait = 1.0 if deadline is None else deadline - time.monotonic()
-                if wait <= 0:
+                if wait <= 0 and timeout is not None:
                     raise CommandTimeout(shown, timeout, _result(-1, out, err))
                 if chan.eof_received:
                     chan.status_event.wait(min(wait, 1.0))  # output done: only the exit status is due
@@ -261,7 +271,8 @@ class SshMachine(Machine):
                 st = self.sftp().stat(self.path(remote))
             except FileNotFoundError:
                 return None
-        return FileInfo(size=st.st_size, mtime=float(st.st_mtime), is_dir=stat.S_ISDIR(st.st_mode))
+        # paramiko's attributes are optional; an SFTP stat answer carries all three.
+        return FileInfo(size=st.st_size or 0, mtime=float(st.st_mtime or 0), is_dir=stat.S_ISDIR(st.st_mode or 0))
 
     def put(self, local: Path, remote: str, *, progress: Progress | None = None,
             **options) -> TransferResult:
@@ -274,5 +285,5 @@ class SshMachine(Machine):
         return transfer.download(self, remote, Path(local), progress=progress, **options)
 
 
-def _result(code: int, out: bytes, err: bytes) -> CommandResult:
+def _result(code: int, out: bytes | bytearray, err: bytes | bytearray) -> CommandResult:
     return CommandResult(code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))

@@ -17,6 +17,7 @@ SFTP copy, and a part rsync skipped as already full-size, are hashed on the remo
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import re
@@ -25,16 +26,17 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import paramiko
+from ralph.handlers.machines import remote_shell
+from ralph.handlers.machines.base import MachineError, Progress, TransferFailed, TransferResult
+from ralph.handlers.machines.hashing import CHUNK, file_stamp, sha256_file
 
 from ralph import children
-from ralph.handlers.machines import remote_shell
-from ralph.handlers.machines.base import Progress, MachineError, TransferFailed, TransferResult
-from ralph.handlers.machines.hashing import CHUNK, file_stamp, sha256_file
 
 if TYPE_CHECKING:
     from ralph.handlers.machines.ssh import SshMachine
@@ -75,10 +77,10 @@ _r_sha() {
   s0=$(_r_stat "$1") && h=$(_r_hash < "$1") || return 1
   h=${h%% *}; [ "$(_r_stat "$1")" = "$s0" ] && _r_store "$1" "$h" "$s0"; printf '%s\n' "$h"
 }
-"""
+"""  # noqa: E501 (a shell script's lines)
 
 
-def _remote(ssh: "SshMachine", script: str, **values: str) -> str:
+def _remote(ssh: SshMachine, script: str, **values: str) -> str:
     return ssh.run(_SH_LIB + remote_shell.assign(**values) + script, timeout=None).stdout
 
 
@@ -90,7 +92,7 @@ class _RemoteState:
     rsync: bool
 
 
-def _probe(ssh: "SshMachine", path: str, part: str) -> _RemoteState:
+def _probe(ssh: SshMachine, path: str, part: str) -> _RemoteState:
     out = _remote(ssh, """
 if [ -f "$f" ]; then echo "size $(stat -c %s -- "$f")"; h=$(_r_cached "$f") && echo "sha256 $h"; fi
 [ -f "$p" ] && echo "part $(stat -c %s -- "$p")"
@@ -103,13 +105,13 @@ true""", f=path, p=part)
                         rsync="rsync" in fields)
 
 
-def remote_sha256(ssh: "SshMachine", remote: str) -> str:
+def remote_sha256(ssh: SshMachine, remote: str) -> str:
     """sha256 of a remote file, from the remote cache when the file is unchanged."""
     return _remote(ssh, '_r_sha "$f"', f=ssh.path(remote)).strip()
 
 
 # -- engines ----------------------------------------------------------------------------------
-def _rsync(ssh: "SshMachine", src: str, dst: str, size: int, progress: Progress | None,
+def _rsync(ssh: SshMachine, src: str, dst: str, size: int, progress: Progress | None,
            bwlimit: int | None) -> int:
     """One rsync run appending to ``dst``; returns bytes rsync sent over the link."""
     argv = ["rsync", "-s", "--partial", "--append-verify", "--stats", "--info=progress2",
@@ -123,7 +125,8 @@ def _rsync(ssh: "SshMachine", src: str, dst: str, size: int, progress: Progress 
         output = bytearray()
         pending = b""
         first = last = None
-        while data := proc.stdout.read1(1 << 16):
+        stdout = cast(io.BufferedReader, proc.stdout)  # stdout=PIPE
+        while data := stdout.read1(1 << 16):
             output += data
             *pieces, pending = re.split(rb"[\r\n]", pending + data)
             for piece in pieces:
@@ -143,8 +146,8 @@ def _rsync(ssh: "SshMachine", src: str, dst: str, size: int, progress: Progress 
                                   (last or 0) - (first or 0))
     if code != 0:
         raise MachineError(f"rsync failed (exit {code}): {stderr}")
-    m = _SENT.search(output.decode("utf-8", "replace"))
-    return int(m.group(1).replace(",", "")) if m else 0
+    sent = _SENT.search(output.decode("utf-8", "replace"))
+    return int(sent.group(1).replace(",", "")) if sent else 0
 
 
 class _Throttle:
@@ -157,12 +160,12 @@ class _Throttle:
             time.sleep(ahead)
 
 
-def _dropped(ssh: "SshMachine", e: BaseException) -> bool:
+def _dropped(ssh: SshMachine, e: BaseException) -> bool:
     """A connection failure, as opposed to an SFTP status error such as permission denied."""
     return isinstance(e, (EOFError, paramiko.SSHException, ConnectionError)) or not ssh.transport_alive()
 
 
-def _sftp_put(ssh: "SshMachine", local: Path, part: str, size: int, offset: int,
+def _sftp_put(ssh: SshMachine, local: Path, part: str, size: int, offset: int,
               progress: Progress | None, bwlimit: int | None) -> int:
     def open_ends(sftp: paramiko.SFTPClient) -> tuple[Any, Any]:
         src, dst = local.open("rb"), sftp.open(part, "r+b" if offset else "wb")
@@ -174,7 +177,7 @@ def _sftp_put(ssh: "SshMachine", local: Path, part: str, size: int, offset: int,
     return _sftp_copy(ssh, open_ends, "upload", size, offset, progress, bwlimit)
 
 
-def _sftp_get(ssh: "SshMachine", remote: str, part: Path, size: int, offset: int,
+def _sftp_get(ssh: SshMachine, remote: str, part: Path, size: int, offset: int,
               progress: Progress | None, bwlimit: int | None) -> int:
     def open_ends(sftp: paramiko.SFTPClient) -> tuple[Any, Any]:
         src, dst = sftp.open(remote, "rb"), part.open("ab")
@@ -185,7 +188,7 @@ def _sftp_get(ssh: "SshMachine", remote: str, part: Path, size: int, offset: int
     return _sftp_copy(ssh, open_ends, "download", size, offset, progress, bwlimit)
 
 
-def _sftp_copy(ssh: "SshMachine", open_ends: Callable[[paramiko.SFTPClient], tuple[Any, Any]], what: str,
+def _sftp_copy(ssh: SshMachine, open_ends: Callable[[paramiko.SFTPClient], tuple[Any, Any]], what: str,
                size: int, offset: int, progress: Progress | None, bwlimit: int | None) -> int:
     """Copy the rest of the file between the two ends ``open_ends`` gives, both already at
     ``offset``; a dropped connection becomes TransferInterrupted with the bytes that arrived."""
@@ -230,7 +233,7 @@ def _retrying(attempts: int, step, resume_point):
 
 
 # -- public API ---------------------------------------------------------------------------------
-def upload(ssh: "SshMachine", local: Path, remote: str, *, progress: Progress | None = None,
+def upload(ssh: SshMachine, local: Path, remote: str, *, progress: Progress | None = None,
            method: Method = "auto", attempts: int = 3, bwlimit: int | None = None) -> TransferResult:
     """Copy ``local`` to ``remote`` on ``ssh``'s machine; ``bwlimit`` is in bytes/s.
 
@@ -293,7 +296,7 @@ mv -f -- "$p" "$f" && _r_store "$f" "$h" "$(_r_stat "$f")" && echo ok""", p=part
     raise TransferFailed(f"{dest}: uploaded copy does not match {local} ({verdict}, want {sha})")
 
 
-def download(ssh: "SshMachine", remote: str, local: Path, *, progress: Progress | None = None,
+def download(ssh: SshMachine, remote: str, local: Path, *, progress: Progress | None = None,
              method: Method = "auto", attempts: int = 3, bwlimit: int | None = None) -> TransferResult:
     """Copy ``remote`` from ``ssh``'s machine to ``local``, resuming and verifying like ``upload``."""
     t0 = time.monotonic()

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable
 
 import paramiko
-
 from ralph.handlers.machines.base import MachineError
 from ralph.handlers.machines.forwarding import TunnelError
 
@@ -189,7 +188,7 @@ class Tunnel:
         for thread in threads:
             thread.join(5)
 
-    def __enter__(self) -> "Tunnel":
+    def __enter__(self) -> Tunnel:
         return self
 
     def __exit__(self, *exc: object) -> None:

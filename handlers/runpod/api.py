@@ -292,7 +292,8 @@ class RunPodAPI:
         except (KeyError, TypeError, ValueError):
             raise TransientAPIError("network_volumes: unexpected answer shape") from None
 
-    def create_network_volume(self, *, name: str, size_gb: int, data_center: str, type: str | None = None) -> NetworkVolume:
+    def create_network_volume(self, *, name: str, size_gb: int, data_center: str,
+                              type: str | None = None) -> NetworkVolume:
         body: dict[str, Any] = {"name": name, "size": int(size_gb), "dataCenter": data_center}
         if type:
             body["type"] = type

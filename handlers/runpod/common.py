@@ -9,12 +9,13 @@ import os
 import threading
 from pathlib import Path
 
-from ralph.context import Context, RunInfo
-from ralph.handler import Handler, TaskBlocked
 from ralph.handlers.facts import MachineHandle
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import reaper
 from ralph.handlers.runpod.api import KEY_VARIABLE, APIError, AuthError, RunPodAPI
+
+from ralph.context import Context, RunInfo
+from ralph.handler import Handler, TaskBlocked
 
 CONSOLE = "https://www.runpod.io/console/pods"
 SETTINGS = "https://www.runpod.io/console/user/settings"

@@ -27,15 +27,30 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, TransientError, criterion
 from ralph.handlers.facts import MachineHandle
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import deadman, estimate, placement, reaper
-from ralph.handlers.runpod.api import (KEY_VARIABLE, VOLUME_TYPES, APIError, AuthError, BalanceError, BadRequest, CapacityError,
-                                       NetworkVolume, NoAccess, Pod, PodSpec, RateLimited, RunPodAPI,
-                                       TransientAPIError, catalog)
+from ralph.handlers.runpod.api import (
+    KEY_VARIABLE,
+    VOLUME_TYPES,
+    APIError,
+    AuthError,
+    BadRequest,
+    BalanceError,
+    CapacityError,
+    NetworkVolume,
+    NoAccess,
+    Pod,
+    PodSpec,
+    RateLimited,
+    RunPodAPI,
+    TransientAPIError,
+    catalog,
+)
 from ralph.handlers.runpod.common import PodHandler, api_for_task, blocked_by_auth, task_file
+
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, TransientError, criterion
 from ralph.measures import POD_READY_SECONDS, Measures
 from ralph.model import Task, TaskFile
 from ralph.state import now
@@ -63,7 +78,8 @@ class CreatePod(PodHandler):
     provides = (MachineHandle,)
     # Everything that finds the pod (and its volume) again: a redone task never creates a second.
     remembers = frozenset({"pod_id", "name", "create_sent", "created_at", "gpu_type_id", "cloud_type", "data_center",
-                           "catalog_price_per_hr", "cost_per_hr", "stages", "asked_gpus", "volume", "volume_create_sent"})
+                           "catalog_price_per_hr", "cost_per_hr", "stages", "asked_gpus", "volume",
+                           "volume_create_sent"})
     params = {
         "gpu_types": Param(list, DEFAULT_GPUS, "RunPod GPU type ids, in order of preference"),
         "cloud_types": Param(list, ["ALL"], "clouds tried for each GPU type: SECURE, COMMUNITY (ALL: both)"),
@@ -77,8 +93,10 @@ class CreatePod(PodHandler):
         "create_budget_s": Param((int, float), 300, "seconds to keep looking for a GPU with room"),
         "ready_timeout_s": Param((int, float), 900, "seconds from create to a working `ssh true`"),
         "heartbeat_timeout_s": Param((int, float), 600, "the pod deletes itself after this long without ralph"),
-        "max_lifetime_s": Param((int, float), 10800, "the pod deletes itself this long after it started, whatever happens"),
-        "remote_workspace": Param(str, "/workspace", "where commands run on the pod and volumes mount; empty: where SSH sessions start"),
+        "max_lifetime_s": Param((int, float), 10800, "the pod deletes itself this long after it started, whatever "
+                                                     "happens"),
+        "remote_workspace": Param(str, "/workspace", "where commands run on the pod and volumes mount; empty: where "
+                                                     "SSH sessions start"),
         "base_start_command": Param(str, "/start.sh", "what the image runs at start (after the switch is armed)"),
         "pod_state_dir": Param(str, deadman.DEFAULT_STATE_BASE, "the switch's folder on the pod (not on the volume)"),
         "ssh_key": Param(str, "", "private key for the pod; empty: ralph's own key in .ralph/<file>/ssh/"),
@@ -91,18 +109,21 @@ class CreatePod(PodHandler):
             problems.append(Problem(task.line, f"{task.label}: gpu_types must be a non-empty list of GPU type ids"))
         bad = [c for c in params["cloud_types"] if c not in (*placement.CLOUDS_AND_ALL,)]
         if bad or not params["cloud_types"]:
-            problems.append(Problem(task.line, f"{task.label}: cloud_types must be among {', '.join(placement.CLOUDS_AND_ALL)}"))
+            problems.append(Problem(task.line, f"{task.label}: cloud_types must be among "
+                                               f"{', '.join(placement.CLOUDS_AND_ALL)}"))
         for key in ("create_budget_s", "ready_timeout_s", "heartbeat_timeout_s", "max_lifetime_s", "poll_s"):
             if params[key] <= 0:
                 problems.append(Problem(task.line, f"{task.label}: {key} must be positive"))
         if params["min_cuda"] and not placement.is_cuda_version(params["min_cuda"]):
-            problems.append(Problem(task.line, f"{task.label}: min_cuda must look like 12.4, not {params['min_cuda']!r}"))
+            problems.append(Problem(task.line, f"{task.label}: min_cuda must look like 12.4, not "
+                                               f"{params['min_cuda']!r}"))
         volume = params["volume"]
         if isinstance(volume, dict):
             if not volume.get("name") or not isinstance(volume.get("size_gb", 0), int) \
-                    or not 10 <= volume.get("size_gb", 50) <= 4096 or volume.get("type", "STANDARD") not in VOLUME_TYPES:
-                problems.append(Problem(task.line, f"{task.label}: volume must be a name, or {{name, size_gb (10–4096), "
-                                                   f"type ({'/'.join(VOLUME_TYPES)})}}"))
+                    or not 10 <= volume.get("size_gb", 50) <= 4096 \
+                    or volume.get("type", "STANDARD") not in VOLUME_TYPES:
+                problems.append(Problem(task.line, f"{task.label}: volume must be a name, or {{name, size_gb "
+                                                   f"(10–4096), type ({'/'.join(VOLUME_TYPES)})}}"))
         return problems + self._catalog_problems(task, params)
 
     def _catalog_problems(self, task: Task, params: dict[str, Any]) -> list[Problem]:
@@ -145,8 +166,10 @@ class CreatePod(PodHandler):
         warning = self._switch_warning(ctx, handle)
         return Result(
             summary=(f"pod {handle.name} ({handle.id}) on {handle.gpu} at ${handle.cost_per_hr:.3f}/h; "
-                     f"ssh {handle.address} answered {waited:.0f} s after create" + (f"; WARNING: {warning}" if warning else "")),
-            data={"pod_id": handle.id, "name": handle.name, "gpu": handle.gpu, "gpu_type_id": ctx.memory.get("gpu_type_id"),
+                     f"ssh {handle.address} answered {waited:.0f} s after create"
+                     + (f"; WARNING: {warning}" if warning else "")),
+            data={"pod_id": handle.id, "name": handle.name, "gpu": handle.gpu,
+                  "gpu_type_id": ctx.memory.get("gpu_type_id"),
                   "cloud_type": ctx.memory.get("cloud_type"), "data_center": ctx.memory.get("data_center"),
                   "volume": ctx.memory.get("volume"), "cost_per_hr": handle.cost_per_hr, "ssh": handle.address,
                   "seconds_to_ssh": round(waited, 1), "stages": ctx.memory.get("stages", {}),
@@ -277,7 +300,8 @@ class CreatePod(PodHandler):
             time.sleep(wait)
         memory.pop("create_sent", None)  # nothing was created: a retry need not look for it
         why = "; ".join(dict.fromkeys(tried)) or "the catalog never showed room for any candidate"
-        raise TaskFailed(f"no pod after {time.monotonic() - started:.0f} s (create_budget_s {p['create_budget_s']}): {why}")
+        raise TaskFailed(f"no pod after {time.monotonic() - started:.0f} s (create_budget_s {p['create_budget_s']}): "
+                         f"{why}")
 
     def _volume(self, ctx: Context, api: RunPodAPI, offers: list[Any]) -> NetworkVolume:
         """The task's network volume: found by id or name, else created where the GPUs have room."""
@@ -292,7 +316,8 @@ class CreatePod(PodHandler):
             ctx.log(f"using network volume {found.name} ({found.id}, {found.size_gb} GB in {found.data_center})")
         else:
             found = self._create_volume(ctx, api, offers, wanted)
-        memory["volume"] = {"id": found.id, "name": found.name, "data_center": found.data_center, "size_gb": found.size_gb}
+        memory["volume"] = {"id": found.id, "name": found.name, "data_center": found.data_center,
+                            "size_gb": found.size_gb}
         return found
 
     def _create_volume(self, ctx: Context, api: RunPodAPI, offers: list[Any], wanted: dict[str, Any]) -> NetworkVolume:
@@ -300,14 +325,16 @@ class CreatePod(PodHandler):
         kind = wanted.get("type", "STANDARD")
         offering = {dc.id for dc in self._call(api.data_centers) if kind in dc.volume_types}
         everywhere = placement.place(offers, gpu_types=p["gpu_types"], cloud_types=p["cloud_types"],
-                                     data_centers=p["data_centers"] or sorted({d for o in offers for d in o.data_centers}),
+                                     data_centers=p["data_centers"]
+                                     or sorted({d for o in offers for d in o.data_centers}),
                                      gpu_count=p["gpu_count"], min_cuda=p["min_cuda"] or None)
         where = next((c.data_center for c in everywhere.available if c.data_center in offering), None)
         if where is None:
             raise TaskFailed(f"no data centre offers {kind} volumes and has room for {', '.join(p['gpu_types'])} now; "
                              "name an existing volume or try later")
         ctx.memory["volume_create_sent"] = True
-        volume = self._call(lambda: api.create_network_volume(name=str(wanted["name"]), size_gb=int(wanted.get("size_gb", 50)),
+        volume = self._call(lambda: api.create_network_volume(name=str(wanted["name"]),
+                                                              size_gb=int(wanted.get("size_gb", 50)),
                                                               data_center=where, type=kind))
         ctx.log(f"created network volume {volume.name} ({volume.id}, {volume.size_gb} GB {kind} in {where}): "
                 "it bills monthly until you delete it")
@@ -461,7 +488,8 @@ class CreatePod(PodHandler):
         asked = list(ctx.memory.get("asked_gpus", []))
         ok = pod.running and pod.gpu_id in asked
         return Evidence(ok, f"pod {pod.name} ({pod.id}) is {pod.status} with GPU {pod.gpu_id} "
-                            f"(asked, in order: {', '.join(asked) or '?'}) at ${pod.cost_per_hr or result.data.get('cost_per_hr', 0):.3f}/h")
+                            f"(asked, in order: {', '.join(asked) or '?'}) at "
+                            f"${pod.cost_per_hr or result.data.get('cost_per_hr', 0):.3f}/h")
 
     @criterion(r"\bssh\b")
     def ssh_works(self, ctx: Context, result: Result, text: str) -> Evidence:

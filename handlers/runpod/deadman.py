@@ -181,7 +181,7 @@ arm_check() {{
   done
 ) </dev/null >/dev/null 2>&1 &
 exec {base}
-"""
+"""  # noqa: E501 (a shell script's lines)
 
 
 def start_command(switch: Switch, base_start_command: str) -> str:

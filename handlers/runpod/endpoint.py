@@ -31,7 +31,8 @@ def problems(wanted: Any, line: int) -> list[Problem]:
     found = []
     unknown = sorted(set(wanted) - CREATE_KEYS)
     if unknown:
-        found.append(Problem(line, f"endpoint: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(CREATE_KEYS))}"))
+        found.append(Problem(line, f"endpoint: unknown key(s) {', '.join(unknown)}; "
+                                   f"known: {', '.join(sorted(CREATE_KEYS))}"))
     pools = wanted.get("gpu_pools")
     if not (isinstance(pools, list) and pools and all(isinstance(p, str) for p in pools)):
         found.append(Problem(line, "endpoint: gpu_pools must list serverless GPU pools, such as [ADA_24]"))

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ralph import units
-from ralph.context import EstimateContext
-from ralph.handler import Estimate, Figure, Rental
 from ralph.handlers.runpod import placement
 from ralph.handlers.runpod.api import GpuOffer, catalog
 from ralph.handlers.runpod.placement import Candidate, Placement
+
+from ralph import units
+from ralph.context import EstimateContext
+from ralph.handler import Estimate, Figure, Rental
 from ralph.measures import POD_READY_SECONDS
 from ralph.secrets import redact
 
@@ -85,7 +86,8 @@ def create_estimate(params: Mapping[str, Any], context: EstimateContext,
         lines.append(redact(f"prices could not be read from RunPod ({type(error).__name__}: {error}): cost unknown"))
         return Estimate(tuple(lines), machine_seconds=ready,
                         rental=Rental(None, float(params.get("max_lifetime_s") or 0) / 3600, None))
-    found = placement.place(offers, gpu_types=params.get("gpu_types") or [], cloud_types=params.get("cloud_types") or [],
+    found = placement.place(offers, gpu_types=params.get("gpu_types") or [],
+                            cloud_types=params.get("cloud_types") or [],
                             data_centers=params.get("data_centers") or [], gpu_count=count,
                             min_cuda=params.get("min_cuda") or None)
     lines += [candidate_line(c) for c in found.candidates]

@@ -84,7 +84,8 @@ def place(offers: Sequence[GpuOffer], *, gpu_types: Sequence[str], cloud_types: 
             continue
         cuda_ok = min_cuda is None or any(ok and cuda_at_least(v, min_cuda) for v, ok in offer.cuda_versions.items())
         for cloud in clouds(cloud_types):
-            places = [(dc, offer.data_centers.get(dc, "NONE")) for dc in data_centers] or [(None, offer.availability)]
+            places: list[tuple[str | None, str]] = [(dc, offer.data_centers.get(dc, "NONE")) for dc in data_centers]
+            places = places or [(None, offer.availability)]
             found += [Candidate(gpu, cloud, dc, offer.price_per_hr(cloud, gpu_count), level, offer, cuda_ok)
                       for dc, level in places]
     return Placement(found, [g for g in gpu_types if g not in by_id])

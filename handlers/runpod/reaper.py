@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ralph.handlers.runpod.api import APIError, AuthError, NotFound, RunPodAPI, TransientAPIError
+
 from ralph.state import state_home
 
 PREFIX = "ralph-"
@@ -177,7 +178,9 @@ def terminate_and_confirm(api: RunPodAPI, pod_id: str, *, timeout_s: float, poll
     """
     started = time.monotonic()
     deadline = started + timeout_s
-    acknowledged, errors, read_errors = 0, [], []
+    acknowledged = 0
+    errors: list[str] = []
+    read_errors: list[str] = []
     resend_s, next_send = first_resend_s, started
     while True:
         if time.monotonic() >= next_send:

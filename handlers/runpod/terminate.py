@@ -13,13 +13,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Param, Result, TaskFailed, TransientError, criterion
 from ralph.handlers.facts import MachineHandle, MachineTime
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import estimate, reaper
 from ralph.handlers.runpod.api import AuthError, RunPodAPI, TransientAPIError
 from ralph.handlers.runpod.common import CONSOLE, PodHandler, api_for_task, blocked_by_auth, task_file
+
+from ralph.context import Context, EstimateContext
+from ralph.handler import Estimate, Evidence, Param, Result, TaskFailed, TransientError, criterion
 from ralph.model import Task
 from ralph.state import now
 
@@ -36,7 +37,8 @@ class TerminatePod(PodHandler):
     provides = (MachineTime,)
     cleanup = True
     params = {
-        "terminate_timeout_s": Param((int, float), 120, "seconds to keep re-sending terminate until the pod reads gone"),
+        "terminate_timeout_s": Param((int, float), 120,
+                                     "seconds to keep re-sending terminate until the pod reads gone"),
         "poll_s": Param((int, float), 2, "seconds between reads while confirming"),
     }
 
@@ -75,7 +77,7 @@ class TerminatePod(PodHandler):
             raise TaskFailed(f"still listed after termination: {', '.join(f'{p.name} ({p.id})' for p in active)}")
         confirmed_at = now()
         ledger = reaper.Ledger()
-        for pod_id, name in targets.items():
+        for name in targets.values():
             if name:
                 ledger.gone(name)
         cost, hours = 0.0, 0.0
@@ -109,7 +111,8 @@ class TerminatePod(PodHandler):
         if gone is None:
             return Evidence(False, "the terminate task did not run")
         if not gone:
-            return Evidence(True, f"no pod of this file existed (none named {result.data.get('prefix')}*): nothing to terminate")
+            return Evidence(True, f"no pod of this file existed (none named {result.data.get('prefix')}*): nothing to "
+                                  "terminate")
         api = RunPodAPI.from_env()
         try:
             left = [g["id"] for g in gone if api.get_pod(g["id"]) is not None]

@@ -12,12 +12,22 @@ import os
 import time
 import uuid
 from pathlib import Path
-
 from typing import Any
 
 from ralph.context import Context, EstimateContext
-from ralph.handler import (Estimate, Evidence, Figure, Handler, Param, Rental, Result, TaskBlocked, TaskFailed,
-                           TransientError, criterion)
+from ralph.handler import (
+    Estimate,
+    Evidence,
+    Figure,
+    Handler,
+    Param,
+    Rental,
+    Result,
+    TaskBlocked,
+    TaskFailed,
+    TransientError,
+    criterion,
+)
 from ralph.model import Task
 
 

@@ -42,8 +42,8 @@ def honest(prompt: str) -> int:
 
 
 def liar(prompt: str) -> int:
-    number = re.search(r"^# Task (\d+) of", prompt, re.M).group(1)  # type: ignore[union-attr]
-    path = Path(re.search(r"the task file `([^`]+)`", prompt).group(1))  # type: ignore[union-attr]
+    number = re.search(r"^# Task (\d+) of", prompt, re.M).group(1)
+    path = Path(re.search(r"the task file `([^`]+)`", prompt).group(1))
     text = path.read_text(encoding="utf-8")
     start = text.index(f"### {number}. ")
     end = text.find("\n### ", start + 1)

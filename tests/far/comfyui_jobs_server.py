@@ -151,7 +151,8 @@ class JobsServer:
                 limit = int(query["limit"]) if "limit" in query else None
                 offset = int(query.get("offset", 0))
                 page = jobs[offset:][:limit] if limit else jobs[offset:]
-                summary_keys = set(CONTRACT["routes"]["GET /api/jobs/{job_id}"]["queued_or_running_keys"]) - {"workflow"}
+                listed = CONTRACT["routes"]["GET /api/jobs/{job_id}"]["queued_or_running_keys"]
+                summary_keys = set(listed) - {"workflow"}
                 return 200, {"jobs": [{k: v for k, v in self._record(j).items() if k in summary_keys} for j in page],
                              "pagination": {"offset": offset, "limit": limit, "total": len(jobs),
                                             "has_more": offset + len(page) < len(jobs)}}

@@ -220,7 +220,7 @@ class Contract:
         declared: a property of a branch that failed for another reason is reported as unevaluated too
         (2020-12 drops a failed branch's annotations), and that error already says what is wrong."""
         declared = self._declared_properties(error.schema)
-        unknown = [name for name in error.instance if name not in declared]
+        unknown = [name for name in error.instance if name not in declared]  # type: ignore[union-attr]  # an object
         if not unknown:
             return None
         return "additional properties " + ", ".join(repr(n) for n in unknown) + " not allowed"

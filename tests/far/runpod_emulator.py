@@ -154,7 +154,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .openapi_contract import Contract, Operation as ContractOperation
+from .openapi_contract import Contract
+from .openapi_contract import Operation as ContractOperation
 from .sshd import SshServer, start_sshd
 
 CAPACITY_MESSAGE = (
@@ -240,7 +241,7 @@ def _cuda_key(version: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------------------------------
 
 
-class Fault(str, Enum):
+class Fault(str, Enum):  # noqa: UP042 (StrEnum would change str() of a member)
     RATE_LIMITED = "rate_limited"  # 429 problem, Retry-After, RateLimit r=0
     SERVER_ERROR = "server_error"  # 500 problem
     BAD_GATEWAY = "bad_gateway"  # 502, an HTML page from the gateway
@@ -560,7 +561,7 @@ class RunPodEmulator:
         if self._server is None:
             raise RuntimeError("emulator not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host}:{port}"  # type: ignore[str-bytes-safe]  # AF_INET: host is a str
 
     def start(self) -> RunPodEmulator:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -1486,7 +1487,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         emulator: RunPodEmulator = self.server.emulator  # type: ignore[attr-defined]
-        reply = emulator.handle(self.command, self.path, self.headers, body)
+        reply = emulator.handle(self.command, self.path, self.headers, body)  # type: ignore[arg-type]  # a Message maps
         if reply.lost:
             self.close_connection = True  # nothing was written: the client sees the connection drop
             return

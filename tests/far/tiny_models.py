@@ -79,7 +79,7 @@ def ensure_models(home: Path | None = None, dest: Path | None = None) -> Path:
 # Everything below runs inside ComfyUI's venv (torch, safetensors, transformers, PIL).
 
 
-def _init_random(module, torch) -> None:  # type: ignore[no-untyped-def]
+def _init_random(module, torch) -> None:
     """ComfyUI's layers skip weight initialisation (they expect a checkpoint), so their
     parameters start as uninitialised memory: give each a small, finite random value."""
     gen = torch.Generator().manual_seed(0)
@@ -96,11 +96,11 @@ def _init_random(module, torch) -> None:  # type: ignore[no-untyped-def]
                 p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
 
 
-def _fp16(sd: dict, prefix: str, torch) -> dict:  # type: ignore[no-untyped-def]
+def _fp16(sd: dict, prefix: str, torch) -> dict:
     return {prefix + k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}
 
 
-def _unet_kwargs(ops) -> dict:  # type: ignore[no-untyped-def]
+def _unet_kwargs(ops) -> dict:
     # The keys ComfyUI's SD15 detection reads, with the depth cut to one level.
     return dict(
         image_size=32, in_channels=4, model_channels=320, num_res_blocks=[1], channel_mult=[1],
@@ -115,15 +115,14 @@ def _build(comfyui: Path, dest: Path) -> None:
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True  # before model_management is imported: no GPU here
-    import torch
-    from PIL import Image, ImageDraw
-    from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     import comfy.ops
+    import torch
     from comfy.cldm.cldm import ControlNet
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from comfy.taesd.taesd import TAESD
+    from PIL import Image, ImageDraw
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     ops = comfy.ops.disable_weight_init
