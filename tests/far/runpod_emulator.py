@@ -1522,7 +1522,14 @@ def emulated_runpod(root: Path, monkeypatch: pytest.MonkeyPatch, **options: Any)
         yield emulator
     finally:
         emulator.stop()
-    assert emulator.leftover_processes() == [], "pod processes outlived the emulator"
+    # A process killed is gone a moment later (sooner or later on a loaded machine), and one a pod
+    # started while it was ending (the switch's curl) is ended again: wait on that, with a deadline.
+    deadline = time.monotonic() + 20
+    while (left := emulator.leftover_processes()) and time.monotonic() < deadline:
+        for pod in emulator.all_pods:
+            emulator._halt(pod)
+        time.sleep(0.1)
+    assert left == [], "pod processes outlived the emulator"
     assert emulator.response_violations == [], "the emulator broke the contract"
 
 
