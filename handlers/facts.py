@@ -30,7 +30,7 @@ class MachineHandle(Fact):
     key_file: str
     known_hosts: str
     workspace: str  # "" : where SSH sessions start
-    state_base: str  # the switch's folder on the pod (deadman.pod_dir)
+    state_base: str  # where the machine's watchdog keeps its files (heartbeat.watch_dir)
     heartbeat_interval_s: float
     gpu: str = ""
     cost_per_hr: float = 0.0

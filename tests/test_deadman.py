@@ -149,7 +149,7 @@ def test_heartbeats_keep_the_pod_and_their_silence_kills_it(emu: RunPodEmulator,
     handle = session.MachineHandle(id=pod_id, name=NAME, host=ssh.host, port=ssh.port, user=ssh.user,
                                    key_file=str(key), known_hosts=str(tmp_path / "known_hosts"), workspace="",
                                    state_base=state_base, heartbeat_interval_s=0.5)
-    beat = session.Heartbeat(handle)  # ralph's own heartbeat: deadman.heartbeat_command over SSH
+    beat = session.Heartbeat(handle)  # ralph's own heartbeat: heartbeat_command over SSH
     beat.start()
     try:
         # Past the grace period and two whole heartbeat timeouts, beats landing all along.

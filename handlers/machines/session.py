@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ralph.handlers.facts import MachineHandle
-from ralph.handlers.runpod import deadman
+from ralph.handlers.machines.heartbeat import heartbeat_command
 
 from ralph.context import Context
 from ralph.handler import TaskBlocked
@@ -77,7 +77,7 @@ class Heartbeat(threading.Thread):
     def __init__(self, handle: MachineHandle) -> None:
         super().__init__(name=f"ralph-heartbeat-{handle.id}", daemon=True)
         self.handle = handle
-        self.command = deadman.heartbeat_command(handle.state_base, handle.id)
+        self.command = heartbeat_command(handle.state_base, handle.id)
         self.beats = 0
         self.failures = 0
         self.last_error = ""

@@ -35,6 +35,7 @@ import posixpath
 from dataclasses import dataclass
 
 from ralph.handlers.machines import remote_shell
+from ralph.handlers.machines.heartbeat import watch_dir
 
 quote = remote_shell.quote
 
@@ -55,29 +56,13 @@ class Switch:
         return max(1, min(30, self.heartbeat_timeout_s // 4, self.grace_s // 4, self.max_lifetime_s // 4))
 
 
-def pod_dir(state_base: str, pod_id: str) -> str:
-    return posixpath.join(state_base, pod_id)
-
-
-def heartbeat_path(state_base: str, pod_id: str) -> str:
-    return posixpath.join(pod_dir(state_base, pod_id), "heartbeat")
-
-
 def log_path(state_base: str, pod_id: str) -> str:
-    return posixpath.join(pod_dir(state_base, pod_id), "deadman.log")
+    return posixpath.join(watch_dir(state_base, pod_id), "deadman.log")
 
 
 def arming_path(state_base: str, pod_id: str) -> str:
     """One line the switch writes when armed: ``ok: …`` or why it could not fire."""
-    return posixpath.join(pod_dir(state_base, pod_id), "arming")
-
-
-def heartbeat_command(state_base: str, pod_id: str) -> str:
-    """The command ralph runs on the pod for each beat: the pod's clock, replaced atomically."""
-    path = heartbeat_path(state_base, pod_id)
-    tmp = path + ".tmp"
-    return (f"mkdir -p {quote(pod_dir(state_base, pod_id))} && "
-            f"date +%s > {quote(tmp)} && mv -f {quote(tmp)} {quote(path)}")
+    return posixpath.join(watch_dir(state_base, pod_id), "arming")
 
 
 def script(switch: Switch, base_start_command: str) -> str:
