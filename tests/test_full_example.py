@@ -40,7 +40,7 @@ from ralph.model import RESULTS_BEGIN, RESULTS_END
 from ralph.parser import parse_file
 from tests.far import tiny_models
 from tests.far.comfyui_server import NODES_DIR, ComfyServer, comfyui_server, free_port, refiner_graph, require_install  # noqa: F401
-from tests.far.runpod_emulator import RunPodEmulator, emulated_runpod
+from tests.far.runpod_emulator import RunPodEmulator, emulated_for_ralph
 from tests.repo_files import EXAMPLE, REPO
 from tests.test_pod_handlers import A5000, RTX4090
 
@@ -61,12 +61,7 @@ def workspace(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def emu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace: Path) -> Iterator[RunPodEmulator]:
-    monkeypatch.setenv("RALPH_STATE_HOME", str(tmp_path / "ralph-state"))
-    emulator: RunPodEmulator
-    for emulator in emulated_runpod(tmp_path / "runpod", monkeypatch, kill_grace_s=0.3, workspace_link=workspace):
-        emulator.rate_limit_policy = (("minute", 100_000, 60),)  # the test polls every 0.1 s
-        yield emulator
-        assert emulator.request_violations == []
+    yield from emulated_for_ralph(tmp_path, monkeypatch, workspace_link=workspace)
 
 
 # -- the project ------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from rich.console import Console
 from ralph.console import ConsoleReporter
 from ralph.parser import parse_file
 from ralph.runner import Runner, RunSummary
-from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_runpod
+from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_for_ralph
 
 ROADMAP = Path(__file__).resolve().parents[1] / "roadmap" / "ralph"
 TASK_FILE = "RALPH-002-pod-lifecycle.md"
@@ -39,15 +39,7 @@ A5000, RTX4090 = "NVIDIA RTX A5000", "NVIDIA GeForce RTX 4090"
 
 @pytest.fixture
 def emu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunPodEmulator]:
-    monkeypatch.setenv("RALPH_STATE_HOME", str(tmp_path / "ralph-state"))
-    emulator: RunPodEmulator
-    for emulator in emulated_runpod(tmp_path / "runpod", monkeypatch, kill_grace_s=0.3):
-        # ralph paces itself by the RateLimit headers; these tests poll every 0.1 s to stay fast, so
-        # their account gets a quota that such polling does not use up (RunPod's example: 60/min).
-        emulator.rate_limit_policy = (("minute", 100_000, 60),)
-        yield emulator
-        emulator.ignore_terminations(0)
-        assert emulator.request_violations == [], "ralph sent a request off RunPod's contract"
+    yield from emulated_for_ralph(tmp_path, monkeypatch)
 
 
 def fast_params(tmp_path: Path, **create: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from rich.console import Console
 from ralph.console import ConsoleReporter
 from ralph.runner import Runner, RunSummary
 from tests.far.comfyui_server import free_port
-from tests.far.runpod_emulator import RunPodEmulator, emulated_runpod
+from tests.far.runpod_emulator import RunPodEmulator, emulated_for_ralph
 from tests.test_comfyui_setup import STAND_IN_MAIN, fake_torch, write
 from tests.test_pod_handlers import A5000, RTX4090
 
@@ -56,12 +56,7 @@ def workspace(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def emu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace: Path) -> Iterator[RunPodEmulator]:
-    monkeypatch.setenv("RALPH_STATE_HOME", str(tmp_path / "ralph-state"))
-    emulator: RunPodEmulator
-    for emulator in emulated_runpod(tmp_path / "runpod", monkeypatch, kill_grace_s=0.3, workspace_link=workspace):
-        emulator.rate_limit_policy = (("minute", 100_000, 60),)  # the test polls every 0.1 s
-        yield emulator
-        assert emulator.request_violations == []
+    yield from emulated_for_ralph(tmp_path, monkeypatch, workspace_link=workspace)
 
 
 def project(root: Path, tmp_path: Path, workspace: Path) -> dict[str, Any]:

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ralph.handlers.facts import MachineHandle
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import reaper
-from ralph.handlers.runpod.api import KEY_VARIABLE, APIError, AuthError, RunPodAPI
+from ralph.handlers.runpod.api import KEY_VARIABLE, APIError, AuthError, BalanceError, RunPodAPI, TransientAPIError
 
 from ralph.context import Context, RunInfo
-from ralph.handler import Handler, TaskBlocked
+from ralph.handler import Handler, TaskBlocked, TaskFailed, TransientError
 
 CONSOLE = "https://www.runpod.io/console/pods"
 SETTINGS = "https://www.runpod.io/console/user/settings"
@@ -28,8 +30,21 @@ def api_for_task() -> RunPodAPI:
     return RunPodAPI.from_env()
 
 
-def blocked_by_auth(error: AuthError) -> TaskBlocked:
-    return TaskBlocked(f"RunPod refused {KEY_VARIABLE}: {error}")
+@contextmanager
+def task_api() -> Iterator[RunPodAPI]:
+    """The API for one task's work, and what RunPod's refusals mean for the task: a refused key
+    blocks it, a lack of balance fails it, a transient error is retried by the engine."""
+    api = api_for_task()
+    try:
+        yield api
+    except AuthError as error:
+        raise TaskBlocked(f"RunPod refused {KEY_VARIABLE}: {error}") from None
+    except BalanceError as error:
+        raise TaskFailed(f"RunPod refused for lack of balance: {error}") from None
+    except TransientAPIError as error:
+        raise TransientError(str(error)) from None
+    finally:
+        api.close()
 
 
 def task_file(ctx: Context | RunInfo) -> Path:

@@ -47,7 +47,7 @@ from ralph.handlers.runpod.api import (
     TransientAPIError,
     catalog,
 )
-from ralph.handlers.runpod.common import PodHandler, api_for_task, blocked_by_auth, task_file
+from ralph.handlers.runpod.common import PodHandler, task_api, task_file
 
 from ralph.context import Context, EstimateContext
 from ralph.handler import Estimate, Evidence, Param, Problem, Result, TaskFailed, TransientError, criterion
@@ -145,15 +145,8 @@ class CreatePod(PodHandler):
     # -- run ---------------------------------------------------------------------------------
 
     def run(self, ctx: Context) -> Result:
-        api = api_for_task()
-        try:
+        with task_api() as api:
             return self._run(ctx, api)
-        except AuthError as error:
-            raise blocked_by_auth(error) from None
-        except BalanceError as error:
-            raise TaskFailed(f"RunPod refused for lack of balance: {error}") from None
-        finally:
-            api.close()
 
     def _run(self, ctx: Context, api: RunPodAPI) -> Result:
         key = self._client_key(ctx)

@@ -16,11 +16,11 @@ from typing import Any
 from ralph.handlers.facts import MachineHandle, MachineTime
 from ralph.handlers.machines import session
 from ralph.handlers.runpod import estimate, reaper
-from ralph.handlers.runpod.api import AuthError, RunPodAPI, TransientAPIError
-from ralph.handlers.runpod.common import CONSOLE, PodHandler, api_for_task, blocked_by_auth, task_file
+from ralph.handlers.runpod.api import RunPodAPI
+from ralph.handlers.runpod.common import CONSOLE, PodHandler, task_api, task_file
 
 from ralph.context import Context, EstimateContext
-from ralph.handler import Estimate, Evidence, Param, Result, TaskFailed, TransientError, criterion
+from ralph.handler import Estimate, Evidence, Param, Result, TaskFailed, criterion
 from ralph.model import Task
 from ralph.state import now
 
@@ -46,15 +46,8 @@ class TerminatePod(PodHandler):
         return estimate.terminate_estimate()
 
     def run(self, ctx: Context) -> Result:
-        api = api_for_task()
-        try:
+        with task_api() as api:
             return self._run(ctx, api)
-        except AuthError as error:
-            raise blocked_by_auth(error) from None
-        except TransientAPIError as error:
-            raise TransientError(str(error)) from None
-        finally:
-            api.close()
 
     def _run(self, ctx: Context, api: RunPodAPI) -> Result:
         prefix = reaper.owner_prefix(task_file(ctx))

@@ -1537,3 +1537,17 @@ def emulated_runpod(root: Path, monkeypatch: pytest.MonkeyPatch, **options: Any)
 def runpod_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunPodEmulator]:
     """The emulator with its defaults (see the module docstring)."""
     yield from emulated_runpod(tmp_path / "runpod", monkeypatch)
+
+
+def emulated_for_ralph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Iterator[RunPodEmulator]:
+    """``emulated_runpod`` for tests of ralph's pod handlers: ralph's machine-wide state (the pod
+    ledger, its measures) under ``tmp_path``; a quota that polling every 0.1 s, the tests' pace, does
+    not use up (RunPod's example is 60 a minute, and ralph paces itself by the RateLimit headers);
+    terminations honoured again before the teardown; and no request of ralph's off the contract."""
+    monkeypatch.setenv("RALPH_STATE_HOME", str(tmp_path / "ralph-state"))
+    emulator: RunPodEmulator
+    for emulator in emulated_runpod(tmp_path / "runpod", monkeypatch, **{"kill_grace_s": 0.3, **options}):
+        emulator.rate_limit_policy = (("minute", 100_000, 60),)
+        yield emulator
+        emulator.ignore_terminations(0)
+        assert emulator.request_violations == [], "ralph sent a request off RunPod's contract"
