@@ -130,14 +130,11 @@ def _versions(ctx: Context) -> str:
     server = ctx.fact(ComfyServer, even_released=True)
     if server is not None and server.version:
         parts.append(f"ComfyUI {server.version}")
-    setup = next((r.result.get("data") or {} for r in ctx.records.values()
-                  if r.result and "torch" in (r.result.get("data") or {})), {})
-    if torch := (setup.get("torch") or {}).get("version"):
-        parts.append(f"torch {torch}")
-    files = [f for f in setup.get("files") or [] if isinstance(f, dict) and f.get("name")]
-    parts += [f"`{f['name']}` sha256 `{str(f['sha256'])[:12]}…`" if f.get("sha256") else f"`{f['name']}` (no hash "
-                                                                                         "recorded)"
-              for f in files]
+    if server is not None and server.torch:
+        parts.append(f"torch {server.torch}")
+    hashes = server.sha256 if server is not None else {}
+    parts += [f"`{name}` sha256 `{sha[:12]}…`" if sha else f"`{name}` (no hash recorded)"
+              for name, sha in hashes.items()]
     return ", ".join(parts)
 
 

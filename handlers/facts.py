@@ -70,6 +70,9 @@ class ComfyServer(Fact):
     python: str = ""
     args: list[str] = field(default_factory=list)
     start_timeout: float = 180.0
+    # What ran, for the session's record: torch's version and each placed file's sha256 ("": unknown).
+    torch: str | None = None
+    sha256: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from tests.far.runpod_emulator import (
     RunPodEmulator,
     emulated_runpod,
 )
+from tests.waiting import wait_for
 
 A5000 = "NVIDIA RTX A5000"
 NAME = "ralph-0000aaaa-t1-test"
@@ -49,16 +50,6 @@ def api(emu: RunPodEmulator) -> Iterator[RunPodAPI]:
 def state_base(tmp_path: Path) -> str:
     """The switch's folder on the pod (the pods are local sandboxes: a local path)."""
     return str(tmp_path / "pod-tmp")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def create(api: RunPodAPI, switch: deadman.Switch, *, ports: tuple[str, ...] = (), env: dict[str, str] | None = None,
@@ -229,7 +220,7 @@ def test_a_pod_key_refused_termination_falls_back_to_graphql(emu: RunPodEmulator
     pod_id = create(api, deadman.Switch(heartbeat_timeout_s=3, grace_s=1, max_lifetime_s=NEVER,
                                         state_base=state_base))
     wait_for(lambda: emu.pod(pod_id).terminated)
-    delete, action, graphql = wait_for(lambda: len(terminations(emu, pod_id)) == 3 and terminations(emu, pod_id))
+    delete, action, graphql = wait_for(lambda: terminations(emu, pod_id) if len(terminations(emu, pod_id)) == 3 else [])
     assert (delete.method, delete.status, action.status) == ("DELETE", 403, 403)
     assert action.body == {"action": "terminate"}
     assert (graphql.path, graphql.status, graphql.principal) == ("/graphql", 200, f"pod:{pod_id}")
@@ -282,7 +273,7 @@ def test_an_image_without_curl_still_fires(emu: RunPodEmulator, api: RunPodAPI, 
     assert path[1:] == [str(tools)] and not any(Path(d, "curl").exists() for d in path)
     assert arming_report(state_base, pod_id) == "ok: the pod key reads its own pod (HTTP 200)"
     wait_for(lambda: emu.pod(pod_id).terminated)
-    delete, action = wait_for(lambda: len(terminations(emu, pod_id)) == 2 and terminations(emu, pod_id))
+    delete, action = wait_for(lambda: terminations(emu, pod_id) if len(terminations(emu, pod_id)) == 2 else [])
     assert (delete.method, delete.status, delete.fault) == ("DELETE", 403, Fault.FORBIDDEN)
     assert (action.path, action.body, action.status) == (f"/v2/pods/{pod_id}/action", {"action": "terminate"}, 204)
     assert {delete.principal, action.principal} == {f"pod:{pod_id}"} and api.get_pod(pod_id) is None

@@ -92,13 +92,12 @@ class Generate(Handler):
         ctx.publish(held or MachineHandle(POD["id"], "", "", 0, "", "", "", "", "", 0.0, POD["gpu"],
                                           POD["cost_per_hr"]))
         ctx.publish(Images(images, WORKFLOW, ctx.params["lint"]))
-        ctx.publish(ComfyServer(POD["id"], 8188, "/workspace/ComfyUI", "0.3.40"))  # as comfyui.setup does
+        # What comfyui.setup publishes: the versions that ran.
+        ctx.publish(ComfyServer(POD["id"], 8188, "/workspace/ComfyUI", "0.3.40", torch="2.5.1",
+                                sha256={"bigLove_xl1.safetensors": "ab" * 32}))
         return Result(
             summary=f"{len(images)} image(s)",
-            data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD,
-                  # what comfyui.setup records: the versions that ran
-                  "service": {"version": "0.3.40"}, "torch": {"version": "2.5.1"},
-                  "files": [{"name": "bigLove_xl1.safetensors", "sha256": "ab" * 32}]},
+            data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD},
             cost_usd=0.0125,
         )
 

@@ -31,6 +31,7 @@ from ralph.console import ConsoleReporter
 from ralph.parser import parse_file
 from ralph.runner import Runner, RunSummary
 from tests.far.runpod_emulator import Fault, RunPodEmulator, emulated_for_ralph
+from tests.waiting import wait_for
 
 ROADMAP = Path(__file__).resolve().parents[1] / "roadmap" / "ralph"
 TASK_FILE = "RALPH-002-pod-lifecycle.md"
@@ -84,16 +85,6 @@ def ticked(file: Path, number: int) -> list[bool]:
 def state(file: Path) -> dict[str, Any]:
     path = file.parent / ".ralph" / file.stem / "state.json"
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def ralph_process(file: Path) -> subprocess.Popen[str]:
@@ -319,7 +310,7 @@ def test_a_pod_that_vanishes_while_starting_is_a_clear_failure(emu: RunPodEmulat
     file = pod_project(tmp_path / "project", fast_params(tmp_path))
 
     def kill_it() -> None:
-        pod = wait_for(lambda: emu.all_pods and emu.all_pods[0])
+        [pod] = wait_for(lambda: emu.all_pods[:1])
         wait_for(lambda: len(emu.calls("GET", f"/v2/pods/{pod.id}")) >= 2)
         RunPodAPI(emu.api_key, emu.url).terminate_pod(pod.id)
 

@@ -25,6 +25,7 @@ from tests.far.runpod_emulator import (
     emulated_runpod,
 )
 from tests.far.sshd import keygen
+from tests.waiting import wait_for
 
 GPU = "NVIDIA L4"  # 0.43/h on secure cloud, not sold on community cloud
 OTHER_GPU = "NVIDIA GeForce RTX 4090"
@@ -68,16 +69,6 @@ def read_until(api: httpx.Client, pod_id: str, status: str, reads: int = 10) -> 
         if pod["status"] == status:
             return pod
     raise AssertionError(f"pod {pod_id} never reported {status}; last {pod['status']}")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def file_text(path: Path) -> str | None:

@@ -166,7 +166,8 @@ class ComfyUISetup(Handler):
                                          [str(a) for a in p["comfyui_args"]], p["start_timeout"], ctx.log)
                 ctx.publish(ComfyServer(handle.id, p["port"], layout.comfyui, service.get("version"),
                                         [f["name"] for f in files], p["python"], [str(a) for a in p["comfyui_args"]],
-                                        p["start_timeout"]))
+                                        p["start_timeout"], torch.get("version"),
+                                        {f["name"]: f.get("sha256") or "" for f in files}))
             else:
                 service = {"port": p["port"], "error": f"not started: torch check failed ({_torch_text(ctx, torch)})"}
         except (CommandFailed, TransferFailed) as e:

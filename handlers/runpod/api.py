@@ -241,6 +241,12 @@ class RunPodAPI:
             self._client.close()
             self._client = None
 
+    def __enter__(self) -> RunPodAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ---- catalog -----------------------------------------------------------------------------
 
     def gpu_offers(self, *, gpu_count: int = 1) -> list[GpuOffer]:
@@ -435,14 +441,11 @@ _catalogs: dict[tuple[str, int], list[GpuOffer]] = {}
 def catalog(gpu_count: int = 1) -> list[GpuOffer]:
     """The catalog for the environment's key, read once per process and API host: ``ralph check``,
     the plan and its estimate share one read (a create reads it afresh). AuthError without a key."""
-    api = RunPodAPI.from_env()
-    try:
+    with RunPodAPI.from_env() as api:
         key = (api.base_url, gpu_count)
         if key not in _catalogs:
             _catalogs[key] = api.gpu_offers(gpu_count=gpu_count)
         return _catalogs[key]
-    finally:
-        api.close()
 
 
 def _rid(request_id: str) -> str:

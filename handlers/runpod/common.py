@@ -76,8 +76,9 @@ def run_hook(run: RunInfo, phase: str) -> None:
         run.events.write("reaper_skipped", phase=phase, reason=f"{KEY_VARIABLE} is not set")
         return
     try:
-        report = reaper.reap(RunPodAPI.from_env(), current_state_dir=run.state_dir,
-                             log=lambda message: run.events.write("reaper", message=message))
+        with RunPodAPI.from_env() as api:
+            report = reaper.reap(api, current_state_dir=run.state_dir,
+                                 log=lambda message: run.events.write("reaper", message=message))
     except APIError as error:
         run.reporter.warn(f"reaper: could not list pods ({error}); orphans, if any, are left for the next run")
         return

@@ -78,8 +78,7 @@ class CreatePod(PodHandler):
     provides = (MachineHandle,)
     # Everything that finds the pod (and its volume) again: a redone task never creates a second.
     remembers = frozenset({"pod_id", "name", "create_sent", "created_at", "gpu_type_id", "cloud_type", "data_center",
-                           "catalog_price_per_hr", "cost_per_hr", "stages", "asked_gpus", "volume",
-                           "volume_create_sent"})
+                           "catalog_price_per_hr", "cost_per_hr", "stages", "asked_gpus", "volume"})
     params = {
         "gpu_types": Param(list, DEFAULT_GPUS, "RunPod GPU type ids, in order of preference"),
         "cloud_types": Param(list, ["ALL"], "clouds tried for each GPU type: SECURE, COMMUNITY (ALL: both)"),
@@ -229,7 +228,7 @@ class CreatePod(PodHandler):
         tried: list[str] = []
         skipped: set[str] = set()  # GPU pools this key may not use
         for round_number in range(10**6):
-            offers = self._call(lambda: api.gpu_offers(gpu_count=p["gpu_count"]))
+            offers = api.gpu_offers(gpu_count=p["gpu_count"])
             if p["volume"] and volume is None:
                 volume = self._volume(ctx, api, offers)
             where = [volume.data_center] if volume else p["data_centers"]
@@ -301,7 +300,7 @@ class CreatePod(PodHandler):
         p, memory = ctx.params, ctx.memory
         wanted = p["volume"] if isinstance(p["volume"], dict) else {"name": p["volume"]}
         name = str(wanted["name"])
-        volumes = self._call(api.network_volumes)
+        volumes = api.network_volumes()
         found = next((v for v in volumes if v.id == name), None) or next((v for v in volumes if v.name == name), None)
         if found is not None:
             if p["data_centers"] and found.data_center not in p["data_centers"]:
@@ -316,7 +315,7 @@ class CreatePod(PodHandler):
     def _create_volume(self, ctx: Context, api: RunPodAPI, offers: list[Any], wanted: dict[str, Any]) -> NetworkVolume:
         p = ctx.params
         kind = wanted.get("type", "STANDARD")
-        offering = {dc.id for dc in self._call(api.data_centers) if kind in dc.volume_types}
+        offering = {dc.id for dc in api.data_centers() if kind in dc.volume_types}
         everywhere = placement.place(offers, gpu_types=p["gpu_types"], cloud_types=p["cloud_types"],
                                      data_centers=p["data_centers"]
                                      or sorted({d for o in offers for d in o.data_centers}),
@@ -325,10 +324,9 @@ class CreatePod(PodHandler):
         if where is None:
             raise TaskFailed(f"no data centre offers {kind} volumes and has room for {', '.join(p['gpu_types'])} now; "
                              "name an existing volume or try later")
-        ctx.memory["volume_create_sent"] = True
-        volume = self._call(lambda: api.create_network_volume(name=str(wanted["name"]),
-                                                              size_gb=int(wanted.get("size_gb", 50)),
-                                                              data_center=where, type=kind))
+        # A create whose answer was lost is found by its name on the next try (_volume lists them first).
+        volume = api.create_network_volume(name=str(wanted["name"]), size_gb=int(wanted.get("size_gb", 50)),
+                                           data_center=where, type=kind)
         ctx.log(f"created network volume {volume.name} ({volume.id}, {volume.size_gb} GB {kind} in {where}): "
                 "it bills monthly until you delete it")
         return volume
@@ -458,12 +456,6 @@ class CreatePod(PodHandler):
                 return _UNKNOWN
             raise TransientError(f"reading pod {pod_id}: {error}") from None
 
-    def _call(self, fn: Any) -> Any:
-        try:
-            return fn()
-        except TransientAPIError as error:
-            raise TransientError(str(error)) from None
-
     # -- checks ------------------------------------------------------------------------------
 
     @criterion(r"\bpod\b.*\b(cree|created|create|up|running|lance)\b|\bcreer?\b.*\bpod\b")
@@ -471,11 +463,8 @@ class CreatePod(PodHandler):
         pod_id = result.data.get("pod_id")
         if not pod_id:
             return Evidence(False, "no pod was created")
-        api = RunPodAPI.from_env()
-        try:
+        with RunPodAPI.from_env() as api:
             pod = api.get_pod(pod_id)
-        finally:
-            api.close()
         if pod is None:
             return Evidence(False, f"pod {pod_id} no longer exists")
         asked = list(ctx.memory.get("asked_gpus", []))

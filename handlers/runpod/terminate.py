@@ -106,11 +106,8 @@ class TerminatePod(PodHandler):
         if not gone:
             return Evidence(True, f"no pod of this file existed (none named {result.data.get('prefix')}*): nothing to "
                                   "terminate")
-        api = RunPodAPI.from_env()
-        try:
+        with RunPodAPI.from_env() as api:
             left = [g["id"] for g in gone if api.get_pod(g["id"]) is not None]
-        finally:
-            api.close()
         if left:
             return Evidence(False, f"still exists: {', '.join(left)}")
         return Evidence(True, "; ".join(f"pod {g['id']}: GET /v2/pods/{g['id']} reads 404 at {now()} (deleted, not "
@@ -121,11 +118,8 @@ class TerminatePod(PodHandler):
         prefix = result.data.get("prefix")
         if not prefix:
             return Evidence(False, "the terminate task did not run")
-        api = RunPodAPI.from_env()
-        try:
+        with RunPodAPI.from_env() as api:
             pods = api.list_pods()
-        finally:
-            api.close()
         mine = [p for p in pods if p.name.startswith(prefix)]
         others = [p for p in pods if not p.name.startswith(prefix)]
         ralphs = [p for p in others if p.name.startswith(reaper.PREFIX)]
