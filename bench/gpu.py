@@ -292,6 +292,7 @@ def profile_summary(path: Path, out: Path) -> None:
     stats.sort_stats("tottime").print_stats(40)
     stats.sort_stats("cumulative").print_stats(80)
     out.write_text(text.getvalue())
+    shutil.copy(path, out.with_suffix(".pstats"))  # for a closer look: python -m pstats
 
 
 # -- the report ------------------------------------------------------------------------------

@@ -193,6 +193,9 @@ class Handler:
     # Memory keys that name remote work still worth finding when the task is redone (a pod's
     # id and name): the rest of what the handler saved is forgotten, so the work runs again.
     remembers: ClassVar[frozenset[str]] = frozenset()
+    # Modules run needs that are slow to import: taken in the background once the run starts
+    # (ralph/warmup.py), so planning never waits for them and later tasks find them loaded.
+    warm_imports: ClassVar[tuple[str, ...]] = ()
 
     def run(self, ctx: Context) -> Result | None:
         raise NotImplementedError

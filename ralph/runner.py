@@ -42,6 +42,7 @@ from .plan import Plan, Step, make_plan, missing_env
 from .review import ReviewItem, accept_record, open_for_review
 from .secrets import redact
 from .state import EventLog, RunLock, RunState, now, state_dir_for, unwritable
+from .warmup import Warmup
 
 ALTERNATIVE = ("ou ", "or ")  # an exit condition starting so is an alternative to the one above
 
@@ -187,6 +188,7 @@ class Runner:
         handlers = list({type(s.handler): s.handler for s in plan.steps if s.handler is not None}.values())
         limit = self.max_cost_usd if self.max_cost_usd is not None else plan.config.max_cost_usd
         watch = CostWatch(limit, state.resources, self._over_budget, interval_s=self.cost_check_s) if limit else None
+        warmup = Warmup(m for s in chosen if s.handler is not None for m in s.handler.warm_imports).start()
         try:
             self._hooks(handlers, "before_run", run)
             if watch is not None:
@@ -195,6 +197,7 @@ class Runner:
         finally:
             if watch is not None:
                 watch.finish()
+            warmup.finish()
             self.cleaning = True  # a Ctrl-C now only warns: the after-run hooks reap pods
             self._hooks(handlers, "after_run", run)
             for sig, handler in previous.items():

@@ -127,6 +127,14 @@ def test_validation_error_is_reported_per_node_and_input(comfyui_server: ComfySe
 
 
 @slow
+def test_object_info_for_some_classes_is_the_servers_own_entries(comfyui_server: ComfyServer) -> None:
+    with ComfyClient(comfyui_server.url) as client:
+        every = client.object_info()
+        some = client.object_info({"KSampler", "ApplyInstantID", "NoSuchNode"})
+    assert some == {name: every[name] for name in ("KSampler", "ApplyInstantID")}, "a class it lacks is absent"
+
+
+@slow
 def test_unknown_node_type_is_reported(comfyui_server: ComfyServer) -> None:
     graph = refiner_graph()
     graph["9"]["class_type"] = "ApplyInstantIDAdvanced"

@@ -181,3 +181,28 @@ def test_check_uses_the_schemas_the_live_server_gave_last_time(
     project.file.write_text(text, encoding="utf-8")
     check = project.cli("check", project.file.name)
     assert "unknown node type" not in check.stdout, "RalphSleep is known from the cached schemas"
+
+
+@pytest.mark.slow
+def test_a_later_run_asks_the_server_only_for_the_workflows_node_classes(
+    tmp_path: Path, comfyui_server: ComfyServer  # noqa: F811
+) -> None:
+    from ralph.handlers.comfyui.workflow import class_types
+
+    from tests.far.http_recorder import recording
+
+    with recording(comfyui_server.url) as (url, seen):
+        project = _example_project(tmp_path, {"server": url, "overrides": TINY})
+        assert project.cli("run", "--only", "3", project.file.name).returncode == 0
+        first = [p for p in seen.paths() if p.startswith("/object_info")]
+        assert first == ["/object_info"], "the first run fills the cache `ralph check` reads with every class"
+        cache = tmp_path / ".ralph" / project.file.stem / "object_info.json"
+        written = cache.stat().st_mtime_ns
+        seen.requests.clear()
+        assert project.cli("run", "--only", "3", project.file.name).returncode == 0
+        later = sorted(p for p in seen.paths() if p.startswith("/object_info"))
+    task = next(t for t in parse_file(project.file)[0].tasks if t.number == 3)
+    classes = class_types(task, {})
+    assert later == sorted(f"/object_info/{name}" for name in classes) and len(classes) >= 8, later
+    assert cache.stat().st_mtime_ns == written, "the server said nothing new: the cache is not rewritten"
+    assert "RalphSleep" in json.loads(cache.read_text()), "the first run's classes are all still known"

@@ -44,6 +44,7 @@ from ralph.state import state_dir_for
 
 if TYPE_CHECKING:  # httpx and websockets load when a workflow runs, not for `ralph check`
     from ralph.handlers.comfyui.client import ComfyClient
+    from ralph.handlers.comfyui.schema import NodeSchema
 
 PNG_KEY = "ralph"  # the PNG text chunk holding a variant's parameters
 DEFAULT_SECONDS_PER_IMAGE = 60.0  # SDXL with a refiner pass on a 24 GB card, roughly
@@ -67,6 +68,7 @@ class ComfyRun(Handler):
     name = "comfyui.run"
     needs = (Need(MachineHandle, unless=("server", "executor=serverless")),)
     provides = (Images,)
+    warm_imports = ("ralph.handlers.comfyui.client",)  # httpx and websockets
     params = {
         "template": Param((str, type(None)), None, "a workflow template of workflows/ instead of the node list"),
         "overrides": Param(dict, {}, "workflow parameters to change, by name or 'node.input'"),
@@ -148,11 +150,9 @@ class ComfyRun(Handler):
             return _result(ctx, flow, variants, images, where, cost)
         with server_url(ctx) as url, ComfyClient(url, stall_timeout=ctx.params["stall_timeout"]) as client:
             try:
-                object_info = client.object_info()
-                schemas = wf.live_schemas(object_info)
+                schemas = _live_schemas(ctx, client)
             except (ComfyError, OSError) as error:
                 raise TransientError(f"ComfyUI at {url} did not answer: {error}") from error
-            wf.cache_schemas(object_info, ctx.state_dir)  # `ralph check` validates against it next time
             server = ctx.fact(ComfyServer)
             flow = wf.build(ctx.file, ctx.task, ctx.params, schemas,
                             (server.files or None) if server is not None else _provided_files(ctx.file))
@@ -236,6 +236,18 @@ class ComfyRun(Handler):
             return Evidence(False, f"saved as {where}, not under {named}")
         where = ", ".join(f"{i['server_path']} → {i['path']}" for i in images)
         return Evidence(True, f"saved {where}")
+
+
+def _live_schemas(ctx: Context, client: ComfyClient) -> Mapping[str, NodeSchema]:
+    """The server's schemas for the workflow's node classes, asked side by side. A task file's
+    first run asks for every class (``ralph check`` knows them all from then on), as does a
+    workflow naming a class the server lacks (for the "did you mean" hints)."""
+    classes = wf.class_types(ctx.task, ctx.params)
+    object_info = client.object_info(classes) if classes and wf.has_cache(ctx.state_dir) else {}
+    if not classes or not classes <= object_info.keys():
+        object_info = client.object_info()
+    wf.cache_schemas(object_info, ctx.state_dir)
+    return wf.live_schemas(object_info)
 
 
 def _refuse_errors(flow: wf.Workflow, strict: bool) -> None:

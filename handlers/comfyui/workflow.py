@@ -6,6 +6,7 @@ filled in, and every problem reported at the task file's line.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -18,8 +19,9 @@ from typing import Any
 from ralph.handlers.comfyui.check import check_graph, compile_node_list
 from ralph.handlers.comfyui.compile import LineMap, PromptText
 from ralph.handlers.comfyui.finding import Finding
+from ralph.handlers.comfyui.nodelist import parse_node_list
 from ralph.handlers.comfyui.parameters import infer_parameters
-from ralph.handlers.comfyui.schema import NodeSchema, load_object_info, schemas_from_object_info
+from ralph.handlers.comfyui.schema import NodeSchema, schemas_from_object_info
 from ralph.handlers.comfyui.template import apply_overrides, load_template
 from ralph.handlers.comfyui.validate import validate as validate_graph
 
@@ -71,26 +73,64 @@ class Workflow:
         return variants
 
 
-CACHE_NAME = "object_info.json"  # the last live server's schemas, in the task file's state folder
+CACHE_NAME = "object_info.json"  # node classes live servers described, in the task file's state folder
 
 
 def snapshot_schemas(cache_dir: Path | None = None) -> Mapping[str, NodeSchema]:
-    """Node schemas for checking a workflow with no server at hand: those a live server gave
-    last time (cached in ``cache_dir``), else the snapshot shipped with ralph.  Their file
-    lists are not trusted: a new pod may hold other files."""
-    cached = cache_dir / CACHE_NAME if cache_dir else None
-    if cached is not None and cached.is_file():
-        return load_object_info(cached, files_listed=False)
-    path = resources.files("ralph.workflows").joinpath(CACHE_NAME)
-    with resources.as_file(path) as real:
-        return load_object_info(real, files_listed=False)
+    """Node schemas for checking a workflow with no server at hand: those live servers gave
+    (cached in ``cache_dir``), else the snapshot shipped with ralph.  Their file lists are not
+    trusted: a new pod may hold other files."""
+    return schemas_from_object_info(_snapshot(cache_dir), files_listed=False)
 
 
 def cache_schemas(object_info: dict[str, Any], cache_dir: Path) -> None:
+    """Keep what a live server said of these node classes for ``ralph check``: merged into the
+    snapshot, written only when something changed."""
     from ralph.textfile import write_atomically
 
+    known = _snapshot(cache_dir)
+    if all(known.get(name) == entry for name, entry in object_info.items()):
+        return
     cache_dir.mkdir(parents=True, exist_ok=True)
-    write_atomically(cache_dir / CACHE_NAME, json.dumps(object_info).encode("utf-8"))
+    write_atomically(cache_dir / CACHE_NAME, json.dumps({**known, **object_info}).encode("utf-8"))
+
+
+def has_cache(cache_dir: Path) -> bool:
+    return (cache_dir / CACHE_NAME).is_file()
+
+
+def _snapshot(cache_dir: Path | None) -> dict[str, Any]:
+    cached = cache_dir / CACHE_NAME if cache_dir else None
+    if cached is not None and cached.is_file():
+        return _read_json(cached)
+    with resources.as_file(resources.files("ralph.workflows").joinpath(CACHE_NAME)) as shipped:
+        return _read_json(shipped)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A snapshot, parsed once per process while the file is unchanged (a run's plan and its
+    task both read it); callers never modify what it returns."""
+    stat = path.stat()
+    return _parsed(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def class_types(task: Task, params: Mapping[str, Any]) -> set[str]:
+    """The node classes the task's workflow names, read without any schema (what to ask a live
+    server about); empty when there is no workflow to read."""
+    if params.get("template"):
+        try:
+            graph = load_template(params["template"])["prompt"]
+        except (FileNotFoundError, ModuleNotFoundError):
+            return set()
+        return {str(node["class_type"]) for node in graph.values() if isinstance(node, dict) and "class_type" in node}
+    found = node_list_block(task)
+    return {node.class_type for node in parse_node_list(*found).nodes} if found else set()
 
 
 def live_schemas(object_info: dict[str, Any]) -> Mapping[str, NodeSchema]:

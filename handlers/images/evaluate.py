@@ -19,12 +19,9 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
 from ralph.handlers.facts import ComfyServer, Evaluation, Images
 from ralph.handlers.machines.base import Machine, MachineError
 
@@ -38,22 +35,11 @@ from ralph.state import now
 from ralph.textfile import write_atomically
 
 from . import face
-from .colour import ColourDrift, ColourStats, colour_drift, colour_stats
-from .compare import render_comparison
-from .gallery import ranked_on_measures, write_gallery
-from .grain import GrainComparison, GrainMeasure, compare_grain, measure_grain
 
 HISTORY = "images-history.json"
 DEFAULT_DIR = "output"
 DEFAULT_COMFYUI_DIR = "/workspace/ComfyUI"  # a RunPod ComfyUI image's
 MARKDOWN_LINK = re.compile(r"\]\(<?([^)>]+)>?\)")
-# Verdicts from worst to best, for ranking (index = group; lower is better).
-_GROUPS = {"less grain": 0, "blur not checked": 1, "not less grain": 2, "grain coarser": 3, "detail lost": 3,
-           "not measurable": 4}
-
-
-def _r(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None else round(float(value), digits)
 
 
 def sha256(path: Path) -> str:
@@ -62,71 +48,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-@dataclass
-class Assessed:
-    """One image with its measures against the reference it was compared with."""
-
-    record: dict[str, Any]  # the image's entry (path relative to the task folder, variant, params…)
-    pixels: np.ndarray
-    measure: GrainMeasure
-    grain: GrainComparison | None  # against the previous image, else the sweep's first variant
-    colour: ColourDrift | None
-    stats: ColourStats
-    against: str | None
-
-    def key(self) -> tuple[int, int, float]:
-        """Ranking: grain verdict first, then colours kept, then how far grain fell."""
-        if self.grain is None:
-            return (_GROUPS["not measurable"], 0, float(self.measure.index or np.inf))
-        colour_bad = 1 if self.colour is not None and self.colour.verified is False else 0
-        ratio = self.grain.ratio if self.grain.ratio is not None else np.inf
-        return (_GROUPS[self.grain.verdict], colour_bad, float(ratio))
-
-    def as_data(self) -> dict[str, Any]:
-        g, c = self.grain, self.colour
-        return {
-            **{k: self.record.get(k) for k in ("path", "variant", "params", "seed")},
-            "grain_index": _r(self.measure.index),
-            "fine_sigma": _r(self.measure.fine_sigma),
-            "flat_blocks": self.measure.flat_blocks,
-            "against": self.against,
-            "verdict": g.verdict if g else "no reference",
-            "ratio": _r(g.ratio) if g else None,
-            "detail_ratio": _r(g.detail_ratio) if g else None,
-            "coarse_ratio": _r(g.coarse_ratio) if g else None,
-            "explanation": g.explanation if g else self.measure.explanation,
-            "colour": _colour_data(c, self.stats),
-        }
-
-
-def _colour_data(drift: ColourDrift | None, stats: ColourStats) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "mean_chroma": _r(stats.mean_chroma, 2),
-        "face": stats.face.as_data() if stats.face else None,
-        "skin_hue": _r(stats.skin_hue, 2),
-        "skin_chroma": _r(stats.skin_chroma, 2),
-        "natural": stats.natural,
-    }
-    if drift is not None:
-        data.update(
-            verdict=drift.verdict,
-            verified=drift.verified,
-            face=drift.face.as_data() if drift.face else None,
-            natural=drift.natural,
-            hue_shift=_r(drift.skin_hue_shift, 2),
-            chroma_ratio=_r(drift.chroma_ratio),
-            cast=_r(drift.cast, 2),
-            skin_chroma_ratio=_r(drift.skin_chroma_ratio),
-            explanation=drift.explanation,
-        )
-    return data
 
 
 class EvaluateImages(Handler):
@@ -141,6 +62,9 @@ class EvaluateImages(Handler):
     name = "images.evaluate"
     needs = (Need(Images, unless=("images",)),)
     provides = (Evaluation,)
+    # numpy, Pillow and OpenCV: loaded while the images are being made
+    warm_imports = ("ralph.handlers.images.assessment", "ralph.handlers.images.compare",
+                    "ralph.handlers.images.gallery", "cv2")
     params = {
         "images": Param((str, list, type(None)), None, "image paths or globs; default: the earlier task's images"),
         "dir": Param((str, type(None)), None, "local folder for the images; default: the one the criterion names"),
@@ -173,12 +97,17 @@ class EvaluateImages(Handler):
         for record in records:
             record["size"] = ctx.path(record["path"]).stat().st_size
         previous, previous_note = _previous(ctx, records)
-        prev_pixels = _rgb(ctx.path(previous["path"])) if previous else None
-        assessed = _assess(ctx, records, prev_pixels, previous)
+        # numpy, Pillow and OpenCV only now: planning a run never waits for them
+        from .assessment import Assessed, assess, grain_data, rgb, rounded
+        from .compare import render_comparison
+        from .gallery import ranked_on_measures, write_gallery
+
+        prev_pixels = rgb(ctx.path(previous["path"])) if previous else None
+        assessed = assess([ctx.path(r["path"]) for r in records], records, prev_pixels, previous)
         ranking = sorted(assessed, key=Assessed.key)
         best = ranking[0]
         if previous:
-            previous["grain_index"] = _r(best.grain.prev.index) if best.grain else None
+            previous["grain_index"] = rounded(best.grain.prev.index) if best.grain else None
 
         files = [r["path"] for r in records]
         comparison = None
@@ -202,7 +131,7 @@ class EvaluateImages(Handler):
             written = write_gallery(in_order, ctx.path, folder / "gallery", f"{ctx.file.path.stem}: {len(rows)} images")
             gallery = {kind: ctx.display_path(path) for kind, path in written.items()}
             files += list(gallery.values())
-        grain = _grain_data(best, previous, previous_note, len(ranking), ranked_on_measures(rows))
+        grain = grain_data(best, previous, previous_note, len(ranking), ranked_on_measures(rows))
         undecided = ("not measurable", "blur not checked")  # a person decides: no success, no failure
         success = grain.get("reduced") if previous and grain["verdict"] not in undecided else None
         _remember(ctx, records, rows[0])
@@ -395,50 +324,6 @@ def _previous(ctx: Context, records: list[dict[str, Any]]) -> tuple[dict[str, An
             return {"path": best["path"], "source": f"the best image of run {entry['run']} ({entry['time']})"}, ""
         return None, f"the last run's image {best['path']} is gone or was overwritten"
     return None, "no previous image: none named (**Previous**: line or `previous` parameter) and no earlier run"
-
-
-def _assess(
-    ctx: Context, records: list[dict[str, Any]], prev: np.ndarray | None, previous: dict[str, Any] | None
-) -> list[Assessed]:
-    pixels = [_rgb(ctx.path(r["path"])) for r in records]
-    reference, against = prev, (previous["path"] if previous else None)
-    if reference is None and len(records) > 1:  # no previous image: rank the sweep against its first variant
-        reference, against = pixels[0], f"variant {records[0].get('variant')}"
-    assessed = []
-    for record, image in zip(records, pixels, strict=False):
-        if reference is None:
-            assessed.append(Assessed(record, image, measure_grain(image), None, None, colour_stats(image), None))
-            continue
-        grain = compare_grain(reference, image)
-        drift = colour_drift(reference, image)
-        assessed.append(Assessed(record, image, grain.new, grain, drift, colour_stats(image), against))
-    return assessed
-
-
-def _grain_data(best: Assessed, previous: dict[str, Any] | None, note: str, count: int, ranked: bool) -> dict[str, Any]:
-    which = "best" if ranked else "none ranked on measures, first"
-    sweep = f"{which} of {count} variants ({best.record.get('variant')}): " if count > 1 else ""
-    if previous is None or best.grain is None:
-        index = best.measure.index
-        reading = f"grain index {index:.2f}" if index is not None else best.measure.explanation
-        return {
-            "verdict": "no previous image",
-            "reduced": None,
-            "new_index": _r(index),
-            "explanation": f"{sweep}{reading}; {note}; no calibrated absolute grain limit, so a person must judge",
-        }
-    g = best.grain
-    return {
-        "verdict": g.verdict,
-        "reduced": g.reduced,
-        "ratio": _r(g.ratio),
-        "detail_ratio": _r(g.detail_ratio),
-        "coarse_ratio": _r(g.coarse_ratio),
-        "previous_index": _r(g.prev.index),
-        "new_index": _r(g.new.index),
-        "same_content": g.same_content,
-        "explanation": f"{sweep}{g.explanation} (previous: {previous['path']})",
-    }
 
 
 def _face_reference(ctx: Context) -> str | None:
