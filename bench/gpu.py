@@ -219,6 +219,13 @@ def ralph_run(work: Path, name: str, comfyui_base: Path, size: tuple[int, int], 
         "images.evaluate": {"comfyui_dir": str(comfyui_base), "python": sys.executable},
     }}
     (project / "ralph.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    # A person's next run: the node schemas the last run cached are there (a file's first run asks
+    # the server for every node class, later runs only for the workflow's own).
+    state_dir = project / ".ralph" / file.stem
+    schemas = work / "object_info.json"
+    if schemas.is_file():
+        state_dir.mkdir(parents=True)
+        shutil.copy(schemas, state_dir)
     t0 = time.monotonic()
     profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
     done = subprocess.run([sys.executable, *profiler, "-m", "ralph", "run", file.name], cwd=project,
@@ -226,7 +233,7 @@ def ralph_run(work: Path, name: str, comfyui_base: Path, size: tuple[int, int], 
     t1 = time.monotonic()
     if done.returncode not in (0, 3):  # 3: criteria left for a person's review
         raise SystemExit(f"ralph run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    state_dir = project / ".ralph" / file.stem
+    shutil.copy(state_dir / "object_info.json", schemas)
     events = [json.loads(line) for line in (state_dir / "events.jsonl").read_text("utf-8").splitlines()]
     handlers = {e["task"]: e["handler"] for e in events if e["event"] == "task_started"}
     tasks = {handlers[e["task"]]: e["seconds"] for e in events if e["event"] == "task_finished"}

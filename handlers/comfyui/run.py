@@ -68,7 +68,7 @@ class ComfyRun(Handler):
     name = "comfyui.run"
     needs = (Need(MachineHandle, unless=("server", "executor=serverless")),)
     provides = (Images,)
-    warm_imports = ("ralph.handlers.comfyui.client",)  # httpx and websockets
+    warm_imports = ("ralph.handlers.comfyui.client", "httpcore")  # httpx imports httpcore on first use
     params = {
         "template": Param((str, type(None)), None, "a workflow template of workflows/ instead of the node list"),
         "overrides": Param(dict, {}, "workflow parameters to change, by name or 'node.input'"),

@@ -95,25 +95,32 @@ class NodeSchema:
 
 
 class Schemas(Mapping[str, NodeSchema]):
-    """All node types known to one server (or snapshot).
+    """All node types known to one server (or snapshot), each read from its ``/object_info``
+    entry when first asked for: a workflow uses a dozen of the hundreds a server lists.
 
     ``files_listed`` says whether the file choices (checkpoints, LoRAs, images) are the
     server's real lists: True for a live ``/object_info``, False for a snapshot whose lists
     are examples — then a file missing from a list is not an error.
     """
 
-    def __init__(self, nodes: Mapping[str, NodeSchema], *, files_listed: bool) -> None:
-        self._nodes = dict(nodes)
+    def __init__(self, entries: Mapping[str, Any], *, files_listed: bool) -> None:
+        self._entries = {str(k): v for k, v in entries.items() if isinstance(v, Mapping)}
+        self._read: dict[str, NodeSchema] = {}
         self.files_listed = files_listed
 
     def __getitem__(self, key: str) -> NodeSchema:
-        return self._nodes[key]
+        if key not in self._read:
+            self._read[key] = node_schema(key, self._entries[key])
+        return self._read[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._nodes)
+        return iter(self._entries)
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return len(self._entries)
 
 
 def _input_spec(name: str, raw: Any, required: bool) -> InputSpec:
@@ -164,10 +171,7 @@ def node_schema(class_type: str, info: Mapping[str, Any]) -> NodeSchema:
 def schemas_from_object_info(data: Mapping[str, Any], *, files_listed: bool = True) -> Schemas:
     """Schemas from a parsed ``/object_info`` answer (what the HTTP client gets from a live server,
     hence ``files_listed=True`` by default)."""
-    return Schemas(
-        {str(k): node_schema(str(k), v) for k, v in data.items() if isinstance(v, Mapping)},
-        files_listed=files_listed,
-    )
+    return Schemas(data, files_listed=files_listed)
 
 
 def load_object_info(path: str | Path, *, files_listed: bool = False) -> Schemas:

@@ -23,7 +23,10 @@ CASCADE = "haarcascade_frontalface_alt2.xml"
 SCALE_STEP = 1.1
 MIN_NEIGHBOURS = 5
 MIN_FACE_FRACTION = 1 / 12
-DETECT_WIDTH = 1024  # larger images are searched at this width: the same faces, a fraction of the time
+# Larger images are searched with their short side at this many pixels: the smallest face kept
+# (1/12 of the short side) is still 42 px there, twice the cascade's own 20 px window, and an
+# 832×1216 image takes half the time.
+DETECT_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def find_faces(rgb: np.ndarray) -> list[FaceBox]:
     import cv2
 
     h, w = rgb.shape[:2]
-    scale = min(1.0, DETECT_WIDTH / w)
+    scale = min(1.0, DETECT_SIDE / min(h, w))
     grey = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8), cv2.COLOR_RGB2GRAY)
     if scale < 1.0:
         grey = cv2.resize(grey, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
