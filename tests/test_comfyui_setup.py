@@ -285,7 +285,8 @@ def test_setup_places_every_file_starts_comfyui_and_a_rerun_skips_everything(
     assert sum(f["bytes_sent"] for f in first["files"]) >= 5 * 1024 * 1024 + 700_001 + 50_000
     speed = Measures().get(UPLOAD_SPEED)  # the checkpoint's upload, remembered for the next estimate
     assert speed is not None and speed.value > 0 and "bigLove_xl1.safetensors" in speed.detail
-    assert first["install"] == {"installed": True, "found": False, "skipped": False}
+    assert first["install"] == {"installed": True, "found": False, "skipped": False, "pinned": None,
+                                "commit": "", "tag": ""}, "install_command: nothing pinned, not a git checkout"
     assert first["service"]["started"] is True
     assert len(requests) == 4
     markers = sorted(p.name for p in (pod.workspace / ".ralph" / "setup").iterdir())
@@ -435,7 +436,8 @@ def test_an_existing_comfyui_is_not_reinstalled_and_install_failures_are_named(
     write(pod.workspace / "ComfyUI" / "main.py", STAND_IN_MAIN.encode())  # a pre-baked image
     params = {**base_params(tmp_path, stand_in_comfyui), "install_command": "exit 3"}
     pod.run(params)
-    assert pod.result()["result"]["data"]["install"] == {"installed": False, "found": True, "skipped": False}
+    install = pod.result()["result"]["data"]["install"]
+    assert (install["installed"], install["found"], install["skipped"]) == (False, True, False)
     with pod.provider() as ssh:
         service.stop_service(ssh, pod.handle.services_dir)
     shutil.rmtree(pod.workspace / "ComfyUI")
