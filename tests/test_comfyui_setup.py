@@ -589,13 +589,14 @@ def test_pins_are_checked_before_anything_runs(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "ralph", "check", "R.md"], cwd=project, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and f"R.md:{task_line}: " in done.stdout + done.stderr, done
-    for params, message in [
+    wrong: list[tuple[dict[str, Any], str]] = [
         ({"custom_nodes": [{"url": "u", "commit": "a" * 40, "branch": "main"}]}, "unknown key 'branch'"),
         ({"custom_nodes": [{"url": "x/A.git", "commit": "a" * 40}, {"url": "y/A", "commit": "b" * 40}]},
          "custom_nodes/A is given twice"),
         ({"custom_nodes": [{"url": "https://h/.git", "commit": "a" * 40}]}, "is not a folder name"),
         ({"custom_nodes": ["https://h/x.git"]}, "expected {url: …, commit: <40-hex commit>}"),
-    ]:
+    ]
+    for params, message in wrong:
         with pytest.raises(ValueError, match=re.escape(message)):
             custom_nodes({"custom_nodes": [], **params})
     assert pip_pins({"pip": ["insightface==0.7.3", "onnxruntime-gpu==1.20.2; sys_platform == 'linux'"]})
