@@ -131,14 +131,15 @@ def _versions(ctx: Context) -> str:
     if server is None:
         return ""
     checkout = ", ".join(x for x in (server.tag, f"commit `{server.commit[:12]}`" if server.commit else "") if x)
-    parts = [" ".join(x for x in ("ComfyUI", server.version, f"({checkout})" if checkout else "") if x)]
+    comfyui = " ".join(x for x in (server.version, f"({checkout})" if checkout else "") if x)
+    parts = [f"ComfyUI {comfyui}"] if comfyui else []
     parts += [f"{name} commit `{commit[:12]}`" if commit else f"{name} (not a git checkout)"
               for name, commit in server.custom_nodes.items()]
     parts += [f"torch {server.torch}"] if server.torch else []
     parts += [f"`{name}` sha256 `{sha[:12]}…`" if sha else f"`{name}` (no hash recorded)"
               for name, sha in server.sha256.items()]
     parts += [f"WARNING: {server.unpinned}"] if server.unpinned else []
-    return ", ".join(p for p in parts if p != "ComfyUI")
+    return ", ".join(parts)
 
 
 def _incomplete(ctx: Context) -> list[str]:
