@@ -542,11 +542,24 @@ def test_a_comfyui_ralph_did_not_install_is_left_alone_and_named_against_the_pin
     assert f"- WARNING: {warning}" in pod.file.read_text("utf-8"), "in the results block"
     assert f"**Versions**: ComfyUI 0.3.75, torch 2.14.1+cu124, WARNING: {warning}" in session_doc(pod)
 
+    # A git checkout ralph did not make is not moved either: the warning names its tag and commit.
+    with pod.provider() as ssh:
+        service.stop_service(ssh, pod.handle.services_dir)
+    shutil.rmtree(pod.workspace / "ComfyUI")
+    git(pod.workspace, "clone", "-q", "--branch", "v0.3.75", remotes.comfyui_url, "ComfyUI")
+    pod.run({**pinned(tmp_path, remotes), "custom_nodes": [], "pip": []})
+    old = remotes.releases["v0.3.75"]
+    assert git(pod.workspace / "ComfyUI", "rev-parse", "HEAD") == old
+    summary = pod.result()["result"]["summary"]
+    assert summary.startswith(f"WARNING: ComfyUI was already there, not installed by ralph: found 0.3.75, v0.3.75, "
+                              f"commit {old[:12]}, pinned v0.45.2; the pin was not applied"), summary
+    assert f"ComfyUI 0.3.75 (v0.3.75, commit {old[:12]}) at " in summary, "no pin claimed for it"
+
     # install_command instead: nothing pinned, nothing to warn about; what is there is still read back.
     pod.run({**pinned(tmp_path, remotes), "install_command": "exit 3", "custom_nodes": [], "pip": []})
     data = pod.result()["result"]["data"]
     assert data["warning"] == "" and data["install"]["pinned"] is None
-    assert pod.result()["result"]["summary"].startswith("ComfyUI 0.3.75 (not a git checkout) at ")
+    assert pod.result()["result"]["summary"].startswith(f"ComfyUI 0.3.75 (v0.3.75, commit {old[:12]}) at ")
 
 
 def test_a_missing_pin_or_a_failing_fetch_fails_with_what_git_said(pod: Pod, remotes: Remotes,

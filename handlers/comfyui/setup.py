@@ -74,10 +74,12 @@ def machine(ctx: Context) -> Machine:
 
 # -- the handler ----------------------------------------------------------------------------------
 class ComfyUISetup(Handler):
-    """Set up ComfyUI on the held pod: install it, check torch, upload or download the models and
-    the face reference into their folders, start it on the pod's 127.0.0.1:<port> and health-check
-    it through an SSH tunnel. Each step leaves a content-hashed "done" marker on the pod
-    (<workspace>/.ralph/setup/), so a rerun skips what is done and redoes what changed.
+    """Set up ComfyUI on the held pod: install its pinned release (comfyui_version) and custom nodes
+    at pinned commits (custom_nodes), check torch, upload or download the models and the face
+    reference into their folders, start it on the pod's 127.0.0.1:<port> and health-check it
+    through an SSH tunnel. Each step leaves a content-hashed "done" marker on the pod
+    (<workspace>/.ralph/setup/), so a rerun skips what is done and redoes what changed. The
+    results name what ran: ComfyUI's version, tag and commit, each custom node's commit.
 
     ``models`` maps a folder to files: ``{checkpoints: [{path: ~/models/bigLove_xl1.safetensors}],
     loras: [...], instantid: [...], controlnet: [...], antelopev2: [...]}``; each file is
@@ -214,7 +216,7 @@ class ComfyUISetup(Handler):
             raise TransientError(str(e)) from None
         sent = sum(f.get("bytes_sent", 0) for f in files)
         skipped = [f["name"] for f in files if f["skipped"]]
-        summary = (f"ComfyUI {service.get('version') or '(not running)'} ({_revision_text(src, comfy)}) at "
+        summary = (f"ComfyUI {service.get('version') or '(not running)'} ({_revision_text(src, install, comfy)}) at "
                    f"{ctx.display_path(layout.comfyui)}; "
                    + "".join(f"custom node {name} {commit[:12] or '(not a git checkout)'}; "
                              for name, commit in node_commits.items())
@@ -316,12 +318,12 @@ def upload_speed(params: dict[str, Any], measures: Measures) -> Figure:
                                                  "comfyui.setup's params")
 
 
-def _revision_text(src: Source, revision: Revision) -> str:
-    """What is checked out, and whether it is what was pinned."""
+def _revision_text(src: Source, install: dict[str, Any], revision: Revision) -> str:
+    """What is checked out, and the pin when ralph checked it out (never a pin that did not run)."""
     if not revision.commit:
         return "not a git checkout"
     where = f"{revision.tag}, commit {revision.commit[:12]}" if revision.tag else f"commit {revision.commit[:12]}"
-    return where if src.pin is None else f"{where}, pinned {src.pin}"
+    return f"{where}, pinned {src.pin}" if src.pin and install["installed"] else where
 
 
 def _python(ctx: Context, torch: dict[str, Any]) -> str:
