@@ -608,6 +608,7 @@ def test_pins_are_checked_before_anything_runs(tmp_path: Path) -> None:
          "custom_nodes/A is given twice"),
         ({"custom_nodes": [{"url": "https://h/.git", "commit": "a" * 40}]}, "is not a folder name"),
         ({"custom_nodes": ["https://h/x.git"]}, "expected {url: …, commit: <40-hex commit>}"),
+        ({"custom_nodes": [{"url": "x", "commit": "a" * 40, "requirements": "no"}]}, "expected true or false"),
     ]
     for params, message in wrong:
         with pytest.raises(ValueError, match=re.escape(message)):

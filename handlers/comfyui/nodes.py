@@ -58,7 +58,9 @@ def custom_nodes(params: dict[str, Any]) -> list[CustomNode]:
             raise ValueError(f"{where}: {name!r} is not a folder name (give name:)")
         if name in {n.name for n in nodes}:
             raise ValueError(f"{where}: custom_nodes/{name} is given twice")
-        nodes.append(CustomNode(url, entry["commit"], name, bool(entry.get("requirements", True))))
+        if not isinstance(requirements := entry.get("requirements", True), bool):
+            raise ValueError(f"{where}.requirements: expected true or false, not {requirements!r}")
+        nodes.append(CustomNode(url, str(entry["commit"]), name, requirements))
     return nodes
 
 
