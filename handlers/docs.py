@@ -125,16 +125,20 @@ def _cell(value: Any) -> str:
 
 
 def _versions(ctx: Context) -> str:
-    """What ran, as comfyui.setup recorded it: ComfyUI's version, torch's, each model by its sha256."""
-    parts = []
+    """What ran, as comfyui.setup recorded it: ComfyUI's version and commit, each custom node's
+    commit, torch's version, each model by its sha256; a warning when the pin was not applied."""
     server = ctx.fact(ComfyServer, even_released=True)
-    if server is not None and server.version:
-        parts.append(f"ComfyUI {server.version}")
-    if server is not None and server.torch:
-        parts.append(f"torch {server.torch}")
-    hashes = server.sha256 if server is not None else {}
+    if server is None:
+        return ""
+    checkout = ", ".join(x for x in (server.tag, f"commit `{server.commit[:12]}`" if server.commit else "") if x)
+    comfyui = " ".join(x for x in (server.version, f"({checkout})" if checkout else "") if x)
+    parts = [f"ComfyUI {comfyui}"] if comfyui else []
+    parts += [f"{name} commit `{commit[:12]}`" if commit else f"{name} (not a git checkout)"
+              for name, commit in server.custom_nodes.items()]
+    parts += [f"torch {server.torch}"] if server.torch else []
     parts += [f"`{name}` sha256 `{sha[:12]}…`" if sha else f"`{name}` (no hash recorded)"
-              for name, sha in hashes.items()]
+              for name, sha in server.sha256.items()]
+    parts += [f"WARNING: {server.unpinned}"] if server.unpinned else []
     return ", ".join(parts)
 
 

@@ -70,9 +70,15 @@ class ComfyServer(Fact):
     python: str = ""
     args: list[str] = field(default_factory=list)
     start_timeout: float = 180.0
-    # What ran, for the session's record: torch's version and each placed file's sha256 ("": unknown).
+    # What ran, for the session's record: torch's version and each placed file's sha256 ("": unknown),
+    # ComfyUI's commit and tag and each custom node's commit ("": not a git checkout), and why the
+    # ComfyUI that ran is not known to be the pinned one ("": it is, or nothing was pinned).
     torch: str | None = None
     sha256: dict[str, str] = field(default_factory=dict)
+    commit: str = ""
+    tag: str = ""
+    custom_nodes: dict[str, str] = field(default_factory=dict)
+    unpinned: str = ""
 
 
 @dataclass(frozen=True)

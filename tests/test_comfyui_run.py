@@ -103,6 +103,8 @@ def test_a_sweep_runs_every_variant_in_one_session_and_records_its_parameters(
     assert seen == {(5.0, 1), (5.0, 2), (9.0, 1), (9.0, 2)}
     state = json.loads((tmp_path / ".ralph" / project.file.stem / "state.json").read_text())
     assert len(state["tasks"]["3"]["result"]["data"]["images"]) == 4
+    assert state["tasks"]["3"]["result"]["data"]["comfyui_version"] == "0.3.75", "the version that ran"
+    assert state["tasks"]["3"]["result"]["summary"].endswith("(ComfyUI 0.3.75)")
     # ComfyUI's time per image is remembered: the next plan says so instead of a default.
     pace = Measures().get(SECONDS_PER_IMAGE)
     assert pace is not None and pace.value > 0 and "image(s) of RALPH-001-grain-reduction.md task 3" in pace.detail

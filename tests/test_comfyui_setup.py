@@ -16,8 +16,10 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -29,6 +31,8 @@ import httpx
 import pytest
 import yaml
 from ralph.handlers.comfyui import run, service, setup
+from ralph.handlers.comfyui.nodes import custom_nodes, pip_pins
+from ralph.handlers.docs import SessionDoc
 from ralph.handlers.facts import ComfyServer, MachineHandle
 from ralph.handlers.machines import session
 from ralph.handlers.machines.forwarding import forward
@@ -45,6 +49,7 @@ from ralph.runner import Runner, RunSummary
 from ralph.state import RunState
 from tests.far import tiny_models
 from tests.far.comfyui_server import free_port, require_install
+from tests.far.git_remotes import Remotes, git, make_remotes
 from tests.far.sshd import SshServer
 from tests.repo_files import EXAMPLE
 
@@ -182,6 +187,15 @@ class Pod:
     def status(self) -> str:
         return parse_file(self.file)[0].task(2).status
 
+    def after_setup(self, params: dict[str, Any]) -> Context:
+        """What task 3 would see after this run: the facts setup published, task 2's record."""
+        state = RunState(self.file.parent / ".ralph" / self.file.stem)
+        file = parse_file(self.file)[0]
+        task = dataclasses.replace(file.task(2), number=3)
+        return Context(file, state.resources, self.file.parent, state.directory, "test", reporter=None,
+                       events=None, task=task, params=params, memory=state.memory(3),
+                       records=state.records())
+
     def provider(self) -> SshMachine:
         return SshMachine(SshTarget(self.sshd.host, self.sshd.port, self.sshd.client_key, user=self.sshd.user),
                            known_hosts=self.root / "kh-test")
@@ -285,7 +299,8 @@ def test_setup_places_every_file_starts_comfyui_and_a_rerun_skips_everything(
     assert sum(f["bytes_sent"] for f in first["files"]) >= 5 * 1024 * 1024 + 700_001 + 50_000
     speed = Measures().get(UPLOAD_SPEED)  # the checkpoint's upload, remembered for the next estimate
     assert speed is not None and speed.value > 0 and "bigLove_xl1.safetensors" in speed.detail
-    assert first["install"] == {"installed": True, "found": False, "skipped": False}
+    assert first["install"] == {"installed": True, "found": False, "skipped": False, "pinned": None,
+                                "commit": "", "tag": ""}, "install_command: nothing pinned, not a git checkout"
     assert first["service"]["started"] is True
     assert len(requests) == 4
     markers = sorted(p.name for p in (pod.workspace / ".ralph" / "setup").iterdir())
@@ -325,15 +340,10 @@ def test_comfyui_run_reaches_comfyui_on_the_port_setup_started_it_on(
     assert pod.port != service.DEFAULT_PORT
     pod.run(base_params(tmp_path, stand_in_comfyui))  # no models: their criteria go to review
     assert pod.result()["result"]["data"]["service"]["port"] == pod.port, pod.output
-    state = RunState(pod.file.parent / ".ralph" / pod.file.stem)
-    server = ComfyServer.from_record(state.resources.get(ComfyServer.key))  # the fact setup published
+    ctx = pod.after_setup({"server": None})  # the example's task 3, comfyui.run
+    server = ctx.fact(ComfyServer)  # the fact setup published
     assert server is not None and (server.port, server.machine) == (pod.port, pod.handle.id)
     assert server.folder == f"{pod.workspace}/ComfyUI"
-    file = parse_file(pod.file)[0]
-    after_setup = dataclasses.replace(file.task(2), number=3)  # the example's task 3, comfyui.run
-    ctx = Context(file, state.resources, pod.file.parent, state.directory, "test", reporter=None,
-                  events=None, task=after_setup, params={"server": None}, memory=state.memory(3),
-                  records=state.records())
     with run.server_url(ctx) as url:
         stats = httpx.get(f"{url}/system_stats", timeout=30).json()
     assert stats["system"]["comfyui_version"] == "0.0.0-stand-in"
@@ -435,7 +445,8 @@ def test_an_existing_comfyui_is_not_reinstalled_and_install_failures_are_named(
     write(pod.workspace / "ComfyUI" / "main.py", STAND_IN_MAIN.encode())  # a pre-baked image
     params = {**base_params(tmp_path, stand_in_comfyui), "install_command": "exit 3"}
     pod.run(params)
-    assert pod.result()["result"]["data"]["install"] == {"installed": False, "found": True, "skipped": False}
+    install = pod.result()["result"]["data"]["install"]
+    assert (install["installed"], install["found"], install["skipped"]) == (False, True, False)
     with pod.provider() as ssh:
         service.stop_service(ssh, pod.handle.services_dir)
     shutil.rmtree(pod.workspace / "ComfyUI")
@@ -443,6 +454,166 @@ def test_an_existing_comfyui_is_not_reinstalled_and_install_failures_are_named(
     assert pod.status() == "FAILED" and "installing ComfyUI failed: command exited 3" in pod.result()["error"]
     pod.run({**params, "install_command": "true"})
     assert "main.py is missing" in pod.result()["error"]
+
+
+# -- pinned versions ----------------------------------------------------------------------------
+@pytest.fixture
+def remotes(tmp_path: Path) -> Remotes:
+    """ComfyUI's repository (tags v0.3.75, v0.45.2, a newer untagged tip) and ComfyUI_InstantID's."""
+    return make_remotes(tmp_path / "github", STAND_IN_MAIN.replace("0.0.0-stand-in", "{version}"))
+
+
+def pinned(tmp_path: Path, remotes: Remotes, version: str = "v0.45.2", node: int = 0) -> dict[str, Any]:
+    return {"python": str(fake_torch(tmp_path / "pypod", "2.14.1+cu124")), "start_timeout": 30,
+            "comfyui_repository": remotes.comfyui_url, "comfyui_version": version,
+            "custom_nodes": [{"url": remotes.node_url, "commit": remotes.node_commits[node]}],
+            "pip": [f"PyYAML=={yaml.__version__}"]}  # installed already: pip needs no network
+
+
+def session_doc(pod: Pod) -> str:
+    """The session document docs.session appends after this run (the example's last task)."""
+    SessionDoc().run(pod.after_setup({"path": "session.md"}))
+    return (pod.file.parent / "session.md").read_text("utf-8")
+
+
+def test_the_pinned_release_and_node_commit_are_checked_out_recorded_and_moved_when_the_pin_changes(
+        pod: Pod, remotes: Remotes, tmp_path: Path) -> None:
+    comfy = pod.workspace / "ComfyUI"
+    node = comfy / "custom_nodes" / "ComfyUI_InstantID"
+    release, first, second = remotes.releases["v0.45.2"], *remotes.node_commits
+    pod.run(pinned(tmp_path, remotes))
+    assert pod.status() == "NEEDS_REVIEW", pod.output  # running, torch ok; no model files configured
+    assert git(comfy, "rev-parse", "HEAD") == release != remotes.tip, "the tag, not the default branch's tip"
+    assert git(node, "rev-parse", "HEAD") == first
+    data = pod.result()["result"]["data"]
+    assert {k: data["install"][k] for k in ("installed", "pinned", "commit", "tag")} == {
+        "installed": True, "pinned": "v0.45.2", "commit": release, "tag": "v0.45.2"}
+    assert data["service"]["version"] == "0.45.2" and data["warning"] == ""
+    assert data["custom_nodes"] == [{"name": "ComfyUI_InstantID", "url": remotes.node_url, "pinned": first,
+                                     "commit": first, "skipped": False}]
+    assert data["packages"] == {"requirements": [str(node / "requirements.txt")],
+                                "pip": [f"PyYAML=={yaml.__version__}"], "skipped": False}
+    assert not (pod.workspace / "ComfyUI.ralph-part").exists()
+    assert not any((pod.workspace / ".ralph" / "part").iterdir()), "no part folder left behind"
+    # What ran, in the results block, the fact and the session's document.
+    text = pod.file.read_text("utf-8")
+    assert f"ComfyUI 0.45.2 (v0.45.2, commit {release[:12]}, pinned v0.45.2) at " in text
+    assert f"custom node ComfyUI_InstantID {first[:12]}; torch 2.14.1+cu124 (ok)" in text
+    server = pod.after_setup({}).fact(ComfyServer)
+    assert server is not None
+    assert (server.commit, server.tag, server.custom_nodes, server.unpinned) == (
+        release, "v0.45.2", {"ComfyUI_InstantID": first}, "")
+    assert (f"- **Versions**: ComfyUI 0.45.2 (v0.45.2, commit `{release[:12]}`), ComfyUI_InstantID commit "
+            f"`{first[:12]}`, torch 2.14.1+cu124\n") in session_doc(pod)
+
+    # Other pins: the checkouts ralph made move, and the ComfyUI running starts again on the new code.
+    pid = data["service"]["pid"]
+    pod.run(pinned(tmp_path, remotes, "v0.3.75", node=1))
+    data = pod.result()["result"]["data"]
+    assert git(comfy, "rev-parse", "HEAD") == remotes.releases["v0.3.75"] and data["install"]["tag"] == "v0.3.75"
+    assert git(node, "rev-parse", "HEAD") == second and data["custom_nodes"][0]["commit"] == second
+    assert data["service"]["version"] == "0.3.75" and data["service"]["pid"] != pid
+    assert not data["install"]["skipped"] and not data["packages"]["skipped"]
+
+    # A commit pins as well as a tag; the same pins again change nothing.
+    pod.run(pinned(tmp_path, remotes, release, node=1))
+    assert git(comfy, "rev-parse", "HEAD") == release
+    assert pod.result()["result"]["data"]["install"]["pinned"] == release
+    pid = pod.result()["result"]["data"]["service"]["pid"]
+    pod.run(pinned(tmp_path, remotes, release, node=1))
+    data = pod.result()["result"]["data"]
+    assert data["install"]["skipped"] and data["custom_nodes"][0]["skipped"] and data["packages"]["skipped"]
+    assert data["service"]["pid"] == pid and data["service"]["started"] is False
+
+
+def test_a_comfyui_ralph_did_not_install_is_left_alone_and_named_against_the_pin(
+        pod: Pod, remotes: Remotes, tmp_path: Path) -> None:
+    prebaked = write(pod.workspace / "ComfyUI" / "main.py",
+                     STAND_IN_MAIN.replace("0.0.0-stand-in", "0.3.75").encode())  # an image's copy, no .git
+    pod.run({**pinned(tmp_path, remotes), "custom_nodes": [], "pip": []})
+    data = pod.result()["result"]["data"]
+    assert prebaked.read_text() == STAND_IN_MAIN.replace("0.0.0-stand-in", "0.3.75"), "left as it was"
+    assert (data["install"]["installed"], data["install"]["found"], data["install"]["commit"]) == (False, True, "")
+    warning = ("ComfyUI was already there, not installed by ralph: found 0.3.75, not a git checkout, pinned "
+               "v0.45.2; the pin was not applied (remove the folder to install the pin)")
+    assert data["warning"] == warning
+    summary = pod.result()["result"]["summary"]
+    assert summary.startswith(f"WARNING: {warning}. ComfyUI 0.3.75 (not a git checkout) at "), summary
+    assert f"- WARNING: {warning}" in pod.file.read_text("utf-8"), "in the results block"
+    assert f"**Versions**: ComfyUI 0.3.75, torch 2.14.1+cu124, WARNING: {warning}" in session_doc(pod)
+
+    # A git checkout ralph did not make is not moved either: the warning names its tag and commit.
+    with pod.provider() as ssh:
+        service.stop_service(ssh, pod.handle.services_dir)
+    shutil.rmtree(pod.workspace / "ComfyUI")
+    git(pod.workspace, "clone", "-q", "--branch", "v0.3.75", remotes.comfyui_url, "ComfyUI")
+    pod.run({**pinned(tmp_path, remotes), "custom_nodes": [], "pip": []})
+    old = remotes.releases["v0.3.75"]
+    assert git(pod.workspace / "ComfyUI", "rev-parse", "HEAD") == old
+    summary = pod.result()["result"]["summary"]
+    assert summary.startswith(f"WARNING: ComfyUI was already there, not installed by ralph: found 0.3.75, v0.3.75, "
+                              f"commit {old[:12]}, pinned v0.45.2; the pin was not applied"), summary
+    assert f"ComfyUI 0.3.75 (v0.3.75, commit {old[:12]}) at " in summary, "no pin claimed for it"
+
+    # install_command instead: nothing pinned, nothing to warn about; what is there is still read back.
+    pod.run({**pinned(tmp_path, remotes), "install_command": "exit 3", "custom_nodes": [], "pip": []})
+    data = pod.result()["result"]["data"]
+    assert data["warning"] == "" and data["install"]["pinned"] is None
+    assert pod.result()["result"]["summary"].startswith(f"ComfyUI 0.3.75 (v0.3.75, commit {old[:12]}) at ")
+
+
+def test_a_missing_pin_or_a_failing_fetch_fails_with_what_git_said(pod: Pod, remotes: Remotes,
+                                                                     tmp_path: Path) -> None:
+    pod.run({**pinned(tmp_path, remotes, "v9.9.9"), "custom_nodes": []})
+    assert pod.status() == "FAILED"
+    error = pod.result()["error"]
+    assert error.startswith(f"checking out ComfyUI v9.9.9 from {remotes.comfyui_url} failed: ")
+    assert "refs/tags/v9.9.9" in error, error
+    assert not (pod.workspace / "ComfyUI").exists(), "nothing half-installed where main.py is looked for"
+
+    unknown = "0123456789" * 4
+    pod.run({**pinned(tmp_path, remotes), "custom_nodes": [{"url": remotes.node_url, "commit": unknown}]})
+    assert pod.status() == "FAILED"
+    assert f"checking out custom node ComfyUI_InstantID {unknown} from {remotes.node_url} failed" \
+        in pod.result()["error"]
+    assert not (pod.workspace / "ComfyUI" / "custom_nodes" / "ComfyUI_InstantID").exists()
+
+
+def test_pins_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    """A branch is not a pin: `ralph check` refuses it at the task's line, as every parameter."""
+    project = tmp_path / "p"
+    project.mkdir()
+    example = EXAMPLE.read_text("utf-8")
+    (project / "R.md").write_text(example[: example.index("### 3.")] + example[example.index("## Constraints"):])
+    task_line = next(i for i, line in enumerate(example.splitlines(), 1) if line.startswith("### 2."))
+    bad = {
+        "custom_nodes": [{"url": "https://github.com/cubiq/ComfyUI_InstantID.git", "commit": "main"}],
+        "pip": ["insightface"],
+        "comfyui_version": "-v0.45.2",
+    }
+    (project / "ralph.yaml").write_text(yaml.safe_dump({"tasks": {2: {"handler": "comfyui.setup", "params": bad}}}))
+    problems = [p for p in make_plan(project / "R.md").problems if p.message.startswith("task 2 (Setup ComfyUI")]
+    assert len(problems) == 3 and {p.line for p in problems} == {task_line}, problems
+    messages = [p.message for p in problems]
+    assert any("custom_nodes[0].commit: 'main' is not a commit: give the full 40-hex commit id "
+               "(a branch moves, so it is not a pin)" in m for m in messages), messages
+    assert any("pip[0]: 'insightface' is not pinned: write name==version" in m for m in messages), messages
+    assert any("comfyui_version: '-v0.45.2' is neither a tag nor a full 40-hex commit" in m for m in messages)
+    done = subprocess.run([sys.executable, "-m", "ralph", "check", "R.md"], cwd=project, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and f"R.md:{task_line}: " in done.stdout + done.stderr, done
+    wrong: list[tuple[dict[str, Any], str]] = [
+        ({"custom_nodes": [{"url": "u", "commit": "a" * 40, "branch": "main"}]}, "unknown key 'branch'"),
+        ({"custom_nodes": [{"url": "x/A.git", "commit": "a" * 40}, {"url": "y/A", "commit": "b" * 40}]},
+         "custom_nodes/A is given twice"),
+        ({"custom_nodes": [{"url": "https://h/.git", "commit": "a" * 40}]}, "is not a folder name"),
+        ({"custom_nodes": ["https://h/x.git"]}, "expected {url: …, commit: <40-hex commit>}"),
+        ({"custom_nodes": [{"url": "x", "commit": "a" * 40, "requirements": "no"}]}, "expected true or false"),
+    ]
+    for params, message in wrong:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            custom_nodes({"custom_nodes": [], **params})
+    assert pip_pins({"pip": ["insightface==0.7.3", "onnxruntime-gpu==1.20.2; sys_platform == 'linux'"]})
 
 
 @pytest.mark.parametrize("version,minimum,ok", [

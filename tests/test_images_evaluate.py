@@ -94,7 +94,8 @@ class Generate(Handler):
         ctx.publish(Images(images, WORKFLOW, ctx.params["lint"]))
         # What comfyui.setup publishes: the versions that ran.
         ctx.publish(ComfyServer(POD["id"], 8188, "/workspace/ComfyUI", "0.3.40", torch="2.5.1",
-                                sha256={"bigLove_xl1.safetensors": "ab" * 32}))
+                                sha256={"bigLove_xl1.safetensors": "ab" * 32}, commit="c0" * 20, tag="v0.3.40",
+                                custom_nodes={"ComfyUI_InstantID": "1e" * 20}))
         return Result(
             summary=f"{len(images)} image(s)",
             data={"images": images, "workflow": WORKFLOW, "lint": ctx.params["lint"], "pod": POD},
@@ -222,7 +223,8 @@ def test_reduced_grain_ticks_boxes_draws_the_comparison_and_documents_it(project
     assert all(project.checks(6).values()), project.checks(6)
     doc = (project.root / "docs/sessions/RALPH-001-grain-reduction.md").read_text("utf-8")
     assert "NVIDIA RTX A5000, $0.27/h" in doc and "`cfg=7`" in doc and "$0.0125" in doc
-    assert "- **Versions**: ComfyUI 0.3.40, torch 2.5.1, `bigLove_xl1.safetensors` sha256 `abababababab…`" in doc
+    assert ("- **Versions**: ComfyUI 0.3.40 (v0.3.40, commit `c0c0c0c0c0c0`), ComfyUI_InstantID commit "
+            "`1e1e1e1e1e1e`, torch 2.5.1, `bigLove_xl1.safetensors` sha256 `abababababab…`") in doc
     link = re.search(r"\]\((RALPH-001-grain-reduction/[\w-]+/refined_00001_-comparison\.png)\)", doc)
     assert link and (project.root / "docs/sessions" / link.group(1)).is_file(), "the picture lives beside the doc"
     assert "**Success**: grain reduced. **Optimal parameters**: `cfg=7`, `denoise=0.8`" in doc

@@ -147,7 +147,7 @@ class ComfyRun(Handler):
             _refuse_errors(flow, ctx.params["strict_lint"])
             variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
             images, cost, where = serverless.run(ctx, flow, variants)
-            return _result(ctx, flow, variants, images, where, cost)
+            return _result(ctx, flow, variants, images, where, None, cost)
         with server_url(ctx) as url, ComfyClient(url, stall_timeout=ctx.params["stall_timeout"]) as client:
             try:
                 schemas = _live_schemas(ctx, client)
@@ -159,7 +159,8 @@ class ComfyRun(Handler):
             _refuse_errors(flow, ctx.params["strict_lint"])
             variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
             images = [image for variant in variants for image in self._variant(ctx, client, variant, flow)]
-        return _result(ctx, flow, variants, images, url)
+            version = _version(client)  # asked once the images are home: nothing waits for it
+        return _result(ctx, flow, variants, images, url, version)
 
     def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant,
                  flow: wf.Workflow) -> list[dict[str, Any]]:
@@ -238,6 +239,16 @@ class ComfyRun(Handler):
         return Evidence(True, f"saved {where}")
 
 
+def _version(client: ComfyClient) -> str | None:
+    """The version of the ComfyUI that ran the workflow (None if it no longer answers)."""
+    from ralph.handlers.comfyui.client import ComfyError
+
+    try:
+        return client.system_stats().get("system", {}).get("comfyui_version")
+    except (ComfyError, OSError):
+        return None
+
+
 def _live_schemas(ctx: Context, client: ComfyClient) -> Mapping[str, NodeSchema]:
     """The server's schemas for the workflow's node classes, asked side by side. A task file's
     first run asks for every class (``ralph check`` knows them all from then on), as does a
@@ -257,17 +268,20 @@ def _refuse_errors(flow: wf.Workflow, strict: bool) -> None:
 
 
 def _result(ctx: Context, flow: wf.Workflow, variants: list[wf.Variant], images: list[dict[str, Any]],
-            server: str, cost_usd: float | None = None) -> Result:
-    """The images for the tasks after this one (the ``Images`` fact) and this task's result."""
+            server: str, version: str | None, cost_usd: float | None = None) -> Result:
+    """The images for the tasks after this one (the ``Images`` fact) and this task's result;
+    ``version``: what the server's /system_stats said it is (None: not asked, on Serverless)."""
     lint = [str(p) for p in flow.problems if p.severity == "warning"]
     ctx.publish(Images(images, flow.values(), lint))
     return Result(
-        summary=f"{len(images)} image(s) from {len(variants)} variant(s) in {ctx.params['output_dir']}",
+        summary=f"{len(images)} image(s) from {len(variants)} variant(s) in {ctx.params['output_dir']}"
+                + (f" (ComfyUI {version})" if version else ""),
         data={
             "images": images,
             "workflow": flow.values(),
             "lint": lint,
             "server": server,
+            "comfyui_version": version,
         },
         cost_usd=cost_usd,
         files=[image["path"] for image in images],

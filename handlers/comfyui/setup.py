@@ -5,9 +5,11 @@ Every step is idempotent and leaves a "done" marker on the machine
 parameters and what it did; a resumed or repeated run skips a step whose marker matches its
 current parameters, and a changed parameter reruns it. Markers are written only after a step
 succeeded, so a failed check is checked again next time. Steps, in order, one module each:
-``install`` (install.py), ``torch`` (torch_check.py), ``file-<folder>-<name>`` (files.py) and
-the service (service.py, no marker: checked live). The server it leaves running is published
-as the fact ``ComfyServer`` (port, folder, version) for comfyui.run and images.evaluate.
+``install`` (install.py), ``node-<name>`` and ``packages`` (nodes.py), ``torch``
+(torch_check.py), ``file-<folder>-<name>`` (files.py) and the service (service.py, no marker:
+checked live). What was checked out is then read back (checkout.py). The server it leaves
+running is published as the fact ``ComfyServer`` (port, folder, version, commits) for
+comfyui.run, images.evaluate and the session's document.
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ralph.handlers.comfyui.checkout import Revision, revisions
 from ralph.handlers.comfyui.files import FACE, FOLDERS, file_specs, folder_for, place_file
-from ralph.handlers.comfyui.install import DEFAULT_INSTALL, install_comfyui
-from ralph.handlers.comfyui.service import DEFAULT_PORT, ensure_service
+from ralph.handlers.comfyui.install import (
+    DEFAULT_REPOSITORY,
+    DEFAULT_VERSION,
+    Source,
+    install_comfyui,
+    pin_warning,
+    source,
+)
+from ralph.handlers.comfyui.nodes import custom_nodes, install_nodes, pip_pins
+from ralph.handlers.comfyui.service import DEFAULT_PORT, ensure_service, stop_service
 from ralph.handlers.comfyui.torch_check import check_torch, version_at_least, version_key
 from ralph.handlers.comfyui.workspace import Layout, Markers
 from ralph.handlers.facts import ComfyServer, MachineHandle
@@ -63,10 +74,12 @@ def machine(ctx: Context) -> Machine:
 
 # -- the handler ----------------------------------------------------------------------------------
 class ComfyUISetup(Handler):
-    """Set up ComfyUI on the held pod: install it, check torch, upload or download the models and
-    the face reference into their folders, start it on the pod's 127.0.0.1:<port> and health-check
-    it through an SSH tunnel. Each step leaves a content-hashed "done" marker on the pod
-    (<workspace>/.ralph/setup/), so a rerun skips what is done and redoes what changed.
+    """Set up ComfyUI on the held pod: install its pinned release (comfyui_version) and custom nodes
+    at pinned commits (custom_nodes), check torch, upload or download the models and the face
+    reference into their folders, start it on the pod's 127.0.0.1:<port> and health-check it
+    through an SSH tunnel. Each step leaves a content-hashed "done" marker on the pod
+    (<workspace>/.ralph/setup/), so a rerun skips what is done and redoes what changed. The
+    results name what ran: ComfyUI's version, tag and commit, each custom node's commit.
 
     ``models`` maps a folder to files: ``{checkpoints: [{path: ~/models/bigLove_xl1.safetensors}],
     loras: [...], instantid: [...], controlnet: [...], antelopev2: [...]}``; each file is
@@ -82,8 +95,15 @@ class ComfyUISetup(Handler):
         "workspace": Param(str, "", "folder on the machine holding ComfyUI/ and ralph's markers "
                            "(default: the machine's workspace, /workspace on a pod)"),
         "python": Param(str, "python3", "the pod's python that runs ComfyUI"),
-        "install_command": Param(str, DEFAULT_INSTALL, "installs ComfyUI when <workspace>/ComfyUI/main.py is "
-                                 "missing; {dir}, {python}, {workspace} are replaced, quoted"),
+        "comfyui_version": Param(str, DEFAULT_VERSION, "ComfyUI's release: a tag of comfyui_repository or a "
+                                 "full commit; a checkout ralph installed moves to a changed one"),
+        "comfyui_repository": Param(str, DEFAULT_REPOSITORY, "ComfyUI's git repository"),
+        "custom_nodes": Param(list, [], "[{url, commit, name?, requirements?}]: each into ComfyUI/custom_nodes/"
+                              "<name> at exactly that commit (full 40 hex), with its requirements.txt"),
+        "pip": Param(list, [], "more packages for the machine's python, each pinned: [insightface==0.7.3, …]"),
+        "install_command": Param((str, type(None)), None, "instead of the pinned install, when "
+                                 "<workspace>/ComfyUI/main.py is missing; {dir}, {python}, {workspace} are "
+                                 "replaced, quoted; nothing is pinned then"),
         "install_timeout": Param((int, float), 1800, "seconds the install may take"),
         "min_torch": Param(str, "2.4.0", "lowest torch version accepted"),
         "torch_upgrade_command": Param((str, type(None)), None, "run when torch is older than min_torch"),
@@ -105,6 +125,11 @@ class ComfyUISetup(Handler):
             return [Problem(task.line, f"{task.label}: {e}")]
         problems = [Problem(task.line, f"{task.label}: {s.category} file {s.path} does not exist")
                     for s in specs if s.path is not None and not s.path.is_file()]
+        for check in (source, custom_nodes, pip_pins):
+            try:
+                check(params)
+            except ValueError as e:
+                problems.append(Problem(task.line, f"{task.label}: {e}"))
         try:
             version_key(params["min_torch"])
         except ValueError as e:
@@ -117,7 +142,9 @@ class ComfyUISetup(Handler):
         except ValueError as e:
             return Estimate((f"cannot tell which files: {e}",))
         where = f"{params['workspace'].rstrip('/')}/ComfyUI" if params["workspace"] else "the machine's workspace"
-        lines = [f"installs ComfyUI in {where} unless it is there, checks torch >= {params['min_torch']}, "
+        what = "ComfyUI (install_command)" if params["install_command"] else f"ComfyUI {params['comfyui_version']}"
+        nodes = f" and {units.count(len(params['custom_nodes']), 'custom node')}" if params["custom_nodes"] else ""
+        lines = [f"installs {what}{nodes} in {where} unless it is there, checks torch >= {params['min_torch']}, "
                  f"starts it on 127.0.0.1:{params['port']}"]
         uploads = [(s, s.path.stat().st_size) for s in specs if s.path is not None and s.path.is_file()]
         sent = sum(n for _, n in uploads)
@@ -149,6 +176,7 @@ class ComfyUISetup(Handler):
         p = ctx.params
         try:
             specs = file_specs(p, ctx.workdir)
+            src, nodes, pins = source(p), custom_nodes(p), pip_pins(p)
         except ValueError as e:
             raise TaskFailed(str(e)) from None
         from ralph.handlers.machines import session
@@ -157,30 +185,50 @@ class ComfyUISetup(Handler):
         layout = Layout((p["workspace"] or handle.workspace or "/workspace").rstrip("/") or "/")
         try:
             markers = Markers(provider, layout.markers)
-            install = install_comfyui(provider, layout, markers, p["install_command"], p["python"],
-                                      p["install_timeout"], ctx.log)
+            install = install_comfyui(provider, layout, markers, src, p["python"], p["install_timeout"], ctx.log)
+            extras = install_nodes(provider, layout, markers, nodes, pins, p["python"], p["install_timeout"], ctx.log)
+            found = revisions(provider, [layout.comfyui, *(n.folder(layout) for n in nodes)])
+            comfy = found[layout.comfyui]
+            node_commits = {n.name: found[n.folder(layout)].commit for n in nodes}
+            extras["custom_nodes"] = [{**n, "commit": node_commits[n["name"]]} for n in extras["custom_nodes"]]
+            changed = (install["installed"] and not install["skipped"]) or not extras["packages"]["skipped"] \
+                or any(not n["skipped"] for n in extras["custom_nodes"])
+            if changed and stop_service(provider, handle.services_dir):
+                ctx.log("stopped the running ComfyUI: its code or packages changed, so it starts again on them")
             torch = check_torch(provider, markers, p["python"], p["min_torch"], p["torch_upgrade_command"], ctx.log)
             files = [place_file(ctx, provider, layout, markers, spec, p["download_timeout"]) for spec in specs]
             if torch["ok"]:
                 service = ensure_service(provider, handle.services_dir, layout, p["python"], p["port"],
                                          [str(a) for a in p["comfyui_args"]], p["start_timeout"], ctx.log)
+            else:
+                service = {"port": p["port"], "error": f"not started: torch check failed ({_torch_text(ctx, torch)})"}
+            warning = pin_warning(src, install, comfy, service.get("version"))
+            if torch["ok"]:
                 ctx.publish(ComfyServer(handle.id, p["port"], layout.comfyui, service.get("version"),
                                         [f["name"] for f in files], p["python"], [str(a) for a in p["comfyui_args"]],
                                         p["start_timeout"], torch.get("version"),
-                                        {f["name"]: f.get("sha256") or "" for f in files}))
-            else:
-                service = {"port": p["port"], "error": f"not started: torch check failed ({_torch_text(ctx, torch)})"}
+                                        {f["name"]: f.get("sha256") or "" for f in files},
+                                        commit=comfy.commit, tag=comfy.tag, custom_nodes=node_commits,
+                                        unpinned=warning))
         except (CommandFailed, TransferFailed) as e:
             raise TaskFailed(str(e)) from None
         except MachineError as e:  # a dropped connection or a timeout: a rerun resumes from the markers
             raise TransientError(str(e)) from None
         sent = sum(f.get("bytes_sent", 0) for f in files)
         skipped = [f["name"] for f in files if f["skipped"]]
-        summary = (f"ComfyUI {service.get('version') or '(not running)'} at {ctx.display_path(layout.comfyui)}; "
-                   f"{_torch_text(ctx, torch)}; {len(files)} files ({len(skipped)} already done, {sent} bytes sent)")
+        summary = (f"ComfyUI {service.get('version') or '(not running)'} ({_revision_text(src, install, comfy)}) at "
+                   f"{ctx.display_path(layout.comfyui)}; "
+                   + "".join(f"custom node {name} {commit[:12] or '(not a git checkout)'}; "
+                             for name, commit in node_commits.items())
+                   + f"{_torch_text(ctx, torch)}; {len(files)} files ({len(skipped)} already done, {sent} bytes sent)")
+        if warning:
+            ctx.log(f"WARNING: {warning}")
+            summary = f"WARNING: {warning}. {summary}"
+        install = {**install, "pinned": src.pin, "commit": comfy.commit, "tag": comfy.tag}
         return Result(summary=summary, data={"workspace": layout.workspace, "comfyui_dir": layout.comfyui,
-                                             "install": install, "torch": torch, "files": files,
-                                             "service": service})
+                                             "install": install, **extras,
+                                             "torch": torch, "files": files, "service": service,
+                                             "warning": warning})
 
     # -- checks ------------------------------------------------------------------------------------
     @criterion(r"\btorch\b\s*(>=|≥|>|at least|au moins)")
@@ -268,6 +316,14 @@ def upload_speed(params: dict[str, Any], measures: Measures) -> Figure:
         return Figure(measured.value, f"measured on {measured.at}: {measured.detail}")
     return Figure(DEFAULT_UPLOAD_MB_PER_S * 1e6, "default: no upload measured yet; set upload_mb_per_s in "
                                                  "comfyui.setup's params")
+
+
+def _revision_text(src: Source, install: dict[str, Any], revision: Revision) -> str:
+    """What is checked out, and the pin when ralph checked it out (never a pin that did not run)."""
+    if not revision.commit:
+        return "not a git checkout"
+    where = f"{revision.tag}, commit {revision.commit[:12]}" if revision.tag else f"commit {revision.commit[:12]}"
+    return f"{where}, pinned {src.pin}" if src.pin and install["installed"] else where
 
 
 def _python(ctx: Context, torch: dict[str, Any]) -> str:
