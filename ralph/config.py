@@ -68,11 +68,13 @@ def load_config(task_file: Path) -> Config:
         return Config()
     import yaml
 
+    from . import yamlnodes
+
     def fail(message: str, line: int | None = None) -> RalphError:
         return RalphError(message, os.path.relpath(path), line)
 
     try:
-        return _read_config(path, yaml.compose(path.read_text("utf-8")), fail)
+        return _read_config(path, yamlnodes.compose(path.read_text("utf-8")), fail)
     except yaml.YAMLError as error:  # invalid YAML, or a tag no safe loader builds (!!python/...)
         mark = getattr(error, "problem_mark", None)
         raise fail(f"invalid YAML: {getattr(error, 'problem', None) or error}",
@@ -150,11 +152,7 @@ def _key_lines(node: Any) -> dict[str, int]:
 
 
 def _construct(node: Any) -> Any:
-    """The value of a node of the file, built by the safe loader (its errors keep the file's lines)."""
-    import yaml
+    """The value of a node of the file (its errors keep the file's lines)."""
+    from . import yamlnodes
 
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
+    return yamlnodes.construct(node)

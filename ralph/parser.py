@@ -392,9 +392,11 @@ def task_yaml(task: Task) -> tuple[dict[str, Any], dict[str, int]] | None:
         return None
     import yaml
 
+    from . import yamlnodes
+
     try:
-        root = yaml.compose(block.text)
-        data = yaml.safe_load(block.text) or {}
+        root = yamlnodes.compose(block.text)
+        data = yamlnodes.construct(root) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = block.first_line + (mark.line if mark else 0)
