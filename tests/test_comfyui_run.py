@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from PIL import Image
@@ -14,6 +16,7 @@ from ralph.parser import parse_file
 from tests.engine.project import Project
 from tests.far.comfyui_server import ComfyServer, comfyui_server  # noqa: F401  (fixture)
 from tests.repo_files import EXAMPLE
+from tests.waiting import wait_for
 
 TASK_3 = "Générer avec workflow optimisé (Refiner Pass)"
 TINY = {"width": 64, "height": 64, "steps": 3, "steps2": 2}
@@ -208,3 +211,41 @@ def test_a_later_run_asks_the_server_only_for_the_workflows_node_classes(
     assert later == sorted(f"/object_info/{name}" for name in classes) and len(classes) >= 8, later
     assert cache.stat().st_mtime_ns == written, "the server said nothing new: the cache is not rewritten"
     assert "RalphSleep" in json.loads(cache.read_text()), "the first run's classes are all still known"
+
+
+def _queued(url: str) -> list[str]:
+    """The prompt ids the server is running or has pending."""
+    queue = httpx.get(f"{url}/queue", timeout=10).json()
+    return [item[1] for item in queue["queue_running"] + queue["queue_pending"]]
+
+
+def _two(queued: list[str]) -> list[str] | None:
+    return queued if len(queued) == 2 else None
+
+
+@pytest.mark.slow
+def test_a_sweep_queues_the_next_variant_while_one_runs_and_withdraws_it_on_ctrl_c(
+    tmp_path: Path, comfyui_server: ComfyServer  # noqa: F811
+) -> None:
+    # A variant long enough on CPU to be caught with the next one queued behind it.
+    sweep = {"cfg": [5.0, 6.0, 7.0]}
+    project = _example_project(tmp_path, {"server": comfyui_server.url, "overrides": {**TINY, "steps": 40},
+                                          "sweep": sweep})
+    run = project.popen("run", "--only", "3", project.file.name)
+    try:
+        both = wait_for(lambda: _two(_queued(comfyui_server.url)), 120, "the second variant queued behind the first")
+        run.send_signal(signal.SIGINT)
+        assert run.wait(60) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+    wait_for(lambda: not _queued(comfyui_server.url), 60, "the server's queue to empty")
+    history = httpx.get(f"{comfyui_server.url}/history", timeout=10).json()
+    assert both[1] not in history, "the queued variant was withdrawn, never run"
+    state = json.loads((tmp_path / ".ralph" / project.file.stem / "state.json").read_text())
+    memory = state["tasks"]["3"]["memory"]["variants"]
+    assert both == [memory["cfg=5.0"]["prompt_id"], memory["cfg=6.0"]["prompt_id"]], "ids saved before sending"
+    # The same command again finishes every variant (the interrupted and the withdrawn one sent again).
+    done = project.cli("run", "--only", "3", project.file.name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(list((tmp_path / "output").rglob("*.png"))) == 3

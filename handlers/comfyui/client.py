@@ -348,15 +348,16 @@ class ComfyClient:
 
     # -- running ---------------------------------------------------------------------------
 
-    def run(self, graph: dict[str, Any], *, prompt_id: str | None = None,
+    def run(self, graph: dict[str, Any], *, prompt_id: str | None = None, fresh: bool = False,
             on_progress: Progress | None = None, dest: Path | str | None = None) -> RunResult:
         """Run ``graph`` to the end and return its outputs.
 
         Pass a ``prompt_id`` saved before a previous attempt to resume: if the server still
-        knows it, this waits for (or returns) that prompt instead of submitting again.
+        knows it, this waits for (or returns) that prompt instead of submitting again; with
+        ``fresh`` the id was never sent, so the server is not asked first.
         With ``dest``, each output file is fetched there as soon as its node reports it (the
         server is still finishing the prompt meanwhile); :meth:`download` then skips it."""
-        if prompt_id is not None and self.find(prompt_id) is not None:
+        if prompt_id is not None and not fresh and self.find(prompt_id) is not None:
             return self.wait(prompt_id, on_progress=on_progress)
         prompt_id = prompt_id or str(uuid.uuid4())
         with ExitStack() as sockets:

@@ -158,46 +158,63 @@ class ComfyRun(Handler):
                             (server.files or None) if server is not None else _provided_files(ctx.file))
             _refuse_errors(flow, ctx.params["strict_lint"])
             variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
-            images = [image for variant in variants for image in self._variant(ctx, client, variant, flow)]
+            images = [image for i, variant in enumerate(variants)
+                      for image in self._variant(ctx, client, variant, flow, variants[i + 1 : i + 2])]
             version = _version(client)  # asked once the images are home: nothing waits for it
         return _result(ctx, flow, variants, images, url, version)
 
-    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant,
-                 flow: wf.Workflow) -> list[dict[str, Any]]:
+    def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant, flow: wf.Workflow,
+                 following: list[wf.Variant]) -> list[dict[str, Any]]:
+        """Run one variant and bring its images home. Once it is executing, the ``following``
+        variant is queued behind it: the GPU goes on to it while this one's images come home,
+        instead of waiting for ralph's next request."""
         from ralph.handlers.comfyui.client import ComfyError, PromptRejected, ServerGone, Stalled
 
-        done: dict[str, Any] = ctx.memory.get("variants", {})
-        record = done.get(variant.label, {})
-        if brought_home(ctx, record):
-            return list(record["images"])  # finished in an earlier run
-        if record.get("graph") != wf.graph_digest(variant.graph):
-            record = {"prompt_id": None, "graph": wf.graph_digest(variant.graph)}
-        record["prompt_id"] = record.get("prompt_id") or str(uuid.uuid4())
-        done[variant.label] = record
-        ctx.memory["variants"] = done  # saved before submitting: a resume finds this prompt
+        known = _prompt_record(ctx, variant)
+        if known is None:
+            return list(ctx.memory["variants"][variant.label]["images"])  # finished in an earlier run
+        record, fresh = known
+        if not fresh and client.find(record["prompt_id"]) == "error":  # stopped or failed in an earlier run
+            record, fresh = _prompt_record(ctx, variant, renew=True) or known
         ctx.log(f"{variant.label}: prompt {record['prompt_id']}")
         folder = run_folder(ctx.path(ctx.params["output_dir"]), ctx.file.path, ctx.run_id)
         first_step: list[float] = []  # when the server reported its first step (bench/volume_cache.py)
+        queued: list[str] = []  # the following variant's prompt, once submitted
+        asked: list[bool] = []  # whether it was offered to the server (once)
         with ctx.progress(f"ComfyUI {variant.label}", None, unit="steps") as bar:
 
             def progress(node: str, value: int, maximum: int) -> None:
                 first_step[:] = first_step or [time.time()]
                 kind = variant.graph.get(node, {}).get("class_type", "?")
                 bar.update(value, maximum, f"{variant.label}: node {node} ({kind}) step {value}/{maximum}")
+                if following and not asked:
+                    asked.append(True)
+                    ahead = _prompt_record(ctx, following[0])
+                    if ahead is not None and ahead[1]:  # one an earlier run sent is looked for in its turn
+                        try:
+                            client.submit(following[0].graph, ahead[0]["prompt_id"])
+                            queued.append(ahead[0]["prompt_id"])
+                        except ComfyError:  # sent again in its turn, and a refusal reported then
+                            pass
 
             try:
-                result = client.run(variant.graph, prompt_id=record["prompt_id"], on_progress=progress, dest=folder)
-            except Interrupted:
-                client.interrupt(record["prompt_id"])
+                result = client.run(variant.graph, prompt_id=record["prompt_id"], fresh=fresh, on_progress=progress,
+                                    dest=folder)
+            except BaseException as error:
+                # This task stops: the following variant must not run on. Withdrawn first, or it
+                # would start the moment the running one is interrupted.
+                running = [record["prompt_id"]] if isinstance(error, Interrupted) else []
+                for prompt_id in queued + running:
+                    _withdraw(client, prompt_id)
+                if isinstance(error, PromptRejected):
+                    raise TaskFailed(f"ComfyUI refused the workflow: {error}") from error
+                if isinstance(error, ServerGone):
+                    raise _stopped(ctx, error) from error
+                if isinstance(error, Stalled):
+                    raise TaskFailed(str(error)) from error
+                if isinstance(error, ComfyError):
+                    raise TaskFailed(f"{variant.label}: {error}") from error
                 raise
-            except PromptRejected as error:
-                raise TaskFailed(f"ComfyUI refused the workflow: {error}") from error
-            except ServerGone as error:
-                raise _stopped(ctx, error) from error
-            except Stalled as error:
-                raise TaskFailed(str(error)) from error
-            except ComfyError as error:
-                raise TaskFailed(f"{variant.label}: {error}") from error
         paths = [_labelled(path, variant.label) for path in client.download(result, folder)]  # what run() left
         values = {**flow.values(), **variant.values}
         images = []
@@ -206,8 +223,7 @@ class ComfyRun(Handler):
             images.append(kept_image(ctx, path, server_path, values, variant.label, result.prompt_id,
                                      result.server_seconds, first_step[0] if first_step else None))
         record["images"] = images
-        done[variant.label] = record
-        ctx.memory["variants"] = done
+        ctx.memory["variants"] = {**ctx.memory["variants"], variant.label: record}
         if images and result.server_seconds:
             machine = ctx.fact(MachineHandle)
             on = f" on {machine.gpu}" if machine is not None and machine.gpu else ""
@@ -314,6 +330,34 @@ def _named_folder(text: str) -> str | None:
         return None
     folder = found.group(1)
     return folder if folder.startswith("output/") else "output/" + folder
+
+
+def _prompt_record(ctx: Context, variant: wf.Variant, *, renew: bool = False) -> tuple[dict[str, Any], bool] | None:
+    """The variant's prompt as this task remembers it, and whether its id is new (never sent).
+    A new id is saved before anything is submitted, so that a resume finds the prompt instead of
+    sending it again; ``renew`` gives the variant a new one. None once its images are home."""
+    done: dict[str, Any] = ctx.memory.get("variants", {})
+    record = done.get(variant.label, {})
+    if brought_home(ctx, record):
+        return None
+    if record.get("graph") != wf.graph_digest(variant.graph):
+        record = {"prompt_id": None, "graph": wf.graph_digest(variant.graph)}
+    if record.get("prompt_id") and not renew:
+        return record, False
+    record = {**record, "prompt_id": str(uuid.uuid4())}
+    ctx.memory["variants"] = {**done, variant.label: record}
+    return record, True
+
+
+def _withdraw(client: ComfyClient, prompt_id: str) -> None:
+    """Stop a prompt ralph will not follow (the task stops): interrupted if running, dropped if
+    queued. Best effort: the server may be the reason the task stops."""
+    from ralph.handlers.comfyui.client import ComfyError
+
+    try:
+        client.interrupt(prompt_id)
+    except (ComfyError, OSError):
+        pass
 
 
 def brought_home(ctx: Context, record: dict[str, Any]) -> bool:
