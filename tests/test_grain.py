@@ -11,7 +11,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 from PIL import Image
-from ralph.handlers.images.grain import block_stats, compare_grain, luma, measure_grain
+from ralph.handlers.images.grain import _mad, block_stats, compare_grain, luma, measure_grain
 from skimage.filters import gaussian
 from skimage.restoration import estimate_sigma
 
@@ -301,3 +301,21 @@ def test_block_measurements_match_their_definition() -> None:
             bias = 1 + NormalDist().inv_cdf(0.10) * 1.1664 / 32
             assert m.index == pytest.approx(np.percentile(ref["sigma"][flat], 10) / bias, abs=2e-3)
             assert m.fine_sigma == pytest.approx(np.percentile(ref["fine"][flat], 10) / bias, abs=2e-3)
+
+
+def test_mad_is_numpys_within_one_16_bit_step_on_skewed_tied_and_constant_rows() -> None:
+    """The 16-bit sort and the bisection behind each block's σ, on rows unlike grain: skewed
+    either way, heavy ties (few distinct values), constant, an outlier-dominated range, and
+    a short row. Within one step (range/65534) of np.median's MAD, exact when values tie."""
+    rng = np.random.default_rng(8)
+    rows = [
+        rng.normal(0, 3, (200, 1024)), rng.exponential(2, (200, 1024)), -rng.exponential(2, (200, 1024)),
+        np.round(rng.normal(0, 1, (200, 1024))), rng.integers(0, 3, (200, 1024)).astype(float),
+        np.full((3, 1024), 5.0), np.concatenate([np.zeros((20, 1000)), rng.normal(0, 100, (20, 24))], axis=1),
+        rng.normal(0, 3, (50, 16)),
+    ]
+    for r in rows:
+        r = r.astype(np.float32)
+        expected = np.median(np.abs(r - np.median(r, axis=1, keepdims=True)), axis=1)
+        step = np.maximum(np.ptp(r, axis=1), 1e-6) / 65534
+        assert np.all(np.abs(_mad(r.copy()) - expected) <= step * 1.001), r.shape

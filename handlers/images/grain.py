@@ -174,8 +174,8 @@ def _mad(rows: np.ndarray) -> np.ndarray:
     ranks = np.sort(rows.astype(np.uint16), axis=1, kind="stable").astype(np.int32)
     half = ranks.shape[1] // 2
     twice_median = ranks[:, half - 1] + ranks[:, half]
-    quadruple = _twice_kth_deviation(ranks, twice_median, half) + _twice_kth_deviation(ranks, twice_median, half + 1)
-    return (quadruple * (step[:, 0] / 4)).astype(np.float32)
+    twice = _twice_kth_deviation(ranks, twice_median, half) + _twice_kth_deviation(ranks, twice_median, half + 1)
+    return (twice * (step[:, 0] / 4)).astype(np.float32)
 
 
 def _twice_kth_deviation(ranks: np.ndarray, twice_median: np.ndarray, k: int) -> np.ndarray:
@@ -205,8 +205,8 @@ _AXIS = _AXIS.astype(np.float32)
 
 
 def _plane_residual_rms(blocks: np.ndarray) -> np.ndarray:
-    """RMS of each (B, B) block after removing its best-fitting plane."""
-    centred = blocks - blocks.mean(axis=(1, 2), keepdims=True)
+    """RMS of each (B, B) block after removing its best-fitting plane. Overwrites blocks."""
+    centred = np.subtract(blocks, blocks.mean(axis=(1, 2), keepdims=True), out=blocks)
     energy = np.einsum("nij,nij->n", centred, centred)
     slope_x = np.einsum("nij,j->n", centred, _AXIS)
     slope_y = np.einsum("nij,i->n", centred, _AXIS)
