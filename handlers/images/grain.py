@@ -145,7 +145,8 @@ def _fine_sums(lum: np.ndarray, ny: int, nx: int) -> np.ndarray:
     windows = sliding_window_view(lum[: height + span - 1, : width + span - 1], span, axis=0)[::strip]
     columns = np.matmul(_LAPLACE.T, windows.swapaxes(1, 2)).reshape(height, -1)
     windows = sliding_window_view(columns, span, axis=1)[:, ::strip].swapaxes(0, 1)
-    mask = np.abs(np.matmul(windows, _LAPLACE))  # (width / strip, height, strip)
+    mask = np.matmul(windows, _LAPLACE)  # (width / strip, height, strip)
+    np.abs(mask, out=mask)
     sums = mask.reshape(nx, BLOCK // strip, ny, BLOCK, strip).sum(axis=(1, 3, 4))
     return sums.T.ravel()
 
