@@ -172,7 +172,9 @@ def _mad(rows: np.ndarray) -> np.ndarray:
     step = np.maximum(rows.max(axis=1, keepdims=True) - low, 1e-6) / 65534
     rows -= low - step / 2  # + half a step: the cast to integers then rounds to nearest
     rows /= step
-    ranks = np.sort(rows.astype(np.uint16), axis=1, kind="stable").astype(np.int32)
+    ranks = rows.astype(np.uint16)
+    ranks.sort(axis=1, kind="stable")
+    ranks = ranks.astype(np.int32)
     half = ranks.shape[1] // 2
     twice_median = ranks[:, half - 1] + ranks[:, half]
     twice = _twice_kth_deviation(ranks, twice_median, half) + _twice_kth_deviation(ranks, twice_median, half + 1)
