@@ -129,8 +129,8 @@ def _lowpass_blocks(lum: np.ndarray, ny: int, nx: int) -> np.ndarray:
 
     Two small matrix products per block on strided windows of lum: no padding, nothing
     computed outside the blocks, 3x faster than shifted numpy slices. Per block, not per
-    strip of blocks: BLAS runs products this small on one thread, and threads made the
-    measure several times slower whenever other work held a core. Not PIL: its
+    strip of blocks: BLAS runs products this small on one thread, and its threads made the
+    measure 2-3x slower whenever other work held a core. Not PIL: its
     GaussianBlur refuses float images, and rounding to 8 bits errs (σ ≈ 0.4) more than
     the noise of a clean image.
     """
@@ -206,11 +206,15 @@ def _twice_kth_deviation(ranks: np.ndarray, twice_median: np.ndarray, k: int) ->
     return np.minimum(far_end, near_end)
 
 
-# Centred pixel coordinates along a block, scaled so that x̂ (or ŷ) has unit norm over
-# the block's pixels: orthogonal to each other and to the constant, so that a plane fit
-# is two dot products.
-_AXIS = (np.arange(BLOCK) - (BLOCK - 1) / 2) / np.sqrt(BLOCK * np.sum((np.arange(BLOCK) - (BLOCK - 1) / 2) ** 2))
-_AXIS = _AXIS.astype(np.float32)
+def _plane_axis() -> np.ndarray:
+    """Centred pixel coordinates along a block, scaled so that x̂ (or ŷ) has unit norm over
+    the block's pixels: orthogonal to each other and to the constant, so that a plane fit
+    is two dot products."""
+    centred = np.arange(BLOCK) - (BLOCK - 1) / 2
+    return (centred / np.sqrt(BLOCK * np.sum(centred**2))).astype(np.float32)
+
+
+_AXIS = _plane_axis()
 
 
 def _plane_residual_rms(blocks: np.ndarray) -> np.ndarray:
@@ -261,8 +265,8 @@ def block_stats(image: ImageLike) -> BlockStats:
     band = np.subtract(in_blocks, low, out=np.empty_like(low)).reshape(ny * nx, -1)
 
     energy = np.sqrt(np.einsum("ij,ij->i", band, band) / band.shape[1])
-    sigma = _MAD_TO_SIGMA * _mad(band) / _GAIN
-    coarse = _plane_residual_rms(low.reshape(ny * nx, BLOCK, BLOCK))
+    sigma = _MAD_TO_SIGMA * _mad(band) / _GAIN  # after energy: _mad overwrites band
+    coarse = _plane_residual_rms(low.reshape(ny * nx, BLOCK, BLOCK))  # after band: overwrites low
     mean = _block_means(inner, ny, nx)
     fine = _IMMERKAER / (BLOCK * BLOCK) * _fine_sums(lum[r - 1 :, r - 1 :], ny, nx)
 
