@@ -1,9 +1,10 @@
 """Time the grain measure beside skimage's estimate_sigma on one 832×1216 RGB image.
 
 Run: .venv/bin/python bench/grain.py   (needs the test extra: scikit-image, PyWavelets)
-The measure and estimate_sigma on the luma of the same generated grainy portrait-like image
-take turns, run after run, so that a machine loaded by other work slows both alike; each
-line is the median of the runs, with the value read. Then the pair comparison, the colour
+The measure (given the RGB image) and estimate_sigma on the luma of the same generated
+grainy portrait-like image (float32 as the measure computes it, and float64, skimage's own
+float type) take turns, run after run, so that a machine loaded by other work slows them
+alike; each line is the median of the runs, with the value read. Then the pair comparison, the colour
 check, the picture, and the low-pass choice (BLAS tiles vs PIL).
 """
 
