@@ -1,8 +1,11 @@
 """Time the grain measure beside skimage's estimate_sigma on one 832×1216 RGB image.
 
 Run: .venv/bin/python bench/grain.py   (needs the test extra: scikit-image, PyWavelets)
-Prints the median of several runs for each, on the same generated grainy portrait-like
-image, with the values they read, and the Gaussian low-pass choice (numpy vs PIL).
+The measure (given the RGB image) and estimate_sigma on the luma of the same generated
+grainy portrait-like image (float32 as the measure computes it, and float64, skimage's own
+float type) take turns, run after run, so that a machine loaded by other work slows them
+alike; each line is the median of the runs, with the value read. Then the pair comparison, the colour
+check, the picture, and the low-pass choice (BLAS tiles vs PIL).
 """
 
 from __future__ import annotations
@@ -10,28 +13,29 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from statistics import median
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
 from ralph.handlers.images.colour import colour_drift
 from ralph.handlers.images.compare import render_comparison
-from ralph.handlers.images.grain import _RADIUS, _lowpass_valid, compare_grain, luma, measure_grain
+from ralph.handlers.images.grain import _RADIUS, _lowpass_blocks, compare_grain, luma, measure_grain
 from skimage.filters import gaussian
 from skimage.restoration import estimate_sigma
 
-RUNS = 9
-T = TypeVar("T")
+RUNS = 15
 
 
-def timed(fn: Callable[[], T], runs: int = RUNS) -> tuple[float, T]:
-    result = fn()  # warm caches and imports
-    times: list[float] = []
+def timed(fns: dict[str, Callable[[], Any]], runs: int = RUNS) -> dict[str, tuple[float, Any]]:
+    """Median ms and last result of each function, the functions taking turns."""
+    results = {name: fn() for name, fn in fns.items()}  # warm caches and imports
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-    return median(times) * 1e3, result
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: (median(times[name]) * 1e3, results[name]) for name in fns}
 
 
 def image(rng: np.random.Generator, grain: float) -> np.ndarray:
@@ -50,31 +54,45 @@ def main() -> None:
     rng = np.random.default_rng(0)
     before, after = image(rng, 5.0), image(rng, 3.0)
     lum = luma(before)
+    lum64 = lum.astype(np.float64)
 
-    ms, m = timed(lambda: measure_grain(before))
-    print(f"measure_grain (RGB 832x1216)         {ms:7.1f} ms   index {m.index:.2f}, fine {m.fine_sigma:.2f}  (true "
-          "grain sigma 5.00)")
-    ms, s = timed(lambda: estimate_sigma(before, channel_axis=-1, average_sigmas=True))
-    print(f"skimage estimate_sigma (RGB)        {ms:7.1f} ms   sigma {s:.2f}")
-    ms, s = timed(lambda: estimate_sigma(lum))
-    print(f"skimage estimate_sigma (luma only)  {ms:7.1f} ms   sigma {s:.2f}")
-    ms, c = timed(lambda: compare_grain(before, after))
-    print(f"compare_grain (pair)                {ms:7.1f} ms   {c.verdict}, ratio {c.ratio:.2f} (true 0.60)")
-    ms, _ = timed(lambda: colour_drift(before, after))
-    print(f"colour_drift (pair)                 {ms:7.1f} ms")
-    ms, _ = timed(lambda: render_comparison(before, after), runs=3)
-    print(f"render_comparison (pair, no PNG)    {ms:7.1f} ms")
+    t = timed({
+        "measure": lambda: measure_grain(before),
+        "luma32": lambda: estimate_sigma(lum),
+        "luma64": lambda: estimate_sigma(lum64),
+    }, runs=3 * RUNS)
+    ms, m = t["measure"]
+    print(f"measure_grain (RGB 832x1216)             {ms:7.1f} ms   index {m.index:.2f}, fine {m.fine_sigma:.2f}  "
+          "(true grain sigma 5.00)")
+    for key, what in (("luma32", "float32"), ("luma64", "float64")):
+        ms, s = t[key]
+        print(f"skimage estimate_sigma (luma, {what})   {ms:7.1f} ms   sigma {s:.2f}")
+    t = timed({
+        "rgb": lambda: estimate_sigma(before, channel_axis=-1, average_sigmas=True),
+        "compare": lambda: compare_grain(before, after),
+        "colour": lambda: colour_drift(before, after),
+    })
+    ms, s = t["rgb"]
+    print(f"skimage estimate_sigma (RGB)             {ms:7.1f} ms   sigma {s:.2f}")
+    ms, c = t["compare"]
+    print(f"compare_grain (pair)                     {ms:7.1f} ms   {c.verdict}, ratio {c.ratio:.2f} (true 0.60)")
+    print(f"colour_drift (pair)                      {t['colour'][0]:7.1f} ms")
+    ms, _ = timed({"picture": lambda: render_comparison(before, after)}, runs=3)["picture"]
+    print(f"render_comparison (pair, no PNG)         {ms:7.1f} ms")
 
-    # Low-pass choice: numpy separable float vs PIL GaussianBlur (8-bit only, box approximation).
-    r = _RADIUS
-    exact = gaussian(lum.astype(np.float64), 2.0, truncate=6.0)[r:-r, r:-r]
-    ms_np, low = timed(lambda: _lowpass_valid(lum))
+    # Low-pass choice: float32 matrix products per block (BLAS) vs PIL GaussianBlur (8-bit only,
+    # box approximation), both against an exact float64 Gaussian on the blocks' pixels.
+    r, ny, nx = _RADIUS, (lum.shape[0] - 2 * _RADIUS) // 32, (lum.shape[1] - 2 * _RADIUS) // 32
+    exact = gaussian(lum64, 2.0, truncate=6.0)[r : r + 32 * ny, r : r + 32 * nx]
     l8 = Image.fromarray(np.clip(np.round(lum), 0, 255).astype(np.uint8))
-    ms_pil, pil = timed(lambda: l8.filter(ImageFilter.GaussianBlur(2)))
-    pil_err = float(np.std(np.asarray(pil, np.float32)[r:-r, r:-r] - exact))
-    print(f"low-pass numpy separable float32    {ms_np:7.1f} ms   error sd {float(np.std(low - exact)):.4f} grey "
-          "levels")
-    print(f"low-pass PIL GaussianBlur (mode L)  {ms_pil:7.1f} ms   error sd {pil_err:.4f} grey levels (vs clean-image "
+    t = timed({"blas": lambda: _lowpass_blocks(lum, ny, nx),
+               "pil": lambda: l8.filter(ImageFilter.GaussianBlur(2))})
+    ms, low = t["blas"]
+    low_err = float(np.std(low.swapaxes(1, 2).reshape(exact.shape) - exact))
+    print(f"low-pass float32 BLAS tiles              {ms:7.1f} ms   error sd {low_err:.4f} grey levels")
+    ms, pil = t["pil"]
+    pil_err = float(np.std(np.asarray(pil, np.float32)[r : r + 32 * ny, r : r + 32 * nx] - exact))
+    print(f"low-pass PIL GaussianBlur (mode L)       {ms:7.1f} ms   error sd {pil_err:.4f} grey levels (vs clean-image "
           "noise ~0.2)")
 
 

@@ -6,10 +6,12 @@ value comes from the construction of the image, not from a previous run.
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 import pytest
 from PIL import Image
-from ralph.handlers.images.grain import compare_grain, luma, measure_grain
+from ralph.handlers.images.grain import _mad, block_stats, compare_grain, luma, measure_grain
 from skimage.filters import gaussian
 from skimage.restoration import estimate_sigma
 
@@ -229,3 +231,91 @@ def test_on_a_real_photo_reduction_is_less_grain_and_blur_is_detail_lost() -> No
     assert reduced.verdict == "less grain" and reduced.ratio < 0.6 and reduced.detail_ratio > 0.9, reduced.explanation
     smoothed = compare_grain(before, blurred)
     assert smoothed.verdict == "detail lost" and smoothed.detail_ratio < 0.5, smoothed.explanation
+
+
+def reference_block_stats(image: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-block measurements by their definition, plainly, in float64: full-image
+    Gaussian and Laplacian (scipy), np.median for the MAD, a least-squares plane. Until
+    issue 13 ralph computed exactly this (in float32, with numpy slices); its fast path
+    must not change what it measures."""
+    from scipy.ndimage import correlate1d
+
+    lum = luma(image).astype(np.float64)
+    x = np.arange(-6, 7, dtype=np.float64)  # σ = 2 px, radius 3σ
+    k = np.exp(-(x**2) / 8) / np.exp(-(x**2) / 8).sum()
+    gain = np.sqrt(1 - 2 * k[6] ** 2 + np.sum(k**2) ** 2)
+    low = correlate1d(correlate1d(lum, k, axis=0), k, axis=1)
+    lap = correlate1d(correlate1d(lum, [1.0, -2.0, 1.0], axis=0), [1.0, -2.0, 1.0], axis=1)
+    ny, nx = (lum.shape[0] - 12) // 32, (lum.shape[1] - 12) // 32
+
+    def blocks(a: np.ndarray) -> np.ndarray:  # the blocks start 6 px in: where the low-pass is exact
+        return a[6 : 6 + 32 * ny, 6 : 6 + 32 * nx].reshape(ny, 32, nx, 32).swapaxes(1, 2).reshape(ny * nx, -1)
+
+    band, low_b = blocks(lum - low), blocks(low)
+    mad = np.median(np.abs(band - np.median(band, axis=1, keepdims=True)), axis=1)
+    y, x = np.mgrid[0:32, 0:32]
+    design = np.stack([np.ones(1024), x.ravel(), y.ravel()], axis=1)
+    plane = design @ np.linalg.lstsq(design, low_b.T, rcond=None)[0]
+    mean = blocks(lum).mean(axis=1)
+    sigma = 1.4826 * mad / gain
+    coarse = np.sqrt(np.mean((low_b - plane.T) ** 2, axis=1))
+    valid = (mean >= 16) & (mean <= 239)
+    return {
+        "mean": mean, "sigma": sigma, "energy": np.sqrt(np.mean(band**2, axis=1)), "coarse": coarse,
+        "fine": np.sqrt(np.pi / 2) / 6 * blocks(np.abs(lap)).mean(axis=1),
+        "valid": valid, "flat": valid & (coarse <= np.maximum(4.0, 1.5 * sigma)), "band_range": np.ptp(band, axis=1),
+    }
+
+
+def test_block_measurements_match_their_definition() -> None:
+    """Every block's numbers, on clean, noisy, grainy, textured, partly dark and odd-sized
+    images, within 2e-3 grey levels of the plain float64 definition; σ within 2e-3 or one
+    step of the 16-bit sort that finds it, whichever is larger (1/65534 of the block's
+    band-pass range, times the MAD factor 1.4826/0.970: 1e-4 σ for noise, up to 6e-3 for a
+    block holding a sharp edge).
+    Order statistics move at most as far as the values they order, so float32 rounding
+    (~1e-5 grey levels at 255) moves them by less; the float32 implementation before issue
+    13's speed-up read σ within 5e-5 and coarse within 6e-4 (a variance minus the slopes'
+    share). 2e-3 is far below any grain that matters (the noise floor is 0.25)."""
+    rng = np.random.default_rng(21)
+    dark = portrait()
+    dark[: H // 3] *= 0.05  # near-black blocks: not valid
+    images = [
+        q(gradient()), q(gradient() + rng.normal(0, 2.0, (H, W, 3))), q(portrait() + film_grain(rng, 1.0, 5.0)),
+        q(texture(rng)), q(dark + rng.normal(0, 3.0, (H, W, 3))),
+        q(portrait(301, 517) + rng.normal(0, 4, (301, 517, 3))),
+    ]
+    for image in images:
+        stats = block_stats(image)
+        ref = reference_block_stats(image)
+        assert stats.shape[0] * stats.shape[1] == ref["mean"].size
+        for name in ("mean", "energy", "coarse", "fine"):
+            np.testing.assert_allclose(getattr(stats, name), ref[name], rtol=0, atol=2e-3, err_msg=name)
+        step = 1.4826 / 0.970 * ref["band_range"] / 65534
+        assert np.all(np.abs(stats.sigma - ref["sigma"]) <= np.maximum(2e-3, step)), "sigma"
+        for name in ("valid", "flat"):
+            np.testing.assert_array_equal(getattr(stats, name), ref[name], err_msg=name)
+        m = measure_grain(image)
+        if m.index is not None:
+            flat = ref["flat"]
+            bias = 1 + NormalDist().inv_cdf(0.10) * 1.1664 / 32
+            assert m.index == pytest.approx(np.percentile(ref["sigma"][flat], 10) / bias, abs=2e-3)
+            assert m.fine_sigma == pytest.approx(np.percentile(ref["fine"][flat], 10) / bias, abs=2e-3)
+
+
+def test_mad_is_numpys_within_one_16_bit_step_on_skewed_tied_and_constant_rows() -> None:
+    """The 16-bit sort and the bisection behind each block's σ, on rows unlike grain: skewed
+    either way, heavy ties (few distinct values), constant, an outlier-dominated range, and
+    a short row. Within one step (range/65534) of np.median's MAD, exact when values tie."""
+    rng = np.random.default_rng(8)
+    rows = [
+        rng.normal(0, 3, (200, 1024)), rng.exponential(2, (200, 1024)), -rng.exponential(2, (200, 1024)),
+        np.round(rng.normal(0, 1, (200, 1024))), rng.integers(0, 3, (200, 1024)).astype(float),
+        np.full((3, 1024), 5.0), np.concatenate([np.zeros((20, 1000)), rng.normal(0, 100, (20, 24))], axis=1),
+        rng.normal(0, 3, (50, 16)),
+    ]
+    for r in rows:
+        r = r.astype(np.float32)
+        expected = np.median(np.abs(r - np.median(r, axis=1, keepdims=True)), axis=1)
+        step = np.maximum(np.ptp(r, axis=1), 1e-6) / 65534
+        assert np.all(np.abs(_mad(r.copy()) - expected) <= step * 1.001), r.shape
