@@ -65,10 +65,15 @@ def _rgb(image: ImageLike) -> np.ndarray:
 
 
 def _box_downsample(rgb: np.ndarray, f: int) -> np.ndarray:
+    """The mean of each f×f block (OpenCV's area resampling is exactly that for a whole factor,
+    and ten times faster than numpy's reduction over a strided view)."""
+    import cv2
+
     h, w = (rgb.shape[0] // f) * f, (rgb.shape[1] // f) * f
     if h == 0 or w == 0:
         return rgb
-    return rgb[:h, :w].reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3))
+    block = np.ascontiguousarray(rgb[:h, :w, :3], dtype=np.float32)
+    return cv2.resize(block, (w // f, h // f), interpolation=cv2.INTER_AREA)
 
 
 def to_lab(rgb: np.ndarray) -> np.ndarray:

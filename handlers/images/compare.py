@@ -71,8 +71,12 @@ class ComparisonPicture:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.image.save(path, format="PNG")
+        self.image.save(path, format="PNG", compress_level=PNG_COMPRESSION)
         return path
+
+
+# zlib level 1: a third of the default's time for a picture a person opens once, a little larger.
+PNG_COMPRESSION = 1
 
 
 def colour_map(values: np.ndarray) -> np.ndarray:

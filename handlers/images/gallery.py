@@ -10,6 +10,7 @@ be ranked.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .compare import BACKGROUND, BAD, GOOD, OPEN, TEXT, font
+from .compare import BACKGROUND, BAD, GOOD, OPEN, PNG_COMPRESSION, TEXT, font
 
 THUMB = 256
 CAPTION_LINES = 4
@@ -79,6 +80,13 @@ def _grid(items: list[Cell]) -> tuple[list[str], list[Any]]:
 
 
 def _thumbnail(path: Path) -> Image.Image:
+    """The image made small, decoded once for the sheet and the page (callers never modify it)."""
+    stat = path.stat()
+    return _small(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _small(path: str, mtime_ns: int, size: int) -> Image.Image:
     with Image.open(path) as image:
         thumb = image.convert("RGB")
         thumb.thumbnail((THUMB, THUMB), Image.Resampling.LANCZOS)
@@ -149,6 +157,6 @@ def write_gallery(rows: list[dict[str, Any]], resolve: Callable[[str], Path], ou
     if not ranked_on_measures(rows):
         title += " — no variant marked best: nothing could be measured"
     png, page = out.with_suffix(".png"), out.with_suffix(".html")
-    render_sheet(items, title).save(png, format="PNG")
+    render_sheet(items, title).save(png, format="PNG", compress_level=PNG_COMPRESSION)
     page.write_text(render_html(items, title), "utf-8")
     return {"png": png, "html": page}
