@@ -66,6 +66,9 @@ class FaceBox:
 def _cascade() -> Any:
     import cv2  # imported here: only evaluation needs it, and it takes a while to load
 
+    if not hasattr(cv2, "CascadeClassifier"):  # an environment that ignored ralph's pin
+        raise RuntimeError(f"OpenCV {cv2.__version__} has no Haar cascades (OpenCV 5 removed them): "
+                           "install opencv-python-headless<5, as ralph requires")
     classifier = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)  # type: ignore[attr-defined]  # not in cv2's stubs
     if classifier.empty():
         raise RuntimeError(f"OpenCV's bundled {CASCADE} could not be loaded")
