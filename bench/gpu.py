@@ -18,12 +18,16 @@ every figure to ``--out``/gpu-bench.json.
 
 ``--tiny`` uses the tests' tiny SD1.5 checkpoint at 64×64 on the CPU: a dry run of the script.
 
-On a GPU machine with no network (what the README's H100 figures were measured with): ComfyUI's
-source without its tests as a tarball; wheels for what the machine's Python lacks (ralph's own,
-mistune, websockets, tenacity, httpx and rich with their needs, torchsde, trampoline, PyWavelets)
-installed with ``pip install --no-index --no-deps --target``; ComfyUI without its frontend
-(``-- --front-end-root DIR`` holding a one-line index.html); and, where PyAV is absent, an import
-stub for ``av`` on PYTHONPATH (v0.3.75 imports it at start; this graph never uses it).
+On a GPU machine with no network (what the README's H200 figures were measured with): ComfyUI's
+source without its tests as a tarball; wheels for what the machine's Python lacks or has in a
+version ralph does not take (ralph's own, mistune 3.4, websockets, tenacity, torchsde, trampoline,
+PyWavelets, and opencv-python-headless 4.x where the machine's OpenCV is 5, which has no face
+cascades), installed with ``pip install --no-index --no-deps --target DIR`` and then compiled
+(``python -m compileall DIR``: ``--no-compile`` would leave every run compiling sources); ComfyUI
+without its frontend (``-- --front-end-root DIR`` holding a one-line index.html); and, where PyAV
+is absent, a stub package ``av`` on PYTHONPATH whose modules answer any name with an empty class
+(v0.3.75 imports ``av``, ``av.container`` and ``av.subtitles.stream`` at start; this graph never
+uses them).
 """
 
 from __future__ import annotations
