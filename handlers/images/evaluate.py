@@ -19,11 +19,13 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ralph.handlers.facts import ComfyServer, Evaluation, Images
-from ralph.handlers.machines.base import Machine, MachineError
+from ralph.handlers.facts import ComfyServer, Evaluation, Images, MachineHandle
+from ralph.handlers.machines.base import MachineError
 
 from ralph.context import Context, EstimateContext
 from ralph.facts import Need
@@ -102,26 +104,29 @@ class EvaluateImages(Handler):
         from .compare import render_comparison
         from .gallery import ranked_on_measures, write_gallery
 
-        prev_pixels = rgb(ctx.path(previous["path"])) if previous else None
-        assessed = assess([ctx.path(r["path"]) for r in records], records, prev_pixels, previous)
-        ranking = sorted(assessed, key=Assessed.key)
-        best = ranking[0]
-        if previous:
-            previous["grain_index"] = rounded(best.grain.prev.index) if best.grain else None
+        measure_faces = self._face_measure(ctx, records, previous)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            faces = pool.submit(measure_faces)  # on the machine, while the pixels are measured here
+            prev_pixels = rgb(ctx.path(previous["path"])) if previous else None
+            assessed = assess([ctx.path(r["path"]) for r in records], records, prev_pixels, previous)
+            ranking = sorted(assessed, key=Assessed.key)
+            best = ranking[0]
+            if previous:
+                previous["grain_index"] = rounded(best.grain.prev.index) if best.grain else None
 
-        files = [r["path"] for r in records]
-        comparison = None
-        reference = prev_pixels if prev_pixels is not None else (assessed[0].pixels if len(assessed) > 1 else None)
-        if reference is not None and best.grain is not None:
-            path = folder / f"{Path(best.record['path']).stem}-comparison.png"
-            render_comparison(reference, best.pixels, best.grain, best.colour).save(path)
-            comparison = ctx.display_path(path)
-            files.append(comparison)
+            files = [r["path"] for r in records]
+            comparison = None
+            reference = prev_pixels if prev_pixels is not None else (assessed[0].pixels if len(assessed) > 1 else None)
+            if reference is not None and best.grain is not None:
+                path = folder / f"{Path(best.record['path']).stem}-comparison.png"
+                render_comparison(reference, best.pixels, best.grain, best.colour).save(path)
+                comparison = ctx.display_path(path)
+                files.append(comparison)
+            face_data = faces.result()
 
         rows = []
         for rank, item in enumerate(ranking, 1):
             rows.append({**item.as_data(), "rank": rank})
-        face_data = self._face(ctx, records, previous)
         for row in rows:
             row["face_similarity"] = face_data.get("similarities", {}).get(row["path"])
         gallery = None
@@ -151,26 +156,38 @@ class EvaluateImages(Handler):
         ctx.publish(found)
         return Result(summary=summary, files=files, data={"images": records, "best": best_row, **found.record()})
 
-    def _face(self, ctx: Context, records: list[dict[str, Any]], previous: dict[str, Any] | None) -> dict[str, Any]:
+    def _face_measure(self, ctx: Context, records: list[dict[str, Any]],
+                      previous: dict[str, Any] | None) -> Callable[[], dict[str, Any]]:
+        """The face measure to run: what it needs from the task is read here, on the run's
+        thread; the work it returns happens on the machine, and may run beside other work."""
         reference = ctx.params["face_reference"] or _face_reference(ctx)
         if reference is None:
-            return face.unavailable("no face reference: set `face_reference` or a face_image in the workflow").as_data()
+            reason = "no face reference: set `face_reference` or a face_image in the workflow"
+            return lambda: face.unavailable(reason).as_data()
+        handle, why_not = held_machine(ctx)
+        if handle is None:
+            return lambda: face.unavailable(why_not).as_data()
         local = [ctx.path(r["path"]) for r in records] + ([ctx.path(previous["path"])] if previous else [])
+        names = {str(path): ctx.display_path(path) for path in local}
         root = _comfyui_dir(ctx) + "/models/insightface"
-        try:
-            provider, machine, reason = held_machine(ctx)
-            if provider is None:
-                return face.unavailable(reason).as_data()
-            if missing := face.missing_insightface(provider, machine, ctx.params["python"],
-                                                      ctx.display_path(ctx.params["python"])):
-                return face.unavailable(missing).as_data()
-            placed = face.upload_images(provider, local, ctx.params["face_remote_dir"])
-            by_name = {ctx.display_path(Path(k)): v for k, v in placed.items()}
-            measure = face.measure_faces(provider, by_name, reference, insightface_root=root,
-                                         python=ctx.params["python"])
-        except (TaskBlocked, MachineError, OSError) as error:  # the face measure is optional: no verdict, no failure
-            return face.unavailable(f"the pod could not be reached for the face measure: {error}").as_data()
-        return measure.as_data()
+        python, remote_dir = ctx.params["python"], ctx.params["face_remote_dir"]
+        shown = ctx.display_path(python)
+
+        def measure() -> dict[str, Any]:
+            from ralph.handlers.machines import session
+
+            try:
+                provider = session.attach(handle)
+                if missing := face.missing_insightface(provider, handle.id, python, shown):
+                    return face.unavailable(missing).as_data()
+                placed = face.upload_images(provider, local, remote_dir)
+                by_name = {names[k]: v for k, v in placed.items()}
+                return face.measure_faces(provider, by_name, reference, insightface_root=root,
+                                          python=python).as_data()
+            except (MachineError, OSError) as error:  # the face measure is optional: no verdict, no failure
+                return face.unavailable(f"the pod could not be reached for the face measure: {error}").as_data()
+
+        return measure
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -341,17 +358,14 @@ def _comfyui_dir(ctx: Context) -> str:
     return chosen.rstrip("/")
 
 
-def held_machine(ctx: Context) -> tuple[Machine | None, str, str]:
-    """A provider for the machine an earlier task holds and that machine's id, or None and why not.
-
-    The face measure is the only step here that needs the machine; this is its one door to it.
-    """
+def held_machine(ctx: Context) -> tuple[MachineHandle | None, str]:
+    """The machine an earlier task holds (reading it records that this task used it), or None
+    and why not. The face measure is the only step here that needs the machine."""
     from ralph.handlers.machines import session
 
-    if session.held(ctx) is None:
-        return None, "", "no machine is held; the face measure runs on the machine, where insightface is"
-    handle, provider = session.connect(ctx)  # records that this task used the machine
-    return provider, handle.id, ""
+    if (handle := session.held(ctx)) is None:
+        return None, "no machine is held; the face measure runs on the machine, where insightface is"
+    return handle, ""
 
 
 # -- history: what a later run compares against ------------------------------------------
