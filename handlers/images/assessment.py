@@ -3,6 +3,8 @@ the ranking of a sweep — numpy's side of the handler, imported when it runs.""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .colour import ColourDrift, ColourStats, colour_drift, colour_stats
+from .faces import largest_face
 from .grain import GrainComparison, GrainMeasure, compare_grain, measure_grain
 
 # Verdicts from worst to best, for ranking (index = group; lower is better).
@@ -90,20 +93,24 @@ def colour_data(drift: ColourDrift | None, stats: ColourStats) -> dict[str, Any]
 def assess(paths: list[Path], records: list[dict[str, Any]], prev: np.ndarray | None,
            previous: dict[str, Any] | None) -> list[Assessed]:
     """Each image (``paths``, in ``records``' order) measured against the previous image, else
-    against the sweep's first variant."""
-    pixels = [rgb(path) for path in paths]
-    reference, against = prev, (previous["path"] if previous else None)
-    if reference is None and len(records) > 1:  # no previous image: rank the sweep against its first variant
-        reference, against = pixels[0], f"variant {records[0].get('variant')}"
-    assessed = []
-    for record, image in zip(records, pixels, strict=False):
+    against the sweep's first variant. The images are read and measured side by side: decoding,
+    numpy's array work and OpenCV's face search let other threads run."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1))) as pool:
+        pixels = list(pool.map(rgb, paths))
+        reference, against = prev, (previous["path"] if previous else None)
+        if reference is None and len(records) > 1:  # no previous image: rank the sweep against its first variant
+            reference, against = pixels[0], f"variant {records[0].get('variant')}"
         if reference is None:
-            assessed.append(Assessed(record, image, measure_grain(image), None, None, colour_stats(image), None))
-            continue
-        grain = compare_grain(reference, image)
-        drift = colour_drift(reference, image)
-        assessed.append(Assessed(record, image, grain.new, grain, drift, colour_stats(image), against))
-    return assessed
+            return [Assessed(record, image, measure_grain(image), None, None, colour_stats(image), None)
+                    for record, image in zip(records, pixels, strict=True)]
+        largest_face(np.asarray(reference, dtype=np.uint8))  # searched once here, not by every variant at once
+
+        def against_reference(record: dict[str, Any], image: np.ndarray) -> Assessed:
+            grain = compare_grain(reference, image)
+            drift = colour_drift(reference, image)
+            return Assessed(record, image, grain.new, grain, drift, colour_stats(image), against)
+
+        return list(pool.map(against_reference, records, pixels))
 
 
 def grain_data(best: Assessed, previous: dict[str, Any] | None, note: str, count: int, ranked: bool) -> dict[str, Any]:

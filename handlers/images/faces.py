@@ -12,9 +12,9 @@ or noise images; a face smaller than 1/12 of the short side is too small to read
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -62,8 +62,16 @@ class FaceBox:
         return list(self.as_tuple())
 
 
-@cache
+_THREAD = threading.local()  # a classifier per thread: OpenCV's is not safe to share while it searches
+
+
 def _cascade() -> Any:
+    if (classifier := getattr(_THREAD, "classifier", None)) is None:
+        classifier = _THREAD.classifier = _load_cascade()
+    return classifier
+
+
+def _load_cascade() -> Any:
     import cv2  # imported here: only evaluation needs it, and it takes a while to load
 
     if not hasattr(cv2, "CascadeClassifier"):  # an environment that ignored ralph's pin
@@ -96,15 +104,19 @@ def find_faces(rgb: np.ndarray) -> list[FaceBox]:
 
 _LARGEST: OrderedDict[tuple[tuple[int, ...], str], FaceBox | None] = OrderedDict()
 REMEMBERED = 32
+_REMEMBERING = threading.Lock()  # images of a sweep are measured side by side
 
 
 def largest_face(rgb: np.ndarray) -> FaceBox | None:
     """The largest face, remembered by the pixels' digest: a sweep compares every variant with
     the same previous image, which is then searched once, not once per variant."""
     key = (rgb.shape, hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).hexdigest())
-    if key not in _LARGEST:
-        faces = find_faces(rgb)
+    with _REMEMBERING:
+        if key in _LARGEST:
+            return _LARGEST[key]
+    faces = find_faces(rgb)
+    with _REMEMBERING:
         _LARGEST[key] = faces[0] if faces else None
         while len(_LARGEST) > REMEMBERED:
             _LARGEST.popitem(last=False)
-    return _LARGEST[key]
+    return faces[0] if faces else None
