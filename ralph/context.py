@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -64,6 +65,7 @@ class Context(RunInfo):
     params: dict[str, Any]
     memory: TaskMemory  # the handler's own memory, on disk as soon as it is assigned
     records: Mapping[int, TaskRecord] = field(default_factory=dict)  # what the state holds of each task
+    waiting: threading.Event | None = None  # set once this task reports progress (ralph/warmup.py)
 
     def publish(self, fact: Fact) -> None:
         """Hand ``fact`` to the tasks after this one (it replaces one of its kind), on disk at once."""
@@ -85,11 +87,13 @@ class Context(RunInfo):
         self.events.write("log", task=self.task.number, message=message)
         self.reporter.log(self.task, message)
 
-    def progress(self, description: str, total: float | None = None,
-                 unit: str = "bytes") -> AbstractContextManager[ProgressBar]:
+    @contextmanager
+    def progress(self, description: str, total: float | None = None, unit: str = "bytes") -> Iterator[ProgressBar]:
         """A progress bar for a long step: ``with ctx.progress("upload", size) as bar: bar.update(n)``;
-        ``unit`` other than bytes ("steps") is shown as done/total."""
-        return self.reporter.progress(description, total, unit)
+        ``unit`` other than bytes ("steps") is shown as done/total. Its first update tells the run
+        that this task is waiting on a machine: later tasks' slow imports begin (ralph/warmup.py)."""
+        with self.reporter.progress(description, total, unit) as bar:
+            yield bar if self.waiting is None else _Waiting(bar, self.waiting)
 
     def hold(self, name: str, value: Any) -> None:
         """Record a resource this task created for later tasks, before any long wait (a pod being
@@ -112,3 +116,16 @@ class Context(RunInfo):
         """``path`` as ralph writes it for people (task file, documents, messages): relative to
         the task file's folder, or ``~/…`` under the home folder, else as given."""
         return display_path(path, self.workdir)
+
+
+@dataclass
+class _Waiting:
+    """A progress bar whose updates say that the task is waiting on a machine."""
+
+    bar: ProgressBar
+    waiting: threading.Event
+
+    def update(self, completed: float, total: float | None = None, description: str | None = None) -> None:
+        if not self.waiting.is_set():
+            self.waiting.set()
+        self.bar.update(completed, total, description)

@@ -155,6 +155,7 @@ class Runner:
         self.cleaning = False  # running clean-up tasks after a failure or an interrupt
         self.warned = False
         self._latest: TaskFile | None = None  # the file as last written
+        self.warmup = Warmup(())  # the run's: its slow imports wait for a task's progress
 
     def run(self) -> RunSummary:
         secrets.refresh()  # the secrets of the environment this run started in, read once
@@ -188,7 +189,8 @@ class Runner:
         handlers = list({type(s.handler): s.handler for s in plan.steps if s.handler is not None}.values())
         limit = self.max_cost_usd if self.max_cost_usd is not None else plan.config.max_cost_usd
         watch = CostWatch(limit, state.resources, self._over_budget, interval_s=self.cost_check_s) if limit else None
-        warmup = Warmup(m for s in chosen if s.handler is not None for m in s.handler.warm_imports).start()
+        warmup = self.warmup = Warmup(m for s in chosen if s.handler is not None for m in s.handler.warm_imports)
+        warmup.start()
         try:
             self._hooks(handlers, "before_run", run)
             if watch is not None:
@@ -412,6 +414,7 @@ class Runner:
             reporter=self.reporter,
             events=events,
             records=state.records(),
+            waiting=self.warmup.waiting,
         )
 
     def _skip(self, steps: list[Step], reason: str, events: EventLog) -> list[Outcome]:
