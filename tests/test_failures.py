@@ -47,6 +47,22 @@ def test_yaml_nested_thousands_deep_in_a_task_file_is_a_one_line_error(tmp_path:
     assert project.file.read_bytes() == before and not (tmp_path / ".ralph").exists()
 
 
+def test_a_projects_own_handler_module_leaves_no_bytecode_and_a_syntax_error_is_one_line(tmp_path: Path) -> None:
+    # Python caches compiled code beside a module; on a full disk that write can be cut short and
+    # read back as damaged code on every later run: a project's own module is never cached.
+    project = make_project(tmp_path, task(1, "One"))
+    assert project.cli("run", project.file.name, env={"PYTHONDONTWRITEBYTECODE": ""}).returncode == 0
+    assert not list(tmp_path.rglob("__pycache__")), "nothing written beside the project's handlers"
+    broken = make_project(tmp_path / "broken", task(1, "One"))
+    module = broken.root / "recording_handlers.py"
+    lines = module.read_text().count("\n")
+    module.write_text(module.read_text() + "def broken(:\n")
+    before = broken.file.read_bytes()
+    line = one_line_error(broken.cli("run", broken.file.name), 2)
+    assert f"recording_handlers.py:{lines + 1}: " in line and "cannot be loaded" in line, line
+    assert broken.file.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "config, problem",
     [
