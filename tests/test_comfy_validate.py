@@ -128,6 +128,20 @@ def test_unknown_node_type_passes_through_for_validate(schemas):
     assert "did you mean KSampler?" in str(problems[0])
 
 
+def test_a_custom_node_no_server_has_described_is_left_to_the_live_server():
+    # A snapshot (shipped, or cached from servers ralph ran on) does not know every custom node pack:
+    # a class with no close name there may be one, so only the server that runs it can refuse it.
+    graph = copy.deepcopy(load_template("refiner")["prompt"])
+    graph["14"]["class_type"] = "SaveImageToCloudBucket"  # the only output node: custom
+    snapshot = json.loads(OBJECT_INFO.read_text())
+    found = validate(graph, schemas_from_object_info(snapshot, files_listed=False))
+    assert [(p.code, p.severity) for p in found] == [("unknown-node", "warning")], found
+    assert "the live server checks it before the prompt" in str(found[0])
+    live = validate(graph, schemas_from_object_info(snapshot, files_listed=True))  # the server's own word
+    assert sorted((p.code, p.severity) for p in live if p.code in ("no-output", "unknown-node")) == [
+        ("no-output", "error"), ("unknown-node", "error")]
+
+
 # --- templates ----------------------------------------------------------------------------------
 
 

@@ -249,3 +249,24 @@ def test_a_sweep_queues_the_next_variant_while_one_runs_and_withdraws_it_on_ctrl
     done = project.cli("run", "--only", "3", project.file.name)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(list((tmp_path / "output").rglob("*.png"))) == 3
+
+
+@pytest.mark.slow
+def test_a_custom_node_the_snapshots_lack_runs_on_a_server_that_has_it(
+    tmp_path: Path, comfyui_server: ComfyServer  # noqa: F811
+) -> None:
+    # A fresh project (no cached schemas): RalphSleep is a custom node of the test server only.
+    project = _example_project(tmp_path, {"server": comfyui_server.url, "overrides": TINY})
+    text = project.file.read_text(encoding="utf-8").replace(
+        "Node 14: SaveImage (filename_prefix: quality_tests/elena_refiner)\n         → inputs: images[13,0]",
+        "Node 15: RalphSleep\n         → inputs: images[13,0]\n         → params: seconds=0\n\n"
+        "Node 14: SaveImage (filename_prefix: quality_tests/elena_refiner)\n         → inputs: images[15,0]")
+    # A misspelt name of a node ralph knows is still refused before anything runs.
+    project.file.write_text(text.replace("Node 13: VAEDecode", "Node 13: VAEDecod"), encoding="utf-8")
+    assert "unknown node type 'VAEDecod'; did you mean VAEDecode?" in project.cli("check", project.file.name).stdout
+    project.file.write_text(text, encoding="utf-8")
+    check = project.cli("check", project.file.name).stdout
+    assert "warning: node 15 (RalphSleep): node type 'RalphSleep' is not among the schemas" in check, check
+    done = project.cli("run", "--only", "3", project.file.name)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(list((tmp_path / "output").rglob("*.png"))) == 1
