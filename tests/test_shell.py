@@ -13,14 +13,10 @@ from tests.engine.project import Project
 from tests.far.sshd import SshServer
 from tests.waiting import wait_for
 
-HERE = """# RALPH-TASK: Shell
-
-## Tasks
-
-### 1. Script
+SCRIPT_TASK = """### {number}. Script
 **Priority**: HIGH
 **Status**: PENDING
-**Handler**: shell
+**Handler**: {handler}
 **Acceptance Criteria**:
 - [ ] The script runs without error
 
@@ -29,9 +25,11 @@ timeout: 1
 ```
 
 ```bash
-{script}
+{{script}}
 ```
 """
+
+HERE = "# RALPH-TASK: Shell\n\n## Tasks\n\n" + SCRIPT_TASK.format(number=1, handler="shell")
 
 ON_MACHINE = """# RALPH-TASK: Shell on a machine
 
@@ -48,21 +46,7 @@ ON_MACHINE = """# RALPH-TASK: Shell on a machine
 {params}
 ```
 
-### 2. Script
-**Priority**: HIGH
-**Status**: PENDING
-**Handler**: pod.shell
-**Acceptance Criteria**:
-- [ ] The script runs without error
-
-```yaml
-timeout: 1
-```
-
-```bash
-{script}
-```
-"""
+""" + SCRIPT_TASK.format(number=2, handler="pod.shell")
 
 
 def project(root: Path, text: str) -> Project:

@@ -226,7 +226,7 @@ class ComfyClient:
         # a one-image run's overhead on a GPU box: build it only for a server that speaks TLS.
         self._http = httpx.Client(base_url=self.base_url, timeout=http_timeout,
                                   verify=self.base_url.startswith("https://"))
-        self._version: tuple[int, ...] | None = None
+        self._version: str | None = None
         self._has_jobs: bool | None = None
 
     def close(self) -> None:
@@ -243,10 +243,14 @@ class ComfyClient:
     def system_stats(self) -> dict[str, Any]:
         return self._get_json("/system_stats")
 
-    def version(self) -> tuple[int, ...]:
+    def version_name(self) -> str:
+        """The server's ``comfyui_version`` ("0" when it does not say), asked once."""
         if self._version is None:
-            self._version = parse_version(self.system_stats()["system"].get("comfyui_version", "0"))
+            self._version = str(self.system_stats()["system"].get("comfyui_version", "0"))
         return self._version
+
+    def version(self) -> tuple[int, ...]:
+        return parse_version(self.version_name())
 
     def object_info(self, classes: Collection[str] | None = None) -> dict[str, Any]:
         """``/object_info``: every node class the server has, or only ``classes``, asked side by

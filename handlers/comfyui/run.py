@@ -158,13 +158,13 @@ class ComfyRun(Handler):
                             (server.files or None) if server is not None else _provided_files(ctx.file))
             _refuse_errors(flow, ctx.params["strict_lint"])
             variants = flow.variants(ctx.params["sweep"], ctx.params["seeds"])
-            images = [image for i, variant in enumerate(variants)
-                      for image in self._variant(ctx, client, variant, flow, variants[i + 1 : i + 2])]
-            version = _version(client)  # asked once the images are home: nothing waits for it
+            images = [image for variant, following in zip(variants, [*variants[1:], None], strict=True)
+                      for image in self._variant(ctx, client, variant, flow, following)]
+            version = _version(client)
         return _result(ctx, flow, variants, images, url, version)
 
     def _variant(self, ctx: Context, client: ComfyClient, variant: wf.Variant, flow: wf.Workflow,
-                 following: list[wf.Variant]) -> list[dict[str, Any]]:
+                 following: wf.Variant | None) -> list[dict[str, Any]]:
         """Run one variant and bring its images home. Once it is executing, the ``following``
         variant is queued behind it: the GPU goes on to it while this one's images come home,
         instead of waiting for ralph's next request."""
@@ -175,46 +175,39 @@ class ComfyRun(Handler):
             return list(ctx.memory["variants"][variant.label]["images"])  # finished in an earlier run
         record, fresh = known
         if not fresh and client.find(record["prompt_id"]) == "error":  # stopped or failed in an earlier run
-            record, fresh = _prompt_record(ctx, variant, renew=True) or known
+            record, fresh = _new_prompt(ctx, variant, record), True
         ctx.log(f"{variant.label}: prompt {record['prompt_id']}")
         folder = run_folder(ctx.path(ctx.params["output_dir"]), ctx.file.path, ctx.run_id)
         first_step: list[float] = []  # when the server reported its first step (bench/volume_cache.py)
-        queued: list[str] = []  # the following variant's prompt, once submitted
-        asked: list[bool] = []  # whether it was offered to the server (once)
+        behind: list[str | None] = []  # once offered: the following variant's prompt id, if it was queued
         with ctx.progress(f"ComfyUI {variant.label}", None, unit="steps") as bar:
 
             def progress(node: str, value: int, maximum: int) -> None:
                 first_step[:] = first_step or [time.time()]
                 kind = variant.graph.get(node, {}).get("class_type", "?")
                 bar.update(value, maximum, f"{variant.label}: node {node} ({kind}) step {value}/{maximum}")
-                if following and not asked:
-                    asked.append(True)
-                    ahead = _prompt_record(ctx, following[0])
-                    if ahead is not None and ahead[1]:  # one an earlier run sent is looked for in its turn
-                        try:
-                            client.submit(following[0].graph, ahead[0]["prompt_id"])
-                            queued.append(ahead[0]["prompt_id"])
-                        except ComfyError:  # sent again in its turn, and a refusal reported then
-                            pass
+                if following is not None and not behind:
+                    behind.append(_queue_behind(ctx, client, following))
 
             try:
-                result = client.run(variant.graph, prompt_id=record["prompt_id"], fresh=fresh, on_progress=progress,
-                                    dest=folder)
-            except BaseException as error:
-                # This task stops: the following variant must not run on. Withdrawn first, or it
-                # would start the moment the running one is interrupted.
-                running = [record["prompt_id"]] if isinstance(error, Interrupted) else []
-                for prompt_id in queued + running:
-                    _withdraw(client, prompt_id)
-                if isinstance(error, PromptRejected):
-                    raise TaskFailed(f"ComfyUI refused the workflow: {error}") from error
-                if isinstance(error, ServerGone):
-                    raise _stopped(ctx, error) from error
-                if isinstance(error, Stalled):
-                    raise TaskFailed(str(error)) from error
-                if isinstance(error, ComfyError):
-                    raise TaskFailed(f"{variant.label}: {error}") from error
-                raise
+                try:
+                    result = client.run(variant.graph, prompt_id=record["prompt_id"], fresh=fresh,
+                                        on_progress=progress, dest=folder)
+                except BaseException as error:
+                    # This task stops: the following variant must not run on. Withdrawn first, or it
+                    # would start the moment the running one is interrupted.
+                    running = [record["prompt_id"]] if isinstance(error, Interrupted) else []
+                    for prompt_id in [p for p in behind if p] + running:
+                        _withdraw(client, prompt_id)
+                    raise
+            except PromptRejected as error:
+                raise TaskFailed(f"ComfyUI refused the workflow: {error}") from error
+            except ServerGone as error:
+                raise _stopped(ctx, error) from error
+            except Stalled as error:
+                raise TaskFailed(str(error)) from error
+            except ComfyError as error:
+                raise TaskFailed(f"{variant.label}: {error}") from error
         paths = [_labelled(path, variant.label) for path in client.download(result, folder)]  # what run() left
         values = {**flow.values(), **variant.values}
         images = []
@@ -256,13 +249,15 @@ class ComfyRun(Handler):
 
 
 def _version(client: ComfyClient) -> str | None:
-    """The version of the ComfyUI that ran the workflow (None if it no longer answers)."""
+    """The version of the ComfyUI that ran the workflow (known since the first prompt was sent;
+    None if the server does not say, or no longer answers)."""
     from ralph.handlers.comfyui.client import ComfyError
 
     try:
-        return client.system_stats().get("system", {}).get("comfyui_version")
-    except (ComfyError, OSError):
+        name = client.version_name()
+    except (ComfyError, OSError, KeyError):
         return None
+    return None if name == "0" else name
 
 
 def _live_schemas(ctx: Context, client: ComfyClient) -> Mapping[str, NodeSchema]:
@@ -332,21 +327,39 @@ def _named_folder(text: str) -> str | None:
     return folder if folder.startswith("output/") else "output/" + folder
 
 
-def _prompt_record(ctx: Context, variant: wf.Variant, *, renew: bool = False) -> tuple[dict[str, Any], bool] | None:
-    """The variant's prompt as this task remembers it, and whether its id is new (never sent).
-    A new id is saved before anything is submitted, so that a resume finds the prompt instead of
-    sending it again; ``renew`` gives the variant a new one. None once its images are home."""
-    done: dict[str, Any] = ctx.memory.get("variants", {})
-    record = done.get(variant.label, {})
+def _prompt_record(ctx: Context, variant: wf.Variant) -> tuple[dict[str, Any], bool] | None:
+    """The variant's prompt as this task remembers it, and whether its id is new (never sent);
+    None once its images are home."""
+    record = ctx.memory.get("variants", {}).get(variant.label, {})
     if brought_home(ctx, record):
         return None
-    if record.get("graph") != wf.graph_digest(variant.graph):
-        record = {"prompt_id": None, "graph": wf.graph_digest(variant.graph)}
-    if record.get("prompt_id") and not renew:
+    if record.get("graph") == wf.graph_digest(variant.graph) and record.get("prompt_id"):
         return record, False
+    return _new_prompt(ctx, variant, {"graph": wf.graph_digest(variant.graph)}), True
+
+
+def _new_prompt(ctx: Context, variant: wf.Variant, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` under a new prompt id, saved before anything is submitted: a resume finds the
+    prompt instead of sending it again."""
     record = {**record, "prompt_id": str(uuid.uuid4())}
-    ctx.memory["variants"] = {**done, variant.label: record}
-    return record, True
+    ctx.memory["variants"] = {**ctx.memory.get("variants", {}), variant.label: record}
+    return record
+
+
+def _queue_behind(ctx: Context, client: ComfyClient, variant: wf.Variant) -> str | None:
+    """Queue ``variant`` behind the prompt executing; its prompt id, or None when it is not sent
+    now (done already, or sent by an earlier run: looked for in its turn; refused: sent again in
+    its turn, and the refusal reported then)."""
+    from ralph.handlers.comfyui.client import ComfyError
+
+    known = _prompt_record(ctx, variant)
+    if known is None or not known[1]:
+        return None
+    try:
+        client.submit(variant.graph, known[0]["prompt_id"])
+    except ComfyError:
+        return None
+    return str(known[0]["prompt_id"])
 
 
 def _withdraw(client: ComfyClient, prompt_id: str) -> None:

@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 
 from .colour import ColourDrift, ColourStats, colour_drift, colour_stats
-from .faces import largest_face
 from .grain import GrainComparison, GrainMeasure, compare_grain, measure_grain
 
 # Verdicts from worst to best, for ranking (index = group; lower is better).
@@ -103,7 +102,6 @@ def assess(paths: list[Path], records: list[dict[str, Any]], prev: np.ndarray | 
         if reference is None:
             return [Assessed(record, image, measure_grain(image), None, None, colour_stats(image), None)
                     for record, image in zip(records, pixels, strict=True)]
-        largest_face(np.asarray(reference, dtype=np.uint8))  # searched once here, not by every variant at once
 
         def against_reference(record: dict[str, Any], image: np.ndarray) -> Assessed:
             grain = compare_grain(reference, image)

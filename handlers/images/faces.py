@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,21 +103,30 @@ def find_faces(rgb: np.ndarray) -> list[FaceBox]:
     return sorted(boxes, key=lambda b: b.width * b.height, reverse=True)
 
 
-_LARGEST: OrderedDict[tuple[tuple[int, ...], str], FaceBox | None] = OrderedDict()
+_LARGEST: OrderedDict[tuple[tuple[int, ...], str], Future[FaceBox | None]] = OrderedDict()
 REMEMBERED = 32
 _REMEMBERING = threading.Lock()  # images of a sweep are measured side by side
 
 
 def largest_face(rgb: np.ndarray) -> FaceBox | None:
     """The largest face, remembered by the pixels' digest: a sweep compares every variant with
-    the same previous image, which is then searched once, not once per variant."""
+    the same previous image, which is then searched once, not once per variant — also when the
+    variants are measured side by side (the others wait for the search under way)."""
     key = (rgb.shape, hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).hexdigest())
     with _REMEMBERING:
-        if key in _LARGEST:
-            return _LARGEST[key]
-    faces = find_faces(rgb)
-    with _REMEMBERING:
-        _LARGEST[key] = faces[0] if faces else None
-        while len(_LARGEST) > REMEMBERED:
-            _LARGEST.popitem(last=False)
-    return faces[0] if faces else None
+        found = _LARGEST.get(key)
+        searching = found is None
+        if found is None:
+            found = _LARGEST[key] = Future()
+            while len(_LARGEST) > REMEMBERED:
+                _LARGEST.popitem(last=False)
+    if searching:
+        try:
+            faces = find_faces(rgb)
+        except BaseException as error:
+            with _REMEMBERING:
+                _LARGEST.pop(key, None)
+            found.set_exception(error)
+            raise
+        found.set_result(faces[0] if faces else None)
+    return found.result()
